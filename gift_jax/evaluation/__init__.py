@@ -1,0 +1,1 @@
+"""gift_jax.evaluation."""

@@ -1,0 +1,20 @@
+"""Installs gift_jax: `pip install -e .` (runtime deps from requirements.txt)."""
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+here = Path(__file__).parent
+requirements = [
+    line.split("#")[0].strip()
+    for line in (here / "requirements.txt").read_text().splitlines()
+    if line.split("#")[0].strip()
+]
+
+setup(
+    name="gift_jax",
+    version="0.1.0",
+    description="GIFT (Gibbs Initialization with Finite Temperature) + GRPO post-training in JAX/Flax NNX",
+    packages=find_packages(include=["gift_jax", "gift_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=requirements,
+)
