@@ -1,1 +1,6 @@
-"""gift_jax.parallel."""
+"""Device mesh, logical-axis sharding rules and batch placement."""
+from gift_jax.parallel.mesh import BATCH_AXES, MESH_AXES, MeshConfig, batch_parallelism, make_mesh
+from gift_jax.parallel.sharding import (
+    LOGICAL_RULES, batch_sharding, logical_to_spec, model_shardings, replicated, shard_batch, shard_model,
+    state_shardings,
+)

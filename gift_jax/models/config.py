@@ -1,0 +1,185 @@
+"""Model configuration and its translation from / to Hugging Face `config.json`.
+
+One frozen dataclass covers both supported families:
+- `qwen2`  (`Qwen2ForCausalLM`: Qwen2 / Qwen2.5, biases on q/k/v)
+- `llama`  (`LlamaForCausalLM`: Llama 3.x, optional `llama3` rope scaling)
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+
+# HF `architectures[0]` -> our family name.
+ARCHITECTURES = {"Qwen2ForCausalLM": "qwen2", "LlamaForCausalLM": "llama"}
+FAMILY_TO_ARCHITECTURE = {family: arch for arch, family in ARCHITECTURES.items()}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+    """Llama-3 style frequency scaling (`rope_type == "llama3"`)."""
+
+    factor: float
+    low_freq_factor: float
+    high_freq_factor: float
+    original_max_position_embeddings: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Static description of a decoder-only transformer (hashable, usable as a jit static arg)."""
+
+    family: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_scaling: RopeScaling | None = None
+    max_position_embeddings: int = 4096
+    tie_word_embeddings: bool = False
+    qkv_bias: bool = False
+    bos_token_id: int | None = None
+    eos_token_id: int | tuple[int, ...] | None = None
+    pad_token_id: int | None = None
+    param_dtype: str = "float32"  # storage dtype of the parameters ("master weights")
+    dtype: str = "float32"  # compute dtype of matmuls / activations
+    remat: bool = False  # rematerialise each decoder layer in the backward pass
+
+    def __post_init__(self):
+        if self.family not in FAMILY_TO_ARCHITECTURE:
+            raise ValueError(f"unknown model family {self.family!r}; known: {sorted(FAMILY_TO_ARCHITECTURE)}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
+        for name in ("param_dtype", "dtype"):
+            if getattr(self, name) not in DTYPES:
+                raise ValueError(f"{name}={getattr(self, name)!r}; expected one of {sorted(DTYPES)}")
+
+    @property
+    def jnp_dtype(self):
+        return DTYPES[self.dtype]
+
+    @property
+    def jnp_param_dtype(self):
+        return DTYPES[self.param_dtype]
+
+    def replace(self, **changes) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+    def num_params(self) -> int:
+        """Parameter count (embeddings counted once when tied)."""
+        d, f, v = self.hidden_size, self.intermediate_size, self.vocab_size
+        q, kv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        attn = d * q + 2 * d * kv + q * d + ((q + 2 * kv) if self.qkv_bias else 0)
+        layer = attn + 3 * d * f + 2 * d
+        head = 0 if self.tie_word_embeddings else d * v
+        return v * d + self.num_layers * layer + d + head
+
+
+def _rope_block(hf: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
+    """(rope_theta, scaling dict or None) from either the old top-level keys or `rope_parameters`."""
+    params = hf.get("rope_parameters") or {}
+    theta = params.get("rope_theta", hf.get("rope_theta", 10000.0))
+    scaling = hf.get("rope_scaling") or None
+    rope_type = params.get("rope_type", params.get("type"))
+    if rope_type not in (None, "default"):
+        scaling = params
+    return float(theta), scaling
+
+
+def _parse_rope_scaling(scaling: dict[str, Any] | None, source: str) -> RopeScaling | None:
+    if not scaling:
+        return None
+    rope_type = scaling.get("rope_type", scaling.get("type"))
+    if rope_type in (None, "default"):
+        return None
+    if rope_type != "llama3":
+        raise ValueError(f"{source}: unsupported rope scaling type {rope_type!r} (supported: llama3)")
+    try:
+        return RopeScaling(
+            factor=float(scaling["factor"]),
+            low_freq_factor=float(scaling["low_freq_factor"]),
+            high_freq_factor=float(scaling["high_freq_factor"]),
+            original_max_position_embeddings=int(scaling["original_max_position_embeddings"]),
+        )
+    except KeyError as err:
+        raise ValueError(f"{source}: llama3 rope scaling is missing key {err}") from None
+
+
+def config_from_hf(hf: dict[str, Any], *, source: str = "config.json", **overrides) -> ModelConfig:
+    """Builds a `ModelConfig` from a parsed HF `config.json` (`source` names it in errors)."""
+    archs = hf.get("architectures") or []
+    family = next((ARCHITECTURES[a] for a in archs if a in ARCHITECTURES), None)
+    if family is None:
+        raise ValueError(
+            f"{source}: unsupported architecture {archs or hf.get('model_type')!r}; "
+            f"supported: {sorted(ARCHITECTURES)}"
+        )
+    try:
+        num_heads = int(hf["num_attention_heads"])
+        hidden = int(hf["hidden_size"])
+        theta, scaling = _rope_block(hf)
+        eos = hf.get("eos_token_id")
+        config = dict(
+            family=family,
+            vocab_size=int(hf["vocab_size"]),
+            hidden_size=hidden,
+            intermediate_size=int(hf["intermediate_size"]),
+            num_layers=int(hf["num_hidden_layers"]),
+            num_heads=num_heads,
+            num_kv_heads=int(hf.get("num_key_value_heads") or num_heads),
+            head_dim=int(hf.get("head_dim") or hidden // num_heads),
+            rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+            rope_theta=theta,
+            rope_scaling=_parse_rope_scaling(scaling, source),
+            max_position_embeddings=int(hf.get("max_position_embeddings", 4096)),
+            tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            qkv_bias=bool(hf.get("attention_bias", family == "qwen2")),
+            bos_token_id=hf.get("bos_token_id"),
+            eos_token_id=tuple(eos) if isinstance(eos, list) else eos,
+            pad_token_id=hf.get("pad_token_id"),
+        )
+    except KeyError as err:
+        raise ValueError(f"{source}: missing required key {err}") from None
+    config.update(overrides)
+    return ModelConfig(**config)
+
+
+def config_to_hf(config: ModelConfig) -> dict[str, Any]:
+    """The HF `config.json` dict (transformers 5.x layout: rope settings in `rope_parameters`)."""
+    rope: dict[str, Any] = {"rope_type": "default", "rope_theta": config.rope_theta}
+    if config.rope_scaling is not None:
+        rope = {"rope_type": "llama3", "rope_theta": config.rope_theta,
+                **dataclasses.asdict(config.rope_scaling)}
+    eos = list(config.eos_token_id) if isinstance(config.eos_token_id, tuple) else config.eos_token_id
+    hf = {
+        "architectures": [FAMILY_TO_ARCHITECTURE[config.family]],
+        "model_type": config.family,
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.hidden_size,
+        "intermediate_size": config.intermediate_size,
+        "num_hidden_layers": config.num_layers,
+        "num_attention_heads": config.num_heads,
+        "num_key_value_heads": config.num_kv_heads,
+        "head_dim": config.head_dim,
+        "hidden_act": "silu",
+        "rms_norm_eps": config.rms_norm_eps,
+        "rope_parameters": rope,
+        "max_position_embeddings": config.max_position_embeddings,
+        "tie_word_embeddings": config.tie_word_embeddings,
+        "bos_token_id": config.bos_token_id,
+        "eos_token_id": eos,
+        "pad_token_id": config.pad_token_id,
+        "torch_dtype": config.param_dtype,
+        "dtype": config.param_dtype,
+    }
+    if config.family == "llama":
+        hf["attention_bias"] = config.qkv_bias
+        hf["mlp_bias"] = False
+    return hf

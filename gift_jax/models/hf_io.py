@@ -1,0 +1,241 @@
+"""Hugging Face checkpoint import / export (`config.json` + `*.safetensors`, single or sharded).
+
+One name table per family maps HF tensor names to our parameter paths. Loading reads each tensor
+lazily from the safetensors files and, given a mesh, builds every array shard by shard with
+`jax.make_array_from_callback`, so no device ever holds a full copy of a sharded weight.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from gift_jax.models.config import ModelConfig, config_from_hf, config_to_hf
+from gift_jax.models.transformer import Transformer
+from gift_jax.parallel.sharding import path_to_str, state_shardings
+
+# (HF name, our parameter path, transpose?) per family. Fields in braces (`{layer}`, `{attn}`, ...) are
+# filled from the matched name (see _FIELDS). Torch Linear weights are [out, in], ours [in, out].
+_COMMON = (
+    ("model.embed_tokens.weight", "embed_tokens/embedding", False),
+    ("model.layers.{layer}.self_attn.{attn}.weight", "layers/{layer}/self_attn/{attn}/kernel", True),
+    ("model.layers.{layer}.mlp.{ffn}.weight", "layers/{layer}/mlp/{ffn}/kernel", True),
+    ("model.layers.{layer}.{norm}.weight", "layers/{layer}/{norm}/weight", False),
+    ("model.norm.weight", "norm/weight", False),
+    ("lm_head.weight", "lm_head/kernel", True),
+)
+_QKV_BIAS = (("model.layers.{layer}.self_attn.{qkv}.bias", "layers/{layer}/self_attn/{qkv}/bias", False),)
+HF_NAME_TABLES = {"llama": _COMMON + _QKV_BIAS, "qwen2": _COMMON + _QKV_BIAS}
+_FIELDS = {"layer": r"\d+", "attn": "q_proj|k_proj|v_proj|o_proj", "qkv": "q_proj|k_proj|v_proj",
+           "ffn": "gate_proj|up_proj|down_proj", "norm": "input_layernorm|post_attention_layernorm"}
+
+# Tensors some exporters include that carry no parameters of ours.
+_IGNORED = re.compile(r".*rotary_emb\.inv_freq$")
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "generation_config.json", "chat_template.jinja", "vocab.json", "merges.txt")
+
+
+class CheckpointError(ValueError):
+    """A Hugging Face folder that cannot be loaded; the message names the file / tensor."""
+
+
+def _template_regex(template: str) -> re.Pattern:
+    parts = re.split(r"\{(\w+)\}", template)  # literal, field, literal, field, ...
+    regex = "".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>{_FIELDS[p]})" for i, p in enumerate(parts))
+    return re.compile(regex)
+
+
+def _translate(family: str, name: str, *, to_hf: bool) -> tuple[str, bool] | None:
+    """HF name <-> our path through the family's table; None when no row matches."""
+    for hf_template, our_template, transpose in HF_NAME_TABLES[family]:
+        source, target = (our_template, hf_template) if to_hf else (hf_template, our_template)
+        m = _template_regex(source).fullmatch(name)
+        if m:
+            return target.format(**m.groupdict()), transpose
+    return None
+
+
+def read_config(path: str | os.PathLike, **overrides) -> ModelConfig:
+    """`ModelConfig` from `path/config.json`; overrides such as `dtype="bfloat16"` are applied."""
+    config_path = Path(path) / "config.json"
+    try:
+        hf = json.loads(config_path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{config_path}: not found (is {path} a Hugging Face model folder?)") from None
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{config_path}: unreadable ({err})") from None
+    return config_from_hf(hf, source=str(config_path), **overrides)
+
+
+def _tensor_files(path: Path) -> dict[str, Path]:
+    """HF tensor name -> the safetensors file holding it."""
+    index = path / SAFETENSORS_INDEX
+    if index.exists():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (OSError, json.JSONDecodeError, KeyError) as err:
+            raise CheckpointError(f"{index}: unreadable index ({err!r})") from None
+        return {name: path / fname for name, fname in weight_map.items()}
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"{path}: no *.safetensors files (and no {SAFETENSORS_INDEX})")
+    names: dict[str, Path] = {}
+    for f in files:
+        with _open(f) as handle:
+            names.update({name: f for name in handle.keys()})
+    return names
+
+
+def _open(file: Path):
+    try:
+        return safe_open(str(file), framework="numpy")
+    except Exception as err:  # safetensors raises its own error types for corrupt headers
+        raise CheckpointError(f"{file}: unreadable safetensors file ({err})") from None
+
+
+def load_hf(path: str | os.PathLike, *, dtype: str | None = None, param_dtype: str | None = None,
+            mesh: jax.sharding.Mesh | None = None, remat: bool = False) -> tuple[Transformer, ModelConfig]:
+    """Loads a HF `Qwen2ForCausalLM` / `LlamaForCausalLM` folder -> `(model, config)`.
+
+    dtype: compute dtype; param_dtype: storage dtype (default: float32 master weights).
+    mesh: when given, each tensor is placed directly in its sharding (see `gift_jax.parallel`).
+    """
+    path = Path(path)
+    overrides = {k: v for k, v in dict(dtype=dtype, param_dtype=param_dtype).items() if v is not None}
+    config = read_config(path, remat=remat, **overrides)
+    abstract = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(abstract)
+    shardings = state_shardings(state, mesh) if mesh is not None else None
+    files = _tensor_files(path)
+
+    expected: dict[str, tuple[str, bool]] = {}
+    for hf_name in files:
+        mapped = _translate(config.family, hf_name, to_hf=False)
+        if mapped is None:
+            if _IGNORED.fullmatch(hf_name) or (hf_name == "lm_head.weight" and config.tie_word_embeddings):
+                continue
+            raise CheckpointError(f"{files[hf_name]}: unexpected tensor {hf_name!r} for a {config.family} model")
+        expected[mapped[0]] = (hf_name, mapped[1])
+
+    handles: dict[Path, object] = {}
+
+    def load_leaf(key_path, abstract_leaf, sharding=None):
+        ours = path_to_str(key_path)
+        if ours not in expected:
+            hf_name = _translate(config.family, ours, to_hf=True)[0]
+            raise CheckpointError(f"{path}: missing tensor {hf_name!r} (needed for parameter {ours})")
+        hf_name, transpose = expected.pop(ours)
+        file = files[hf_name]
+        if file not in handles:
+            handles[file] = _open(file).__enter__()
+        tensor_slice = handles[file].get_slice(hf_name)
+        hf_shape = tuple(tensor_slice.get_shape())
+        shape = hf_shape[::-1] if transpose else hf_shape
+        if shape != tuple(abstract_leaf.shape):
+            want = tuple(abstract_leaf.shape)[::-1] if transpose else tuple(abstract_leaf.shape)
+            raise CheckpointError(f"{file}: tensor {hf_name!r} has shape {hf_shape}, expected {want} "
+                                  f"from config.json")
+        host = tensor_slice[:]
+        host = host.T if transpose else host
+        host = host.astype(abstract_leaf.dtype)
+        if sharding is None:
+            return jnp.asarray(host)
+        return jax.make_array_from_callback(shape, sharding, lambda index: host[index])
+
+    try:
+        if shardings is None:
+            loaded = jax.tree_util.tree_map_with_path(load_leaf, state)
+        else:
+            loaded = jax.tree_util.tree_map_with_path(load_leaf, state, shardings)
+    finally:
+        for handle in handles.values():
+            handle.__exit__(None, None, None)
+    if expected:  # tensors no parameter asked for, e.g. biases under a config without them
+        hf_name = next(iter(expected.values()))[0]
+        raise CheckpointError(f"{files[hf_name]}: unexpected tensor {hf_name!r} for this config.json "
+                              f"({len(expected)} unused in total)")
+    return nnx.merge(graphdef, loaded), config
+
+
+def _host_array(x: jax.Array) -> np.ndarray:
+    if jax.process_count() > 1 and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))
+
+
+def save_hf(model: Transformer, config: ModelConfig, path: str | os.PathLike, *,
+            max_shard_bytes: int = 5 * 2**30, dtype: str | None = None,
+            tokenizer_dir: str | os.PathLike | None = None, overwrite: bool = False) -> Path:
+    """Writes `model` as a HF folder that `transformers.AutoModelForCausalLM.from_pretrained` loads.
+
+    Tensors are split over several files with a `model.safetensors.index.json` above
+    `max_shard_bytes`. `dtype` converts on the way out (default: the parameter dtype). Tokenizer files
+    from `tokenizer_dir` are copied alongside. The folder is written to a temporary sibling and renamed
+    into place, so an existing checkpoint is never half-overwritten; an existing non-empty `path` is
+    an error unless `overwrite`. Every process must call this (arrays may need gathering); process 0
+    writes.
+    """
+    path = Path(path)
+    if path.exists() and any(path.iterdir()) and not overwrite:
+        raise FileExistsError(f"{path}: exists and is not empty (pass overwrite=True to replace it)")
+    out_dtype = jnp.dtype(dtype or config.param_dtype)
+    tensors: dict[str, np.ndarray] = {}
+    for key_path, leaf in jax.tree_util.tree_flatten_with_path(nnx.state(model, nnx.Param))[0]:
+        hf_name, transpose = _translate(config.family, path_to_str(key_path), to_hf=True)
+        host = _host_array(leaf).astype(out_dtype)
+        tensors[hf_name] = np.ascontiguousarray(host.T if transpose else host)
+    if jax.process_index() != 0:
+        return path
+
+    shards: list[dict[str, np.ndarray]] = [{}]
+    size = 0
+    for name in sorted(tensors):
+        nbytes = tensors[name].nbytes
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = tensors[name]
+        size += nbytes
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        hf_config = config_to_hf(config.replace(param_dtype=str(out_dtype)))
+        (tmp / "config.json").write_text(json.dumps(hf_config, indent=2))
+        if len(shards) == 1:
+            save_file(shards[0], str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        else:
+            weight_map = {}
+            for i, shard in enumerate(shards):
+                fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+                save_file(shard, str(tmp / fname), metadata={"format": "pt"})
+                weight_map.update({name: fname for name in shard})
+            total = sum(t.nbytes for t in tensors.values())
+            (tmp / SAFETENSORS_INDEX).write_text(
+                json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+        for fname in TOKENIZER_FILES if tokenizer_dir is not None else ():
+            if (Path(tokenizer_dir) / fname).exists():
+                shutil.copy2(Path(tokenizer_dir) / fname, tmp / fname)
+        if path.exists():
+            backup = path.with_name(f".{path.name}.old")
+            shutil.rmtree(backup, ignore_errors=True)
+            path.rename(backup)
+            tmp.rename(path)
+            shutil.rmtree(backup)
+        else:
+            tmp.rename(path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path

@@ -1,0 +1,206 @@
+"""Decoder-only transformer (Qwen2 / Llama 3 layout) in Flax NNX, with a functional KV cache.
+
+Shapes: B batch, T new tokens, S cache slots, d hidden, H query heads, K kv heads, D head dim,
+F MLP width, V vocabulary. Kernels are stored `[in, out]` (torch Linear is `[out, in]`).
+
+Padding is handled by explicit `positions` and an `attention_mask` (1 = real token), so the same
+code serves right-padded training batches and left-padded generation batches. Without a cache a
+query attends to earlier keys of the same call; with a cache (`KVCache`) the new keys are written at
+slots `[cache.index, cache.index + T)` and queries attend to every earlier valid slot.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from gift_jax.models.config import ModelConfig
+from gift_jax.models.rope import apply_rope, inverse_frequencies
+
+
+class KVCache(NamedTuple):
+    """Per-layer keys and values plus which slots hold real tokens (a pytree; jit/donate friendly).
+
+    k, v: tuples of `[B, S, K, D]` per layer; key_mask: `[B, S]` bool; index: `[]` int32, next slot.
+    """
+
+    k: tuple[jax.Array, ...]
+    v: tuple[jax.Array, ...]
+    key_mask: jax.Array
+    index: jax.Array
+
+
+def init_cache(config: ModelConfig, batch: int, max_len: int, dtype=None) -> KVCache:
+    """An empty cache of `max_len` slots (dtype defaults to the compute dtype)."""
+    dtype = dtype or config.jnp_dtype
+    shape = (batch, max_len, config.num_kv_heads, config.head_dim)
+    zeros = tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers))
+    return KVCache(zeros, zeros, jnp.zeros((batch, max_len), bool), jnp.zeros((), jnp.int32))
+
+
+class RMSNorm(nnx.Module):
+    """HF-exact RMSNorm: normalise in float32, cast back, then scale."""
+
+    def __init__(self, dim: int, eps: float, config: ModelConfig):
+        self.weight = nnx.Param(jnp.ones((dim,), config.jnp_param_dtype))
+        self.eps = eps
+        self.dtype = config.jnp_dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        xf = x.astype(jnp.float32)
+        xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+        return self.weight[...].astype(self.dtype) * xf.astype(self.dtype)
+
+
+def _linear(din: int, dout: int, bias: bool, config: ModelConfig, rngs: nnx.Rngs) -> nnx.Linear:
+    return nnx.Linear(din, dout, use_bias=bias, dtype=config.jnp_dtype, param_dtype=config.jnp_param_dtype,
+                      kernel_init=nnx.initializers.normal(0.02), rngs=rngs)
+
+
+class Attention(nnx.Module):
+    def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+        d, h, k, hd = config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim
+        self.q_proj = _linear(d, h * hd, config.qkv_bias, config, rngs)
+        self.k_proj = _linear(d, k * hd, config.qkv_bias, config, rngs)
+        self.v_proj = _linear(d, k * hd, config.qkv_bias, config, rngs)
+        self.o_proj = _linear(h * hd, d, False, config, rngs)
+        self.config = config
+
+    def __call__(self, x, positions, mask, inv_freq, cache_kv=None, cache_index=None):
+        """x `[B, T, d]`, positions `[B, T]`, mask `[B, 1, T, S]` bool -> (`[B, T, d]`, new (k, v))."""
+        c = self.config
+        b, t, _ = x.shape
+        q = self.q_proj(x).reshape(b, t, c.num_heads, c.head_dim)
+        k = self.k_proj(x).reshape(b, t, c.num_kv_heads, c.head_dim)
+        v = self.v_proj(x).reshape(b, t, c.num_kv_heads, c.head_dim)
+        q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
+        if cache_kv is not None:
+            k_all, v_all = cache_kv
+            k = jax.lax.dynamic_update_slice(k_all, k.astype(k_all.dtype), (0, cache_index, 0, 0))
+            v = jax.lax.dynamic_update_slice(v_all, v.astype(v_all.dtype), (0, cache_index, 0, 0))
+        out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask)
+        return self.o_proj(out.reshape(b, t, c.num_heads * c.head_dim)), (k, v)
+
+
+class MLP(nnx.Module):
+    """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+        d, f = config.hidden_size, config.intermediate_size
+        self.gate_proj = _linear(d, f, False, config, rngs)
+        self.up_proj = _linear(d, f, False, config, rngs)
+        self.down_proj = _linear(f, d, False, config, rngs)
+
+    def __call__(self, x):
+        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, config)
+        self.self_attn = Attention(config, rngs)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, config)
+        self.mlp = MLP(config, rngs)
+
+    def __call__(self, x, positions, mask, inv_freq, cache_kv=None, cache_index=None):
+        attn, new_kv = self.self_attn(self.input_layernorm(x), positions, mask, inv_freq, cache_kv, cache_index)
+        x = x + attn
+        return x + self.mlp(self.post_attention_layernorm(x)), new_kv
+
+
+def _run_layer(layer, x, positions, mask, inv_freq, cache_kv, cache_index):
+    return layer(x, positions, mask, inv_freq, cache_kv, cache_index)
+
+
+# Only used without a cache (training), where activations dominate memory.
+_run_layer_remat = nnx.remat(_run_layer)
+
+
+class Transformer(nnx.Module):
+    """The causal LM. `model(input_ids)` -> logits `[B, T, V]` (float32)."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        self.embed_tokens = nnx.Embed(config.vocab_size, config.hidden_size, dtype=config.jnp_dtype,
+                                      param_dtype=config.jnp_param_dtype,
+                                      embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
+        self.layers = nnx.List([DecoderLayer(config, rngs) for _ in range(config.num_layers)])
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, config)
+        if not config.tie_word_embeddings:
+            self.lm_head = _linear(config.hidden_size, config.vocab_size, False, config, rngs)
+
+    # -- public API -------------------------------------------------------------------------------
+    def __call__(self, input_ids, positions=None, attention_mask=None):
+        """input_ids `[B, T]` int -> logits `[B, T, V]` float32."""
+        return self.logits_from_hidden(self.hidden_states(input_ids, positions, attention_mask))
+
+    def hidden_states(self, input_ids, positions=None, attention_mask=None):
+        """Final (normed) hidden states `[B, T, d]`, i.e. everything but the output projection."""
+        hidden, _ = self._forward(input_ids, positions, attention_mask, None)
+        return hidden
+
+    def decode(self, input_ids, cache: KVCache, positions=None, attention_mask=None):
+        """Prefill (T > 1) or decode step (T = 1) against `cache` -> (logits `[B, T, V]`, new cache)."""
+        hidden, cache = self._forward(input_ids, positions, attention_mask, cache)
+        return self.logits_from_hidden(hidden), cache
+
+    def output_projection(self) -> jax.Array:
+        """The `[d, V]` matrix mapping final hidden states to logits (tied embeddings transposed)."""
+        if self.config.tie_word_embeddings:
+            return self.embed_tokens.embedding[...].T
+        return self.lm_head.kernel[...]
+
+    def logits_from_hidden(self, hidden):
+        """`[B, T, d]` -> float32 logits `[B, T, V]` (matmul in the compute dtype, f32 accumulate)."""
+        w = self.output_projection().astype(self.config.jnp_dtype)
+        return jnp.dot(hidden.astype(self.config.jnp_dtype), w, preferred_element_type=jnp.float32)
+
+    # -- internals --------------------------------------------------------------------------------
+    def _forward(self, input_ids, positions, attention_mask, cache):
+        c = self.config
+        b, t = input_ids.shape
+        if attention_mask is None:
+            attention_mask = jnp.ones((b, t), bool)
+        attention_mask = attention_mask.astype(bool)
+        if positions is None:
+            # Real tokens are numbered 0, 1, ... whatever the padding side; pads get 0.
+            offset = 0 if cache is None else jnp.sum(cache.key_mask, axis=1, keepdims=True)
+            positions = jnp.maximum(jnp.cumsum(attention_mask, axis=1) - 1 + offset, 0)
+        mask, cache_index = self._attention_mask(attention_mask, cache, t)
+        inv_freq = inverse_frequencies(c.head_dim, c.rope_theta, c.rope_scaling)
+        x = self.embed_tokens(input_ids)
+        new_k, new_v = [], []
+        run = _run_layer_remat if (c.remat and cache is None) else _run_layer
+        for i, layer in enumerate(self.layers):
+            cache_kv = None if cache is None else (cache.k[i], cache.v[i])
+            x, (k, v) = run(layer, x, positions, mask, inv_freq, cache_kv, cache_index)
+            new_k.append(k)
+            new_v.append(v)
+        hidden = self.norm(x)
+        if cache is None:
+            return hidden, None
+        key_mask = jax.lax.dynamic_update_slice(cache.key_mask, attention_mask, (0, cache_index))
+        return hidden, KVCache(tuple(new_k), tuple(new_v), key_mask, cache_index + t)
+
+    @staticmethod
+    def _attention_mask(attention_mask, cache, t):
+        """Boolean `[B, 1, T, S]`: causal, padding keys hidden, every query sees at least itself.
+
+        Letting a padding query see itself keeps its softmax finite (its output is never used).
+        """
+        if cache is None:
+            q_slot = jnp.arange(t)
+            k_slot = jnp.arange(t)
+            key_valid = attention_mask
+            index = None
+        else:
+            index = cache.index
+            q_slot = index + jnp.arange(t)
+            k_slot = jnp.arange(cache.key_mask.shape[1])
+            key_valid = jax.lax.dynamic_update_slice(cache.key_mask, attention_mask, (0, index))
+        causal = k_slot[None, :] <= q_slot[:, None]  # [T, S]
+        itself = k_slot[None, :] == q_slot[:, None]
+        mask = causal[None] & (key_valid[:, None, :] | itself[None])  # [B, T, S]
+        return mask[:, None], index

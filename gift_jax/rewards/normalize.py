@@ -1,0 +1,73 @@
+"""MATH-style normalisation of a final-answer string (Hendrycks et al. / verl `strip_string`).
+
+Two answers that normalise to the same string are equal; the rules remove typesetting that does
+not change the value (`\\left`, `\\!`, `$`, `\\dfrac`, units in `\\text{}`, degree signs, a leading
+`x =`, thousands separators, trailing periods, spaces). Every rule is a plain string or regex
+pass without nested quantifiers, so normalisation is linear in the length of the answer.
+"""
+import re
+
+# Typesetting that never changes a value: sizing, thin spaces, display style.
+_DROPPED_TOKENS = (
+    "\\left", "\\right", "\\displaystyle", "\\!", "\\,", "\\;", "\\:", "\\ ",
+    "^{\\circ}", "^\\circ", "°", "\\$", "$", "\\%", "%", "\\(", "\\)", "\\mathbf",
+)
+_SYNONYMS = (
+    ("\\tfrac", "\\frac"), ("\\dfrac", "\\frac"), ("\\neq", "\\ne"), ("\\leq", "\\le"),
+    ("\\geq", "\\ge"), ("bmatrix", "pmatrix"), ("\\emptyset", "\\varnothing"),
+    ("\\infinity", "\\infty"), ("{,}", ","),
+)
+_TRAILING_TEXT_UNIT = re.compile(r"\\(?:text|mbox|mathrm)\{[^{}]*\}$")
+_TEXT_WRAPPER = re.compile(r"\\(?:text|mbox|mathrm|textbf)\{([^{}]*)\}")
+_SHORT_LHS = re.compile(r"^[A-Za-z](?:_\{?[0-9A-Za-z]\}?)?\s*=(?!=)")
+_THOUSANDS = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
+_SQRT_SHORT = re.compile(r"\\sqrt(\w)")
+_FRAC_SHORT = re.compile(r"\\frac(?:(\d)(\d)|(\d)(?=\{)|\{([^{}]*)\}(\d))")
+_INT_SLASH_INT = re.compile(r"^(-?\d+)/(\d+)$")
+_TRAILING_ZEROS = re.compile(r"(\d)\.0+(?!\d)")
+_BARE_DECIMAL = re.compile(r"(^|[^\d])\.(\d)")
+
+
+def _expand_short_frac(match: re.Match) -> str:
+    """`\\frac12` -> `\\frac{1}{2}`, `\\frac1{x}` -> `\\frac{1}{x}`, `\\frac{x}2` -> `\\frac{x}{2}`."""
+    numerator_digit, denominator_digit, lone_numerator, braced_numerator, lone_denominator = (
+        match.groups()
+    )
+    if numerator_digit is not None:
+        return f"\\frac{{{numerator_digit}}}{{{denominator_digit}}}"
+    if lone_numerator is not None:
+        return f"\\frac{{{lone_numerator}}}"
+    return f"\\frac{{{braced_numerator}}}{{{lone_denominator}}}"
+
+
+def normalize_answer(answer: str) -> str:
+    """Canonical string form of a final answer, e.g. `\\$ 0.50\\text{ dollars}.` -> `0.5`.
+
+    Only removes notation; it never evaluates anything. Case is kept (`A` and `a` may differ in
+    a math answer).
+    """
+    text = answer.strip().replace("\n", "")
+    for old, new in _SYNONYMS:
+        text = text.replace(old, new)
+    for token in _DROPPED_TOKENS:
+        text = text.replace(token, "")
+    # A trailing `\text{cm}` is a unit; drop it when a value remains in front of it.
+    without_unit = _TRAILING_TEXT_UNIT.sub("", text).strip()
+    if without_unit:
+        text = without_unit
+    text = _TEXT_WRAPPER.sub(r"\1", text)
+    text = text.strip().rstrip(".").strip()
+    # `x = 5` answers the question "find x": keep the value. Longer left sides are equations.
+    if text.count("=") == 1:
+        text = _SHORT_LHS.sub("", text)
+    text = text.replace(" ", "")
+    if _THOUSANDS.match(text):
+        text = text.replace(",", "")
+    text = _SQRT_SHORT.sub(r"\\sqrt{\1}", text)
+    text = _FRAC_SHORT.sub(_expand_short_frac, text)
+    slash = _INT_SLASH_INT.match(text)
+    if slash:
+        text = f"\\frac{{{slash.group(1)}}}{{{slash.group(2)}}}"
+    text = _BARE_DECIMAL.sub(r"\g<1>0.\2", text)
+    text = _TRAILING_ZEROS.sub(r"\1", text)
+    return text

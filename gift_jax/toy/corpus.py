@@ -1,0 +1,144 @@
+"""Seeded, disjoint problem splits and the rows of every toy-world file (no I/O here).
+
+The base corpus and the problem partition depend only on (seed, sizes, task), never on the
+variant: one pretrained base serves the `hard` and the `control` world alike, and only the
+expert's style differs between them.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from gift_jax.toy import styles
+from gift_jax.toy.task import Problem, TaskSpec, problem_from_id, sample_problem_ids
+from gift_jax.toy.tokenizer import render_chat
+
+# Variant -> the one style the expert demonstrates. `hard`: the expert skips the intermediate
+# steps, the style a small model gets wrong most often. `control`: the expert writes a running sum,
+# the easiest style, so an init that keeps the base's alternatives has nothing better to find.
+EXPERT_STYLE: dict[str, str] = {"hard": styles.DIRECT, "control": styles.LEFT}
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitSizes:
+    """Number of problems per split (each split's problems are distinct and disjoint from all others).
+
+    pretrain: base documents (one per problem); expert / expert_val: init-stage demonstrations
+    for training / held-out NLL; rl_prompts: RL-stage prompts; eval: held-out test problems.
+    """
+
+    pretrain: int = 40_000
+    expert: int = 2_000
+    expert_val: int = 256
+    rl_prompts: int = 2_000
+    eval: int = 256
+
+    def __post_init__(self):
+        for name, value in dataclasses.asdict(self).items():
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"SplitSizes.{name} must be a positive int, got {value!r}")
+
+    @classmethod
+    def from_overrides(cls, overrides: "SplitSizes | dict[str, int] | None") -> "SplitSizes":
+        """Defaults updated by a mapping of split name -> size (unknown names are an error)."""
+        if overrides is None or isinstance(overrides, cls):
+            return overrides or cls()
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(f"sizes: unknown split name(s) {unknown}; known: {sorted(known)}")
+        return dataclasses.replace(cls(), **overrides)
+
+
+@dataclasses.dataclass(frozen=True)
+class BaseMix:
+    """How the base corpus renders its problems.
+
+    style_weights: relative frequency of each style in `styles.STYLES` order (uniform: each
+      style's header gets base probability ~0.25 at the branching token).
+    boxed_fraction: share of documents ending in `\\boxed{}` instead of `answer: `; the format
+      choice is drawn independently of the style.
+    """
+
+    style_weights: tuple[float, ...] = (1.0,) * len(styles.STYLES)
+    boxed_fraction: float = 0.02
+
+    def __post_init__(self):
+        weights = np.asarray(self.style_weights, dtype=np.float64)
+        if weights.shape != (len(styles.STYLES),) or (weights < 0).any() or weights.sum() <= 0:
+            raise ValueError(
+                f"BaseMix.style_weights: need {len(styles.STYLES)} non-negative weights "
+                f"(for {styles.STYLES}) with a positive sum, got {self.style_weights!r}"
+            )
+        if not 0.0 <= self.boxed_fraction <= 1.0:
+            raise ValueError(f"BaseMix.boxed_fraction must lie in [0, 1], got {self.boxed_fraction}")
+
+    @property
+    def style_probabilities(self) -> np.ndarray:
+        """Normalised style weights. Returns float64 [len(STYLES)]."""
+        weights = np.asarray(self.style_weights, dtype=np.float64)
+        return weights / weights.sum()
+
+
+def exact_share_labels(count: int, probabilities: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Category per item with counts matching `probabilities` as closely as integers allow.
+
+    Largest-remainder rounding, then a random order; beats i.i.d. draws because the corpus
+    statistics are then exact and the tests can hold them to tight ranges. Returns int64 [count].
+    """
+    raw = probabilities * count
+    counts = np.floor(raw).astype(np.int64)
+    remainder_order = np.argsort(-(raw - counts), kind="stable")
+    counts[remainder_order[: count - counts.sum()]] += 1
+    return rng.permutation(np.repeat(np.arange(len(probabilities)), counts))
+
+
+def split_problems(task: TaskSpec, sizes: SplitSizes, seed: int) -> dict[str, list[Problem]]:
+    """Disjoint problem lists per split name (`SplitSizes` field order), fixed by `seed`."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0]))
+    counts = dataclasses.asdict(sizes)
+    ids = sample_problem_ids(task, sum(counts.values()), rng)
+    splits, start = {}, 0
+    for name, count in counts.items():
+        splits[name] = [problem_from_id(task, int(i)) for i in ids[start : start + count]]
+        start += count
+    return splits
+
+
+def pretrain_rows(problems: list[Problem], mix: BaseMix, seed: int) -> list[dict[str, str]]:
+    """Base documents `{"text": chat rendering of (prompt, solution) with EOS}`, styles mixed."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 1]))
+    style_ids = exact_share_labels(len(problems), mix.style_probabilities, rng)
+    boxed = exact_share_labels(
+        len(problems), np.array([1.0 - mix.boxed_fraction, mix.boxed_fraction]), rng
+    ).astype(bool)
+    return [
+        {"text": render_chat(p.prompt, styles.render_solution(p, styles.STYLES[s], boxed=b))}
+        for p, s, b in zip(problems, style_ids, boxed)
+    ]
+
+
+def expert_rows(problems: list[Problem], variant: str) -> list[dict[str, str]]:
+    """Demonstrations `{"sft_prompt", "solution"}`: the variant's one style, always boxed.
+
+    `sft_prompt` is the raw user turn; the init stage applies the chat template and appends EOS
+    to `solution`.
+    """
+    if variant not in EXPERT_STYLE:
+        raise ValueError(f"unknown toy-world variant {variant!r}; expected one of {sorted(EXPERT_STYLE)}")
+    style = EXPERT_STYLE[variant]
+    return [
+        {"sft_prompt": p.prompt, "solution": styles.render_solution(p, style, boxed=True)}
+        for p in problems
+    ]
+
+
+def rl_prompt_rows(problems: list[Problem]) -> list[dict[str, str]]:
+    """RL prompts `{"prompt": raw user turn, "answer": ground-truth string}`."""
+    return [{"prompt": p.prompt, "answer": p.answer} for p in problems]
+
+
+def eval_rows(problems: list[Problem]) -> list[dict[str, str]]:
+    """Held-out test problems `{"problem": raw user turn, "answer": ground-truth string}`."""
+    return [{"problem": p.prompt, "answer": p.answer} for p in problems]

@@ -1,0 +1,46 @@
+"""Tiny real Hugging Face checkpoints built with transformers + CPU torch (no downloads)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+TINY_DIMS = dict(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+
+
+def make_tiny_hf(path, family: str = "qwen2", *, tied: bool = False, llama3_scaling: bool = False,
+                 seed: int = 0, **overrides):
+    """Saves a random tiny `Qwen2ForCausalLM` / `LlamaForCausalLM` to `path`; returns the torch model."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    dims = {**TINY_DIMS, **overrides}
+    if family == "qwen2":
+        config = transformers.Qwen2Config(tie_word_embeddings=tied, rope_theta=10000.0, **dims)
+        model = transformers.Qwen2ForCausalLM(config)
+    elif family == "llama":
+        extra = {}
+        if llama3_scaling:
+            extra["rope_scaling"] = dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
+                                         high_freq_factor=4.0, original_max_position_embeddings=32)
+        config = transformers.LlamaConfig(tie_word_embeddings=tied, rope_theta=500000.0, **extra, **dims)
+        model = transformers.LlamaForCausalLM(config)
+    else:
+        raise ValueError(family)
+    with torch.no_grad():  # random init is tiny (std 0.02); larger weights make parity tests meaningful
+        for p in model.parameters():
+            p.normal_(0.0, 0.2)
+    model.eval()
+    model.save_pretrained(Path(path))
+    return model
+
+
+def torch_logits(model, input_ids, attention_mask=None):
+    """float32 numpy logits `[B, T, V]` of a torch HF model."""
+    import numpy as np
+    import torch
+
+    with torch.no_grad():
+        ids = torch.as_tensor(np.asarray(input_ids), dtype=torch.long)
+        mask = None if attention_mask is None else torch.as_tensor(np.asarray(attention_mask), dtype=torch.long)
+        return model(input_ids=ids, attention_mask=mask).logits.float().numpy()

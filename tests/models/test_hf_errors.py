@@ -1,0 +1,75 @@
+"""Each broken Hugging Face folder gives an error that names the culprit."""
+import json
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from gift_jax.models import CheckpointError, load_hf
+from tests.helpers import make_tiny_hf
+
+
+@pytest.fixture()
+def folder(tmp_path):
+    make_tiny_hf(tmp_path, "qwen2")
+    return tmp_path
+
+
+def _edit_tensors(folder, edit):
+    tensors = load_file(str(folder / "model.safetensors"))
+    edit(tensors)
+    save_file(tensors, str(folder / "model.safetensors"))
+
+
+def test_unsupported_architecture(folder):
+    hf = json.loads((folder / "config.json").read_text())
+    hf["architectures"] = ["GPT2LMHeadModel"]
+    (folder / "config.json").write_text(json.dumps(hf))
+    with pytest.raises(ValueError, match="unsupported architecture.*GPT2LMHeadModel"):
+        load_hf(folder)
+
+
+def test_missing_tensor(folder):
+    _edit_tensors(folder, lambda t: t.pop("model.layers.1.mlp.up_proj.weight"))
+    with pytest.raises(CheckpointError, match=r"missing tensor 'model\.layers\.1\.mlp\.up_proj\.weight'"):
+        load_hf(folder)
+
+
+def test_shape_mismatch_names_tensor_and_both_shapes(folder):
+    def shrink(t):
+        t["model.layers.0.self_attn.k_proj.weight"] = np.zeros((8, 32), np.float32)
+    _edit_tensors(folder, shrink)
+    with pytest.raises(CheckpointError, match=r"'model\.layers\.0\.self_attn\.k_proj\.weight' has shape "
+                                              r"\(8, 32\), expected \(16, 32\)"):
+        load_hf(folder)
+
+
+def test_unexpected_tensor(folder):
+    _edit_tensors(folder, lambda t: t.update({"model.layers.0.mystery.weight": np.zeros(3, np.float32)}))
+    with pytest.raises(CheckpointError, match="unexpected tensor 'model.layers.0.mystery.weight'"):
+        load_hf(folder)
+
+
+def test_unreadable_safetensors(folder):
+    (folder / "model.safetensors").write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(CheckpointError, match="model.safetensors: unreadable"):
+        load_hf(folder)
+
+
+def test_missing_config(tmp_path):
+    with pytest.raises(CheckpointError, match="config.json: not found"):
+        load_hf(tmp_path)
+
+
+def test_malformed_config(folder):
+    (folder / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="config.json: unreadable"):
+        load_hf(folder)
+
+
+def test_config_missing_key(folder):
+    hf = json.loads((folder / "config.json").read_text())
+    del hf["hidden_size"]
+    (folder / "config.json").write_text(json.dumps(hf))
+    with pytest.raises(ValueError, match="missing required key 'hidden_size'"):
+        load_hf(folder)
