@@ -44,3 +44,38 @@ def torch_logits(model, input_ids, attention_mask=None):
         ids = torch.as_tensor(np.asarray(input_ids), dtype=torch.long)
         mask = None if attention_mask is None else torch.as_tensor(np.asarray(attention_mask), dtype=torch.long)
         return model(input_ids=ids, attention_mask=mask).logits.float().numpy()
+
+
+def make_tiny_model_dir(path, family: str = "qwen2", *, seed: int = 0, **overrides):
+    """A complete tiny model folder: random HF weights + a trained BPE `tokenizer.json` + chat template.
+
+    Returns the torch model. The vocabulary (320 ids) is the tokenizer's.
+    """
+    import json
+
+    from tests.data.tiny_model import QWEN_STYLE_TEMPLATE, train_tiny_tokenizer
+
+    path = Path(path)
+    tokenizer = train_tiny_tokenizer()
+    model = make_tiny_hf(path, family, seed=seed, **{"vocab_size": tokenizer.get_vocab_size(), **overrides})
+    tokenizer.save(str(path / "tokenizer.json"))
+    (path / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
+        "chat_template": QWEN_STYLE_TEMPLATE}))
+    return model
+
+
+def write_sft_jsonl(path, num: int, *, seed: int = 0, prompt_key: str = "sft_prompt",
+                    response_key: str = "solution"):
+    """`num` tiny arithmetic demonstrations `{prompt_key: "What is a + b?", response_key: "... \\boxed{c}"}`."""
+    import json
+    import random
+
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for _ in range(num):
+            a, b = rng.randint(1, 9), rng.randint(1, 9)
+            f.write(json.dumps({prompt_key: f"What is {a} + {b}?",
+                                response_key: f"First add the numbers: {a} + {b} = {a + b}. "
+                                              f"The answer is \\boxed{{{a + b}}}."}) + "\n")
+    return path

@@ -1,0 +1,116 @@
+"""orbax checkpoints for the training loops: periodic, final and best-by-metric, with safe resume.
+
+Layout under `directory`: `periodic/<step>/` (the last `max_to_keep`) and `best/<step>/` (one).
+Each step holds `state` (the training pytree) and `meta` (JSON: data-iterator state, RNG seed
+material, best metric so far, ...). orbax writes a step into a temporary folder and renames it when
+complete, so a run killed mid-save never leaves a step that looks finished; `restore_latest` also
+falls back to the previous step, with a warning naming both, when the newest one cannot be read.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written; earlier checkpoints are untouched."""
+
+
+def check_writable(directory: str | os.PathLike) -> Path:
+    """Creates `directory` and proves a file can be written there, or raises a clear error."""
+    directory = Path(directory)
+    probe = directory / ".write_probe"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise PermissionError(f"{directory}: workdir is not writable ({err.strerror or err})") from None
+    return directory
+
+
+def _manager(path: Path, max_to_keep: int) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                           enable_async_checkpointing=False, cleanup_tmp_directories=True)
+    return ocp.CheckpointManager(path, options=options)
+
+
+class Checkpointer:
+    """Saves / restores `(state pytree, meta dict)` pairs by step."""
+
+    def __init__(self, directory: str | os.PathLike, *, max_to_keep: int = 3):
+        self.directory = Path(directory).absolute()
+        self._periodic = _manager(self.directory / "periodic", max_to_keep)
+        self._best = _manager(self.directory / "best", 1)
+
+    # -- saving -----------------------------------------------------------------------------------
+    def save(self, step: int, state: Any, meta: dict[str, Any], *, best: bool = False) -> None:
+        """Writes step `step` (and, when `best`, also the single best checkpoint).
+
+        Raises CheckpointWriteError (naming the folder) when the write fails, e.g. disk full; the
+        previous checkpoints remain restorable.
+        """
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+        managers = [self._periodic] + ([self._best] if best else [])
+        for manager in managers:
+            if step in manager.all_steps():
+                continue
+            try:
+                manager.save(step, args=args, force=True)
+                manager.wait_until_finished()
+            except Exception as err:  # orbax surfaces OSError wrapped in its own types
+                raise CheckpointWriteError(f"{manager.directory}: could not write step {step} ({err})") from err
+
+    # -- restoring --------------------------------------------------------------------------------
+    def steps(self, kind: str = "periodic") -> list[int]:
+        return sorted(self._manager(kind).all_steps())
+
+    def restore(self, step: int, abstract_state: Any, kind: str = "periodic") -> tuple[Any, dict[str, Any]]:
+        """(state, meta) of one step; `abstract_state` gives structure, dtypes and shardings."""
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
+        restored = self._manager(kind).restore(step, args=args)
+        return restored["state"], dict(restored["meta"])
+
+    def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict[str, Any]] | None:
+        """The newest readable periodic step as `(step, state, meta)`, or None when there is none.
+
+        An unreadable step (truncated or corrupted files) is skipped with a warning that names it and
+        the step used instead.
+        """
+        failed: list[str] = []
+        for step in reversed(self.steps()):
+            try:
+                state, meta = self.restore(step, abstract_state)
+            except Exception as err:  # corrupt files raise many different error types
+                failed.append(f"{self.directory / 'periodic' / str(step)} ({type(err).__name__}: {err})")
+                continue
+            if failed:
+                message = (f"checkpoint(s) unreadable: {'; '.join(failed)}; resuming from "
+                           f"{self.directory / 'periodic' / str(step)} instead")
+                log.warning(message)
+                if jax.process_index() == 0:
+                    print(f"WARNING: {message}", flush=True)
+            return step, state, meta
+        if failed:
+            raise RuntimeError(f"no readable checkpoint under {self.directory}: {'; '.join(failed)}")
+        return None
+
+    def best_step(self) -> int | None:
+        steps = self.steps("best")
+        return steps[-1] if steps else None
+
+    def _manager(self, kind: str) -> ocp.CheckpointManager:
+        if kind not in ("periodic", "best"):
+            raise ValueError(f"checkpoint kind {kind!r}: expected 'periodic' or 'best'")
+        return self._periodic if kind == "periodic" else self._best
+
+    def close(self) -> None:
+        self._periodic.close()
+        self._best.close()

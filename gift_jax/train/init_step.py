@@ -1,0 +1,129 @@
+"""The jitted initialization-stage step (GIFT or an SFT-family baseline) and the validation step.
+
+Pure functions of `(TrainState, base params, batch)`; the model is rebuilt from its graphdef inside
+(`nnx.merge`), so nothing Python-side is traced per call. A global batch `[B, L]` is split into
+`num_micro` micro-batches, scanned with summed gradients; losses return (sum, token count), so the
+update uses exactly the token mean of the global batch however it is split over micro-batches and
+devices.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from gift_jax.losses import compute_init_loss, loss_needs_old_logprobs, loss_needs_reference
+from gift_jax.losses import chunked_token_logprobs
+from gift_jax.train.optim import skipped_updates
+
+
+class TrainState(NamedTuple):
+    """Everything that changes during training (donated to the step)."""
+
+    params: Any  # nnx.State of the policy's nnx.Param variables
+    opt_state: Any
+    step: jax.Array  # [] int32, number of updates applied or skipped
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    """Static (hashable) settings of the step."""
+
+    loss_name: str
+    loss_hparams: tuple[tuple[str, float], ...] = ()
+    num_micro: int = 1  # gradient-accumulation micro-batches per global batch
+    chunk_size: int = 1024  # tokens per chunk of the output projection (never [tokens, V] logits)
+
+    @property
+    def needs_reference(self) -> bool:
+        return loss_needs_reference(self.loss_name)
+
+    @property
+    def needs_old_logprobs(self) -> bool:
+        return loss_needs_old_logprobs(self.loss_name)
+
+
+def split_micro_batches(batch: dict[str, jax.Array], num_micro: int) -> dict[str, jax.Array]:
+    """`[B, ...]` -> `[num_micro, B // num_micro, ...]`, micro-batch `a` taking rows `a, a + A, ...`.
+
+    Strided rather than contiguous: with the batch split over devices in contiguous blocks, every
+    device then holds an equal share of every micro-batch, so no rows move between devices.
+    """
+    def one(x):
+        b = x.shape[0]
+        return x.reshape(b // num_micro, num_micro, *x.shape[1:]).swapaxes(0, 1)
+
+    return jax.tree.map(one, batch)
+
+
+def _hidden(model, batch):
+    return model.hidden_states(batch["input_ids"], batch["positions"], batch["attention_mask"])
+
+
+def _micro_loss(params, base_params, graphdef, base_graphdef, batch, config: StepConfig):
+    """(loss_sum, LossOutput) of one micro-batch; gradients flow into `params` only."""
+    model = nnx.merge(graphdef, params)
+    ref_hidden = ref_w_out = None
+    if config.needs_reference:
+        base = nnx.merge(base_graphdef, base_params)
+        ref_hidden = jax.lax.stop_gradient(_hidden(base, batch))
+        ref_w_out = jax.lax.stop_gradient(base.output_projection())
+    out = compute_init_loss(
+        config.loss_name, _hidden(model, batch), model.output_projection(), batch["target_ids"],
+        batch["loss_mask"], ref_hidden=ref_hidden, ref_w_out=ref_w_out,
+        old_logprobs=batch.get("old_logprobs"), chunk_size=config.chunk_size, **dict(config.loss_hparams))
+    return out.loss_sum, out
+
+
+def train_step(state: TrainState, base_params, batch, *, graphdef, base_graphdef, tx: optax.GradientTransformation,
+               config: StepConfig):
+    """One optimizer update on a global batch -> (new state, metrics dict of scalars)."""
+    micro = split_micro_batches(batch, config.num_micro)
+    grad_fn = jax.value_and_grad(_micro_loss, has_aux=True)
+
+    def accumulate(carry, mb):
+        grads, sums = carry
+        (_, out), g = grad_fn(state.params, base_params, graphdef, base_graphdef, mb, config)
+        grads = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), grads, g)
+        stats = {"loss": out.loss_sum, "tokens": out.token_count, **out.metrics}
+        return (grads, jax.tree.map(jnp.add, sums, stats)), None
+
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
+    out_shape = jax.eval_shape(lambda: _micro_loss(state.params, base_params, graphdef, base_graphdef,
+                                                   jax.tree.map(lambda x: x[0], micro), config)[1])
+    sums0 = {"loss": 0.0, "tokens": 0.0, **{k: 0.0 for k in out_shape.metrics}}
+    sums0 = jax.tree.map(lambda v: jnp.zeros((), jnp.float32), sums0)
+    (grads, sums), _ = jax.lax.scan(accumulate, (zeros, sums0), micro)
+
+    count = jnp.maximum(sums["tokens"], 1.0)
+    grads = jax.tree.map(lambda g, p: (g / count).astype(p.dtype), grads, state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {name: value / count for name, value in sums.items() if name != "tokens"}
+    metrics.update(tokens=sums["tokens"], grad_norm=optax.global_norm(grads),
+                   skipped_updates=skipped_updates(opt_state).astype(jnp.float32))
+    return TrainState(params, opt_state, state.step + 1), metrics
+
+
+def eval_step(params, batch, *, graphdef, chunk_size: int = 1024):
+    """Validation sums of one batch: plain cross-entropy on the labels (held-out NLL), as the paper.
+
+    Returns {"nll": sum over supervised tokens, "tokens": their count} so batches and processes add.
+    """
+    model = nnx.merge(graphdef, params)
+    logprobs, _ = chunked_token_logprobs(_hidden(model, batch), model.output_projection(), batch["target_ids"],
+                                         chunk_size=chunk_size)
+    mask = batch["loss_mask"].astype(jnp.float32)
+    return {"nll": -jnp.sum(logprobs * mask), "tokens": jnp.sum(mask)}
+
+
+def policy_logprobs(params, batch, *, graphdef, chunk_size: int = 1024):
+    """`[B, L]` log-probabilities of the labels under the current policy (PSFT's "old" policy)."""
+    model = nnx.merge(graphdef, params)
+    logprobs, _ = chunked_token_logprobs(_hidden(model, batch), model.output_projection(), batch["target_ids"],
+                                         chunk_size=chunk_size)
+    return logprobs

@@ -1,0 +1,66 @@
+"""Metric sinks for the training loops: console lines, TensorBoard events, a JSONL file, a progress bar.
+
+Only process 0 writes; other processes get a writer that drops everything, so loops call it freely.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+
+def _scalar(value) -> float:
+    return float(np.asarray(jax.device_get(value)))
+
+
+class MetricWriter:
+    """`write(step, {"name": value})` -> `workdir/metrics.jsonl`, TensorBoard and (every `log_every`) console."""
+
+    def __init__(self, workdir: str | os.PathLike, *, total_steps: int, initial_step: int = 0,
+                 log_every: int = 10, desc: str = "train", enabled: bool | None = None):
+        self.enabled = jax.process_index() == 0 if enabled is None else enabled
+        self.log_every = max(1, log_every)
+        self._last = {}
+        if not self.enabled:
+            return
+        from tensorboardX import SummaryWriter
+
+        workdir = Path(workdir)
+        self._jsonl = (workdir / "metrics.jsonl").open("a")
+        self._tb = SummaryWriter(str(workdir / "tensorboard"))
+        self._bar = tqdm(total=total_steps, initial=initial_step, desc=desc, dynamic_ncols=True,
+                         mininterval=1.0, disable=None)
+
+    def write(self, step: int, metrics: dict, *, prefix: str = "") -> dict[str, float]:
+        """Logs scalars (device arrays are fetched here, outside any jitted code)."""
+        values = {f"{prefix}{k}": _scalar(v) for k, v in metrics.items()}
+        if not self.enabled:
+            return values
+        self._jsonl.write(json.dumps({"step": step, "time": time.time(), **values}) + "\n")
+        self._jsonl.flush()
+        for name, value in values.items():
+            if math.isfinite(value):
+                self._tb.add_scalar(name, value, step)
+        self._last.update(values)
+        if prefix == "" or prefix == "train/":
+            self._bar.n = step
+            shown = {k.split("/")[-1]: f"{v:.4g}" for k, v in values.items()
+                     if k.split("/")[-1] in ("loss", "tokens_per_s", "reward_mean", "val_loss")}
+            self._bar.set_postfix(shown, refresh=False)
+            self._bar.refresh()
+        if step % self.log_every == 0 or prefix not in ("", "train/"):
+            text = " ".join(f"{k}={v:.5g}" for k, v in sorted(values.items()))
+            self._bar.write(f"[step {step}] {text}")
+        return values
+
+    def close(self):
+        if self.enabled:
+            self._bar.close()
+            self._tb.close()
+            self._jsonl.close()
