@@ -34,12 +34,17 @@ def default_bucket_lengths(max_length: int, smallest: int = 128) -> tuple[int, .
     return (*buckets, max_length)
 
 
-def bucket_length(num_inputs: int, bucket_lengths: Sequence[int]) -> int:
-    """Smallest bucket that holds `num_inputs` positions (`bucket_lengths` sorted ascending)."""
-    for length in bucket_lengths:
-        if num_inputs <= length:
-            return length
-    raise ValueError(f"{num_inputs} input positions exceed the largest bucket length {bucket_lengths[-1]}")
+def bucket_length(num_inputs: int | np.ndarray, bucket_lengths: Sequence[int]) -> int | np.ndarray:
+    """Smallest bucket that holds `num_inputs` positions, elementwise for an array.
+
+    `bucket_lengths` must be sorted ascending.
+    """
+    buckets = np.asarray(bucket_lengths)
+    longest = int(np.max(num_inputs))
+    if longest > buckets[-1]:
+        raise ValueError(f"{longest} input positions exceed the largest bucket length {buckets[-1]}")
+    lengths = buckets[np.searchsorted(buckets, num_inputs)]
+    return int(lengths) if np.ndim(lengths) == 0 else lengths
 
 
 def collate_sft_batch(

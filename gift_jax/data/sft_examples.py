@@ -90,7 +90,7 @@ def build_sft_examples(
         responses = [chunk[row - first_row][1] for row in rows]
         prompt_ids = tokenizer.encode_batch(prompts)
         response_ids = tokenizer.encode_batch(responses)
-        for row, prompt, response in zip(rows, prompt_ids, response_ids):
+        for row, prompt, response in zip(rows, prompt_ids, response_ids, strict=True):
             example = _assemble(prompt, response, tokenizer.eos_id, row, max_length, truncation, source, stats)
             if example is not None:
                 yield example

@@ -99,41 +99,20 @@ def load_tokenizer(model_dir: str | os.PathLike, chat_template: str | None = Non
     if not tokenizer_path.is_file():
         raise FileNotFoundError(f"{tokenizer_path}: missing; the model folder needs a fast-tokenizer tokenizer.json")
     tokenizer_bytes = tokenizer_path.read_bytes()
-    tokenizer = tokenizers.Tokenizer.from_str(tokenizer_bytes.decode("utf-8"))
+    try:
+        tokenizer = tokenizers.Tokenizer.from_str(tokenizer_bytes.decode("utf-8"))
+    except Exception as error:  # the tokenizers library raises a bare Exception for bad files
+        raise ValueError(f"{tokenizer_path}: not a readable tokenizers file ({error})") from error
 
     tokenizer_config = _read_json(model_dir / "tokenizer_config.json")
-    generation_config = _read_json(model_dir / "generation_config.json")
-    model_config = _read_json(model_dir / "config.json")
     special_tokens = _named_special_tokens(tokenizer_config, _read_json(model_dir / "special_tokens_map.json"))
-
-    def token_id(name: str) -> int | None:
-        token = special_tokens.get(name)
-        if token is None:
-            return None
-        found = tokenizer.token_to_id(token)
-        if found is None:
-            raise ValueError(f"{model_dir}: {name} {token!r} from tokenizer_config.json is not in tokenizer.json")
-        return found
-
-    config_eos_ids = _ids(generation_config, "eos_token_id") + _ids(model_config, "eos_token_id")
-    eos_id = token_id("eos_token")
-    if eos_id is None:
-        if not config_eos_ids:
-            raise ValueError(
-                f"{model_dir}: no EOS token: tokenizer_config.json has no eos_token and neither "
-                "generation_config.json nor config.json has eos_token_id"
-            )
-        eos_id = config_eos_ids[0]
-    pad_id = token_id("pad_token")
-    if pad_id is None:
-        config_pad_ids = _ids(generation_config, "pad_token_id") + _ids(model_config, "pad_token_id")
-        pad_id = config_pad_ids[0] if config_pad_ids else eos_id
-    vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
-    stop_ids = tuple(dict.fromkeys([eos_id, *config_eos_ids]))
-    for name, value in [("pad id", pad_id), *(("stop id", i) for i in stop_ids)]:
-        if not 0 <= value < vocab_size:
-            raise ValueError(f"{model_dir}: {name} {value} is outside the vocabulary [0, {vocab_size})")
-
+    eos_id, pad_id, stop_ids = _special_ids(
+        model_dir,
+        tokenizer,
+        special_tokens,
+        generation_config=_read_json(model_dir / "generation_config.json"),
+        model_config=_read_json(model_dir / "config.json"),
+    )
     template = _select_chat_template(model_dir, tokenizer_config, chat_template)
     fingerprint = hashlib.sha256(
         json.dumps(
@@ -197,6 +176,49 @@ def _ids(config: dict[str, Any], key: str) -> list[int]:
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
         raise ValueError(f"config key {key!r}: expected an int or a list of ints, got {value!r}")
     return values
+
+
+def _special_ids(
+    model_dir: Path,
+    tokenizer: tokenizers.Tokenizer,
+    special_tokens: dict[str, str],
+    *,
+    generation_config: dict[str, Any],
+    model_config: dict[str, Any],
+) -> tuple[int, int, tuple[int, ...]]:
+    """(eos_id, pad_id, stop_ids) with the fallbacks described in the module docstring."""
+
+    def token_id(name: str) -> int | None:
+        token = special_tokens.get(name)
+        if token is None:
+            return None
+        found = tokenizer.token_to_id(token)
+        if found is None:
+            raise ValueError(
+                f"{model_dir}: {name} {token!r} (tokenizer_config.json / special_tokens_map.json) "
+                "is not in tokenizer.json"
+            )
+        return found
+
+    config_eos_ids = _ids(generation_config, "eos_token_id") + _ids(model_config, "eos_token_id")
+    eos_id = token_id("eos_token")
+    if eos_id is None:
+        if not config_eos_ids:
+            raise ValueError(
+                f"{model_dir}: no EOS token: tokenizer_config.json has no eos_token and neither "
+                "generation_config.json nor config.json has eos_token_id"
+            )
+        eos_id = config_eos_ids[0]
+    pad_id = token_id("pad_token")
+    if pad_id is None:
+        config_pad_ids = _ids(generation_config, "pad_token_id") + _ids(model_config, "pad_token_id")
+        pad_id = config_pad_ids[0] if config_pad_ids else eos_id
+    stop_ids = tuple(dict.fromkeys([eos_id, *config_eos_ids]))
+    vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+    for name, value in [("pad id", pad_id), *(("stop id", i) for i in stop_ids)]:
+        if not 0 <= value < vocab_size:
+            raise ValueError(f"{model_dir}: {name} {value} is outside the vocabulary [0, {vocab_size})")
+    return eos_id, pad_id, stop_ids
 
 
 def _select_chat_template(model_dir: Path, tokenizer_config: dict[str, Any], name: str | None) -> str:

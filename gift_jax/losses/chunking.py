@@ -22,6 +22,12 @@ import jax.numpy as jnp
 
 PyTree = Any
 
+# Sequence positions per chunk. A chunk holds a few `[B, C, V]` float32 buffers (logits, reference
+# logits, their gradient): at C = 256, V = 32768, d = 256 and B = 1 the gradient of a fused GIFT
+# loss needs about 145 MB of XLA:CPU temporaries at any sequence length, and the lm-head matmuls
+# are still large enough to run at full speed.
+DEFAULT_CHUNK_SIZE = 256
+
 
 def scan_token_chunks(chunk_fn: Callable[[PyTree], PyTree], token_arrays: PyTree, *,
                       chunk_size: int) -> PyTree:

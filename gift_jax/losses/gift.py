@@ -16,12 +16,12 @@ Closed form. Write `a_k = p~_k + 1e-10`. Then `q_k = a_k / Z` for `k != y`,
 
 This is the official formula *including* the 1e-10 floor, not an approximation of it: the floor
 only enters through `a_k`, which is summed over the vocabulary anyway. Both terms are sums of
-non-negative numbers (no cancellation), `A` is summed directly (not as `1 - a_y`, which loses all
-precision when `p_ref(y)` is near 1), and `beta` only appears inside a sigmoid, so `beta = 1e4`
-neither overflows nor loses the non-target mass. Nothing of size `[..., V]` is needed beyond the
-two logits arrays: a handful of streamed reductions in the forward pass, and one fused elementwise
-pass `g (softmax(z) - q)` for the gradient (a custom VJP), where `q` is rebuilt on the fly from the
-reference logits and four per-token scalars.
+non-negative numbers (no cancellation), `A` is summed directly (not as a total minus `a_y`, which
+loses all precision when `p_ref(y)` is near 1), and `beta` only appears inside a sigmoid, so `beta = 1e4`
+neither overflows nor loses the non-target mass. Nothing of size `[..., V]` is stored beyond the
+two logits arrays: the forward pass is two streamed multi-operand reductions (`vocab_reductions`),
+and the gradient `g (softmax(z) - q)` is one fused elementwise pass (a custom VJP) that rebuilds
+`q` on the fly from the reference logits and four per-token scalars.
 """
 from __future__ import annotations
 
@@ -30,26 +30,11 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from gift_jax.losses.chunking import map_logit_chunks
-from gift_jax.losses.token_stats import is_label, split_label_logsumexp
+from gift_jax.losses.token_stats import check_logits_inputs, index_mask
+from gift_jax.losses.vocab_reductions import vocab_maxes, vocab_sums
 
 # The official implementation's floor inside log(p~ + eps); part of the target definition.
 LOG_FLOOR = 1e-10
-
-
-def check_logits_inputs(logits: jax.Array, labels: jax.Array, what: str,
-                        ref_logits: jax.Array | None = None) -> None:
-    """Raises a ValueError naming `what` unless logits are `[..., V]` (V >= 2) matching labels."""
-    if logits.ndim < 1 or logits.shape[-1] < 2:
-        raise ValueError(f"{what}: logits must be [..., V] with V >= 2, got shape {logits.shape}")
-    if labels.shape != logits.shape[:-1]:
-        raise ValueError(f"{what}: labels must have shape {logits.shape[:-1]} (logits without the "
-                         f"vocabulary axis), got {labels.shape}")
-    if not jnp.issubdtype(labels.dtype, jnp.integer):
-        raise ValueError(f"{what}: labels must be integer token ids, got dtype {labels.dtype}")
-    if ref_logits is not None and ref_logits.shape != logits.shape:
-        raise ValueError(f"{what}: ref_logits must have the logits' shape {logits.shape}, "
-                         f"got {ref_logits.shape}")
 
 
 def gift_token_loss(logits: jax.Array, ref_logits: jax.Array, labels: jax.Array, *,
@@ -69,43 +54,56 @@ def gift_token_loss(logits: jax.Array, ref_logits: jax.Array, labels: jax.Array,
     return _gift_token_loss(logits, ref_logits, labels, float(beta), float(smooth_lambda))
 
 
-def _smoothed_ref_mass(ref_logit: jax.Array, ref_logsumexp: jax.Array, smooth_lambda: float,
-                       vocab: int) -> jax.Array:
-    """`a_k = (1 - lam) p_ref_k + lam / V + 1e-10` from reference logits (elementwise, any shape).
-
-    Elementwise on purpose: XLA fuses it into each reduction that consumes it.
-    """
-    p_ref = jnp.exp(ref_logit - ref_logsumexp)
-    return (1.0 - smooth_lambda) * p_ref + (smooth_lambda / vocab + LOG_FLOOR)
-
-
 def _gift_forward(logits, ref_logits, labels, beta, smooth_lambda):
-    """Loss `[...]` and the per-token scalars the gradient needs."""
+    """Loss `[...]` and the per-token scalars the gradient needs, in two streamed passes.
+
+    With `m = max z`, `S = sum_k exp(z_k - m)`, `c = lam / V + 1e-10` and `e_k = exp(r_k - max r)`:
+    `a_k = (1 - lam) e_k / sum(e) + c`, and `sum_{k != y} a_k log pi_k` splits into
+    `sum_{k != y} a_k (z_k - m) - A log S`, two non-positive terms, so no pass needs `log S` first.
+    """
     z = logits.astype(jnp.float32)
     r = jax.lax.stop_gradient(ref_logits).astype(jnp.float32)
-    at_label = is_label(z, labels)
+    vocab = z.shape[-1]
+    uniform_mass = smooth_lambda / vocab + LOG_FLOOR
+    at_label = index_mask(z, labels)
+    label_index = labels[..., None].astype(jnp.int32)
+    label_logit = jnp.take_along_axis(z, label_index, axis=-1)[..., 0]
+    ref_label_logit = jnp.take_along_axis(r, label_index, axis=-1)[..., 0]
 
-    label_logit, other_logsumexp = split_label_logsumexp(z, labels)
+    max_logit, ref_max_logit = vocab_maxes(z, r)
+    shifted = z - max_logit[..., None]  # <= 0
+    ref_exp = jnp.exp(r - ref_max_logit[..., None])
+    (other_exp_sum, ref_exp_sum, ref_other_exp_sum, ref_weighted_shifted,
+     other_shifted_sum) = vocab_sums(
+        jnp.where(at_label, 0.0, jnp.exp(shifted)),
+        ref_exp,
+        jnp.where(at_label, 0.0, ref_exp),
+        jnp.where(at_label, 0.0, ref_exp * shifted),
+        jnp.where(at_label, 0.0, shifted))
+
+    # log-sum-exp over the non-label tokens; -inf when they all underflow (then log pi_y = 0).
+    other_logsumexp = max_logit + jnp.log(other_exp_sum)
     logsumexp = jnp.logaddexp(label_logit, other_logsumexp)
     label_log_prob = -jax.nn.softplus(other_logsumexp - label_logit)
+    ref_logsumexp = ref_max_logit + jnp.log(ref_exp_sum)
 
-    vocab = z.shape[-1]
-    ref_logsumexp = jax.nn.logsumexp(r, axis=-1)
-    mass = _smoothed_ref_mass(r, ref_logsumexp[..., None], smooth_lambda, vocab)
-    ref_label_logit = jnp.take_along_axis(r, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    label_mass = _smoothed_ref_mass(ref_label_logit, ref_logsumexp, smooth_lambda, vocab)
-    other_mass = jnp.sum(jnp.where(at_label, 0.0, mass), axis=-1)
-    # sum_{k != y} a_k log pi_k (<= 0)
-    other_weighted_log_prob = jnp.sum(
-        jnp.where(at_label, 0.0, mass * (z - logsumexp[..., None])), axis=-1)
+    label_mass = (1.0 - smooth_lambda) * jnp.exp(ref_label_logit - ref_logsumexp) + uniform_mass
+    # A = sum_{k != y} a_k, summed directly (not 1 + V c - a_y, which cancels when p_ref(y) ~ 1).
+    other_mass = (1.0 - smooth_lambda) * ref_other_exp_sum / ref_exp_sum + (vocab - 1) * uniform_mass
+    # sum_{k != y} a_k log pi_k = sum_{k != y} a_k (z_k - m) - A (logsumexp - m); both terms <= 0.
+    other_weighted_log_prob = ((1.0 - smooth_lambda) * ref_weighted_shifted / ref_exp_sum
+                               + uniform_mass * other_shifted_sum
+                               - other_mass * (logsumexp - max_logit))
 
     target_log_odds = jnp.log(label_mass) + beta - jnp.log(other_mass)
     q_label = jax.nn.sigmoid(target_log_odds)
     q_other = jax.nn.sigmoid(-target_log_odds)
     loss = -q_label * label_log_prob - q_other * (other_weighted_log_prob / other_mass)
-    # q_k = other_scale * a_k off the label.
-    other_scale = q_other / other_mass
-    return loss, (logsumexp, ref_logsumexp, q_label, other_scale)
+    # Off the label q_k = (q_other / A) a_k = exp(r_k - ref_offset) + uniform_q: one exp per
+    # element in the backward pass. ref_offset is +inf when q has no mass off the label.
+    ref_offset = ref_logsumexp - jnp.log((1.0 - smooth_lambda) * q_other / other_mass)
+    uniform_q = uniform_mass * q_other / other_mass
+    return loss, (logsumexp, ref_offset, q_label, uniform_q)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(3, 4))
@@ -119,53 +117,16 @@ def _gift_token_loss_fwd(logits, ref_logits, labels, beta, smooth_lambda):
 
 
 def _gift_token_loss_bwd(beta, smooth_lambda, residuals, loss_cotangent):
-    """`d loss / d z = softmax(z) - q`, built in one elementwise pass from the saved scalars."""
-    del beta  # enters only through the saved q_label / other_scale
-    logits, ref_logits, labels, (logsumexp, ref_logsumexp, q_label, other_scale) = residuals
+    """`d loss / d z = softmax(z) - q`, built in one elementwise pass from four saved scalars."""
+    del beta, smooth_lambda  # they enter through the saved scalars
+    logits, ref_logits, labels, (logsumexp, ref_offset, q_label, uniform_q) = residuals
     z = logits.astype(jnp.float32)
     r = jax.lax.stop_gradient(ref_logits).astype(jnp.float32)
-    mass = _smoothed_ref_mass(r, ref_logsumexp[..., None], smooth_lambda, z.shape[-1])
-    q = jnp.where(is_label(z, labels), q_label[..., None], other_scale[..., None] * mass)
-    policy = jnp.exp(z - logsumexp[..., None])
-    grad = loss_cotangent[..., None] * (policy - q)
+    q_off_label = jnp.exp(r - ref_offset[..., None]) + uniform_q[..., None]
+    q = jnp.where(index_mask(z, labels), q_label[..., None], q_off_label)
+    grad = loss_cotangent[..., None] * (jnp.exp(z - logsumexp[..., None]) - q)
     # The reference side and the integer labels get no gradient (None = zero cotangent).
     return grad.astype(logits.dtype), None, None
 
 
 _gift_token_loss.defvjp(_gift_token_loss_fwd, _gift_token_loss_bwd)
-
-
-def gift_loss_from_hidden(hidden: jax.Array, w_out: jax.Array, ref_hidden: jax.Array,
-                          ref_w_out: jax.Array, labels: jax.Array, mask: jax.Array, *,
-                          beta: float, smooth_lambda: float = 0.0,
-                          chunk_size: int = 512) -> jax.Array:
-    """Token-mean GIFT loss straight from final hidden states, without whole-sequence logits.
-
-    Args:
-      hidden: `[B, T, d]` policy final hidden states (after the final norm).
-      w_out: `[d, V]` policy output projection.
-      ref_hidden: `[B, T, d_ref]` frozen base-model final hidden states.
-      ref_w_out: `[d_ref, V]` base-model output projection.
-      labels: `[B, T]` int next-token targets aligned with the hidden positions.
-      mask: `[B, T]` float, 1 on supervised tokens, 0 elsewhere.
-      beta, smooth_lambda: as in `gift_token_loss`.
-      chunk_size: sequence positions per chunk; a chunk holds `[B, chunk_size, V]` logits.
-    Returns:
-      Scalar float32 `sum(mask * loss) / max(sum(mask), 1)`. Gradients reach `hidden` and
-      `w_out`, never the reference side.
-    """
-    if labels.shape != hidden.shape[:2] or mask.shape != hidden.shape[:2]:
-        raise ValueError(f"gift_loss_from_hidden: labels {labels.shape} and mask {mask.shape} must "
-                         f"both be [B, T]={hidden.shape[:2]}")
-    mask = mask.astype(jnp.float32)
-    supervised = mask > 0
-    safe_labels = jnp.where(supervised, labels, 0)  # padding labels may be any value (e.g. -100)
-
-    def token_fn(logits, ref_logits, chunk_labels):
-        return gift_token_loss(logits, ref_logits, chunk_labels, beta=beta,
-                               smooth_lambda=smooth_lambda)
-
-    losses = map_logit_chunks(token_fn, hidden, w_out, safe_labels, ref_hidden=ref_hidden,
-                              ref_w_out=ref_w_out, chunk_size=chunk_size)
-    loss_sum = jnp.sum(jnp.where(supervised, mask * losses, 0.0))
-    return loss_sum / jnp.maximum(jnp.sum(mask), 1.0)

@@ -1,7 +1,7 @@
-"""Per-token statistics of next-token distributions given as logits `[..., V]` -> `[...]`.
+"""Differentiable per-token statistics of next-token distributions: logits `[..., V]` -> `[...]`.
 
-Each is one or two streaming reductions over the vocabulary, so XLA fuses them without storing
-anything of size `[..., V]` beyond the logits themselves. All results are float32.
+Written with plain `jnp` reductions so that JAX autodiff applies (the baselines and the RL
+log-probabilities train through them). Results are float32.
 """
 from __future__ import annotations
 
@@ -9,10 +9,25 @@ import jax
 import jax.numpy as jnp
 
 
-def is_label(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """`[..., V]` bool, True at each position's label (an iota comparison XLA fuses away)."""
+def check_logits_inputs(logits: jax.Array, labels: jax.Array, what: str,
+                        ref_logits: jax.Array | None = None) -> None:
+    """Raises a ValueError naming `what` unless logits are `[..., V]` (V >= 2) matching labels."""
+    if logits.ndim < 1 or logits.shape[-1] < 2:
+        raise ValueError(f"{what}: logits must be [..., V] with V >= 2, got shape {logits.shape}")
+    if labels.shape != logits.shape[:-1]:
+        raise ValueError(f"{what}: labels must have shape {logits.shape[:-1]} (logits without the "
+                         f"vocabulary axis), got {labels.shape}")
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise ValueError(f"{what}: labels must be integer token ids, got dtype {labels.dtype}")
+    if ref_logits is not None and ref_logits.shape != logits.shape:
+        raise ValueError(f"{what}: ref_logits must have the logits' shape {logits.shape}, "
+                         f"got {ref_logits.shape}")
+
+
+def index_mask(logits: jax.Array, index: jax.Array) -> jax.Array:
+    """`[..., V]` bool, True at vocabulary id `index [...]` (an iota comparison XLA fuses away)."""
     vocab_ids = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
-    return vocab_ids == labels[..., None].astype(jnp.int32)
+    return vocab_ids == index[..., None].astype(jnp.int32)
 
 
 def split_label_logsumexp(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -24,7 +39,7 @@ def split_label_logsumexp(logits: jax.Array, labels: jax.Array) -> tuple[jax.Arr
     """
     logits = logits.astype(jnp.float32)
     label_logit = jnp.take_along_axis(logits, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    other = jax.nn.logsumexp(jnp.where(is_label(logits, labels), -jnp.inf, logits), axis=-1)
+    other = jax.nn.logsumexp(jnp.where(index_mask(logits, labels), -jnp.inf, logits), axis=-1)
     return label_logit, other
 
 
@@ -48,9 +63,3 @@ def kl_divergence(logits: jax.Array, ref_logits: jax.Array) -> jax.Array:
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     ref_log_probs = jax.nn.log_softmax(jax.lax.stop_gradient(ref_logits).astype(jnp.float32), -1)
     return jnp.sum(jnp.exp(log_probs) * (log_probs - ref_log_probs), axis=-1)
-
-
-def top1_agreement(logits: jax.Array, ref_logits: jax.Array) -> jax.Array:
-    """1.0 where both distributions put their mode on the same token, else 0.0; `[...]`."""
-    same = jnp.argmax(logits, axis=-1) == jnp.argmax(ref_logits, axis=-1)
-    return same.astype(jnp.float32)

@@ -4,3 +4,7 @@ from gift_jax.parallel.sharding import (
     LOGICAL_RULES, batch_sharding, logical_to_spec, model_shardings, replicated, shard_batch, shard_model,
     state_shardings,
 )
+
+__all__ = ["BATCH_AXES", "LOGICAL_RULES", "MESH_AXES", "MeshConfig", "batch_parallelism", "batch_sharding",
+           "logical_to_spec", "make_mesh", "model_shardings", "replicated", "shard_batch", "shard_model",
+           "state_shardings"]

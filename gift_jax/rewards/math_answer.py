@@ -12,9 +12,24 @@ from gift_jax.rewards.boxed import last_boxed_answer
 from gift_jax.rewards.normalize import normalize_answer
 from gift_jax.rewards.numeric import numbers_match, parse_number
 
-# Final answers longer than this are only compared as exact strings: real answers are far
-# shorter, and the symbolic checker's cost grows with the length of what it parses.
+# Final answers longer or more deeply bracketed than this are only compared as strings: real
+# answers are far shorter and shallower, while the LaTeX parser's time grows with length and
+# roughly 1.4x per level of nesting (12 nested braces take seconds).
 MAX_ANSWER_CHARS = 1000
+MAX_NESTING_DEPTH = 10
+_OPENING, _CLOSING = frozenset("{(["), frozenset("})]")
+
+
+def nesting_depth(text: str) -> int:
+    """Deepest nesting of `{`, `(` and `[` in `text` (unbalanced closers are ignored)."""
+    depth = deepest = 0
+    for char in text:
+        if char in _OPENING:
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in _CLOSING:
+            depth = max(depth - 1, 0)
+    return deepest
 
 
 class MathItem(NamedTuple):
@@ -50,7 +65,7 @@ def prepare_math_item(response: str, ground_truth: str, *, where: str = "ground_
 def quick_math_verdict(item: MathItem) -> bool | None:
     """True / False when string work settles the item, None when it needs the symbolic check."""
     answer, reference = item
-    if answer is None or not answer:
+    if not answer:  # no box, or an empty one
         return False
     if len(answer) > MAX_ANSWER_CHARS or len(reference) > MAX_ANSWER_CHARS:
         return answer == reference
@@ -58,6 +73,8 @@ def quick_math_verdict(item: MathItem) -> bool | None:
     reference_normalized = normalize_answer(reference)
     if answer_normalized == reference_normalized:
         return True
+    if max(nesting_depth(answer), nesting_depth(reference)) > MAX_NESTING_DEPTH:
+        return False
     if not answer_normalized:
         return False
     answer_number = parse_number(answer_normalized)

@@ -15,9 +15,8 @@ MAX_NUMBER_CHARS = 64
 _MAX_DECIMAL_EXPONENT = 300
 
 _DECIMAL = r"-?(?:\d+(?:\.\d*)?|\.\d+)"
-_SCIENTIFIC = re.compile(
-    rf"^(?P<mantissa>{_DECIMAL})(?:[eE](?P<e>[-+]?\d+)|(?:\\times|\\cdot|\*)10\^(?:\{{(?P<braced>[-+]?\d+)\}}|(?P<bare>\d)))?$"
-)
+_POWER_OF_TEN = r"(?:\\times|\\cdot|\*)10\^(?:\{(?P<braced>[-+]?\d+)\}|(?P<bare>\d))"
+_SCIENTIFIC = re.compile(rf"^(?P<mantissa>{_DECIMAL})(?:[eE](?P<e>[-+]?\d+)|{_POWER_OF_TEN})?$")
 _FRACTION = re.compile(r"^(?P<sign>-?)\\frac\{(?P<num>-?\d+)\}\{(?P<den>-?\d+)\}$")
 
 

@@ -190,10 +190,11 @@ def aggregate(per_token_loss: jax.Array, mask: jax.Array, agg_mode: AggMode, *,
     seq-mean-token-mean:     num = sum over sequences of each one's token-mean loss,
                              den = number of sequences with any token (empty rows are skipped).
     seq-mean-token-sum-norm: num = sum of masked token losses,
-                             den = sequences * `seq_normaliser` (default T). This is Dr. GRPO's
-                             constant normaliser: each sequence's token sum / T, averaged over
-                             sequences. (verl 0.4 divides by T only, which makes its loss scale
-                             with the micro-batch size; the mean over sequences removes that.)
+                             den = sequences with any token * `seq_normaliser` (default T).
+                             This is Dr. GRPO's constant normaliser: each sequence's token sum
+                             / T, averaged over sequences. (verl 0.4 divides by T only, which
+                             makes its loss scale with the micro-batch size; the mean over
+                             sequences removes that.)
 
     Numerators of micro-batches add up to the mini-batch's numerator, and so do denominators,
     which is what makes gradient accumulation exact (see the module docstring).

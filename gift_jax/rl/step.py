@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from gift_jax.losses import chunked_token_logprobs
+from gift_jax.losses import DEFAULT_CHUNK_SIZE, chunked_token_logprobs
 from gift_jax.rl.grpo import aggregate_loss, grpo_loss_terms, loss_denominator
 from gift_jax.train.init_step import TrainState, split_micro_batches
 from gift_jax.train.optim import skipped_updates
@@ -38,12 +38,12 @@ class RLStepConfig:
     kl_kind: str = "k3"
     entropy_coef: float = 0.0
     temperature: float = 1.0  # the rollout temperature: log-probs are of logits / temperature
-    chunk_size: int = 1024
+    chunk_size: int = DEFAULT_CHUNK_SIZE
     shaping_gamma: float = 0.1  # LUFFY f(p) = p / (p + gamma) on expert tokens
     use_expert: bool = False  # batch carries is_expert (LUFFY)
 
 
-def completion_logprobs(params, batch, *, graphdef, temperature: float = 1.0, chunk_size: int = 1024):
+def completion_logprobs(params, batch, *, graphdef, temperature: float = 1.0, chunk_size: int = DEFAULT_CHUNK_SIZE):
     """(`[B, N]` log-probs of the completion tokens, `[B, N]` entropies) at `temperature`."""
     model = nnx.merge(graphdef, params)
     hidden = model.hidden_states(batch["input_ids"], batch["positions"], batch["attention_mask"])

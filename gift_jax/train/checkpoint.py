@@ -23,19 +23,6 @@ class CheckpointWriteError(RuntimeError):
     """A checkpoint could not be written; earlier checkpoints are untouched."""
 
 
-def check_writable(directory: str | os.PathLike) -> Path:
-    """Creates `directory` and proves a file can be written there, or raises a clear error."""
-    directory = Path(directory)
-    probe = directory / ".write_probe"
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as err:
-        raise PermissionError(f"{directory}: workdir is not writable ({err.strerror or err})") from None
-    return directory
-
-
 def _manager(path: Path, max_to_keep: int) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                            enable_async_checkpointing=False, cleanup_tmp_directories=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from gift_jax.losses import LOSS_NAMES
+from gift_jax.losses import DEFAULT_CHUNK_SIZE, INIT_LOSSES, LOSS_NAMES
 from gift_jax.parallel import MeshConfig
 from gift_jax.train.optim import OptimConfig
 
@@ -40,13 +40,11 @@ class LossSection:
     gamma: float = 0.1  # asft: KL(pi || pi_base) weight
     clip_eps: float = 0.2  # psft: ratio clip
     psft_minibatches: int = 4  # psft: updates per global batch against the same "old" policy
-    chunk_size: int = 1024  # tokens per output-projection chunk
+    chunk_size: int = DEFAULT_CHUNK_SIZE  # sequence positions (x all batch rows) per output-projection chunk
 
     def hparams(self) -> tuple[tuple[str, float], ...]:
-        """The hyperparameters the chosen loss takes."""
-        wanted = {"gift": ("beta", "smooth_lambda"), "sft_entropy": ("alpha",), "asft": ("gamma",),
-                  "psft": ("clip_eps",)}.get(self.name, ())
-        return tuple((k, float(getattr(self, k))) for k in wanted)
+        """The hyperparameters the chosen loss takes (the registry says which)."""
+        return tuple((k, float(getattr(self, k))) for k in INIT_LOSSES[self.name].hparam_defaults)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,10 +81,10 @@ def validate_init_config(config: InitStageConfig, *, num_devices: int, process_c
     if config.loss.name not in LOSS_NAMES:
         problems.append(f"loss.name={config.loss.name!r} is not one of {sorted(LOSS_NAMES)}")
     try:
-        data, fsdp, tensor = config.mesh.resolve(num_devices)
+        data, fsdp, _ = config.mesh.resolve(num_devices)
     except ValueError as err:
         problems.append(str(err))
-        data = fsdp = tensor = 1
+        data = fsdp = 1
     parallel = data * fsdp
     t = config.train
     per_update = parallel * t.micro_batch_per_device

@@ -17,7 +17,7 @@ import optax
 from flax import nnx
 
 from gift_jax.losses import compute_init_loss, loss_needs_old_logprobs, loss_needs_reference
-from gift_jax.losses import chunked_token_logprobs
+from gift_jax.losses import DEFAULT_CHUNK_SIZE, chunked_token_logprobs
 from gift_jax.train.optim import skipped_updates
 
 
@@ -36,7 +36,7 @@ class StepConfig:
     loss_name: str
     loss_hparams: tuple[tuple[str, float], ...] = ()
     num_micro: int = 1  # gradient-accumulation micro-batches per global batch
-    chunk_size: int = 1024  # tokens per chunk of the output projection (never [tokens, V] logits)
+    chunk_size: int = DEFAULT_CHUNK_SIZE  # positions per output-projection chunk (never [tokens, V] logits)
 
     @property
     def needs_reference(self) -> bool:
@@ -109,7 +109,7 @@ def train_step(state: TrainState, base_params, batch, *, graphdef, base_graphdef
     return TrainState(params, opt_state, state.step + 1), metrics
 
 
-def eval_step(params, batch, *, graphdef, chunk_size: int = 1024):
+def eval_step(params, batch, *, graphdef, chunk_size: int = DEFAULT_CHUNK_SIZE):
     """Validation sums of one batch: plain cross-entropy on the labels (held-out NLL), as the paper.
 
     Returns {"nll": sum over supervised tokens, "tokens": their count} so batches and processes add.
@@ -121,7 +121,7 @@ def eval_step(params, batch, *, graphdef, chunk_size: int = 1024):
     return {"nll": -jnp.sum(logprobs * mask), "tokens": jnp.sum(mask)}
 
 
-def policy_logprobs(params, batch, *, graphdef, chunk_size: int = 1024):
+def policy_logprobs(params, batch, *, graphdef, chunk_size: int = DEFAULT_CHUNK_SIZE):
     """`[B, L]` log-probabilities of the labels under the current policy (PSFT's "old" policy)."""
     model = nnx.merge(graphdef, params)
     logprobs, _ = chunked_token_logprobs(_hidden(model, batch), model.output_projection(), batch["target_ids"],

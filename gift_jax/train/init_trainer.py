@@ -5,7 +5,6 @@ so a run that is stopped and resumed ends bit-identical to an uninterrupted one 
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import math
@@ -14,32 +13,17 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
-from gift_jax.config_io import save_config, to_dict
 from gift_jax.data import make_eval_batches, make_sft_iterator, prepare_tfds
 from gift_jax.models import load_hf, save_hf
 from gift_jax.parallel import make_mesh, replicated, shard_batch
-from gift_jax.train.checkpoint import Checkpointer, CheckpointWriteError, check_writable
+from gift_jax.train.checkpoint import Checkpointer, CheckpointWriteError
+from gift_jax.train.workdir import check_writable, claim_workdir
 from gift_jax.train.init_config import InitStageConfig, validate_init_config
 from gift_jax.train.init_step import StepConfig, TrainState, eval_step, policy_logprobs, train_step
 from gift_jax.train.metrics import MetricWriter
 from gift_jax.train.optim import make_optimizer
-
-
-def _claim_workdir(workdir: Path, config: InitStageConfig) -> None:
-    """Saves the config; a workdir holding a *different* run's config is refused (never overwritten)."""
-    path = workdir / "config.json"
-    resolved = to_dict(config)
-    if path.exists():
-        previous = json.loads(path.read_text())
-        if previous != resolved:
-            changed = sorted(k for k in set(previous) | set(resolved) if previous.get(k) != resolved.get(k))
-            raise ValueError(f"{path}: this workdir belongs to a run with a different config (sections {changed} "
-                             f"differ); use a fresh --workdir or the same config to resume")
-        return
-    save_config(config, path)
 
 
 def _data_splits(config: InitStageConfig, workdir: Path):
@@ -62,7 +46,7 @@ def run_init_stage(config: InitStageConfig, workdir: str | Path, *, max_steps: i
     workdir = check_writable(workdir)
     sizes = validate_init_config(config, num_devices=jax.device_count(), process_count=jax.process_count())
     if jax.process_index() == 0:
-        _claim_workdir(workdir, config)
+        claim_workdir(workdir, config)
     t, mc = config.train, config.model
     mesh = make_mesh(config.mesh)
     prepared, train_split, val_split = _data_splits(config, workdir)

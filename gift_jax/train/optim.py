@@ -65,6 +65,6 @@ def make_optimizer(config: OptimConfig, total_steps: int) -> optax.GradientTrans
     return optax.apply_if_finite(optax.chain(*parts), max_consecutive_errors=2**31 - 1)
 
 
-def skipped_updates(opt_state) -> "jax.Array":
+def skipped_updates(opt_state):
     """Number of updates skipped for non-finite gradients so far (from `apply_if_finite`'s state)."""
     return opt_state.total_notfinite

@@ -1,0 +1,16 @@
+"""On-policy RL stage (GRPO; LUFFY / ReLIFT via algo.method) from an init checkpoint.
+
+    python experiments/rl_stage.py --config experiments/configs/rl_tiny_cpu.yaml \
+        --workdir runs/rl_tiny --set model.path=runs/init_tiny/hf_best
+
+Re-running with the same --workdir resumes (parameters, optimizer, prompt order, sampling keys).
+Metrics: WORKDIR/metrics.jsonl and WORKDIR/tensorboard; the final policy: WORKDIR/hf_final.
+"""
+import sys
+
+from gift_jax.cli import run_stage_cli
+from gift_jax.rl.config import RLStageConfig
+from gift_jax.rl.trainer import run_rl_stage
+
+if __name__ == "__main__":
+    sys.exit(run_stage_cli(RLStageConfig, run_rl_stage, __doc__))

@@ -1,0 +1,40 @@
+"""What scoring a batch returns: per-item scores and statuses, and the failure counts."""
+import enum
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+
+class ItemStatus(enum.Enum):
+    """How an item's score was decided. Only OK scores reflect the answer; the others are 0."""
+
+    OK = "ok"
+    TIMED_OUT = "timed_out"  # its check ran past the per-item (or batch) time limit
+    CRASHED = "crashed"  # its worker died or its check raised
+
+
+class BatchScores(NamedTuple):
+    """Scores of a batch of N responses.
+
+    scores: [N] float32, 1.0 for a correct answer and 0.0 otherwise (also for failed items).
+    statuses: N ItemStatus values, in input order.
+    timed_out, crashed: how many items have each failing status.
+    """
+
+    scores: np.ndarray
+    statuses: tuple[ItemStatus, ...]
+    timed_out: int
+    crashed: int
+
+    @classmethod
+    def from_items(cls, correct: Sequence[bool], statuses: Sequence[ItemStatus]) -> "BatchScores":
+        """Build from per-item correctness and status; a failed item scores 0 whatever `correct` says."""
+        statuses = tuple(statuses)
+        pairs = zip(correct, statuses, strict=True)
+        scores = [float(ok and status is ItemStatus.OK) for ok, status in pairs]
+        return cls(
+            scores=np.array(scores, dtype=np.float32),
+            statuses=statuses,
+            timed_out=statuses.count(ItemStatus.TIMED_OUT),
+            crashed=statuses.count(ItemStatus.CRASHED),
+        )

@@ -1,0 +1,76 @@
+"""Host-side assembly of rollout batches: sampled (and expert) completions -> update-step arrays.
+
+Rows are grouped by prompt (prompt i's rollouts at rows i*G ... i*G+G-1), as `grpo_advantages`
+expects. All arrays are numpy; the loop shards them onto the mesh.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from gift_jax.rollout import SampleResult
+
+
+def completion_arrays(completions: Sequence[Sequence[int]], width: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-padded `[B, width]` ids and mask from token lists (longer ones are cut at `width`)."""
+    ids = np.full((len(completions), width), pad_id, np.int32)
+    mask = np.zeros((len(completions), width), np.int32)
+    for row, tokens in enumerate(completions):
+        tokens = list(tokens)[:width]
+        ids[row, :len(tokens)] = tokens
+        mask[row, :len(tokens)] = 1
+    return ids, mask
+
+
+def insert_expert_rows(result: SampleResult, expert_ids: np.ndarray, expert_mask: np.ndarray,
+                       samples_per_prompt: int) -> tuple[SampleResult, np.ndarray]:
+    """LUFFY groups: after each prompt's `samples_per_prompt` rollouts, append its expert completion.
+
+    Returns the enlarged result (group size `samples_per_prompt + 1`; expert rows get log-prob 0 and
+    `truncated` False) and the `[B]` bool `is_expert` flags.
+    """
+    num_prompts = len(expert_ids)
+    g = samples_per_prompt
+
+    def grouped(on_policy: np.ndarray, expert: np.ndarray) -> np.ndarray:
+        on_policy = on_policy.reshape(num_prompts, g, *on_policy.shape[1:])
+        return np.concatenate([on_policy, expert[:, None]], axis=1).reshape(num_prompts * (g + 1), *on_policy.shape[2:])
+
+    prompt_rows = result.prompt_ids.reshape(num_prompts, g, -1)[:, 0]
+    prompt_mask_rows = result.prompt_mask.reshape(num_prompts, g, -1)[:, 0]
+    merged = SampleResult(
+        prompt_ids=grouped(result.prompt_ids, prompt_rows),
+        prompt_mask=grouped(result.prompt_mask, prompt_mask_rows),
+        completion_ids=grouped(result.completion_ids, expert_ids),
+        completion_mask=grouped(result.completion_mask, expert_mask),
+        lengths=grouped(result.lengths, expert_mask.sum(axis=1).astype(np.int32)),
+        truncated=grouped(result.truncated, np.zeros(num_prompts, bool)),
+        logprobs=grouped(result.logprobs, np.zeros(expert_ids.shape, np.float32)),
+    )
+    is_expert = np.tile(np.arange(g + 1) == g, num_prompts)
+    return merged, is_expert
+
+
+def update_batch(result: SampleResult, advantages: np.ndarray, is_expert: np.ndarray | None = None) -> dict:
+    """The arrays `rl_train_step` reads (see `gift_jax.rl.step`), from prompts + completions."""
+    full = np.concatenate([result.prompt_ids, result.completion_ids], axis=1)
+    full_mask = np.concatenate([result.prompt_mask, result.completion_mask], axis=1)
+    attention_mask = full_mask[:, :-1]
+    batch = {
+        "input_ids": full[:, :-1].astype(np.int32),
+        "attention_mask": attention_mask.astype(np.int32),
+        "positions": np.maximum(np.cumsum(attention_mask, axis=1) - 1, 0).astype(np.int32),
+        "targets": result.completion_ids.astype(np.int32),
+        "completion_mask": result.completion_mask.astype(np.float32),
+        "advantages": np.asarray(advantages, np.float32),
+        "is_expert": np.zeros(len(full), bool) if is_expert is None else np.asarray(is_expert, bool),
+    }
+    return batch
+
+
+def group_outcomes(rewards: np.ndarray, group_size: int) -> dict[str, float]:
+    """Share of prompts whose rollouts were all correct / all wrong (no learning signal either way)."""
+    grouped = np.asarray(rewards).reshape(-1, group_size)
+    return {"groups_all_correct": float(np.mean(grouped.min(axis=1) >= 1.0)),
+            "groups_all_wrong": float(np.mean(grouped.max(axis=1) <= 0.0))}

@@ -1,0 +1,215 @@
+"""The on-policy RL loop: prompts -> rollouts (sampler) -> rewards (worker pool) -> advantages ->
+PPO-clip updates over mini-batches (jitted, sharded) -> metrics / validation / checkpoints.
+
+Methods: plain GRPO (the paper's RL stage), LUFFY (each group gets the expert's solution as an extra,
+off-policy member trained with policy shaping) and ReLIFT (questions whose rollouts all fail are
+buffered with their expert solution; once `relift_batch` are collected, one SFT update on them is
+interleaved with RL). Resuming restores parameters, optimizer, step and prompt-stream position; the
+sampling key of step s is `fold_in(key(seed), s)`, so a resumed run repeats an uninterrupted one.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from gift_jax.data import build_sft_examples, collate_sft_batch, load_tokenizer, read_records
+from gift_jax.data.prompt_stream import PromptStream
+from gift_jax.evaluation.evaluate import evaluate_problems
+from gift_jax.evaluation.benchmarks import load_benchmark
+from gift_jax.models import load_hf, save_hf
+from gift_jax.parallel import make_mesh, replicated, shard_batch
+from gift_jax.rewards import RewardScorer
+from gift_jax.rl.config import RLStageConfig, validate_rl_config
+from gift_jax.rl.grpo import grpo_advantages
+from gift_jax.rl.rollouts import completion_arrays, group_outcomes, insert_expert_rows, update_batch
+from gift_jax.rl.step import RLStepConfig, completion_logprobs, rl_train_step
+from gift_jax.rollout import SamplingConfig, sample
+from gift_jax.train.checkpoint import Checkpointer, CheckpointWriteError
+from gift_jax.train.init_step import StepConfig, TrainState, train_step
+from gift_jax.train.metrics import MetricWriter
+from gift_jax.train.optim import make_optimizer
+from gift_jax.train.workdir import check_writable, claim_workdir
+
+
+def _records(config: RLStageConfig) -> list[dict]:
+    d = config.data
+    keys = (d.prompt_key, d.answer_key) + ((d.expert_key,) if config.algo.method != "grpo" else ())
+    return read_records(d.train_file, keys)
+
+
+def _rows(array_or_dict, rows: slice):
+    return jax.tree.map(lambda x: x[rows], array_or_dict)
+
+
+def run_rl_stage(config: RLStageConfig, workdir: str | Path, *, max_steps: int | None = None) -> dict:
+    """Runs (or resumes) the RL stage in `workdir`; returns a summary dict."""
+    workdir = check_writable(workdir)
+    sizes = validate_rl_config(config, num_devices=jax.device_count())
+    if jax.process_index() == 0:
+        claim_workdir(workdir, config)
+    m, d, r, a, t = config.model, config.data, config.rollout, config.algo, config.train
+    mesh = make_mesh(config.mesh)
+    tokenizer = load_tokenizer(m.path, m.chat_template)
+    records = _records(config)
+    stream = PromptStream(records, seed=t.seed)  # rollouts run over the global mesh from every process
+    total_steps = math.ceil(len(records) * t.epochs / t.prompts_per_step)
+    stop_at = min(total_steps, t.max_steps or total_steps, max_steps or total_steps)
+    val_problems = load_benchmark(d.val_file, name="validation", limit=d.val_limit) if d.val_file else None
+
+    policy, model_config = load_hf(m.path, dtype=m.dtype, param_dtype=m.param_dtype, mesh=mesh, remat=m.remat)
+    graphdef, params = nnx.split(policy, nnx.Param)
+    base_params = None
+    if m.base_path and (a.kl_coef or a.track_kl_to_base):
+        base, _ = load_hf(m.base_path, dtype=m.dtype, param_dtype=m.param_dtype, mesh=mesh)
+        base_params = nnx.split(base, nnx.Param)[1]
+
+    updates_per_step = sizes["mini_batches"] * a.ppo_epochs
+    tx = make_optimizer(config.optim, total_steps * updates_per_step)
+    step_config = RLStepConfig(
+        num_micro=sizes["num_micro"], clip_low=a.clip_low, clip_high=a.clip_high, dual_clip_c=a.dual_clip_c,
+        agg_mode=a.agg_mode, seq_normaliser=float(r.max_new_tokens), kl_coef=a.kl_coef, kl_kind=a.kl_kind,
+        entropy_coef=a.entropy_coef, temperature=r.temperature, chunk_size=a.chunk_size,
+        shaping_gamma=a.luffy_gamma, use_expert=a.method == "luffy")
+    state = jax.jit(lambda p: TrainState(p, tx.init(p), jnp.zeros((), jnp.int32)))(params)
+    state_shardings = jax.tree.map(lambda x: x.sharding, state)
+    update_fn = jax.jit(functools.partial(rl_train_step, graphdef=graphdef, tx=tx, config=step_config),
+                        in_shardings=(state_shardings, None), out_shardings=(state_shardings, replicated(mesh)),
+                        donate_argnums=(0,))
+    logprob_fn = jax.jit(functools.partial(completion_logprobs, graphdef=graphdef, temperature=r.temperature,
+                                           chunk_size=a.chunk_size))
+    sft_fn = jax.jit(functools.partial(train_step, graphdef=graphdef, base_graphdef=graphdef, tx=tx,
+                                       config=StepConfig("sft", num_micro=1, chunk_size=a.chunk_size)),
+                     in_shardings=(state_shardings, None, None), out_shardings=(state_shardings, replicated(mesh)),
+                     donate_argnums=(0,))
+
+    checkpointer = Checkpointer(workdir / "checkpoints", max_to_keep=t.max_to_keep)
+    relift_buffer: list[tuple[str, str]] = []
+    restored = checkpointer.restore_latest(state)
+    if restored is not None:
+        _, state, meta = restored
+        stream.set_state(meta["prompt_stream"])
+        relift_buffer = [tuple(x) for x in meta.get("relift_buffer", [])]
+    step = int(state.step) // updates_per_step
+    writer = MetricWriter(workdir, total_steps=stop_at, initial_step=step, log_every=t.log_every,
+                          desc=f"rl[{a.method}]")
+
+    samples_per_prompt = r.group_size - 1 if a.method == "luffy" else r.group_size
+    rollout_config = SamplingConfig(max_new_tokens=r.max_new_tokens, num_samples=samples_per_prompt,
+                                    temperature=r.temperature, top_k=r.top_k, top_p=r.top_p,
+                                    stop_ids=tokenizer.stop_ids, pad_id=tokenizer.pad_id)
+    eval_config = dict(k=t.eval_k, temperature=t.eval_temperature,
+                       max_new_tokens=t.eval_max_new_tokens or r.max_new_tokens)
+    key = jax.random.key(t.seed)
+    scorer = RewardScorer(num_workers=config.reward.num_workers, timeout_s=config.reward.timeout_s)
+
+    def validate(model) -> dict[str, float]:
+        if val_problems is None:
+            return {}
+        report = evaluate_problems(model, tokenizer, val_problems, rng=jax.random.fold_in(key, -1 - step),
+                                   mesh=mesh, scorer=scorer, **eval_config)
+        return report.metrics
+
+    def relift_update(pairs):
+        nonlocal state
+        examples = list(build_sft_examples(pairs, tokenizer, max_length=r.max_new_tokens + 1024))
+        batch = collate_sft_batch([(e.token_ids, e.loss_mask) for e in examples],
+                                  max(len(e.token_ids) for e in examples) - 1, tokenizer.pad_id)
+        state, sft_metrics = sft_fn(state, None, shard_batch(batch, mesh))
+        return sft_metrics
+
+    try:
+        while step < stop_at:
+            timings, metrics = {}, {}
+            batch_records = stream.next_batch(t.prompts_per_step)
+            model = nnx.merge(graphdef, state.params)
+
+            started = time.perf_counter()
+            prompts = [tokenizer.encode_prompt(rec[d.prompt_key]) for rec in batch_records]
+            result = sample(model, prompts, rollout_config, jax.random.fold_in(key, step), mesh=mesh)
+            timings["rollout"] = time.perf_counter() - started
+            generated_tokens = int(result.lengths.sum())
+            is_expert = None
+            if a.method == "luffy":
+                expert = [tokenizer.encode(rec[d.expert_key]) + [tokenizer.eos_id] for rec in batch_records]
+                expert_ids, expert_mask = completion_arrays(expert, r.max_new_tokens, tokenizer.pad_id)
+                result, is_expert = insert_expert_rows(result, expert_ids, expert_mask, samples_per_prompt)
+
+            started = time.perf_counter()
+            responses = [tokenizer.decode(ids[:n], skip_special_tokens=True)
+                         for ids, n in zip(result.completion_ids, result.lengths)]
+            answers = [rec[d.answer_key] for rec in batch_records for _ in range(r.group_size)]
+            scores = scorer.score(responses, answers, kind=config.reward.kind)
+            rewards = scores.scores.astype(np.float32)
+            timings["reward"] = time.perf_counter() - started
+
+            advantages = np.asarray(grpo_advantages(jnp.asarray(rewards), r.group_size, norm_by_std=a.norm_by_std))
+            batch = shard_batch(update_batch(result, advantages, is_expert), mesh)
+            started = time.perf_counter()
+            batch["old_logprobs"], _ = logprob_fn(state.params, batch)  # the training forward: ratio 1 at first
+            if base_params is not None:
+                batch["ref_logprobs"], _ = logprob_fn(base_params, batch)
+                on_policy = batch["completion_mask"] * (~batch["is_expert"])[:, None]
+                metrics["kl_to_base"] = float(jnp.sum((batch["old_logprobs"] - batch["ref_logprobs"]) * on_policy)
+                                              / jnp.maximum(jnp.sum(on_policy), 1.0))
+            update_metrics = []
+            rows = len(rewards) // sizes["mini_batches"]
+            for _ in range(a.ppo_epochs):
+                for i in range(sizes["mini_batches"]):
+                    state, out = update_fn(state, _rows(batch, slice(i * rows, (i + 1) * rows)))
+                    update_metrics.append(out)
+            if a.method == "relift":
+                failed = np.asarray(rewards).reshape(-1, r.group_size).max(axis=1) <= 0
+                relift_buffer += [(rec[d.prompt_key], rec[d.expert_key])
+                                  for rec, bad in zip(batch_records, failed) if bad]
+                if len(relift_buffer) >= a.relift_batch:
+                    sft = relift_update(relift_buffer[:a.relift_batch])
+                    relift_buffer = relift_buffer[a.relift_batch:]
+                    metrics["relift_sft_nll"] = float(sft["nll"])
+            update_metrics = jax.device_get(update_metrics)
+            timings["update"] = time.perf_counter() - started
+            step += 1
+
+            on_policy_rows = ~is_expert if is_expert is not None else np.ones(len(rewards), bool)
+            lengths = result.lengths[on_policy_rows]
+            metrics.update({k: float(np.mean([u[k] for u in update_metrics])) for k in update_metrics[0]})
+            metrics.update(
+                reward_mean=float(rewards[on_policy_rows].mean()), accuracy=float((rewards[on_policy_rows] > 0).mean()),
+                response_length_mean=float(lengths.mean()), response_length_max=float(lengths.max()),
+                truncated_frac=float(result.truncated[on_policy_rows].mean()),
+                reward_timed_out=float(scores.timed_out), reward_crashed=float(scores.crashed),
+                **group_outcomes(rewards, r.group_size),
+                **{f"time_{k}_s": v for k, v in timings.items()},
+                rollout_tokens_per_s=generated_tokens / max(timings["rollout"], 1e-9),
+                update_tokens_per_s=float(np.sum(result.completion_mask)) * a.ppo_epochs / max(timings["update"], 1e-9))
+            writer.write(step, metrics, prefix="train/")
+            if t.eval_every and step % t.eval_every == 0 or step == stop_at:
+                val = validate(nnx.merge(graphdef, state.params))
+                if val:
+                    writer.write(step, val, prefix="val/")
+            if step % t.checkpoint_every == 0 or step == stop_at:
+                meta = {"prompt_stream": stream.get_state(), "relift_buffer": relift_buffer, "step": step}
+                try:
+                    checkpointer.save(int(state.step), state, meta)
+                except CheckpointWriteError as err:
+                    print(f"ERROR: {err}", flush=True)
+    finally:
+        scorer.close()
+        writer.close()
+
+    summary = {"steps": step}
+    if t.export_hf:
+        out = save_hf(nnx.merge(graphdef, state.params), model_config, workdir / "hf_final", tokenizer_dir=m.path,
+                      overwrite=True)
+        summary["hf_final"] = str(out)
+    checkpointer.close()
+    if jax.process_index() == 0:
+        (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
