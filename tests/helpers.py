@@ -79,3 +79,13 @@ def write_sft_jsonl(path, num: int, *, seed: int = 0, prompt_key: str = "sft_pro
                                 response_key: f"First add the numbers: {a} + {b} = {a + b}. "
                                               f"The answer is \\boxed{{{a + b}}}."}) + "\n")
     return path
+
+
+def init_overrides(inputs, **extra):
+    """Overrides for a seconds-long init-stage run on the tiny inputs."""
+    base = {"model.path": inputs["model"], "data.train_file": inputs["train"], "data.val_file": inputs["val"],
+            "data.max_length": 96, "data.bucket_lengths": "[96]", "data.num_threads": 0,
+            "train.global_batch": 16, "train.micro_batch_per_device": 1, "train.epochs": 2,
+            "train.export_hf": False, "optim.lr": 3e-3, "loss.chunk_size": 64, "loss.beta": 5.0}
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]

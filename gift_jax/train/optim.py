@@ -66,5 +66,6 @@ def make_optimizer(config: OptimConfig, total_steps: int) -> optax.GradientTrans
 
 
 def skipped_updates(opt_state):
-    """Number of updates skipped for non-finite gradients so far (from `apply_if_finite`'s state)."""
-    return opt_state.total_notfinite
+    """Number of updates skipped for non-finite gradients so far (`apply_if_finite`'s counter, found
+    wherever it sits in a chained state)."""
+    return optax.tree_utils.tree_get(opt_state, "total_notfinite")

@@ -11,7 +11,7 @@ from gift_jax.models import load_hf
 from gift_jax.train.checkpoint import Checkpointer
 from gift_jax.train.init_config import InitStageConfig, validate_init_config
 from gift_jax.train.init_trainer import run_init_stage
-from tests.train.conftest import init_overrides
+from tests.helpers import init_overrides
 
 
 def _config(inputs, **extra):

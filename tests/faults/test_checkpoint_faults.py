@@ -1,0 +1,77 @@
+"""Damaged checkpoints, half-written checkpoints, failed writes and unwritable workdirs."""
+import os
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from gift_jax.train.checkpoint import Checkpointer, CheckpointWriteError
+from gift_jax.train.workdir import check_writable
+
+
+def _tree(value):
+    return {"w": jnp.full((4, 4), float(value)), "b": {"v": jnp.arange(3.0) + value}}
+
+
+def _saved(directory, steps=(1, 2)):
+    checkpointer = Checkpointer(directory)
+    for step in steps:
+        checkpointer.save(step, _tree(step), {"step": step})
+    return checkpointer
+
+
+def _data_files(step_dir: Path):
+    return [p for p in step_dir.rglob("*") if p.is_file() and p.parent.name == "d"]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "delete"])
+def test_damaged_latest_falls_back_to_previous_with_warning(tmp_path, capsys, damage):
+    _saved(tmp_path).close()
+    latest = tmp_path / "periodic" / "2"
+    for path in _data_files(latest):
+        data = path.read_bytes()
+        if damage == "delete":
+            path.unlink()
+        else:
+            path.write_bytes(data[: len(data) // 3] if damage == "truncate" else os.urandom(len(data)))
+    step, state, meta = Checkpointer(tmp_path).restore_latest(_tree(0))
+    assert step == 1 and meta == {"step": 1}
+    np.testing.assert_array_equal(state["w"], np.full((4, 4), 1.0))
+    warning = capsys.readouterr().out
+    assert str(latest) in warning and str(tmp_path / "periodic" / "1") in warning
+
+
+def test_half_written_checkpoint_is_never_picked_up(tmp_path):
+    _saved(tmp_path).close()
+    # What a process killed inside orbax's save leaves behind: a temporary folder, never renamed.
+    partial = tmp_path / "periodic" / "3.orbax-checkpoint-tmp-1700000000"
+    (partial / "state").mkdir(parents=True)
+    (partial / "state" / "_METADATA").write_text("{")
+    checkpointer = Checkpointer(tmp_path)
+    assert checkpointer.steps() == [1, 2]
+    step, _, _ = checkpointer.restore_latest(_tree(0))
+    assert step == 2
+    assert not partial.exists()  # cleaned up on start
+
+
+def test_failed_write_is_reported_and_previous_stays_usable(tmp_path, monkeypatch):
+    checkpointer = _saved(tmp_path, steps=(1,))
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", disk_full)
+    with pytest.raises(CheckpointWriteError, match=r"periodic: could not write step 2 .*No space left"):
+        checkpointer.save(2, _tree(2), {"step": 2})
+    monkeypatch.undo()
+    step, state, _ = Checkpointer(tmp_path).restore_latest(_tree(0))
+    assert step == 1 and float(state["w"][0, 0]) == 1.0
+
+
+def test_unwritable_workdir_is_a_clear_error_before_anything_starts(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    with pytest.raises(PermissionError, match=r"a_file/run: workdir is not writable"):
+        check_writable(blocker / "run")
