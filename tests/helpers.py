@@ -89,3 +89,27 @@ def init_overrides(inputs, **extra):
             "train.export_hf": False, "optim.lr": 3e-3, "loss.chunk_size": 64, "loss.beta": 5.0}
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
+
+
+def write_rl_jsonl(path, num: int, *, seed: int = 0):
+    """`num` tiny RL prompts `{"prompt", "answer", "solution"}` (solution: an expert demonstration)."""
+    import json
+    import random
+
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for _ in range(num):
+            a, b = rng.randint(1, 9), rng.randint(1, 9)
+            f.write(json.dumps({"prompt": f"What is {a} + {b}?", "answer": str(a + b),
+                                "solution": f"{a} + {b} = {a + b}. The answer is \\boxed{{{a + b}}}."}) + "\n")
+    return path
+
+
+def rl_overrides(model_dir, train_file, **extra):
+    """Overrides for a seconds-long RL run on tiny inputs."""
+    base = {"model.path": model_dir, "data.train_file": train_file, "rollout.group_size": 4,
+            "rollout.max_new_tokens": 16, "algo.mini_batch_prompts": 4, "algo.chunk_size": 16,
+            "train.prompts_per_step": 8, "train.micro_batch_per_device": 1, "train.eval_every": None,
+            "train.checkpoint_every": 1, "train.export_hf": False, "optim.lr": 1e-3, "reward.num_workers": 1}
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]

@@ -126,6 +126,8 @@ def validate_rl_config(config: RLStageConfig, *, num_devices: int) -> dict[str, 
         problems.append(f"a mini-batch of {a.mini_batch_prompts} prompts x {r.group_size} rollouts = {rows} rows "
                         f"is not divisible by batch devices ({data * fsdp}) x train.micro_batch_per_device "
                         f"({t.micro_batch_per_device})")
+    if a.method == "relift" and a.relift_batch % (data * fsdp):
+        problems.append(f"algo.relift_batch={a.relift_batch} is not divisible by batch devices ({data * fsdp})")
     for name in ("train_file", "val_file"):
         path = getattr(config.data, name)
         if path is not None and not Path(path).is_file():

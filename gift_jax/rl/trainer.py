@@ -22,7 +22,6 @@ from flax import nnx
 
 from gift_jax.data import build_sft_examples, collate_sft_batch, load_tokenizer, read_records
 from gift_jax.data.prompt_stream import PromptStream
-from gift_jax.evaluation.evaluate import evaluate_problems
 from gift_jax.evaluation.benchmarks import load_benchmark
 from gift_jax.models import load_hf, save_hf
 from gift_jax.parallel import make_mesh, replicated, shard_batch
@@ -113,6 +112,7 @@ def run_rl_stage(config: RLStageConfig, workdir: str | Path, *, max_steps: int |
     def validate(model) -> dict[str, float]:
         if val_problems is None:
             return {}
+        from gift_jax.evaluation.evaluate import evaluate_problems
         report = evaluate_problems(model, tokenizer, val_problems, rng=jax.random.fold_in(key, -1 - step),
                                    mesh=mesh, scorer=scorer, **eval_config)
         return report.metrics

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+import jax.numpy as jnp
 import optax
 
 SCHEDULES = ("constant", "cosine", "wsd")
@@ -67,5 +68,5 @@ def make_optimizer(config: OptimConfig, total_steps: int) -> optax.GradientTrans
 
 def skipped_updates(opt_state):
     """Number of updates skipped for non-finite gradients so far (`apply_if_finite`'s counter, found
-    wherever it sits in a chained state)."""
-    return optax.tree_utils.tree_get(opt_state, "total_notfinite")
+    wherever it sits in a chained state; 0 for an optimizer without that wrapper)."""
+    return optax.tree_utils.tree_get(opt_state, "total_notfinite", jnp.zeros((), jnp.int32))
