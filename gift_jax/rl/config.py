@@ -30,6 +30,7 @@ class RLDataSection:
     answer_key: str = "answer"
     expert_key: str = "solution"  # LUFFY / ReLIFT: the expert demonstration column of train_file
     val_limit: int | None = None  # evaluate on the first N validation problems
+    val_instruction: str | None = None  # appended to validation prompts (None: as written, like train_file)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -37,17 +37,15 @@ def insert_expert_rows(result: SampleResult, expert_ids: np.ndarray, expert_mask
         on_policy = on_policy.reshape(num_prompts, g, *on_policy.shape[1:])
         return np.concatenate([on_policy, expert[:, None]], axis=1).reshape(num_prompts * (g + 1), *on_policy.shape[2:])
 
-    prompt_rows = result.prompt_ids.reshape(num_prompts, g, -1)[:, 0]
-    prompt_mask_rows = result.prompt_mask.reshape(num_prompts, g, -1)[:, 0]
-    merged = SampleResult(
-        prompt_ids=grouped(result.prompt_ids, prompt_rows),
-        prompt_mask=grouped(result.prompt_mask, prompt_mask_rows),
-        completion_ids=grouped(result.completion_ids, expert_ids),
-        completion_mask=grouped(result.completion_mask, expert_mask),
-        lengths=grouped(result.lengths, expert_mask.sum(axis=1).astype(np.int32)),
-        truncated=grouped(result.truncated, np.zeros(num_prompts, bool)),
-        logprobs=grouped(result.logprobs, np.zeros(expert_ids.shape, np.float32)),
-    )
+    zeros = np.zeros(expert_ids.shape, np.float32)
+    expert_rows = {
+        "prompt_ids": result.prompt_ids.reshape(num_prompts, g, -1)[:, 0],
+        "prompt_mask": result.prompt_mask.reshape(num_prompts, g, -1)[:, 0],
+        "completion_ids": expert_ids, "completion_mask": expert_mask,
+        "lengths": expert_mask.sum(axis=1).astype(np.int32), "truncated": np.zeros(num_prompts, bool),
+        "logprobs": zeros, "entropies": zeros,  # not sampled: recomputed by the training forward
+    }
+    merged = SampleResult(**{name: grouped(getattr(result, name), expert_rows[name]) for name in SampleResult._fields})
     is_expert = np.tile(np.arange(g + 1) == g, num_prompts)
     return merged, is_expert
 

@@ -23,6 +23,7 @@ from flax import nnx
 from gift_jax.data import build_sft_examples, collate_sft_batch, load_tokenizer, read_records
 from gift_jax.data.prompt_stream import PromptStream
 from gift_jax.evaluation.benchmarks import load_benchmark
+from gift_jax.evaluation.evaluate import EvalConfig, evaluate_problems
 from gift_jax.models import load_hf, save_hf
 from gift_jax.parallel import make_mesh, replicated, shard_batch
 from gift_jax.rewards import RewardScorer
@@ -61,7 +62,8 @@ def run_rl_stage(config: RLStageConfig, workdir: str | Path, *, max_steps: int |
     stream = PromptStream(records, seed=t.seed)  # rollouts run over the global mesh from every process
     total_steps = math.ceil(len(records) * t.epochs / t.prompts_per_step)
     stop_at = min(total_steps, t.max_steps or total_steps, max_steps or total_steps)
-    val_problems = load_benchmark(d.val_file, name="validation", limit=d.val_limit) if d.val_file else None
+    val_problems = load_benchmark(d.val_file, name="validation", limit=d.val_limit,
+                                  math_instruction=d.val_instruction) if d.val_file else None
 
     policy, model_config = load_hf(m.path, dtype=m.dtype, param_dtype=m.param_dtype, mesh=mesh, remat=m.remat)
     graphdef, params = nnx.split(policy, nnx.Param)
@@ -104,18 +106,17 @@ def run_rl_stage(config: RLStageConfig, workdir: str | Path, *, max_steps: int |
     rollout_config = SamplingConfig(max_new_tokens=r.max_new_tokens, num_samples=samples_per_prompt,
                                     temperature=r.temperature, top_k=r.top_k, top_p=r.top_p,
                                     stop_ids=tokenizer.stop_ids, pad_id=tokenizer.pad_id)
-    eval_config = dict(k=t.eval_k, temperature=t.eval_temperature,
-                       max_new_tokens=t.eval_max_new_tokens or r.max_new_tokens)
+    eval_config = EvalConfig(num_samples=t.eval_k, temperature=t.eval_temperature, seed=t.seed,
+                             max_new_tokens=t.eval_max_new_tokens or r.max_new_tokens)
     key = jax.random.key(t.seed)
     scorer = RewardScorer(num_workers=config.reward.num_workers, timeout_s=config.reward.timeout_s)
 
     def validate(model) -> dict[str, float]:
         if val_problems is None:
             return {}
-        from gift_jax.evaluation.evaluate import evaluate_problems
-        report = evaluate_problems(model, tokenizer, val_problems, rng=jax.random.fold_in(key, -1 - step),
-                                   mesh=mesh, scorer=scorer, **eval_config)
-        return report.metrics
+        result = evaluate_problems(model, tokenizer, val_problems, eval_config, scorer, name="validation",
+                                   mesh=mesh, progress=False)
+        return result.metrics()
 
     def relift_update(pairs):
         nonlocal state

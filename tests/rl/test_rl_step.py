@@ -27,7 +27,8 @@ def _rollouts(rows=16, prompt=6, new=8, seed=0):
     result = SampleResult(prompt_ids=rng.randint(1, 64, (rows, prompt)).astype(np.int32), prompt_mask=prompt_mask,
                           completion_ids=(rng.randint(1, 64, (rows, new)) * completion_mask).astype(np.int32),
                           completion_mask=completion_mask, lengths=lengths.astype(np.int32),
-                          truncated=lengths == new, logprobs=np.zeros((rows, new), np.float32))
+                          truncated=lengths == new, logprobs=np.zeros((rows, new), np.float32),
+                          entropies=np.zeros((rows, new), np.float32))
     return update_batch(result, rng.randn(rows).astype(np.float32))
 
 

@@ -1,0 +1,287 @@
+"""Batched autoregressive sampling over the KV cache: one jitted prefill + `lax.while_loop` decode.
+
+Two layers:
+- `generate`: the pure jitted core, a function of `(graphdef, state, prompt arrays, rng, static
+  options)`; the model is rebuilt with `nnx.merge` inside. Prompts are left-padded, so every row's
+  last prompt token sits in the last column and all rows decode in lockstep: the prefill writes all
+  prompt columns but the last into the cache, and each loop step feeds one token (first that last
+  prompt column, then the token just drawn) and draws the next. Each row stops on its first stop
+  token; the loop ends when every row has stopped or `max_new_tokens` is reached.
+- `sample`: the Python-side wrapper. It takes lists of token ids, repeats each prompt
+  `num_samples` times (prompt i's samples are rows `i * n ... i * n + n - 1`, which GRPO's group
+  advantages rely on), left-pads, rounds every shape up to a bucket (`bucketing.py`) so that calls
+  with similar sizes reuse one compilation, places the batch on the mesh, and returns numpy arrays.
+
+The KV cache is allocated inside the jitted function and lives only in its `while_loop` carry, so
+XLA updates it in place and frees it on return; no cache buffer crosses the call boundary (the
+effect of donating it, without a cache argument). The model state is not donated: the caller keeps
+using it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+
+from gift_jax.models import KVCache, Transformer, init_cache
+from gift_jax.parallel import batch_parallelism, logical_to_spec, shard_batch
+from gift_jax.rollout.bucketing import bucket_size
+from gift_jax.rollout.token_sampling import TokenRule, choose_tokens
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """What to generate.
+
+    max_new_tokens: generation budget per sequence (the stop token counts towards it).
+    num_samples: samples per prompt (n), stored contiguously per prompt.
+    temperature, top_k, top_p: see `TokenRule` (temperature 0 = greedy).
+    stop_ids: token ids that end a sequence (EOS and friends; included in the completion).
+    pad_id: fills prompt padding and the completion after its stop token.
+    min_bucket, bucket_granularity: shape buckets for prompt width, generation length and rows.
+    """
+
+    max_new_tokens: int
+    num_samples: int = 1
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    stop_ids: tuple[int, ...] = ()
+    pad_id: int = 0
+    min_bucket: int = 16
+    bucket_granularity: int = 512
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
+        object.__setattr__(self, "stop_ids", tuple(int(i) for i in self.stop_ids))
+        self.token_rule()  # validates temperature / top-k / top-p
+
+    def token_rule(self) -> TokenRule:
+        return TokenRule(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
+
+    def bucket(self, size: int, multiple: int = 1) -> int:
+        return bucket_size(size, minimum=self.min_bucket, granularity=self.bucket_granularity,
+                           multiple=multiple)
+
+
+class SampleResult(NamedTuple):
+    """Sampled sequences as host numpy arrays; B = num_prompts * num_samples, grouped by prompt.
+
+    prompt_ids: `[B, P]` int32, left-padded with pad_id (P is the bucketed prompt width).
+    prompt_mask: `[B, P]` int32, 1 on real prompt tokens.
+    completion_ids: `[B, N]` int32, right-padded with pad_id after the stop token
+      (N = max_new_tokens).
+    completion_mask: `[B, N]` int32, 1 on generated tokens, the stop token included.
+    lengths: `[B]` int32, number of generated tokens (= completion_mask.sum(1)).
+    truncated: `[B]` bool, reached max_new_tokens without a stop token.
+    logprobs: `[B, N]` float32, log-probability of each sampled token under
+      `log_softmax(logits / temperature)` (before top-k / top-p; temperature 1 when greedy);
+      0 on padding. See `token_sampling`.
+    entropies: `[B, N]` float32, entropy (nats) of that same distribution at each generated
+      position; 0 on padding.
+    """
+
+    prompt_ids: np.ndarray
+    prompt_mask: np.ndarray
+    completion_ids: np.ndarray
+    completion_mask: np.ndarray
+    lengths: np.ndarray
+    truncated: np.ndarray
+    logprobs: np.ndarray
+    entropies: np.ndarray
+
+
+class Generation(NamedTuple):
+    """Device-side output of `generate` (N_b: bucketed generation length).
+
+    tokens `[B, N_b]` int32, logprobs and entropies `[B, N_b]` float32, lengths `[B]` int32,
+    stopped `[B]` bool.
+    """
+
+    tokens: jax.Array
+    logprobs: jax.Array
+    entropies: jax.Array
+    lengths: jax.Array
+    stopped: jax.Array
+
+
+class _LoopState(NamedTuple):
+    step: jax.Array  # [] int32, index of the token drawn next
+    feed: jax.Array  # [B] int32, token to run through the model this step
+    feed_mask: jax.Array  # [B] bool, whether `feed` is a real token (else padding)
+    cache: KVCache
+    tokens: jax.Array  # [B, N_b]
+    logprobs: jax.Array  # [B, N_b]
+    entropies: jax.Array  # [B, N_b]
+    lengths: jax.Array  # [B]
+    stopped: jax.Array  # [B] bool, drew a stop token
+    done: jax.Array  # [B] bool, draws no more tokens (stopped, or a batch-padding row)
+
+
+def _is_stop(tokens: jax.Array, stop_ids: tuple[int, ...]) -> jax.Array:
+    hit = jnp.zeros(tokens.shape, bool)
+    for stop_id in stop_ids:
+        hit = hit | (tokens == stop_id)
+    return hit
+
+
+def _constrain_cache(cache: KVCache, mesh: Mesh) -> KVCache:
+    """Rows of the cache on the mesh's batch axes, kv heads on `tensor` (where they divide)."""
+    def place(x, logical):
+        return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, logical_to_spec(logical, x.shape, mesh)))
+
+    kv_axes = ("batch", None, "kv_heads", None)
+    return KVCache(tuple(place(k, kv_axes) for k in cache.k), tuple(place(v, kv_axes) for v in cache.v),
+                   place(cache.key_mask, ("batch", None)), cache.index)
+
+
+@functools.partial(jax.jit, static_argnames=("rule", "stop_ids", "pad_id", "max_new_bucket", "mesh"))
+def generate(graphdef, state, prompt_ids: jax.Array, prompt_mask: jax.Array, rng: jax.Array,
+             max_new_tokens: jax.Array, *, rule: TokenRule, stop_ids: tuple[int, ...], pad_id: int,
+             max_new_bucket: int, mesh: Mesh | None = None) -> Generation:
+    """Prefill the left-padded prompts, then decode up to `max_new_tokens` tokens per row.
+
+    Args:
+      graphdef, state: `nnx.split(model)` of a `Transformer`.
+      prompt_ids: `[B, P]` int32, left-padded; prompt_mask `[B, P]`, 1 on real tokens. A row with no
+        real token is batch padding: it generates nothing.
+      rng: PRNG key; the draw at step t uses `fold_in(rng, t)`.
+      max_new_tokens: `[]` int32, at most `max_new_bucket` (traced, so budgets inside one bucket
+        share a compilation).
+      rule, stop_ids, pad_id: static decoding options.
+      max_new_bucket: static width of the output buffers.
+      mesh: when given, the cache is laid out over it like the batch (rows on the batch axes).
+    Returns:
+      `Generation`: tokens after a row's stop are pad_id, their log-probabilities 0.
+    """
+    model: Transformer = nnx.merge(graphdef, state)
+    batch, width = prompt_ids.shape
+    prompt_mask = prompt_mask.astype(bool)
+    cache = init_cache(model.config, batch, width + max_new_bucket)
+    if mesh is not None:
+        cache = _constrain_cache(cache, mesh)
+    if width > 1:
+        # Prefill all but the last prompt column; the loop's first step feeds that column. Only
+        # the cache is kept, so XLA drops the `[B, P, V]` prefill logits (gigabytes at real sizes).
+        _, cache = model.decode(prompt_ids[:, :-1], cache, attention_mask=prompt_mask[:, :-1])
+
+    def keep_going(s: _LoopState):
+        return (s.step < max_new_tokens) & ~jnp.all(s.done)
+
+    def draw_one(s: _LoopState) -> _LoopState:
+        logits, cache = model.decode(s.feed[:, None], s.cache, attention_mask=s.feed_mask[:, None])
+        choice = choose_tokens(logits[:, -1], jax.random.fold_in(rng, s.step), rule)
+        alive = ~s.done
+        tokens = jnp.where(alive, choice.tokens, pad_id)
+        logprobs = jnp.where(alive, choice.logprobs, 0.0)
+        entropies = jnp.where(alive, choice.entropies, 0.0)
+        hit_stop = alive & _is_stop(tokens, stop_ids)
+        return _LoopState(
+            step=s.step + 1,
+            # Finished rows keep moving in lockstep; their pad token is fed as padding, never a key.
+            feed=tokens,
+            feed_mask=alive,
+            cache=cache,
+            tokens=jax.lax.dynamic_update_slice(s.tokens, tokens[:, None], (0, s.step)),
+            logprobs=jax.lax.dynamic_update_slice(s.logprobs, logprobs[:, None], (0, s.step)),
+            entropies=jax.lax.dynamic_update_slice(s.entropies, entropies[:, None], (0, s.step)),
+            lengths=s.lengths + alive.astype(jnp.int32),
+            stopped=s.stopped | hit_stop,
+            done=s.done | hit_stop,
+        )
+
+    start = _LoopState(
+        step=jnp.zeros((), jnp.int32),
+        feed=prompt_ids[:, -1].astype(jnp.int32),
+        feed_mask=prompt_mask[:, -1],
+        cache=cache,
+        tokens=jnp.full((batch, max_new_bucket), pad_id, jnp.int32),
+        logprobs=jnp.zeros((batch, max_new_bucket), jnp.float32),
+        entropies=jnp.zeros((batch, max_new_bucket), jnp.float32),
+        lengths=jnp.zeros((batch,), jnp.int32),
+        stopped=jnp.zeros((batch,), bool),
+        done=~jnp.any(prompt_mask, axis=1),
+    )
+    end = jax.lax.while_loop(keep_going, draw_one, start)
+    return Generation(end.tokens, end.logprobs, end.entropies, end.lengths, end.stopped)
+
+
+def left_pad(sequences: Sequence[Sequence[int]], width: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token lists -> (`[len, width]` int32 ids left-padded with pad_id, `[len, width]` int32 mask)."""
+    ids = np.full((len(sequences), width), pad_id, np.int32)
+    mask = np.zeros((len(sequences), width), np.int32)
+    for row, sequence in enumerate(sequences):
+        if sequence:
+            ids[row, width - len(sequence):] = sequence
+            mask[row, width - len(sequence):] = 1
+    return ids, mask
+
+
+def _check_prompts(prompts: Sequence[Sequence[int]], vocab_size: int) -> None:
+    if not prompts:
+        raise ValueError("sample: no prompts given")
+    for row, prompt in enumerate(prompts):
+        if len(prompt) == 0:
+            raise ValueError(f"sample: prompt {row} is empty (every prompt needs at least one token)")
+        low, high = min(prompt), max(prompt)
+        if low < 0 or high >= vocab_size:
+            raise ValueError(f"sample: prompt {row} holds token id {low if low < 0 else high}, outside "
+                             f"the model's vocabulary [0, {vocab_size})")
+
+
+def sample(model: Transformer, prompts: Sequence[Sequence[int]], config: SamplingConfig, rng: jax.Array,
+           *, mesh: Mesh | None = None) -> SampleResult:
+    """Samples `config.num_samples` completions for each prompt.
+
+    Args:
+      model: the policy (its parameters may be sharded over `mesh`).
+      prompts: token-id lists of any lengths (each non-empty).
+      config: decoding options.
+      rng: PRNG key.
+      mesh: when given, rows are split over its batch axes (the row count is padded to a multiple).
+    Returns:
+      `SampleResult` with `len(prompts) * num_samples` rows, prompt i's samples at rows
+      `i * n ... i * n + n - 1`.
+    """
+    _check_prompts(prompts, model.config.vocab_size)
+    for stop_id in (*config.stop_ids, config.pad_id):
+        if not 0 <= stop_id < model.config.vocab_size:
+            raise ValueError(f"sample: stop / pad id {stop_id} is outside the vocabulary "
+                             f"[0, {model.config.vocab_size})")
+    rows = [list(prompt) for prompt in prompts for _ in range(config.num_samples)]
+    multiple = batch_parallelism(mesh) if mesh is not None else 1
+    # Rows bucket from 1 up (1, 2, 4, ...): unlike lengths, every padding row costs a full row of work.
+    num_rows = bucket_size(len(rows), minimum=1, granularity=config.bucket_granularity, multiple=multiple)
+    width = config.bucket(max(len(row) for row in rows))
+    max_new_bucket = config.bucket(config.max_new_tokens)
+    ids, mask = left_pad(rows + [[]] * (num_rows - len(rows)), width, config.pad_id)
+
+    device_ids, device_mask = (ids, mask) if mesh is None else shard_batch((ids, mask), mesh)
+    out = generate(*nnx.split(model), device_ids, device_mask, rng, jnp.int32(config.max_new_tokens),
+                   rule=config.token_rule(), stop_ids=config.stop_ids, pad_id=config.pad_id,
+                   max_new_bucket=max_new_bucket, mesh=mesh)
+    out = jax.device_get(out)
+
+    real, n = len(rows), config.max_new_tokens
+    lengths = out.lengths[:real].astype(np.int32)
+    completion_mask = (np.arange(n)[None, :] < lengths[:, None]).astype(np.int32)
+    return SampleResult(
+        prompt_ids=ids[:real],
+        prompt_mask=mask[:real],
+        completion_ids=out.tokens[:real, :n].astype(np.int32),
+        completion_mask=completion_mask,
+        lengths=lengths,
+        truncated=~out.stopped[:real] & (lengths == n),
+        logprobs=out.logprobs[:real, :n].astype(np.float32),
+        entropies=out.entropies[:real, :n].astype(np.float32),
+    )
