@@ -14,5 +14,9 @@ from gift_jax.cli import run_stage_cli
 from gift_jax.train.init_config import InitStageConfig
 from gift_jax.train.init_trainer import run_init_stage
 
+def main(argv=None) -> int:
+    return run_stage_cli(InitStageConfig, run_init_stage, __doc__, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(run_stage_cli(InitStageConfig, run_init_stage, __doc__))
+    sys.exit(main())

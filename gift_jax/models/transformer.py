@@ -114,8 +114,19 @@ def _run_layer(layer, x, positions, mask, inv_freq, cache_kv, cache_index):
     return layer(x, positions, mask, inv_freq, cache_kv, cache_index)
 
 
-# Only used without a cache (training), where activations dominate memory.
-_run_layer_remat = nnx.remat(_run_layer)
+def _run_layer_remat(layer, x, positions, mask, inv_freq, cache_kv, cache_index):
+    """`_run_layer` under `jax.checkpoint`: the backward pass recomputes the layer's activations.
+
+    The layer is split into (graphdef, state) so the checkpointed function is pure JAX; this works
+    under plain `jax.jit` / `jax.grad` as well as nnx transforms. Used only without a cache (training).
+    """
+    graphdef, state = nnx.split(layer)
+
+    @jax.checkpoint
+    def pure(state, x, positions, mask):
+        return nnx.merge(graphdef, state)(x, positions, mask, inv_freq, cache_kv, cache_index)
+
+    return pure(state, x, positions, mask)
 
 
 class Transformer(nnx.Module):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 from flax import nnx
 
 from gift_jax.data import make_eval_batches, make_sft_iterator, prepare_tfds
@@ -31,9 +32,16 @@ def _data_splits(config: InitStageConfig, workdir: Path):
     if config.data.val_file:
         files["validation"] = config.data.val_file
     d = config.data
-    prepared = prepare_tfds(files, model_dir=config.model.path, data_dir=workdir / "data",
-                            chat_template=d.chat_template, prompt_key=d.prompt_key, response_key=d.response_key,
-                            max_length=d.max_length, truncation=d.truncation)
+    prepare = functools.partial(prepare_tfds, files, model_dir=config.model.path, data_dir=workdir / "data",
+                                chat_template=d.chat_template, prompt_key=d.prompt_key, response_key=d.response_key,
+                                max_length=d.max_length, truncation=d.truncation)
+    # One writer: process 0 tokenizes into the shared workdir, the others then open the finished dataset.
+    if jax.process_index() == 0:
+        prepared = prepare()
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("init_stage_data_prepared")
+    if jax.process_index() != 0:
+        prepared = prepare()
     val = prepared.split("validation") if config.data.val_file else None
     return prepared, prepared.split("train"), val
 

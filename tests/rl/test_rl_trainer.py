@@ -1,0 +1,91 @@
+"""The RL loop end to end: reward rises on a learnable task; stop + resume equals a straight run;
+LUFFY and ReLIFT run with their extra signals."""
+import json
+import random
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from flax import nnx
+
+from gift_jax.config_io import from_dict, load_config
+from gift_jax.models import ModelConfig, Transformer, save_hf
+from gift_jax.rl.config import RLStageConfig
+from gift_jax.rl.trainer import run_rl_stage
+from gift_jax.toy import VOCAB, save_tokenizer
+from gift_jax.train.init_config import InitStageConfig
+from gift_jax.train.init_trainer import run_init_stage
+from tests.helpers import rl_overrides
+
+TARGET = "7"
+
+
+def _problems(path, num, seed, target=None):
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for _ in range(num):
+            a, b, d = rng.randint(1, 9), rng.randint(1, 9), rng.randint(0, 9)
+            f.write(json.dumps({"sft_prompt": f"{a}+{b}=?", "prompt": f"{a}+{b}=?", "answer": target or str(a + b),
+                                "solution": f"\\boxed{{{d}}}"}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def boxed_digit_policy(tmp_path_factory):
+    """A tiny model that answers `\\boxed{d}` with d roughly uniform (SFT warm start); RL must find 7."""
+    root = tmp_path_factory.mktemp("boxed_digit")
+    config = ModelConfig(family="llama", vocab_size=len(VOCAB), hidden_size=32, intermediate_size=64, num_layers=1,
+                         num_heads=2, num_kv_heads=1, head_dim=16, tie_word_embeddings=True,
+                         eos_token_id=VOCAB.index("<eos>"), pad_token_id=VOCAB.index("<pad>"))
+    save_hf(Transformer(config, rngs=nnx.Rngs(0)), config, root / "random", tokenizer_dir=save_tokenizer(root / "tok"))
+    warm = from_dict(InitStageConfig, {
+        "model": {"path": str(root / "random")},
+        "data": {"train_file": str(_problems(root / "sft.jsonl", 256, 0)), "max_length": 16, "bucket_lengths": [16],
+                 "num_threads": 0},
+        "loss": {"name": "sft", "chunk_size": 16}, "optim": {"lr": 1e-2},
+        "train": {"global_batch": 64, "micro_batch_per_device": 8, "epochs": 6, "log_every": 100}})
+    summary = run_init_stage(warm, root / "warm")
+    return {"model": summary["hf_final"], "prompts": _problems(root / "rl.jsonl", 256, 1, target=TARGET),
+            "base": str(root / "random")}
+
+
+def _rewards(workdir):
+    lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return [line["train/reward_mean"] for line in lines if "train/reward_mean" in line]
+
+
+def test_mean_reward_rises_within_20_steps(boxed_digit_policy, tmp_path):
+    overrides = rl_overrides(boxed_digit_policy["model"], boxed_digit_policy["prompts"], **{
+        "rollout.group_size": 8, "rollout.max_new_tokens": 6, "optim.lr": 3e-3, "train.checkpoint_every": 100})
+    run_rl_stage(load_config(RLStageConfig, None, overrides), tmp_path, max_steps=20)
+    rewards = _rewards(tmp_path)
+    assert len(rewards) == 20
+    assert np.mean(rewards[-5:]) > np.mean(rewards[:3]) + 0.3, rewards
+
+
+def _final_params(workdir):
+    directory = workdir / "checkpoints" / "periodic"
+    step = max(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+    return ocp.PyTreeCheckpointer().restore(directory / str(step) / "state")["params"]
+
+
+@pytest.mark.parametrize("method", ["relift", "luffy"])
+def test_stopped_and_resumed_rl_equals_straight_run(boxed_digit_policy, tmp_path, method):
+    overrides = rl_overrides(boxed_digit_policy["model"], boxed_digit_policy["prompts"], **{
+        "algo.method": method, "algo.relift_batch": 8, "model.base_path": boxed_digit_policy["base"],
+        "rollout.max_new_tokens": 6})
+    config = load_config(RLStageConfig, None, overrides)
+    run_rl_stage(config, tmp_path / "straight", max_steps=4)
+    run_rl_stage(config, tmp_path / "resumed", max_steps=2)
+    run_rl_stage(config, tmp_path / "resumed", max_steps=4)
+    for a, b in zip(jax.tree.leaves(_final_params(tmp_path / "straight")),
+                    jax.tree.leaves(_final_params(tmp_path / "resumed"))):
+        np.testing.assert_array_equal(a, b)
+    lines = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    keys = set().union(*lines)
+    assert {"train/kl_to_base", "train/time_rollout_s", "train/clip_frac", "train/groups_all_wrong"} <= keys
+    if method == "luffy":
+        assert "train/expert_prob_mean" in keys
+    else:
+        assert "train/relift_sft_nll" in keys  # all-fail questions were buffered and trained on
