@@ -76,12 +76,15 @@ def read_probe(path: str | Path, tokenizer: ChatTokenizer, *, max_len: int = 102
     """Probe texts from a `.jsonl` / `.json` / `.parquet` file, tokenized.
 
     A record is either `{"text": ...}` (every token after the first is scored) or
-    `{"prompt": ..., "response": ...}` (the prompt goes through the chat template; only the response
-    tokens and the EOS after them are scored, as in SFT). Sequences are cut to `max_len` tokens.
+    `{"prompt": ..., "response": ...}` (also the init stage's `sft_prompt` / `solution` columns; the
+    prompt goes through the chat template; only the response tokens and the EOS after them are
+    scored, as in SFT). Sequences are cut to `max_len` tokens.
     """
     sequences = []
     for row, record in enumerate(read_records(path)):
-        text, prompt, response = (record.get(key) for key in ("text", "prompt", "response"))
+        text = record.get("text")
+        prompt = record.get("prompt", record.get("sft_prompt"))
+        response = record.get("response", record.get("solution"))
         if isinstance(text, str):
             ids = tokenizer.encode(text)
             scored = [0] + [1] * (len(ids) - 1)

@@ -23,7 +23,9 @@ from gift_jax.models.rope import apply_rope, inverse_frequencies
 class KVCache(NamedTuple):
     """Per-layer keys and values plus which slots hold real tokens (a pytree; jit/donate friendly).
 
-    k, v: tuples of `[B, S, K, D]` per layer; key_mask: `[B, S]` bool; index: `[]` int32, next slot.
+    k, v: tuples of `[B, K, S, D]` per layer; key_mask: `[B, S]` bool; index: `[]` int32, next slot.
+    Heads before slots: each decode step then reads the cache in the layout the attention matmuls
+    want (batch dims B, K leading, D contracted last), instead of transposing all of it every step.
     """
 
     k: tuple[jax.Array, ...]
@@ -35,7 +37,7 @@ class KVCache(NamedTuple):
 def init_cache(config: ModelConfig, batch: int, max_len: int, dtype=None) -> KVCache:
     """An empty cache of `max_len` slots (dtype defaults to the compute dtype)."""
     dtype = dtype or config.jnp_dtype
-    shape = (batch, max_len, config.num_kv_heads, config.head_dim)
+    shape = (batch, config.num_kv_heads, max_len, config.head_dim)
     zeros = tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers))
     return KVCache(zeros, zeros, jnp.zeros((batch, max_len), bool), jnp.zeros((), jnp.int32))
 
@@ -76,12 +78,29 @@ class Attention(nnx.Module):
         k = self.k_proj(x).reshape(b, t, c.num_kv_heads, c.head_dim)
         v = self.v_proj(x).reshape(b, t, c.num_kv_heads, c.head_dim)
         q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
-        if cache_kv is not None:
+        if cache_kv is None:
+            out = jax.nn.dot_product_attention(q, k, v, mask=mask)
+        else:
             k_all, v_all = cache_kv
-            k = jax.lax.dynamic_update_slice(k_all, k.astype(k_all.dtype), (0, cache_index, 0, 0))
-            v = jax.lax.dynamic_update_slice(v_all, v.astype(v_all.dtype), (0, cache_index, 0, 0))
-        out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask)
+            k = jax.lax.dynamic_update_slice(k_all, k.swapaxes(1, 2).astype(k_all.dtype), (0, 0, cache_index, 0))
+            v = jax.lax.dynamic_update_slice(v_all, v.swapaxes(1, 2).astype(v_all.dtype), (0, 0, cache_index, 0))
+            out = _cached_attention(q, k, v, mask)
         return self.o_proj(out.reshape(b, t, c.num_heads * c.head_dim)), (k, v)
+
+
+def _cached_attention(q, k, v, mask):
+    """Grouped-query attention of q `[B, T, H, D]` over cache k, v `[B, K, S, D]`; mask `[B, 1, T, S]`.
+
+    Softmax in float32; returns `[B, T, H, D]` in q's dtype.
+    """
+    b, t, h, d = q.shape
+    groups = h // k.shape[1]
+    q = q.reshape(b, t, k.shape[1], groups, d).transpose(0, 2, 3, 1, 4)  # [B, K, G, T, D]
+    scores = jnp.einsum("bkgtd,bksd->bkgts", q, k.astype(q.dtype), preferred_element_type=jnp.float32)
+    scores = jnp.where(mask[:, :, None], scores * (d ** -0.5), -jnp.inf)
+    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+    out = jnp.einsum("bkgts,bksd->bkgtd", probs, v.astype(q.dtype))
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
 
 
 class MLP(nnx.Module):

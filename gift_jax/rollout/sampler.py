@@ -140,7 +140,7 @@ def _constrain_cache(cache: KVCache, mesh: Mesh) -> KVCache:
     def place(x, logical):
         return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, logical_to_spec(logical, x.shape, mesh)))
 
-    kv_axes = ("batch", None, "kv_heads", None)
+    kv_axes = ("batch", "kv_heads", None, None)
     return KVCache(tuple(place(k, kv_axes) for k in cache.k), tuple(place(v, kv_axes) for v in cache.v),
                    place(cache.key_mask, ("batch", None)), cache.index)
 

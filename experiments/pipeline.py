@@ -1,0 +1,191 @@
+"""The embedded end-to-end pipeline: toy base -> init stage (SFT, GIFT, ...) -> identical GRPO -> evaluation.
+
+    python experiments/pipeline.py --preset default --workdir runs/default    # ~15 min on 2 CPU cores
+    python experiments/pipeline.py --preset smoke --workdir runs/smoke        # ~3 min (CI)
+    python experiments/pipeline.py --preset full --workdir runs/full          # hours: 3 seeds, sweep, baselines
+
+Steps, for every (world variant, seed, init method):
+  1. the toy world's files (gift_jax.toy.write_world) and its base model: the shipped HF folder
+     experiments/toy_base (re-pretrained into WORKDIR/base if it does not match the world);
+  2. the init stage from the base (experiments' run_init_stage, loss by name; "base" skips it);
+  3. evaluation before RL: pass@k at temperature 1.0 (the RL sampling temperature; exploration
+     potential), avg@4 at 0.6 (the paper's protocol), style and answer-format shares of the samples;
+  4. the same GRPO stage from that init (run_rl_stage), then the same evaluation after RL.
+Outputs: WORKDIR/results.json (`{"rows": [...]}`), WORKDIR/results.md (mean +- std over seeds) and PNG
+plots. Finished runs are skipped when the command is repeated with the same workdir (resume).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import jax
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from pipeline_report import write_report  # noqa: E402
+from pretrain_toy_base import WORLD_SEED, pretrain_base, world_record  # noqa: E402
+from toy_presets import PRESETS, Preset  # noqa: E402
+
+from gift_jax.config_io import from_dict  # noqa: E402
+from gift_jax.data import load_tokenizer  # noqa: E402
+from gift_jax.evaluation.benchmarks import load_benchmark  # noqa: E402
+from gift_jax.evaluation.evaluate import EvalConfig, evaluate_problems  # noqa: E402
+from gift_jax.models import load_hf  # noqa: E402
+from gift_jax.rewards import RewardScorer  # noqa: E402
+from gift_jax.rl.config import RLStageConfig  # noqa: E402
+from gift_jax.rl.trainer import run_rl_stage  # noqa: E402
+from gift_jax.toy import classify_style, write_world  # noqa: E402
+from gift_jax.toy.styles import BOXED_PREFIX  # noqa: E402
+from gift_jax.train.init_config import InitStageConfig  # noqa: E402
+from gift_jax.train.init_trainer import run_init_stage  # noqa: E402
+
+SHIPPED_BASE = Path(__file__).resolve().parent / "toy_base"
+
+
+def ensure_base(workdir: Path, world_manifest: dict) -> Path:
+    """The shipped base when it was trained on this world, else one pretrained into WORKDIR/base."""
+    wanted = world_record(world_manifest)
+    for candidate in (SHIPPED_BASE, workdir / "base"):
+        record = candidate / "world.json"
+        if record.exists() and json.loads(record.read_text()) == wanted:
+            return candidate
+    print(f"no base pretrained on this world at {SHIPPED_BASE}; pretraining one into {workdir / 'base'}")
+    return pretrain_base(workdir / "base", steps=3000, work=workdir / "base_work")
+
+
+def subset_jsonl(src: Path, dst: Path, rows: int) -> Path:
+    """The first `rows` lines of `src` (the world is written at full size; presets use prefixes)."""
+    with src.open() as f, dst.open("w") as out:
+        for i, line in enumerate(f):
+            if i >= rows:
+                break
+            out.write(line)
+    return dst
+
+
+def init_label(init: str, beta: float | None) -> str:
+    return f"{init}_beta{beta:g}" if beta is not None else init
+
+
+def run_init(preset: Preset, files: dict, base: Path, init: str, beta: float | None, seed: int, out: Path) -> Path:
+    if init == "base":
+        return base
+    loss = {"name": init, **({"beta": beta} if beta is not None else {}), **preset.baseline_hparams, "chunk_size": 64}
+    config = from_dict(InitStageConfig, {
+        "model": {"path": str(base)},
+        "data": {"train_file": str(files["expert"]), "val_file": str(files["expert_val"]), "max_length": 64,
+                 "bucket_lengths": [64], "num_threads": 0},
+        "loss": loss,
+        "optim": {"lr": preset.init_lr, "schedule": "constant"},
+        "train": {"global_batch": preset.init_batch, "micro_batch_per_device": preset.init_batch // jax.device_count(),
+                  "epochs": preset.init_epochs, "seed": seed, "log_every": 50},
+    })
+    summary = run_init_stage(config, out)
+    return Path(summary.get("hf_best", summary["hf_final"]))
+
+
+def run_rl(preset: Preset, files: dict, model: Path, base: Path, seed: int, out: Path) -> tuple[Path, Path]:
+    group = preset.rl_group_size
+    config = from_dict(RLStageConfig, {
+        "model": {"path": str(model), "base_path": str(base)},
+        "data": {"train_file": str(files["rl_prompts"]), "val_file": str(files["eval"]) if preset.rl_eval_every else None,
+                 "val_limit": preset.eval_problems},
+        "rollout": {"group_size": group, "temperature": 1.0, "max_new_tokens": preset.rl_max_new_tokens},
+        "algo": {"mini_batch_prompts": preset.rl_prompts_per_step // 2, "chunk_size": 64},
+        "reward": {"num_workers": 1},
+        "optim": {"lr": preset.rl_lr},
+        "train": {"prompts_per_step": preset.rl_prompts_per_step, "max_steps": preset.rl_steps, "seed": seed,
+                  "micro_batch_per_device": preset.rl_prompts_per_step // 2 * group // jax.device_count(),
+                  "eval_every": preset.rl_eval_every or None, "eval_k": preset.avg_k,
+                  "checkpoint_every": max(preset.rl_steps // 2, 1), "log_every": 5},
+    })
+    summary = run_rl_stage(config, out)
+    return Path(summary["hf_final"]), out / "metrics.jsonl"
+
+
+def evaluate(model_dir: Path, problems, preset: Preset, seed: int, scorer: RewardScorer) -> dict:
+    """pass@k (T=1.0, n=pass_k_samples), avg@k (T=0.6), style / answer-format shares of the T=1.0 samples."""
+    model, _ = load_hf(model_dir)
+    tokenizer = load_tokenizer(model_dir)
+    budget = preset.rl_max_new_tokens
+    explore = evaluate_problems(model, tokenizer, problems, EvalConfig(num_samples=preset.pass_k_samples,
+                                temperature=1.0, max_new_tokens=budget, seed=seed), scorer, name="pass@k",
+                                keep_responses=True, progress=False)
+    protocol = evaluate_problems(model, tokenizer, problems, EvalConfig(num_samples=preset.avg_k, temperature=0.6,
+                                 max_new_tokens=budget, seed=seed), scorer, name="avg@k", progress=False)
+    responses = [r for sample in explore.samples for r in sample["responses"]]
+    styles = Counter(classify_style(r) for r in responses)
+    metrics = {k: v for k, v in explore.metrics().items() if k.startswith("pass@")}
+    metrics.update({f"avg@{preset.avg_k}": protocol.metrics()[f"avg@{preset.avg_k}"],
+                    "boxed_rate": sum(BOXED_PREFIX in r for r in responses) / len(responses),
+                    "mean_token_entropy": explore.metrics()["mean_token_entropy"],
+                    **{f"style_{s}": n / len(responses) for s, n in sorted(styles.items())}})
+    return metrics
+
+
+def _write_rows(workdir: Path, rows: list[dict]) -> None:
+    tmp = workdir / "results.json.tmp"
+    tmp.write_text(json.dumps({"rows": rows}, indent=1))
+    tmp.replace(workdir / "results.json")
+
+
+def run_pipeline(preset_name: str, workdir: str | Path) -> dict:
+    preset = PRESETS[preset_name]
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    results_path = workdir / "results.json"
+    rows = json.loads(results_path.read_text())["rows"] if results_path.exists() else []
+    done = {(r["variant"], r["init"], r["beta"], r["seed"]) for r in rows}
+    started = time.time()
+    scorer = RewardScorer(num_workers=1)
+    try:
+        for variant in preset.variants:
+            world_dir = workdir / f"world_{variant}"
+            paths = write_world(world_dir, variant=variant, seed=WORLD_SEED)
+            manifest = json.loads(paths["manifest"].read_text())
+            base = ensure_base(workdir, manifest)
+            sizes = preset.world_sizes
+            files = {name: subset_jsonl(paths[name], world_dir / f"{name}_{sizes[name]}.jsonl", sizes[name])
+                     for name in ("expert", "expert_val", "rl_prompts", "eval")}
+            problems = load_benchmark(files["eval"], name="toy_eval", limit=preset.eval_problems,
+                                      math_instruction=None)
+            for seed in preset.seeds:
+                for init, beta in preset.inits:
+                    if (variant, init, beta, seed) in done:
+                        continue
+                    label = init_label(init, beta)
+                    run_dir = workdir / variant / f"{label}_seed{seed}"
+                    print(f"== {variant} / {label} / seed {seed} ({time.time() - started:.0f}s elapsed)", flush=True)
+                    init_model = run_init(preset, files, base, init, beta, seed, run_dir / "init")
+                    pre_rl = evaluate(init_model, problems, preset, seed, scorer)
+                    rl_model, rl_metrics = run_rl(preset, files, init_model, base, seed, run_dir / "rl")
+                    post_rl = evaluate(rl_model, problems, preset, seed, scorer)
+                    rows.append({"variant": variant, "init": init, "beta": beta, "seed": seed, "pre_rl": pre_rl,
+                                 "post_rl": post_rl, "rl_metrics": str(rl_metrics.relative_to(workdir))})
+                    _write_rows(workdir, rows)
+                    shutil.rmtree(run_dir / "init" / "data", ignore_errors=True)  # tokenized copies: rebuildable
+    finally:
+        scorer.close()
+    _write_rows(workdir, rows)
+    write_report(workdir, rows, preset_name)
+    print(f"pipeline '{preset_name}' finished in {time.time() - started:.0f}s: {workdir / 'results.md'}")
+    return {"rows": rows}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="default")
+    parser.add_argument("--workdir", required=True)
+    args = parser.parse_args(argv)
+    run_pipeline(args.preset, args.workdir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
