@@ -56,7 +56,7 @@ def ensure_base(workdir: Path, world_manifest: dict) -> Path:
         if record.exists() and json.loads(record.read_text()) == wanted:
             return candidate
     print(f"no base pretrained on this world at {SHIPPED_BASE}; pretraining one into {workdir / 'base'}")
-    return pretrain_base(workdir / "base", steps=3000, work=workdir / "base_work")
+    return pretrain_base(workdir / "base", steps=1500, work=workdir / "base_work")
 
 
 def subset_jsonl(src: Path, dst: Path, rows: int) -> Path:

@@ -4,25 +4,25 @@
 reward; `classify_style` says which solution style a response chose.
 """
 from gift_jax.toy.corpus import EXPERT_STYLE, BaseMix, SplitSizes
-from gift_jax.toy.styles import NO_STYLE, STYLES, classify_style, render_solution
+from gift_jax.toy.styles import NO_STYLE, STYLE_HEADERS, STYLES, classify_style, render_solution
 from gift_jax.toy.task import Problem, TaskSpec
-from gift_jax.toy.tokenizer import VOCAB, parse_chat, render_chat, save_tokenizer
-from gift_jax.toy.verify import last_boxed_content, verify
+from gift_jax.toy.tokenizer import VOCAB, parse_conversation, render_conversation, save_tokenizer
+from gift_jax.toy.verify import verify
 from gift_jax.toy.world import write_world
 
 __all__ = [
     "EXPERT_STYLE",
     "NO_STYLE",
     "STYLES",
+    "STYLE_HEADERS",
     "VOCAB",
     "BaseMix",
     "Problem",
     "SplitSizes",
     "TaskSpec",
     "classify_style",
-    "last_boxed_content",
-    "parse_chat",
-    "render_chat",
+    "parse_conversation",
+    "render_conversation",
     "render_solution",
     "save_tokenizer",
     "verify",

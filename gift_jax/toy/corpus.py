@@ -12,7 +12,7 @@ import numpy as np
 
 from gift_jax.toy import styles
 from gift_jax.toy.task import Problem, TaskSpec, problem_from_id, sample_problem_ids
-from gift_jax.toy.tokenizer import render_chat
+from gift_jax.toy.tokenizer import render_conversation
 
 # Variant -> the one style the expert demonstrates. `hard`: the expert skips the intermediate
 # steps, the style a small model gets wrong most often. `control`: the expert writes a running sum,
@@ -42,8 +42,9 @@ class SplitSizes:
     @classmethod
     def from_overrides(cls, overrides: "SplitSizes | dict[str, int] | None") -> "SplitSizes":
         """Defaults updated by a mapping of split name -> size (unknown names are an error)."""
-        if overrides is None or isinstance(overrides, cls):
-            return overrides or cls()
+        if isinstance(overrides, cls):
+            return overrides
+        overrides = overrides or {}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(overrides) - known)
         if unknown:
@@ -114,7 +115,7 @@ def pretrain_rows(problems: list[Problem], mix: BaseMix, seed: int) -> list[dict
         len(problems), np.array([1.0 - mix.boxed_fraction, mix.boxed_fraction]), rng
     ).astype(bool)
     return [
-        {"text": render_chat(p.prompt, styles.render_solution(p, styles.STYLES[s], boxed=b))}
+        {"text": render_conversation(p.prompt, styles.render_solution(p, styles.STYLES[s], boxed=b))}
         for p, s, b in zip(problems, style_ids, boxed)
     ]
 

@@ -26,7 +26,7 @@ class TaskSpec:
     min_operands: int = 4
     max_operands: int = 4
     min_operand: int = 1
-    max_operand: int = 19
+    max_operand: int = 39
 
     def __post_init__(self):
         if not 2 <= self.min_operands <= self.max_operands:

@@ -19,10 +19,9 @@ import json
 import re
 from pathlib import Path
 
-import jinja2
-import jinja2.sandbox
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
 
+from gift_jax.data.chat_templates import render_chat
 from gift_jax.toy import styles
 
 PAD, EOS, UNK, USER, ASSISTANT = "<pad>", "<eos>", "<unk>", "<|user|>", "<|assistant|>"
@@ -56,34 +55,29 @@ CHAT_TEMPLATE = (
 )
 
 
-def _raise_template_error(message: str):
-    raise ValueError(message)
+TEMPLATE_SPECIAL_TOKENS = {"eos_token": EOS, "pad_token": PAD, "unk_token": UNK}
 
 
-# Same sandbox and whitespace options transformers uses for chat templates, so the rendering here
-# (used for the pretraining corpus, without importing transformers) matches AutoTokenizer's.
-_TEMPLATE_ENV = jinja2.sandbox.ImmutableSandboxedEnvironment(
-    trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
-)
-_TEMPLATE_ENV.globals["raise_exception"] = _raise_template_error
-_COMPILED_TEMPLATE = _TEMPLATE_ENV.from_string(CHAT_TEMPLATE)
-
-
-def render_chat(prompt: str, response: str | None = None) -> str:
+def render_conversation(prompt: str, response: str | None = None) -> str:
     """Chat rendering of one user turn, plus the assistant reply and EOS if `response` is given.
 
-    Without a response the generation prompt (`<|assistant|>`) is appended instead.
+    Without a response the generation prompt (`<|assistant|>`) is appended instead. Rendered by
+    the project's transformers-compatible template engine, so it equals what
+    `AutoTokenizer.apply_chat_template` gives for the saved folder.
     """
     messages = [{"role": "user", "content": prompt}]
     if response is not None:
         messages.append({"role": "assistant", "content": response})
-    return _COMPILED_TEMPLATE.render(
-        messages=messages, add_generation_prompt=response is None, eos_token=EOS
+    return render_chat(
+        CHAT_TEMPLATE,
+        messages,
+        special_tokens=TEMPLATE_SPECIAL_TOKENS,
+        add_generation_prompt=response is None,
     )
 
 
-def parse_chat(text: str) -> tuple[str, str | None]:
-    """Inverse of `render_chat`: (prompt, response or None); ValueError quoting bad text."""
+def parse_conversation(text: str) -> tuple[str, str | None]:
+    """Inverse of `render_conversation`: (prompt, response or None); ValueError quoting bad text."""
     if not text.startswith(USER) or text.count(ASSISTANT) != 1:
         raise ValueError(f"not a one-turn toy chat rendering: {text!r}")
     prompt, response = text[len(USER) :].split(ASSISTANT)
@@ -113,7 +107,7 @@ def encode_strict(tokenizer: Tokenizer, text: str) -> list[int]:
     encoding = tokenizer.encode(text, add_special_tokens=False)
     unk_id = VOCAB.index(UNK)
     if unk_id in encoding.ids:
-        bad = [tok for tok, i in zip(encoding.tokens, encoding.ids) if i == unk_id]
+        bad = [text[start:end] for (start, end), i in zip(encoding.offsets, encoding.ids) if i == unk_id]
         raise ValueError(f"text {text!r} has pieces outside the toy vocabulary: {bad!r}")
     return encoding.ids
 
@@ -126,10 +120,9 @@ def save_tokenizer(folder: str | Path) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     build_tokenizer().save(str(folder / "tokenizer.json"))
-    special_map = {"eos_token": EOS, "pad_token": PAD, "unk_token": UNK}
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
-        **special_map,
+        **TEMPLATE_SPECIAL_TOKENS,
         "additional_special_tokens": [USER, ASSISTANT],
         "chat_template": CHAT_TEMPLATE,
         "model_max_length": MODEL_MAX_LENGTH,
@@ -139,6 +132,6 @@ def save_tokenizer(folder: str | Path) -> Path:
     }
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
     (folder / "special_tokens_map.json").write_text(
-        json.dumps({**special_map, "additional_special_tokens": [USER, ASSISTANT]}, indent=2) + "\n"
+        json.dumps({**TEMPLATE_SPECIAL_TOKENS, "additional_special_tokens": [USER, ASSISTANT]}, indent=2) + "\n"
     )
     return folder

@@ -1,41 +1,13 @@
-"""Checking a response against a problem, the way the project's math reward does.
+"""Scoring a toy response: the project's math reward against the problem's sum.
 
-The reward reads the content of the LAST `\\boxed{...}` (with brace matching) and compares it to
-the ground truth, first as a normalised string, then numerically. Toy answers are integers, so
-both comparisons reduce to the numeric one below; a response without a closed `\\boxed{}` scores 0
-even if it ends in the plain `answer: 33` format.
+Delegating to `gift_jax.rewards.math_reward` keeps the toy diagnostics and the RL reward the same
+function: the content of the LAST `\\boxed{...}` is compared to the ground truth, and a response
+that ends in the plain `answer: 33` format scores 0. Integer answers are settled in-process.
 """
 from __future__ import annotations
 
-import math
-
+from gift_jax.rewards import math_reward
 from gift_jax.toy.task import Problem
-
-_BOXED_OPEN = "\\boxed{"
-
-
-def last_boxed_content(text: str) -> str | None:
-    """Content of the last `\\boxed{...}` in `text`, braces matched; None if absent or unclosed."""
-    start = text.rfind(_BOXED_OPEN)
-    if start < 0:
-        return None
-    depth, begin = 1, start + len(_BOXED_OPEN)
-    for i in range(begin, len(text)):
-        if text[i] == "{":
-            depth += 1
-        elif text[i] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[begin:i]
-    return None
-
-
-def _same_number(content: str, answer: str) -> bool:
-    try:
-        value = float(content)
-    except ValueError:
-        return False
-    return math.isfinite(value) and value == float(answer)
 
 
 def verify(problem: Problem | str, response: str) -> float:
@@ -47,8 +19,4 @@ def verify(problem: Problem | str, response: str) -> float:
     """
     if isinstance(problem, str):
         problem = Problem.from_prompt(problem)
-    content = last_boxed_content(response)
-    if content is None:
-        return 0.0
-    content = content.strip()
-    return 1.0 if content == problem.answer or _same_number(content, problem.answer) else 0.0
+    return math_reward(response, problem.answer)

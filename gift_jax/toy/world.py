@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from gift_jax.toy import corpus, styles
 from gift_jax.toy.task import Problem, TaskSpec
-from gift_jax.toy.tokenizer import VOCAB, build_tokenizer, parse_chat, render_chat, save_tokenizer
+from gift_jax.toy.tokenizer import VOCAB, build_tokenizer, parse_conversation, render_conversation, save_tokenizer
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, str]]) -> Path:
@@ -47,9 +47,9 @@ def worst_case_lengths(task: TaskSpec) -> dict[str, int]:
     then every number written (operands, partial sums, the answer) has the most digits.
     """
     problem = Problem((task.max_operand,) * task.max_operands)
-    prompt_tokens = _token_counts([render_chat(problem.prompt)])[0]
+    prompt_tokens = _token_counts([render_conversation(problem.prompt)])[0]
     full = [
-        render_chat(problem.prompt, styles.render_solution(problem, style, boxed=boxed))
+        render_conversation(problem.prompt, styles.render_solution(problem, style, boxed=boxed))
         for style in styles.STYLES
         for boxed in (False, True)
     ]
@@ -63,7 +63,7 @@ def worst_case_lengths(task: TaskSpec) -> dict[str, int]:
 
 def base_corpus_stats(pretrain: list[dict[str, str]]) -> dict:
     """Style shares, boxed fraction and longest document (tokens) of a pretraining corpus."""
-    responses = [parse_chat(row["text"])[1] for row in pretrain]
+    responses = [parse_conversation(row["text"])[1] for row in pretrain]
     style_counts = Counter(styles.classify_style(r) for r in responses)
     return {
         "documents": len(pretrain),
@@ -97,7 +97,9 @@ def write_world(
       manifest.
     """
     if variant not in corpus.EXPERT_STYLE:
-        raise ValueError(f"unknown toy-world variant {variant!r}; expected one of {sorted(corpus.EXPERT_STYLE)}")
+        raise ValueError(
+            f"unknown toy-world variant {variant!r}; expected one of {sorted(corpus.EXPERT_STYLE)}"
+        )
     sizes = corpus.SplitSizes.from_overrides(sizes)
     task = task or TaskSpec()
     mix = mix or corpus.BaseMix()
@@ -107,11 +109,12 @@ def write_world(
     problems = corpus.split_problems(task, sizes, seed)
     pretrain = corpus.pretrain_rows(problems["pretrain"], mix, seed)
     expert = corpus.expert_rows(problems["expert"], variant)
+    expert_val = corpus.expert_rows(problems["expert_val"], variant)
     paths = {
         "pretrain": _write_jsonl(out / "pretrain.jsonl", pretrain),
         "expert": _write_jsonl(out / "expert.jsonl", expert),
         "expert_parquet": out / "expert.parquet",
-        "expert_val": _write_jsonl(out / "expert_val.jsonl", corpus.expert_rows(problems["expert_val"], variant)),
+        "expert_val": _write_jsonl(out / "expert_val.jsonl", expert_val),
         "rl_prompts": _write_jsonl(out / "rl_prompts.jsonl", corpus.rl_prompt_rows(problems["rl_prompts"])),
         "eval": _write_jsonl(out / "eval.jsonl", corpus.eval_rows(problems["eval"])),
         "tokenizer": save_tokenizer(out / "tokenizer"),
