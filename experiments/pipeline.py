@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 import time
@@ -41,7 +42,8 @@ from gift_jax.rewards import RewardScorer  # noqa: E402
 from gift_jax.rl.config import RLStageConfig  # noqa: E402
 from gift_jax.rl.trainer import run_rl_stage  # noqa: E402
 from gift_jax.toy import classify_style, write_world  # noqa: E402
-from gift_jax.toy.styles import BOXED_PREFIX  # noqa: E402
+from gift_jax.rollout import SamplingConfig, sample  # noqa: E402
+from gift_jax.toy.styles import BOXED_PREFIX, STYLE_HEADERS  # noqa: E402
 from gift_jax.train.init_config import InitStageConfig  # noqa: E402
 from gift_jax.train.init_trainer import run_init_stage  # noqa: E402
 
@@ -129,9 +131,30 @@ def evaluate(model_dir: Path, problems, preset: Preset, seed: int, scorer: Rewar
     return metrics
 
 
-def _write_rows(workdir: Path, rows: list[dict]) -> None:
+def style_skill(model_dir: Path, problems, budget: int) -> dict[str, float]:
+    """Greedy accuracy of a model with each style's header forced after the generation prompt.
+
+    The answer counts in either format (plain `answer: N` or boxed): this measures how well the model
+    can *compute* in each style, the premise the hard world rests on (stepwise >> direct).
+    """
+    model, _ = load_hf(model_dir)
+    tokenizer = load_tokenizer(model_dir)
+    config = SamplingConfig(max_new_tokens=budget, temperature=0.0, stop_ids=tokenizer.stop_ids,
+                            pad_id=tokenizer.pad_id)
+    skill = {}
+    for style, header in STYLE_HEADERS.items():
+        prompts = [tokenizer.encode_prompt(p.prompt) + tokenizer.encode(header) for p in problems]
+        result = sample(model, prompts, config, jax.random.key(0))
+        texts = [tokenizer.decode(ids[:n], skip_special_tokens=True) for ids, n in zip(result.completion_ids,
+                                                                                         result.lengths)]
+        final = [re.findall(r"\d+", text)[-1:] for text in texts]
+        skill[f"greedy_acc_{style}"] = sum(f == [p.answer] for f, p in zip(final, problems)) / len(problems)
+    return skill
+
+
+def _write_results(workdir: Path, rows: list[dict], floors: dict) -> None:
     tmp = workdir / "results.json.tmp"
-    tmp.write_text(json.dumps({"rows": rows}, indent=1))
+    tmp.write_text(json.dumps({"rows": rows, "base": floors}, indent=1))
     tmp.replace(workdir / "results.json")
 
 
@@ -140,7 +163,8 @@ def run_pipeline(preset_name: str, workdir: str | Path) -> dict:
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     results_path = workdir / "results.json"
-    rows = json.loads(results_path.read_text())["rows"] if results_path.exists() else []
+    previous = json.loads(results_path.read_text()) if results_path.exists() else {}
+    rows, floors = previous.get("rows", []), previous.get("base", {})
     done = {(r["variant"], r["init"], r["beta"], r["seed"]) for r in rows}
     started = time.time()
     scorer = RewardScorer(num_workers=1)
@@ -155,6 +179,10 @@ def run_pipeline(preset_name: str, workdir: str | Path) -> dict:
                      for name in ("expert", "expert_val", "rl_prompts", "eval")}
             problems = load_benchmark(files["eval"], name="toy_eval", limit=preset.eval_problems,
                                       math_instruction=None)
+            if variant not in floors:  # the base's own floors: reward-based pass@k and per-style skill
+                floors[variant] = {**evaluate(base, problems, preset, 0, scorer),
+                                   **style_skill(base, problems, preset.rl_max_new_tokens)}
+                _write_results(workdir, rows, floors)
             for seed in preset.seeds:
                 for init, beta in preset.inits:
                     if (variant, init, beta, seed) in done:
@@ -168,14 +196,14 @@ def run_pipeline(preset_name: str, workdir: str | Path) -> dict:
                     post_rl = evaluate(rl_model, problems, preset, seed, scorer)
                     rows.append({"variant": variant, "init": init, "beta": beta, "seed": seed, "pre_rl": pre_rl,
                                  "post_rl": post_rl, "rl_metrics": str(rl_metrics.relative_to(workdir))})
-                    _write_rows(workdir, rows)
+                    _write_results(workdir, rows, floors)
                     shutil.rmtree(run_dir / "init" / "data", ignore_errors=True)  # tokenized copies: rebuildable
     finally:
         scorer.close()
-    _write_rows(workdir, rows)
-    write_report(workdir, rows, preset_name)
+    _write_results(workdir, rows, floors)
+    write_report(workdir, rows, floors, preset_name)
     print(f"pipeline '{preset_name}' finished in {time.time() - started:.0f}s: {workdir / 'results.md'}")
-    return {"rows": rows}
+    return {"rows": rows, "base": floors}
 
 
 def main(argv=None) -> int:

@@ -112,7 +112,15 @@ def plot_rl_curves(workdir: Path, rows: list[dict]) -> Path:
     return path
 
 
-def write_report(workdir: Path, rows: list[dict], preset: str) -> Path:
+def floors_table(floors: dict) -> str:
+    """The base model's floors per world: reward pass@k / avg@k, boxed rate, per-style greedy skill."""
+    keys = sorted({k for f in floors.values() for k in f if k.startswith(("pass@", "avg@", "greedy_acc", "boxed"))},
+                  key=lambda k: (k.split("@")[0], int(k.split("@")[1]) if "@" in k else 0, k))
+    return markdown_table([{"world": w, **{k: 100 * f[k] for k in keys if k in f}} for w, f in floors.items()],
+                          ["world", *keys], precision=1)
+
+
+def write_report(workdir: Path, rows: list[dict], floors: dict, preset: str) -> Path:
     """Writes results.md (tables) and the plots; returns the markdown path."""
     if not rows:
         raise ValueError(f"{workdir}: no results to report")
@@ -120,7 +128,10 @@ def write_report(workdir: Path, rows: list[dict], preset: str) -> Path:
     seeds = sorted({r["seed"] for r in rows})
     text = [f"# Toy pipeline results (preset `{preset}`, seeds {seeds})", "",
             "Percentages, mean ± std over seeds (std over seeds; one seed shows ± 0).", "",
-            results_table(rows), "", "## Solution styles and answer formats of the T=1.0 samples (%)", "",
+            results_table(rows), "", "## The base model's floors (%)", "",
+            "pass@k / avg@k use the reward (boxed answer); greedy_acc_<style> forces that style's header and "
+            "accepts either answer format (how well the base computes in each style).", "",
+            floors_table(floors), "", "## Solution styles and answer formats of the T=1.0 samples (%)", "",
             style_table(rows), "", *(f"![{p.stem}]({p.name})" for p in plots), ""]
     path = workdir / "results.md"
     path.write_text("\n".join(text))

@@ -41,18 +41,18 @@ PRESETS = {
     "smoke": Preset(
         seeds=(0,), variants=("hard",), inits=(("sft", None), ("gift", GIFT_TOY_BETA)),
         world_sizes=dict(expert=256, expert_val=64, rl_prompts=256, eval=32), init_epochs=2, init_batch=64,
-        init_lr=1e-3, rl_steps=3, rl_prompts_per_step=8, rl_group_size=4, rl_lr=2e-5, rl_max_new_tokens=48,
+        init_lr=1e-3, rl_steps=3, rl_prompts_per_step=8, rl_group_size=4, rl_lr=2e-4, rl_max_new_tokens=48,
         eval_problems=32, pass_k_samples=4),
     "default": Preset(
-        seeds=(0,), variants=("hard",), inits=(("sft", None), ("gift", GIFT_TOY_BETA), ("gift", 20.0)),
-        world_sizes=dict(expert=1024, expert_val=128, rl_prompts=1024, eval=128), init_epochs=4, init_batch=64,
-        init_lr=1e-3, rl_steps=25, rl_prompts_per_step=16, rl_group_size=8, rl_lr=2e-5, rl_max_new_tokens=48,
-        eval_problems=128, pass_k_samples=8, rl_eval_every=0),
+        seeds=(0, 1), variants=("hard",), inits=(("sft", None), ("gift", GIFT_TOY_BETA), ("gift", 8.0)),
+        world_sizes=dict(expert=1024, expert_val=128, rl_prompts=2000, eval=256), init_epochs=4, init_batch=64,
+        init_lr=1e-3, rl_steps=50, rl_prompts_per_step=32, rl_group_size=8, rl_lr=2e-4, rl_max_new_tokens=48,
+        eval_problems=256, pass_k_samples=8, rl_eval_every=0),
     "full": Preset(
         seeds=(0, 1, 2), variants=("hard", "control"),
         inits=(("base", None), ("sft", None), *BASELINES, *(("gift", b) for b in BETA_SWEEP)),
         world_sizes=dict(expert=2000, expert_val=256, rl_prompts=2000, eval=256), init_epochs=6, init_batch=64,
-        init_lr=1e-3, rl_steps=60, rl_prompts_per_step=32, rl_group_size=8, rl_lr=2e-5, rl_max_new_tokens=48,
+        init_lr=1e-3, rl_steps=50, rl_prompts_per_step=32, rl_group_size=8, rl_lr=2e-4, rl_max_new_tokens=48,
         eval_problems=256, pass_k_samples=16, rl_eval_every=10,
         baseline_hparams={"alpha": 0.01, "gamma": 0.1, "clip_eps": 0.2}),
 }
