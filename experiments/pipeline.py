@@ -1,7 +1,8 @@
 """The embedded end-to-end pipeline: toy base -> init stage (SFT, GIFT, ...) -> identical GRPO -> evaluation.
 
-    python experiments/pipeline.py --preset default --workdir runs/default    # ~15 min on 2 CPU cores
-    python experiments/pipeline.py --preset smoke --workdir runs/smoke        # ~3 min (CI)
+    python experiments/pipeline.py --preset default --workdir runs/default    # ~9 min on 2 CPU cores
+    python experiments/pipeline.py --preset smoke --workdir runs/smoke        # < 1 min (CI runs it)
+    python experiments/pipeline.py --preset sweep --workdir runs/sweep        # ~18 min: the beta sweep, 1 seed
     python experiments/pipeline.py --preset full --workdir runs/full          # hours: 3 seeds, sweep, baselines
 
 Steps, for every (world variant, seed, init method):
@@ -85,7 +86,7 @@ def run_init(preset: Preset, files: dict, base: Path, init: str, beta: float | N
                  "bucket_lengths": [64], "num_threads": 0},
         "loss": loss,
         "optim": {"lr": preset.init_lr, "schedule": "constant"},
-        "train": {"global_batch": preset.init_batch, "micro_batch_per_device": preset.init_batch // jax.device_count(),
+        "train": {"global_batch": preset.init_batch, "micro_batch_per_device": max(preset.init_batch // jax.device_count(), 1),
                   "epochs": preset.init_epochs, "seed": seed, "log_every": 50},
     })
     summary = run_init_stage(config, out)
@@ -101,9 +102,9 @@ def run_rl(preset: Preset, files: dict, model: Path, base: Path, seed: int, out:
         "rollout": {"group_size": group, "temperature": 1.0, "max_new_tokens": preset.rl_max_new_tokens},
         "algo": {"mini_batch_prompts": preset.rl_prompts_per_step // 2, "chunk_size": 64},
         "reward": {"num_workers": 1},
-        "optim": {"lr": preset.rl_lr},
+        "optim": {"lr": preset.rl_lr, "b2": 0.95},  # the toy's RL uses the init stage's AdamW betas
         "train": {"prompts_per_step": preset.rl_prompts_per_step, "max_steps": preset.rl_steps, "seed": seed,
-                  "micro_batch_per_device": preset.rl_prompts_per_step // 2 * group // jax.device_count(),
+                  "micro_batch_per_device": max(preset.rl_prompts_per_step // 2 * group // jax.device_count(), 1),
                   "eval_every": preset.rl_eval_every or None, "eval_k": preset.avg_k,
                   "checkpoint_every": max(preset.rl_steps // 2, 1), "log_every": 5},
     })

@@ -1,8 +1,8 @@
 """Presets of the embedded toy pipeline (`experiments/pipeline.py --preset NAME`).
 
-Budgets on a 2-core CPU (measured figures are in the README): `smoke` ~3 minutes (CI runs it),
-`default` ~15 minutes, `full` several hours (3 seeds, every baseline, the beta sweep, the control
-world and RL straight from the base).
+Budgets on a 2-core CPU (measured figures are in the README): `smoke` under a minute (CI runs it),
+`default` ~9 minutes, `sweep` ~18 minutes, `full` roughly two hours (3 seeds, every baseline, the beta
+sweep, the control world and RL straight from the base).
 """
 from __future__ import annotations
 
@@ -48,6 +48,13 @@ PRESETS = {
         world_sizes=dict(expert=1024, expert_val=128, rl_prompts=2000, eval=256), init_epochs=4, init_batch=64,
         init_lr=1e-3, rl_steps=50, rl_prompts_per_step=32, rl_group_size=8, rl_lr=2e-4, rl_max_new_tokens=48,
         eval_problems=256, pass_k_samples=8, rl_eval_every=0),
+    # The beta sweep alone, one seed (about 18 minutes): where between SFT-like and base-like GIFT helps.
+    "sweep": Preset(
+        seeds=(0,), variants=("hard",),
+        inits=(("sft", None), *(("gift", b) for b in (0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 12.0, 20.0, 25.0))),
+        world_sizes=dict(expert=1024, expert_val=128, rl_prompts=2000, eval=256), init_epochs=4, init_batch=64,
+        init_lr=1e-3, rl_steps=50, rl_prompts_per_step=32, rl_group_size=8, rl_lr=2e-4, rl_max_new_tokens=48,
+        eval_problems=256, pass_k_samples=8),
     "full": Preset(
         seeds=(0, 1, 2), variants=("hard", "control"),
         inits=(("base", None), ("sft", None), *BASELINES, *(("gift", b) for b in BETA_SWEEP)),

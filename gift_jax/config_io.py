@@ -77,6 +77,12 @@ def from_dict(cls, data: dict[str, Any], *, where: str = "config"):
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(fields)}")
+    for name, value in data.items():
+        # A section whose default is a configured instance (e.g. RL's `OptimConfig(lr=1e-6, b2=0.999)`):
+        # given keys override that instance, not the section class's own defaults.
+        default = fields[name].default
+        if isinstance(value, dict) and dataclasses.is_dataclass(default) and not isinstance(default, type):
+            data = {**data, name: {**dataclasses.asdict(default), **value}}
     kwargs = {name: _coerce(value, hints[name], f"{where}.{name}") for name, value in data.items()}
     missing = [name for name, f in fields.items() if name not in kwargs
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]

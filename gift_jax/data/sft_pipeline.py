@@ -168,7 +168,9 @@ def _plan_signature(plan: ShardedEpochPlan) -> dict[str, Any]:
     # num_epochs is left out: each epoch's order depends only on (seed, epoch), so a run may be
     # resumed with more epochs than it started with.
     config = dataclasses.asdict(plan.config)
-    del config["num_epochs"]
+    # process_index is left out too: orbax saves one JSON copy (process 0's) and every process's
+    # position is the same batch count, so all processes restore from it.
+    del config["num_epochs"], config["process_index"]
     config["bucket_lengths"] = list(config["bucket_lengths"])
     config["num_records"] = plan.num_records
     return config

@@ -4,7 +4,6 @@ Recognises integers, decimals, scientific notation (`1.5e3`, `1.5\\times10^{3}`)
 integers (`\\frac{1}{2}`, `-\\frac{3}{4}`); anything else is left to the symbolic check. Parsing
 is a regex match plus `fractions.Fraction`, so it is cheap and never evaluates the text.
 """
-import math
 import re
 from fractions import Fraction
 

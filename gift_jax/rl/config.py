@@ -97,10 +97,20 @@ class RLStageConfig:
     mesh: MeshConfig = MeshConfig()
 
 
-def validate_rl_config(config: RLStageConfig, *, num_devices: int) -> dict[str, int]:
+def validate_rl_config(config: RLStageConfig, *, num_devices: int, process_count: int = 1) -> dict[str, int]:
     """Rejects impossible settings with one message; returns derived sizes (`num_micro`, `mini_batches`)."""
-    problems = []
     a, r, t = config.algo, config.rollout, config.train
+    counts = {"algo.ppo_epochs": a.ppo_epochs, "algo.mini_batch_prompts": a.mini_batch_prompts,
+              "algo.relift_batch": a.relift_batch, "train.prompts_per_step": t.prompts_per_step,
+              "train.micro_batch_per_device": t.micro_batch_per_device, "train.checkpoint_every": t.checkpoint_every,
+              "train.epochs": t.epochs, "train.log_every": t.log_every, "rollout.max_new_tokens": r.max_new_tokens,
+              "train.eval_k": t.eval_k}
+    problems = [f"{key} must be >= 1, got {value}" for key, value in counts.items() if value < 1]
+    if problems:  # the divisibility checks below need these
+        raise ValueError("invalid RL-stage config:\n  - " + "\n  - ".join(problems))
+    if process_count > 1:
+        problems.append(f"the RL stage runs from a single controller process (got {process_count} processes): the "
+                        f"sampler gathers rollouts to one host; shard the devices of one host instead")
     if a.method not in METHODS:
         problems.append(f"algo.method={a.method!r} is not one of {list(METHODS)}")
     if a.agg_mode not in AGG_MODES:

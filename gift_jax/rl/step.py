@@ -43,19 +43,22 @@ class RLStepConfig:
     use_expert: bool = False  # batch carries is_expert (LUFFY)
 
 
-def completion_logprobs(params, batch, *, graphdef, temperature: float = 1.0, chunk_size: int = DEFAULT_CHUNK_SIZE):
-    """(`[B, N]` log-probs of the completion tokens, `[B, N]` entropies) at `temperature`."""
+def completion_logprobs(params, batch, *, graphdef, temperature: float = 1.0, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                        entropy_gradient: bool = False):
+    """(`[B, N]` log-probs of the completion tokens, `[B, N]` entropies) at `temperature`.
+
+    The entropy is differentiable only with `entropy_gradient` (an entropy bonus needs it)."""
     model = nnx.merge(graphdef, params)
     hidden = model.hidden_states(batch["input_ids"], batch["positions"], batch["attention_mask"])
     n = batch["targets"].shape[1]
     hidden = hidden[:, hidden.shape[1] - n:]
     return chunked_token_logprobs(hidden, model.output_projection(), batch["targets"], chunk_size=chunk_size,
-                                  temperature=temperature)
+                                  temperature=temperature, entropy_gradient=entropy_gradient)
 
 
 def _micro_loss(params, batch, denominator, graphdef, config: RLStepConfig):
     logprobs, entropy = completion_logprobs(params, batch, graphdef=graphdef, temperature=config.temperature,
-                                            chunk_size=config.chunk_size)
+                                            chunk_size=config.chunk_size, entropy_gradient=config.entropy_coef != 0)
     mask = batch["completion_mask"]
     per_token, stats = grpo_loss_terms(
         logprobs, batch["old_logprobs"], batch["advantages"], mask, clip_low=config.clip_low,
@@ -90,7 +93,7 @@ def rl_train_step(state: TrainState, batch, *, graphdef, tx: optax.GradientTrans
     grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {k: jnp.mean(v) for k, v in per_micro.items()}
+    metrics = {k: jnp.max(v) if k.endswith("_max") else jnp.mean(v) for k, v in per_micro.items()}
     metrics.update(loss=jnp.sum(per_micro["loss"]), grad_norm=optax.global_norm(grads),
                    skipped_updates=skipped_updates(opt_state).astype(jnp.float32))
     return TrainState(params, opt_state, state.step + 1), metrics

@@ -31,9 +31,9 @@ from gift_jax.rl.config import RLStageConfig, validate_rl_config
 from gift_jax.rl.grpo import grpo_advantages
 from gift_jax.rl.rollouts import completion_arrays, group_outcomes, insert_expert_rows, update_batch
 from gift_jax.rl.step import RLStepConfig, completion_logprobs, rl_train_step
-from gift_jax.rollout import SamplingConfig, sample
+from gift_jax.rollout import SamplingConfig, bucket_size, sample
 from gift_jax.train.checkpoint import Checkpointer, CheckpointWriteError
-from gift_jax.train.init_step import StepConfig, TrainState, train_step
+from gift_jax.train.init_step import StepConfig, init_train_state, split_minibatches, train_step
 from gift_jax.train.metrics import MetricWriter
 from gift_jax.train.optim import make_optimizer
 from gift_jax.train.workdir import check_writable, claim_workdir
@@ -45,14 +45,10 @@ def _records(config: RLStageConfig) -> list[dict]:
     return read_records(d.train_file, keys)
 
 
-def _rows(array_or_dict, rows: slice):
-    return jax.tree.map(lambda x: x[rows], array_or_dict)
-
-
 def run_rl_stage(config: RLStageConfig, workdir: str | Path, *, max_steps: int | None = None) -> dict:
     """Runs (or resumes) the RL stage in `workdir`; returns a summary dict."""
     workdir = check_writable(workdir)
-    sizes = validate_rl_config(config, num_devices=jax.device_count())
+    sizes = validate_rl_config(config, num_devices=jax.device_count(), process_count=jax.process_count())
     if jax.process_index() == 0:
         claim_workdir(workdir, config)
     m, d, r, a, t = config.model, config.data, config.rollout, config.algo, config.train
@@ -79,7 +75,7 @@ def run_rl_stage(config: RLStageConfig, workdir: str | Path, *, max_steps: int |
         agg_mode=a.agg_mode, seq_normaliser=float(r.max_new_tokens), kl_coef=a.kl_coef, kl_kind=a.kl_kind,
         entropy_coef=a.entropy_coef, temperature=r.temperature, chunk_size=a.chunk_size,
         shaping_gamma=a.luffy_gamma, use_expert=a.method == "luffy")
-    state = jax.jit(lambda p: TrainState(p, tx.init(p), jnp.zeros((), jnp.int32)))(params)
+    state = init_train_state(params, tx, mesh)
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
     update_fn = jax.jit(functools.partial(rl_train_step, graphdef=graphdef, tx=tx, config=step_config),
                         in_shardings=(state_shardings, None), out_shardings=(state_shardings, replicated(mesh)),
@@ -94,14 +90,17 @@ def run_rl_stage(config: RLStageConfig, workdir: str | Path, *, max_steps: int |
     checkpointer = Checkpointer(workdir / "checkpoints", max_to_keep=t.max_to_keep)
     relift_buffer: list[tuple[str, str]] = []
     restored = checkpointer.restore_latest(state)
+    step = 0  # RL steps done (state.step also counts ReLIFT's SFT updates)
     if restored is not None:
         _, state, meta = restored
         stream.set_state(meta["prompt_stream"])
         relift_buffer = [tuple(x) for x in meta.get("relift_buffer", [])]
-    step = int(state.step) // updates_per_step
+        step = int(meta["step"])
     writer = MetricWriter(workdir, total_steps=stop_at, initial_step=step, log_every=t.log_every,
                           desc=f"rl[{a.method}]")
 
+    relift_max_length = max(len(p) for p in (tokenizer.encode_prompt(rec[d.prompt_key]) for rec in records)) \
+        + r.max_new_tokens if a.method == "relift" else 0
     samples_per_prompt = r.group_size - 1 if a.method == "luffy" else r.group_size
     rollout_config = SamplingConfig(max_new_tokens=r.max_new_tokens, num_samples=samples_per_prompt,
                                     temperature=r.temperature, top_k=r.top_k, top_p=r.top_p,
@@ -119,11 +118,15 @@ def run_rl_stage(config: RLStageConfig, workdir: str | Path, *, max_steps: int |
         return result.metrics()
 
     def relift_update(pairs):
+        """One SFT update on buffered (question, expert solution) pairs; dropped pairs become padding rows
+        (all-zero masks) so the batch keeps its size, and the length is bucketed to limit recompiles."""
         nonlocal state
-        examples = list(build_sft_examples(pairs, tokenizer, max_length=r.max_new_tokens + 1024))
-        batch = collate_sft_batch([(e.token_ids, e.loss_mask) for e in examples],
-                                  max(len(e.token_ids) for e in examples) - 1, tokenizer.pad_id)
-        state, sft_metrics = sft_fn(state, None, shard_batch(batch, mesh))
+        examples = list(build_sft_examples(pairs, tokenizer, max_length=relift_max_length))
+        if not examples:
+            return None
+        rows = [(e.token_ids, e.loss_mask) for e in examples] + [None] * (len(pairs) - len(examples))
+        width = bucket_size(max(len(e.token_ids) for e in examples) - 1, minimum=64)
+        state, sft_metrics = sft_fn(state, None, shard_batch(collate_sft_batch(rows, width, tokenizer.pad_id), mesh))
         return sft_metrics
 
     try:
@@ -161,10 +164,9 @@ def run_rl_stage(config: RLStageConfig, workdir: str | Path, *, max_steps: int |
                 metrics["kl_to_base"] = float(jnp.sum((batch["old_logprobs"] - batch["ref_logprobs"]) * on_policy)
                                               / jnp.maximum(jnp.sum(on_policy), 1.0))
             update_metrics = []
-            rows = len(rewards) // sizes["mini_batches"]
             for _ in range(a.ppo_epochs):
-                for i in range(sizes["mini_batches"]):
-                    state, out = update_fn(state, _rows(batch, slice(i * rows, (i + 1) * rows)))
+                for minibatch in split_minibatches(batch, sizes["mini_batches"]):
+                    state, out = update_fn(state, minibatch)
                     update_metrics.append(out)
             if a.method == "relift":
                 failed = np.asarray(rewards).reshape(-1, r.group_size).max(axis=1) <= 0
@@ -173,7 +175,8 @@ def run_rl_stage(config: RLStageConfig, workdir: str | Path, *, max_steps: int |
                 if len(relift_buffer) >= a.relift_batch:
                     sft = relift_update(relift_buffer[:a.relift_batch])
                     relift_buffer = relift_buffer[a.relift_batch:]
-                    metrics["relift_sft_nll"] = float(sft["nll"])
+                    if sft is not None:
+                        metrics["relift_sft_nll"] = float(sft["nll"])
             update_metrics = jax.device_get(update_metrics)
             timings["update"] = time.perf_counter() - started
             step += 1

@@ -77,7 +77,16 @@ def validate_init_config(config: InitStageConfig, *, num_devices: int, process_c
     Derived: `batch_parallelism` (devices the batch is split over), `num_micro` (micro-batches per
     global batch), `local_batch` (rows this process loads per step).
     """
-    problems = []
+    t = config.train
+    counts = {f"train.{key}": getattr(t, key) for key in ("epochs", "log_every", "max_to_keep", "global_batch",
+                                                          "micro_batch_per_device")}
+    counts.update({"loss.psft_minibatches": config.loss.psft_minibatches, "loss.chunk_size": config.loss.chunk_size,
+                   "data.max_length": config.data.max_length})
+    counts.update({f"train.{key}": getattr(t, key) for key in ("eval_every", "checkpoint_every", "max_steps")
+                   if getattr(t, key) is not None})
+    problems = [f"{key} must be >= 1, got {value}" for key, value in counts.items() if value < 1]
+    if problems:  # the divisibility checks below need these
+        raise ValueError("invalid init-stage config:\n  - " + "\n  - ".join(problems))
     if config.loss.name not in LOSS_NAMES:
         problems.append(f"loss.name={config.loss.name!r} is not one of {sorted(LOSS_NAMES)}")
     try:
@@ -86,7 +95,6 @@ def validate_init_config(config: InitStageConfig, *, num_devices: int, process_c
         problems.append(str(err))
         data = fsdp = 1
     parallel = data * fsdp
-    t = config.train
     per_update = parallel * t.micro_batch_per_device
     if t.global_batch % per_update:
         problems.append(f"train.global_batch={t.global_batch} is not divisible by batch devices ({parallel}) x "
@@ -101,9 +109,6 @@ def validate_init_config(config: InitStageConfig, *, num_devices: int, process_c
     if config.data.bucket_lengths and max(config.data.bucket_lengths) < config.data.max_length - 1:
         problems.append(f"data.bucket_lengths {config.data.bucket_lengths} cannot hold data.max_length "
                         f"{config.data.max_length}")
-    for key in ("epochs", "log_every", "max_to_keep", "global_batch", "micro_batch_per_device"):
-        if getattr(t, key) < 1:
-            problems.append(f"train.{key} must be >= 1")
     for name in ("train_file", "val_file"):
         path = getattr(config.data, name)
         if path is not None and not Path(path).is_file():

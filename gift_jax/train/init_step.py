@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
 from gift_jax.losses import compute_init_loss, loss_needs_old_logprobs, loss_needs_reference
 from gift_jax.losses import DEFAULT_CHUNK_SIZE, chunked_token_logprobs
@@ -27,6 +28,18 @@ class TrainState(NamedTuple):
     params: Any  # nnx.State of the policy's nnx.Param variables
     opt_state: Any
     step: jax.Array  # [] int32, number of updates applied or skipped
+
+
+def init_train_state(params, tx: optax.GradientTransformation, mesh) -> TrainState:
+    """Step 0: optimizer state laid out like the parameters it mirrors (Adam's mu / nu sharded as the
+    weights are), counters replicated. Without explicit out_shardings jit would replicate mu / nu."""
+    param_shardings = jax.tree.map(lambda x: x.sharding, params)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    opt_shardings = optax.tree_map_params(
+        tx, lambda _, sharding: sharding, jax.eval_shape(tx.init, params), param_shardings,
+        transform_non_params=lambda _: replicated, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
+    opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
+    return TrainState(params, opt_state, jax.device_put(jnp.zeros((), jnp.int32), replicated))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +71,11 @@ def split_micro_batches(batch: dict[str, jax.Array], num_micro: int) -> dict[str
         return x.reshape(b // num_micro, num_micro, *x.shape[1:]).swapaxes(0, 1)
 
     return jax.tree.map(one, batch)
+
+
+def split_minibatches(batch: dict, n: int) -> list[dict]:
+    """A batch -> `n` strided mini-batches (each keeps an equal share of rows on every device)."""
+    return [jax.tree.map(lambda x: x[i::n], batch) for i in range(n)]
 
 
 def _hidden(model, batch):

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 from jax.experimental import multihost_utils
 from flax import nnx
 
@@ -22,7 +21,9 @@ from gift_jax.parallel import make_mesh, replicated, shard_batch
 from gift_jax.train.checkpoint import Checkpointer, CheckpointWriteError
 from gift_jax.train.workdir import check_writable, claim_workdir
 from gift_jax.train.init_config import InitStageConfig, validate_init_config
-from gift_jax.train.init_step import StepConfig, TrainState, eval_step, policy_logprobs, train_step
+from gift_jax.train.init_step import (
+    StepConfig, eval_step, init_train_state, policy_logprobs, split_minibatches, train_step,
+)
 from gift_jax.train.metrics import MetricWriter
 from gift_jax.train.optim import make_optimizer
 
@@ -76,7 +77,7 @@ def run_init_stage(config: InitStageConfig, workdir: str | Path, *, max_steps: i
     stop_at = min(total_steps, t.max_steps or total_steps, max_steps or total_steps)
     tx = make_optimizer(config.optim, total_steps)
 
-    state = jax.jit(lambda p: TrainState(p, tx.init(p), jnp.zeros((), jnp.int32)))(params)
+    state = init_train_state(params, tx, mesh)
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
     step_fn = jax.jit(
         functools.partial(train_step, graphdef=graphdef, base_graphdef=base_graphdef, tx=tx, config=step_config),
@@ -136,7 +137,7 @@ def run_init_stage(config: InitStageConfig, workdir: str | Path, *, max_steps: i
             batch = shard_batch(next(iterator), mesh)
             if step_config.needs_old_logprobs:
                 batch["old_logprobs"] = old_logprobs_fn(state.params, batch)
-                pending = _split_minibatches(batch, updates_per_batch)
+                pending = split_minibatches(batch, updates_per_batch)
             else:
                 pending = [batch]
         state, metrics = step_fn(state, base_params, pending.pop(0))
@@ -150,7 +151,8 @@ def run_init_stage(config: InitStageConfig, workdir: str | Path, *, max_steps: i
             val_loss = last_val_loss = validate()
             if val_loss is not None:
                 writer.write(step, {"val_loss": val_loss}, prefix="val/")
-        if not pending and (step % checkpoint_every == 0 or step == stop_at):
+        improved = val_loss is not None and val_loss < best_val  # hf_best must see every improvement
+        if not pending and (step % checkpoint_every == 0 or step == stop_at or improved):
             checkpoint(val_loss)
     writer.close()
 
@@ -171,6 +173,3 @@ def run_init_stage(config: InitStageConfig, workdir: str | Path, *, max_steps: i
     return summary
 
 
-def _split_minibatches(batch: dict, n: int) -> list[dict]:
-    """A global batch -> `n` strided mini-batches (each keeps an equal share on every device)."""
-    return [jax.tree.map(lambda x: x[i::n], batch) for i in range(n)]

@@ -49,3 +49,17 @@ def test_fsdp8_holds_at_most_a_sixth_per_device(folder):
     device = jax.devices()[0]
     on_device = sum(s.data.nbytes for x in leaves for s in x.addressable_shards if s.device == device)
     assert on_device <= total / 6, (on_device, total)
+
+
+def test_optimizer_state_is_sharded_like_the_parameters(folder):
+    from gift_jax.train.init_step import init_train_state
+    from gift_jax.train.optim import OptimConfig, make_optimizer
+
+    mesh = make_mesh(MeshConfig(fsdp=8))
+    model, _ = load_hf(folder, mesh=mesh)
+    params = nnx.state(model, nnx.Param)
+    state = init_train_state(params, make_optimizer(OptimConfig(), total_steps=10), mesh)
+    param_specs = {tuple(x.sharding.spec) for x in jax.tree.leaves(params)}
+    moment_specs = {tuple(x.sharding.spec) for x in jax.tree.leaves(state.opt_state) if x.ndim >= 2}
+    assert ("fsdp", None) in param_specs or (None, "fsdp") in param_specs
+    assert moment_specs <= param_specs and moment_specs != {()}

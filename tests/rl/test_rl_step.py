@@ -67,3 +67,21 @@ def test_micro_batches_accumulate_to_the_full_batch_update():
         params_2, _ = _run(mesh, num_micro=2, agg_mode=agg_mode)
         for a, b in zip(jax.tree.leaves(params_1), jax.tree.leaves(params_2)):
             np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_entropy_bonus_reaches_the_gradient():
+    model = Transformer(CONFIG, rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(model, nnx.Param)
+    batch = _rollouts()
+    logprob_fn = jax.jit(functools.partial(completion_logprobs, graphdef=graphdef, chunk_size=4))
+    batch["old_logprobs"], _ = logprob_fn(params, batch)
+    tx = optax.sgd(1.0)
+
+    def grads_with(entropy_coef):
+        config = RLStepConfig(entropy_coef=entropy_coef, chunk_size=4)
+        state = TrainState(params, tx.init(params), jnp.zeros((), jnp.int32))
+        new_state, _ = rl_train_step(state, batch, graphdef=graphdef, tx=tx, config=config)
+        return jax.tree.leaves(jax.tree.map(lambda a, b: a - b, new_state.params, params))
+
+    plain, bonus = grads_with(0.0), grads_with(0.5)
+    assert max(float(np.abs(a - b).max()) for a, b in zip(plain, bonus)) > 1e-4
