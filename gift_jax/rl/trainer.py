@@ -55,7 +55,7 @@ def run_rl_stage(config: RLStageConfig, workdir: str | Path, *, max_steps: int |
     mesh = make_mesh(config.mesh)
     tokenizer = load_tokenizer(m.path, m.chat_template)
     records = _records(config)
-    stream = PromptStream(records, seed=t.seed)  # rollouts run over the global mesh from every process
+    stream = PromptStream(records, seed=t.seed)  # one controller process (validate_rl_config checks)
     total_steps = math.ceil(len(records) * t.epochs / t.prompts_per_step)
     stop_at = min(total_steps, t.max_steps or total_steps, max_steps or total_steps)
     val_problems = load_benchmark(d.val_file, name="validation", limit=d.val_limit,
