@@ -70,6 +70,13 @@ def _rl_curve(workdir: Path, row: dict, key: str) -> tuple[np.ndarray, np.ndarra
     return np.asarray(steps), np.asarray(values)
 
 
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_pass_at_k(workdir: Path, rows: list[dict]) -> Path:
     ks = _pass_ks(rows)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
@@ -84,11 +91,7 @@ def plot_pass_at_k(workdir: Path, rows: list[dict]) -> Path:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("pass@k (%)")
     axes[1].legend(fontsize=7)
-    path = workdir / "pass_at_k.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, workdir / "pass_at_k.png")
 
 
 def plot_rl_curves(workdir: Path, rows: list[dict]) -> Path:
@@ -105,11 +108,7 @@ def plot_rl_curves(workdir: Path, rows: list[dict]) -> Path:
         ax.set_xlabel("RL step")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    path = workdir / "rl_curves.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, workdir / "rl_curves.png")
 
 
 def floors_table(floors: dict) -> str:
