@@ -103,19 +103,14 @@ def train_step(state: TrainState, base_params, batch, *, graphdef, base_graphdef
     micro = split_micro_batches(batch, config.num_micro)
     grad_fn = jax.value_and_grad(_micro_loss, has_aux=True)
 
-    def accumulate(carry, mb):
-        grads, sums = carry
+    def accumulate(grads, mb):
         (_, out), g = grad_fn(state.params, base_params, graphdef, base_graphdef, mb, config)
         grads = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), grads, g)
-        stats = {"loss": out.loss_sum, "tokens": out.token_count, **out.metrics}
-        return (grads, jax.tree.map(jnp.add, sums, stats)), None
+        return grads, {"loss": out.loss_sum, "tokens": out.token_count, **out.metrics}
 
     zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
-    out_shape = jax.eval_shape(lambda: _micro_loss(state.params, base_params, graphdef, base_graphdef,
-                                                   jax.tree.map(lambda x: x[0], micro), config)[1])
-    sums0 = {"loss": 0.0, "tokens": 0.0, **{k: 0.0 for k in out_shape.metrics}}
-    sums0 = jax.tree.map(lambda v: jnp.zeros((), jnp.float32), sums0)
-    (grads, sums), _ = jax.lax.scan(accumulate, (zeros, sums0), micro)
+    grads, per_micro = jax.lax.scan(accumulate, zeros, micro)
+    sums = jax.tree.map(jnp.sum, per_micro)  # every statistic is a sum, so micro-batches add
 
     count = jnp.maximum(sums["tokens"], 1.0)
     grads = jax.tree.map(lambda g, p: (g / count).astype(p.dtype), grads, state.params)
