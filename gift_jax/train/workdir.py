@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 from gift_jax.config_io import save_config, to_dict
@@ -11,11 +12,12 @@ from gift_jax.config_io import save_config, to_dict
 def check_writable(directory: str | os.PathLike) -> Path:
     """Creates `directory` and proves a file can be written there, or raises a clear error."""
     directory = Path(directory)
-    probe = directory / ".write_probe"
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        probe.write_text("ok")
-        probe.unlink()
+        # A uniquely named probe: every process of a multi-host run checks the same shared workdir at once.
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write_probe_") as probe:
+            probe.write(b"ok")
+            probe.flush()
     except OSError as err:
         raise PermissionError(f"{directory}: workdir is not writable ({err.strerror or err})") from None
     return directory

@@ -33,10 +33,12 @@ def _launch(workdir, overrides, *, devices, process_id=None, num_processes=None,
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _finish(proc):
-    out, _ = proc.communicate(timeout=420)
-    assert proc.returncode == 0, out[-3000:]
-    return out
+def _finish_all(procs):
+    """Waits for every process, then fails showing each one's output (a peer's error explains a hang)."""
+    outputs = [proc.communicate(timeout=420)[0] for proc in procs]
+    failed = [f"--- process {i} (exit {p.returncode}) ---\n{out[-3000:]}"
+              for i, (p, out) in enumerate(zip(procs, outputs)) if p.returncode != 0]
+    assert not failed, "\n".join(failed)
 
 
 def _val_losses(workdir):
@@ -50,8 +52,7 @@ def test_two_processes_match_one_process_with_the_same_devices(tiny_run_inputs, 
     workers = [_launch(tmp_path / "multi", overrides, devices=2, process_id=i, num_processes=2, port=port)
                for i in range(2)]
     single = _launch(tmp_path / "single", overrides, devices=4)
-    for proc in (*workers, single):
-        _finish(proc)
+    _finish_all([*workers, single])
 
     multi_val, multi_lines = _val_losses(tmp_path / "multi")
     single_val, _ = _val_losses(tmp_path / "single")
