@@ -43,30 +43,42 @@ def scan_token_chunks(chunk_fn: Callable[[PyTree], PyTree], token_arrays: PyTree
     Returns:
       The pytree returned by `chunk_fn`, with every leaf stitched back to `[B, T, ...]`.
     """
+    to_chunks, from_chunks = token_chunker(token_arrays, chunk_size, "scan_token_chunks")
+    per_chunk = jax.lax.map(jax.checkpoint(chunk_fn), jax.tree.map(to_chunks, token_arrays))
+    return jax.tree.map(from_chunks, per_chunk)
+
+
+def token_chunker(token_arrays: PyTree, chunk_size: int, what: str
+                  ) -> tuple[Callable[[jax.Array], jax.Array], Callable[[jax.Array], jax.Array]]:
+    """Validated `(to_chunks, from_chunks)` for token arrays `[B, T, ...]` sharing `B` and `T`.
+
+    `to_chunks`: `[B, T, ...] -> [num_chunks, B, C, ...]`, zero-padding `T` up to a multiple of
+    `C = min(chunk_size, T)`; `from_chunks` inverts it, dropping the padded positions. Errors name
+    `what`.
+    """
     leaves = jax.tree.leaves(token_arrays)
     if not leaves:
-        raise ValueError("scan_token_chunks: token_arrays holds no arrays")
+        raise ValueError(f"{what}: token_arrays holds no arrays")
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"scan_token_chunks: chunk_size must be a positive int, got {chunk_size!r}")
+        raise ValueError(f"{what}: chunk_size must be a positive int, got {chunk_size!r}")
     batch, length = leaves[0].shape[:2]
     for leaf in leaves:
         if leaf.shape[:2] != (batch, length):
-            raise ValueError(f"scan_token_chunks: every token array must start with [B, T]="
+            raise ValueError(f"{what}: every token array must start with [B, T]="
                              f"{(batch, length)}, got an array of shape {leaf.shape}")
     chunk = min(chunk_size, length)
     num_chunks = -(-length // chunk)
     padding = num_chunks * chunk - length
 
-    def to_chunks(x: jax.Array) -> jax.Array:  # [B, T, ...] -> [num_chunks, B, C, ...]
+    def to_chunks(x: jax.Array) -> jax.Array:
         x = jnp.pad(x, [(0, 0), (0, padding)] + [(0, 0)] * (x.ndim - 2))
         return jnp.moveaxis(x.reshape(batch, num_chunks, chunk, *x.shape[2:]), 1, 0)
 
-    def from_chunks(y: jax.Array) -> jax.Array:  # [num_chunks, B, C, ...] -> [B, T, ...]
+    def from_chunks(y: jax.Array) -> jax.Array:
         y = jnp.moveaxis(y, 0, 1)
         return y.reshape(batch, num_chunks * chunk, *y.shape[3:])[:, :length]
 
-    per_chunk = jax.lax.map(jax.checkpoint(chunk_fn), jax.tree.map(to_chunks, token_arrays))
-    return jax.tree.map(from_chunks, per_chunk)
+    return to_chunks, from_chunks
 
 
 def project_logits(hidden: jax.Array, w_out: jax.Array) -> jax.Array:
@@ -85,6 +97,22 @@ def check_head_inputs(hidden: jax.Array, w_out: jax.Array, what: str) -> None:
     if w_out.ndim != 2 or w_out.shape[0] != hidden.shape[-1]:
         raise ValueError(f"{what}: output projection must be [d, V] with d={hidden.shape[-1]}, "
                          f"got shape {w_out.shape}")
+
+
+def check_head_pair(hidden: jax.Array, w_out: jax.Array, ref_hidden: jax.Array | None,
+                    ref_w_out: jax.Array | None) -> None:
+    """Validates a policy head and an optional reference head over the same tokens and vocabulary."""
+    check_head_inputs(hidden, w_out, "policy")
+    if (ref_hidden is None) != (ref_w_out is None):
+        raise ValueError("ref_hidden and ref_w_out must be given together (or both left None)")
+    if ref_hidden is not None:
+        check_head_inputs(ref_hidden, ref_w_out, "reference")
+        if ref_hidden.shape[:2] != hidden.shape[:2]:
+            raise ValueError(f"reference hidden states cover [B, T]={ref_hidden.shape[:2]}, the "
+                             f"policy's cover {hidden.shape[:2]}")
+        if ref_w_out.shape[1] != w_out.shape[1]:
+            raise ValueError(f"reference vocabulary V={ref_w_out.shape[1]} differs from the "
+                             f"policy's V={w_out.shape[1]}")
 
 
 def map_logit_chunks(token_fn: Callable[[jax.Array, jax.Array | None, PyTree], PyTree],
@@ -106,17 +134,7 @@ def map_logit_chunks(token_fn: Callable[[jax.Array, jax.Array | None, PyTree], P
     Returns:
       `token_fn`'s pytree with every leaf `[B, T, ...]`.
     """
-    check_head_inputs(hidden, w_out, "policy")
-    if (ref_hidden is None) != (ref_w_out is None):
-        raise ValueError("ref_hidden and ref_w_out must be given together (or both left None)")
-    if ref_hidden is not None:
-        check_head_inputs(ref_hidden, ref_w_out, "reference")
-        if ref_hidden.shape[:2] != hidden.shape[:2]:
-            raise ValueError(f"reference hidden states cover [B, T]={ref_hidden.shape[:2]}, the "
-                             f"policy's cover {hidden.shape[:2]}")
-        if ref_w_out.shape[1] != w_out.shape[1]:
-            raise ValueError(f"reference vocabulary V={ref_w_out.shape[1]} differs from the "
-                             f"policy's V={w_out.shape[1]}")
+    check_head_pair(hidden, w_out, ref_hidden, ref_w_out)
 
     def chunk_fn(chunk: PyTree) -> PyTree:
         policy_h, ref_h, inputs = chunk

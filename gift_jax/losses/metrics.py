@@ -26,7 +26,11 @@ def token_metrics(logits: jax.Array, ref_logits: jax.Array | None,
       `top1_agree` (1.0 where both argmaxes coincide).
     """
     z = jax.lax.stop_gradient(logits).astype(jnp.float32)
-    max_logit, argmax = vocab_max_argmax(z)
+    r = None if ref_logits is None else jax.lax.stop_gradient(ref_logits).astype(jnp.float32)
+    if r is None:
+        max_logit, argmax = vocab_max_argmax(z)
+    else:  # one pass over both
+        (max_logit, argmax), (ref_max_logit, ref_argmax) = vocab_max_argmax(z, r)
     shifted = z - max_logit[..., None]  # <= 0, and exactly 0 at the argmax
     policy_exp = jnp.exp(shifted)
     label_logit = jnp.take_along_axis(shifted, labels[..., None].astype(jnp.int32), -1)[..., 0]
@@ -35,9 +39,7 @@ def token_metrics(logits: jax.Array, ref_logits: jax.Array | None,
     terms = [jnp.where(index_mask(z, argmax), 0.0, policy_exp),
              jnp.where(index_mask(z, labels), 0.0, policy_exp),
              policy_exp * shifted]
-    if ref_logits is not None:
-        r = jax.lax.stop_gradient(ref_logits).astype(jnp.float32)
-        ref_max_logit, ref_argmax = vocab_max_argmax(r)
+    if r is not None:
         ref_shifted = r - ref_max_logit[..., None]
         terms += [jnp.where(index_mask(r, ref_argmax), 0.0, jnp.exp(ref_shifted)),
                   policy_exp * (shifted - ref_shifted)]

@@ -1,8 +1,8 @@
 """Initialization-stage losses by name: the one entry point the trainer calls.
 
 `compute_init_loss(name, hidden, w_out, labels, mask, ...)` runs one chunked pass over the
-sequence (`chunking.py`) that computes the chosen per-token loss *and* the logging metrics from
-the same logits, and returns sums over supervised tokens plus their count. Summing `loss_sum` and
+sequence (`fused_head.py`, which forms the gradient in the same pass) that computes the chosen
+per-token loss *and* the logging metrics from the same logits, and returns sums over supervised tokens plus their count. Summing `loss_sum` and
 `token_count` over micro-batches and devices and dividing once gives exactly the token mean of the
 whole batch, whatever the accumulation or sharding.
 
@@ -27,7 +27,8 @@ import jax.numpy as jnp
 from gift_jax.losses.baselines import (
     asft_token_loss, dft_token_loss, psft_token_loss, sft_entropy_token_loss, sft_token_loss,
 )
-from gift_jax.losses.chunking import DEFAULT_CHUNK_SIZE, map_logit_chunks
+from gift_jax.losses.chunking import DEFAULT_CHUNK_SIZE
+from gift_jax.losses.fused_head import fused_head_loss
 from gift_jax.losses.gift import gift_token_loss
 from gift_jax.losses.metrics import token_metrics
 
@@ -195,15 +196,15 @@ def compute_init_loss(name: str, hidden: jax.Array, w_out: jax.Array, labels: ja
         return (spec.token_loss(chunk, **resolved),
                 token_metrics(logits, ref_logits, chunk_labels))
 
-    losses, metrics = map_logit_chunks(
-        token_fn, hidden, w_out, (safe_labels, safe_old_logprobs), ref_hidden=ref_hidden,
-        ref_w_out=ref_w_out, chunk_size=chunk_size)
+    loss_sum, metrics = fused_head_loss(
+        token_fn, hidden, w_out, jnp.where(supervised, weights, 0.0), (safe_labels, safe_old_logprobs),
+        ref_hidden=ref_hidden, ref_w_out=ref_w_out, chunk_size=chunk_size)
 
     def supervised_sum(values: jax.Array) -> jax.Array:
         return jnp.sum(jnp.where(supervised, weights * values, 0.0))
 
     return LossOutput(
-        loss_sum=supervised_sum(losses),
+        loss_sum=loss_sum,
         token_count=jnp.sum(jnp.where(supervised, weights, 0.0)),
         metrics={key: supervised_sum(value) for key, value in metrics.items()},
     )

@@ -48,14 +48,23 @@ def vocab_maxes(*xs: jax.Array) -> tuple[jax.Array, ...]:
                          lambda acc, new: tuple(jnp.maximum(a, b) for a, b in zip(acc, new)))
 
 
-def vocab_max_argmax(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """`(max, argmax)` over the last axis of `x [..., V]`; ties go to the lowest index (as jnp)."""
-    x = x.astype(jnp.float32)
-    index = jax.lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
+def vocab_max_argmax(*xs: jax.Array) -> tuple[tuple[jax.Array, jax.Array], ...] | tuple[jax.Array, jax.Array]:
+    """`(max, argmax)` over the last axis of each same-shaped `x [..., V]`, all in one pass.
+
+    Ties go to the lowest index (as `jnp.argmax`). One array gives its `(max, argmax)`; several give
+    a tuple of such pairs (one pass instead of one per array).
+    """
+    xs = tuple(x.astype(jnp.float32) for x in xs)
+    index = jax.lax.broadcasted_iota(jnp.int32, xs[0].shape, xs[0].ndim - 1)
 
     def combine(acc, new):
-        (acc_value, acc_index), (new_value, new_index) = acc, new
-        keep = (acc_value > new_value) | ((acc_value == new_value) & (acc_index < new_index))
-        return jnp.where(keep, acc_value, new_value), jnp.where(keep, acc_index, new_index)
+        out = []
+        for i in range(0, len(acc), 2):
+            (acc_value, acc_index), (new_value, new_index) = acc[i:i + 2], new[i:i + 2]
+            keep = (acc_value > new_value) | ((acc_value == new_value) & (acc_index < new_index))
+            out += [jnp.where(keep, acc_value, new_value), jnp.where(keep, acc_index, new_index)]
+        return tuple(out)
 
-    return _reduce_vocab((x, index), (-jnp.inf, 0), combine)
+    flat = _reduce_vocab([a for x in xs for a in (x, index)], [v for _ in xs for v in (-jnp.inf, 0)], combine)
+    pairs = tuple(zip(flat[0::2], flat[1::2]))
+    return pairs[0] if len(pairs) == 1 else pairs

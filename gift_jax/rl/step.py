@@ -20,7 +20,7 @@ from flax import nnx
 
 from gift_jax.losses import DEFAULT_CHUNK_SIZE, chunked_token_logprobs
 from gift_jax.rl.grpo import aggregate_loss, grpo_loss_terms, loss_denominator
-from gift_jax.train.init_step import TrainState, split_micro_batches
+from gift_jax.train.init_step import TrainState, map_micro_batches, split_micro_batches
 from gift_jax.train.optim import skipped_updates
 
 
@@ -54,6 +54,19 @@ def completion_logprobs(params, batch, *, graphdef, temperature: float = 1.0, ch
     hidden = hidden[:, hidden.shape[1] - n:]
     return chunked_token_logprobs(hidden, model.output_projection(), batch["targets"], chunk_size=chunk_size,
                                   temperature=temperature, entropy_gradient=entropy_gradient)
+
+
+def rollout_logprobs(params, batch, *, graphdef, temperature: float = 1.0, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                     num_micro: int = 1):
+    """No-grad `completion_logprobs` of a whole step's rollouts, `num_micro` micro-batches at a time.
+
+    The old-policy and reference log-probs cover every rollout of a step (prompts x G rows of up to
+    prompt + max_new_tokens tokens); one forward over all of them would need the activations of the
+    whole step at once, so it runs micro-batch by micro-batch like the update.
+    """
+    return map_micro_batches(
+        lambda mb: completion_logprobs(params, mb, graphdef=graphdef, temperature=temperature, chunk_size=chunk_size),
+        batch, num_micro)
 
 
 def _micro_loss(params, batch, denominator, graphdef, config: RLStepConfig):

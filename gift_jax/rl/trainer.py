@@ -30,7 +30,7 @@ from gift_jax.rewards import RewardScorer
 from gift_jax.rl.config import RLStageConfig, validate_rl_config
 from gift_jax.rl.grpo import grpo_advantages
 from gift_jax.rl.rollouts import completion_arrays, group_outcomes, insert_expert_rows, update_batch
-from gift_jax.rl.step import RLStepConfig, completion_logprobs, rl_train_step
+from gift_jax.rl.step import RLStepConfig, rl_train_step, rollout_logprobs
 from gift_jax.rollout import SamplingConfig, bucket_size, sample
 from gift_jax.train.checkpoint import Checkpointer, CheckpointWriteError
 from gift_jax.train.init_step import StepConfig, init_train_state, split_minibatches, train_step
@@ -80,8 +80,8 @@ def run_rl_stage(config: RLStageConfig, workdir: str | Path, *, max_steps: int |
     update_fn = jax.jit(functools.partial(rl_train_step, graphdef=graphdef, tx=tx, config=step_config),
                         in_shardings=(state_shardings, None), out_shardings=(state_shardings, replicated(mesh)),
                         donate_argnums=(0,))
-    logprob_fn = jax.jit(functools.partial(completion_logprobs, graphdef=graphdef, temperature=r.temperature,
-                                           chunk_size=a.chunk_size))
+    logprob_fn = jax.jit(functools.partial(rollout_logprobs, graphdef=graphdef, temperature=r.temperature,
+                                           chunk_size=a.chunk_size, num_micro=sizes["mini_batches"] * sizes["num_micro"]))
     sft_fn = jax.jit(functools.partial(train_step, graphdef=graphdef, base_graphdef=graphdef, tx=tx,
                                        config=StepConfig("sft", num_micro=1, chunk_size=a.chunk_size)),
                      in_shardings=(state_shardings, None, None), out_shardings=(state_shardings, replicated(mesh)),

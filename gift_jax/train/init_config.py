@@ -75,7 +75,8 @@ def validate_init_config(config: InitStageConfig, *, num_devices: int, process_c
     """Rejects impossible combinations with one clear message; returns derived sizes.
 
     Derived: `batch_parallelism` (devices the batch is split over), `num_micro` (micro-batches per
-    global batch), `local_batch` (rows this process loads per step).
+    update), `forward_micro` (micro-batches per global batch, for the no-grad forwards over a whole
+    batch: validation, PSFT's old log-probs), `local_batch` (rows this process loads per step).
     """
     t = config.train
     counts = {f"train.{key}": getattr(t, key) for key in ("epochs", "log_every", "max_to_keep", "global_batch",
@@ -119,4 +120,4 @@ def validate_init_config(config: InitStageConfig, *, num_devices: int, process_c
         raise ValueError("invalid init-stage config:\n  - " + "\n  - ".join(problems))
     updates_per_batch = config.loss.psft_minibatches if config.loss.name == "psft" else 1
     return {"batch_parallelism": parallel, "num_micro": t.global_batch // per_update // updates_per_batch,
-            "local_batch": t.global_batch // process_count}
+            "forward_micro": t.global_batch // per_update, "local_batch": t.global_batch // process_count}

@@ -122,21 +122,38 @@ def train_step(state: TrainState, base_params, batch, *, graphdef, base_graphdef
     return TrainState(params, opt_state, state.step + 1), metrics
 
 
-def eval_step(params, batch, *, graphdef, chunk_size: int = DEFAULT_CHUNK_SIZE):
+def map_micro_batches(fn, batch: dict[str, jax.Array], num_micro: int):
+    """`fn` (rows in, per-row pytree `[b, ...]` out) applied one micro-batch at a time, rows back in order.
+
+    For the no-grad forwards (validation, old / reference log-probs): a `lax.map` over the strided
+    micro-batches of `split_micro_batches`, so peak activation memory is one micro-batch's, as in the
+    train step, however large the batch.
+    """
+    if num_micro == 1:
+        return fn(batch)
+    per_micro = jax.lax.map(fn, split_micro_batches(batch, num_micro))
+    return jax.tree.map(lambda y: y.swapaxes(0, 1).reshape(-1, *y.shape[2:]), per_micro)
+
+
+def policy_logprobs(params, batch, *, graphdef, chunk_size: int = DEFAULT_CHUNK_SIZE, num_micro: int = 1):
+    """`[B, L]` log-probabilities of the labels under `params`, `num_micro` micro-batches at a time.
+
+    PSFT's "old" policy; also validation's held-out NLL (`eval_step`).
+    """
+    def one(mb):
+        model = nnx.merge(graphdef, params)
+        logprobs, _ = chunked_token_logprobs(_hidden(model, mb), model.output_projection(), mb["target_ids"],
+                                             chunk_size=chunk_size)
+        return logprobs
+
+    return map_micro_batches(one, batch, num_micro)
+
+
+def eval_step(params, batch, *, graphdef, chunk_size: int = DEFAULT_CHUNK_SIZE, num_micro: int = 1):
     """Validation sums of one batch: plain cross-entropy on the labels (held-out NLL), as the paper.
 
     Returns {"nll": sum over supervised tokens, "tokens": their count} so batches and processes add.
     """
-    model = nnx.merge(graphdef, params)
-    logprobs, _ = chunked_token_logprobs(_hidden(model, batch), model.output_projection(), batch["target_ids"],
-                                         chunk_size=chunk_size)
+    logprobs = policy_logprobs(params, batch, graphdef=graphdef, chunk_size=chunk_size, num_micro=num_micro)
     mask = batch["loss_mask"].astype(jnp.float32)
     return {"nll": -jnp.sum(logprobs * mask), "tokens": jnp.sum(mask)}
-
-
-def policy_logprobs(params, batch, *, graphdef, chunk_size: int = DEFAULT_CHUNK_SIZE):
-    """`[B, L]` log-probabilities of the labels under the current policy (PSFT's "old" policy)."""
-    model = nnx.merge(graphdef, params)
-    logprobs, _ = chunked_token_logprobs(_hidden(model, batch), model.output_projection(), batch["target_ids"],
-                                         chunk_size=chunk_size)
-    return logprobs

@@ -83,9 +83,9 @@ def run_init_stage(config: InitStageConfig, workdir: str | Path, *, max_steps: i
         functools.partial(train_step, graphdef=graphdef, base_graphdef=base_graphdef, tx=tx, config=step_config),
         in_shardings=(state_shardings, None, None), out_shardings=(state_shardings, replicated(mesh)),
         donate_argnums=(0,))
-    eval_fn = jax.jit(functools.partial(eval_step, graphdef=graphdef, chunk_size=config.loss.chunk_size),
-                      out_shardings=replicated(mesh))
-    old_logprobs_fn = jax.jit(functools.partial(policy_logprobs, graphdef=graphdef, chunk_size=config.loss.chunk_size))
+    no_grad = dict(graphdef=graphdef, chunk_size=config.loss.chunk_size, num_micro=sizes["forward_micro"])
+    eval_fn = jax.jit(functools.partial(eval_step, **no_grad), out_shardings=replicated(mesh))
+    old_logprobs_fn = jax.jit(functools.partial(policy_logprobs, **no_grad))
 
     checkpointer = Checkpointer(workdir / "checkpoints", max_to_keep=t.max_to_keep)
     best_val = math.inf

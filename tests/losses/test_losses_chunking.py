@@ -77,5 +77,10 @@ def test_vocab_reductions_match_numpy():
     max_value, argmax = vocab_max_argmax(tied)
     np.testing.assert_array_equal(max_value, [3.0, 2.0])
     np.testing.assert_array_equal(argmax, [1, 3])  # ties go to the lowest index, as jnp.argmax
+    other = x[0, :2, :4]
+    (max_other, argmax_other), (max_tied, argmax_tied) = vocab_max_argmax(other, tied)  # one pass, two arrays
+    np.testing.assert_array_equal(argmax_tied, [1, 3])
+    np.testing.assert_array_equal(max_other, other.max(-1))
+    np.testing.assert_array_equal(argmax_other, other.argmax(-1))
     with pytest.raises(ValueError, match="at least two operands"):
         vocab_sums(x)
