@@ -24,11 +24,13 @@ def completion_arrays(completions: Sequence[Sequence[int]], width: int, pad_id: 
 
 
 def insert_expert_rows(result: SampleResult, expert_ids: np.ndarray, expert_mask: np.ndarray,
-                       samples_per_prompt: int) -> tuple[SampleResult, np.ndarray]:
+                       samples_per_prompt: int, expert_truncated: np.ndarray | None = None
+                       ) -> tuple[SampleResult, np.ndarray]:
     """LUFFY groups: after each prompt's `samples_per_prompt` rollouts, append its expert completion.
 
     Returns the enlarged result (group size `samples_per_prompt + 1`; expert rows get log-prob 0 and
-    `truncated` False) and the `[B]` bool `is_expert` flags.
+    `truncated` from `expert_truncated` `[num_prompts]`, False when not given) and the `[B]` bool
+    `is_expert` flags.
     """
     num_prompts = len(expert_ids)
     g = samples_per_prompt
@@ -42,7 +44,8 @@ def insert_expert_rows(result: SampleResult, expert_ids: np.ndarray, expert_mask
         "prompt_ids": result.prompt_ids.reshape(num_prompts, g, -1)[:, 0],
         "prompt_mask": result.prompt_mask.reshape(num_prompts, g, -1)[:, 0],
         "completion_ids": expert_ids, "completion_mask": expert_mask,
-        "lengths": expert_mask.sum(axis=1).astype(np.int32), "truncated": np.zeros(num_prompts, bool),
+        "lengths": expert_mask.sum(axis=1).astype(np.int32),
+        "truncated": np.zeros(num_prompts, bool) if expert_truncated is None else np.asarray(expert_truncated, bool),
         "logprobs": zeros, "entropies": zeros,  # not sampled: recomputed by the training forward
     }
     merged = SampleResult(**{name: grouped(getattr(result, name), expert_rows[name]) for name in SampleResult._fields})

@@ -143,12 +143,19 @@ def run_rl_stage(config: RLStageConfig, workdir: str | Path, *, max_steps: int |
             is_expert = None
             if a.method == "luffy":
                 expert = [tokenizer.encode(rec[d.expert_key]) + [tokenizer.eos_id] for rec in batch_records]
+                expert_cut = np.array([len(tokens) > r.max_new_tokens for tokens in expert])
                 expert_ids, expert_mask = completion_arrays(expert, r.max_new_tokens, tokenizer.pad_id)
-                result, is_expert = insert_expert_rows(result, expert_ids, expert_mask, samples_per_prompt)
+                result, is_expert = insert_expert_rows(result, expert_ids, expert_mask, samples_per_prompt, expert_cut)
+                metrics["expert_truncated_frac"] = float(expert_cut.mean())
 
             started = time.perf_counter()
             responses = [tokenizer.decode(ids[:n], skip_special_tokens=True)
                          for ids, n in zip(result.completion_ids, result.lengths)]
+            if is_expert is not None:
+                # An expert solution is scored on its full text: one cut at max_new_tokens loses its final
+                # answer, and a reward of 0 would push the update *away* from the expert trace.
+                expert_texts = iter([rec[d.expert_key] for rec in batch_records])
+                responses = [next(expert_texts) if expert_row else text for text, expert_row in zip(responses, is_expert)]
             answers = [rec[d.answer_key] for rec in batch_records for _ in range(r.group_size)]
             scores = scorer.score(responses, answers, kind=config.reward.kind)
             rewards = scores.scores.astype(np.float32)

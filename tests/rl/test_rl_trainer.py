@@ -16,7 +16,7 @@ from gift_jax.rl.trainer import run_rl_stage
 from gift_jax.toy import VOCAB, save_tokenizer
 from gift_jax.train.init_config import InitStageConfig
 from gift_jax.train.init_trainer import run_init_stage
-from tests.helpers import rl_overrides
+from tests.helpers import rl_overrides, write_rl_jsonl
 
 TARGET = "7"
 
@@ -89,3 +89,18 @@ def test_stopped_and_resumed_rl_equals_straight_run(boxed_digit_policy, tmp_path
         assert "train/expert_prob_mean" in keys
     else:
         assert "train/relift_sft_nll" in keys  # all-fail questions were buffered and trained on
+
+
+def test_luffy_scores_an_over_long_expert_solution_on_its_full_text(tiny_run_inputs, tmp_path):
+    # 4 new tokens cut every expert solution before its \boxed{} answer; the update sees the cut trace,
+    # but the expert row must still earn its reward (else LUFFY would push the policy away from it).
+    prompts = write_rl_jsonl(tmp_path / "rl.jsonl", 16)
+    overrides = rl_overrides(tiny_run_inputs["model"], prompts, **{"algo.method": "luffy", "rollout.max_new_tokens": 4,
+                                                                   "train.checkpoint_every": 100})
+    run_rl_stage(load_config(RLStageConfig, None, overrides), tmp_path / "run", max_steps=2)
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [line for line in lines if "train/expert_truncated_frac" in line]
+    assert len(steps) == 2
+    for line in steps:
+        assert line["train/expert_truncated_frac"] == 1.0
+        assert line["train/groups_all_wrong"] == 0.0  # every group's expert row scored 1
