@@ -3,6 +3,7 @@
     python experiments/pipeline.py --preset default --workdir runs/default    # ~9 min on 2 CPU cores
     python experiments/pipeline.py --preset smoke --workdir runs/smoke        # < 1 min (CI runs it)
     python experiments/pipeline.py --preset sweep --workdir runs/sweep        # ~18 min: the beta sweep, 1 seed
+    python experiments/pipeline.py --preset baselines --workdir runs/baselines  # ~35 min: every init, 3 seeds
     python experiments/pipeline.py --preset full --workdir runs/full          # hours: 3 seeds, sweep, baselines
 
 Steps, for every (world variant, seed, init method):
@@ -45,7 +46,7 @@ from gift_jax.rl.trainer import run_rl_stage  # noqa: E402
 from gift_jax.toy import classify_style, write_world  # noqa: E402
 from gift_jax.rollout import SamplingConfig, sample  # noqa: E402
 from gift_jax.toy.styles import BOXED_PREFIX, STYLE_HEADERS  # noqa: E402
-from gift_jax.train.init_config import InitStageConfig  # noqa: E402
+from gift_jax.train.init_config import InitStageConfig, LossSection  # noqa: E402
 from gift_jax.train.init_trainer import run_init_stage  # noqa: E402
 
 SHIPPED_BASE = Path(__file__).resolve().parent / "toy_base"
@@ -76,20 +77,28 @@ def init_label(init: str, beta: float | None) -> str:
     return f"{init}_beta{beta:g}" if beta is not None else init
 
 
-def run_init(preset: Preset, files: dict, base: Path, init: str, beta: float | None, seed: int, out: Path) -> Path:
-    if init == "base":
-        return base
+def init_stage_config(preset: Preset, files: dict, base: Path, init: str, beta: float | None, seed: int,
+                      num_devices: int) -> InitStageConfig:
+    """The init-stage config of one (init method, seed) run of `preset` on `num_devices` devices."""
     loss = {"name": init, **({"beta": beta} if beta is not None else {}), **preset.baseline_hparams, "chunk_size": 64}
-    config = from_dict(InitStageConfig, {
+    # PSFT splits each global batch into psft_minibatches updates; each must still hold whole micro-batches.
+    updates_per_batch = LossSection().psft_minibatches if init == "psft" else 1
+    return from_dict(InitStageConfig, {
         "model": {"path": str(base)},
         "data": {"train_file": str(files["expert"]), "val_file": str(files["expert_val"]), "max_length": 64,
                  "bucket_lengths": [64], "num_threads": 0},
         "loss": loss,
         "optim": {"lr": preset.init_lr, "schedule": "constant"},
-        "train": {"global_batch": preset.init_batch, "micro_batch_per_device": max(preset.init_batch // jax.device_count(), 1),
+        "train": {"global_batch": preset.init_batch,
+                  "micro_batch_per_device": max(preset.init_batch // num_devices // updates_per_batch, 1),
                   "epochs": preset.init_epochs, "seed": seed, "log_every": 50},
     })
-    summary = run_init_stage(config, out)
+
+
+def run_init(preset: Preset, files: dict, base: Path, init: str, beta: float | None, seed: int, out: Path) -> Path:
+    if init == "base":
+        return base
+    summary = run_init_stage(init_stage_config(preset, files, base, init, beta, seed, jax.device_count()), out)
     return Path(summary.get("hf_best", summary["hf_final"]))
 
 
