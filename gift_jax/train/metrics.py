@@ -19,6 +19,30 @@ def _scalar(value) -> float:
     return float(np.asarray(jax.device_get(value)))
 
 
+def _set_aside_lines_after(path: Path, step: int) -> None:
+    """A resumed run redoes the steps after its checkpoint: their old lines move to `*.superseded.jsonl`.
+
+    So `metrics.jsonl` holds each step once, from the run that produced the final state, and only
+    whole JSON lines (a line cut by a kill goes aside too); nothing written before is lost.
+    """
+    if not path.exists():
+        return
+    kept, superseded = [], []
+    for line in path.read_text().splitlines(keepends=True):
+        try:
+            keep = json.loads(line).get("step", 0) <= step
+        except (json.JSONDecodeError, AttributeError):  # a line cut by a kill goes aside too
+            keep = False
+        (kept if keep else superseded).append(line if line.endswith("\n") else line + "\n")
+    if not superseded:
+        return
+    with path.with_name(path.stem + ".superseded.jsonl").open("a") as f:
+        f.writelines(superseded)
+    partial = path.with_name(path.name + ".tmp")
+    partial.write_text("".join(kept))
+    partial.replace(path)  # atomic: a kill now leaves either the old file or the new one
+
+
 class MetricWriter:
     """`write(step, {"name": value})` -> `workdir/metrics.jsonl`, TensorBoard and (every `log_every`) console."""
 
@@ -32,6 +56,7 @@ class MetricWriter:
         from tensorboardX import SummaryWriter
 
         workdir = Path(workdir)
+        _set_aside_lines_after(workdir / "metrics.jsonl", initial_step)
         self._jsonl = (workdir / "metrics.jsonl").open("a")
         self._tb = SummaryWriter(str(workdir / "tensorboard"))
         self._bar = tqdm(total=total_steps, initial=initial_step, desc=desc, dynamic_ncols=True,
