@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import time
 from pathlib import Path
 
 import jax
@@ -24,7 +23,7 @@ from gift_jax.train.init_config import InitStageConfig, validate_init_config
 from gift_jax.train.init_step import (
     StepConfig, eval_step, init_train_state, policy_logprobs, split_minibatches, train_step,
 )
-from gift_jax.train.metrics import MetricWriter
+from gift_jax.train.metrics import LaggedTrainMetrics, MetricWriter
 from gift_jax.train.optim import make_optimizer
 
 
@@ -131,8 +130,8 @@ def run_init_stage(config: InitStageConfig, workdir: str | Path, *, max_steps: i
 
     last_val_loss = None
     pending: list[dict] = []  # PSFT: mini-batches of the current global batch still to apply
+    train_log = LaggedTrainMetrics(writer)
     while step < stop_at:
-        started = time.perf_counter()
         if not pending:
             batch = shard_batch(next(iterator), mesh)
             if step_config.needs_old_logprobs:
@@ -142,18 +141,20 @@ def run_init_stage(config: InitStageConfig, workdir: str | Path, *, max_steps: i
                 pending = [batch]
         state, metrics = step_fn(state, base_params, pending.pop(0))
         step += 1
-        metrics = jax.device_get(metrics)
-        metrics["tokens_per_s"] = float(metrics["tokens"]) / (time.perf_counter() - started)
-        metrics["epoch"] = step / steps_per_epoch
-        writer.write(step, metrics, prefix="train/")
+        train_log.push(step, metrics, epoch=step / steps_per_epoch)  # logs the previous step meanwhile
         val_loss = None
         if step % eval_every == 0 or step == stop_at:
+            train_log.flush()
             val_loss = last_val_loss = validate()
+            train_log.restart_clock()
             if val_loss is not None:
                 writer.write(step, {"val_loss": val_loss}, prefix="val/")
         improved = val_loss is not None and val_loss < best_val  # hf_best must see every improvement
         if not pending and (step % checkpoint_every == 0 or step == stop_at or improved):
+            train_log.flush()
             checkpoint(val_loss)
+            train_log.restart_clock()
+    train_log.flush()
     writer.close()
 
     summary = {"steps": step, "best_val_loss": best_val, "final_val_loss": last_val_loss}

@@ -89,3 +89,40 @@ class MetricWriter:
             self._bar.close()
             self._tb.close()
             self._jsonl.close()
+
+
+class LaggedTrainMetrics:
+    """Logs each step's device metrics one step late, so the host never waits on the device to log.
+
+    Fetching a step's metrics blocks until that step has run. Fetched right after dispatch, the
+    device sits idle while the host logs and loads the next batch; fetched after the *next* step is
+    dispatched, that host work overlaps with it. `tokens_per_s` is measured between fetches, i.e.
+    the steady-state step rate. Call `flush()` before anything that reads the step's state on the
+    host (validation, checkpoints) and at the end.
+    """
+
+    def __init__(self, writer: MetricWriter, prefix: str = "train/"):
+        self._writer, self._prefix = writer, prefix
+        self._pending = None
+        self._last_fetch = time.perf_counter()
+
+    def push(self, step: int, metrics: dict, **host_values: float) -> None:
+        """Queues step `step`'s (device) metrics, plus host-side values; logs the previous step's."""
+        self.flush()
+        self._pending = (step, metrics, host_values)
+
+    def flush(self) -> None:
+        if self._pending is None:
+            return
+        step, metrics, host_values = self._pending
+        self._pending = None
+        values = jax.device_get(metrics)
+        now = time.perf_counter()
+        if "tokens" in values:
+            values["tokens_per_s"] = float(values["tokens"]) / max(now - self._last_fetch, 1e-9)
+        self._last_fetch = now
+        self._writer.write(step, {**values, **host_values}, prefix=self._prefix)
+
+    def restart_clock(self) -> None:
+        """Excludes the time since the last fetch (validation, checkpointing) from the next rate."""
+        self._last_fetch = time.perf_counter()

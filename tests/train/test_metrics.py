@@ -22,3 +22,27 @@ def test_resumed_run_sets_aside_the_lines_of_steps_it_redoes(tmp_path):
     aside = (tmp_path / "metrics.superseded.jsonl").read_text().splitlines()  # nothing lost
     assert [json.loads(line)["step"] for line in aside[:2]] == [4, 5] and aside[2] == '{"step": 6, "train/lo'
 
+
+
+def test_lagged_train_metrics_log_each_step_once_after_the_next_is_dispatched(tmp_path):
+    import jax.numpy as jnp
+
+    from gift_jax.train.metrics import LaggedTrainMetrics
+
+    writer = MetricWriter(tmp_path, total_steps=3)
+    lagged = LaggedTrainMetrics(writer)
+
+    def logged_steps():
+        return [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+
+    lagged.push(1, {"loss": jnp.float32(1.0), "tokens": jnp.float32(64.0)}, epoch=0.5)
+    assert logged_steps() == []  # still on the device's side
+    lagged.push(2, {"loss": jnp.float32(2.0), "tokens": jnp.float32(64.0)}, epoch=1.0)
+    assert logged_steps() == [1]
+    lagged.flush()
+    lagged.flush()  # nothing left: no second line
+    writer.close()
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [1, 2]
+    assert [line["train/epoch"] for line in lines] == [0.5, 1.0]
+    assert all(line["train/tokens_per_s"] > 0 for line in lines)
