@@ -10,6 +10,7 @@ import re
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -109,6 +110,27 @@ def shard_batch(batch, mesh: Mesh):
         return jax.make_array_from_process_local_data(batch_sharding(mesh, x.ndim), x)
 
     return jax.tree_util.tree_map(one, batch)
+
+
+def place_global_batch(batch, mesh: Mesh):
+    """Places a pytree of host arrays holding the *whole* batch (the same on every process) on the mesh.
+
+    For loops whose host data is global by construction (RL: every process draws the same prompts
+    and scores the same gathered rollouts): each process copies in only the rows its own devices
+    hold. On one process this is `shard_batch`.
+    """
+    def one(x):
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, batch_sharding(mesh, x.ndim), lambda index: x[index])
+
+    return jax.tree_util.tree_map(one, batch)
+
+
+def fetch_global(tree):
+    """Host numpy copies of (possibly multi-process) global arrays: the whole arrays, on every process."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    return multihost_utils.process_allgather(tree, tiled=True)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -97,7 +97,7 @@ class RLStageConfig:
     mesh: MeshConfig = MeshConfig()
 
 
-def validate_rl_config(config: RLStageConfig, *, num_devices: int, process_count: int = 1) -> dict[str, int]:
+def validate_rl_config(config: RLStageConfig, *, num_devices: int) -> dict[str, int]:
     """Rejects impossible settings with one message; returns derived sizes (`num_micro`, `mini_batches`)."""
     a, r, t = config.algo, config.rollout, config.train
     counts = {"algo.ppo_epochs": a.ppo_epochs, "algo.mini_batch_prompts": a.mini_batch_prompts,
@@ -108,9 +108,6 @@ def validate_rl_config(config: RLStageConfig, *, num_devices: int, process_count
     problems = [f"{key} must be >= 1, got {value}" for key, value in counts.items() if value < 1]
     if problems:  # the divisibility checks below need these
         raise ValueError("invalid RL-stage config:\n  - " + "\n  - ".join(problems))
-    if process_count > 1:
-        problems.append(f"the RL stage runs from a single controller process (got {process_count} processes): the "
-                        f"sampler gathers rollouts to one host; shard the devices of one host instead")
     if a.method not in METHODS:
         problems.append(f"algo.method={a.method!r} is not one of {list(METHODS)}")
     if a.agg_mode not in AGG_MODES:

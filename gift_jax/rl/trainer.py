@@ -6,6 +6,11 @@ off-policy member trained with policy shaping) and ReLIFT (questions whose rollo
 buffered with their expert solution; once `relift_batch` are collected, one SFT update on them is
 interleaved with RL). Resuming restores parameters, optimizer, step and prompt-stream position; the
 sampling key of step s is `fold_in(key(seed), s)`, so a resumed run repeats an uninterrupted one.
+
+Several processes (TPU pod slices, multi-host GPU): every process runs the same loop on the same
+host data. All draw the same prompts, the sampler runs sharded over the global mesh and hands every
+process all rollouts, each process scores them (the rewards are deterministic) and places its own
+rows of the update batch. Only process 0 writes metrics; all take part in checkpoints.
 """
 from __future__ import annotations
 
@@ -25,7 +30,7 @@ from gift_jax.data.prompt_stream import PromptStream
 from gift_jax.evaluation.benchmarks import load_benchmark
 from gift_jax.evaluation.evaluate import EvalConfig, evaluate_problems
 from gift_jax.models import load_hf, save_hf
-from gift_jax.parallel import make_mesh, replicated, shard_batch
+from gift_jax.parallel import make_mesh, place_global_batch, replicated
 from gift_jax.rewards import RewardScorer
 from gift_jax.rl.config import RLStageConfig, validate_rl_config
 from gift_jax.rl.grpo import grpo_advantages
@@ -48,14 +53,14 @@ def _records(config: RLStageConfig) -> list[dict]:
 def run_rl_stage(config: RLStageConfig, workdir: str | Path, *, max_steps: int | None = None) -> dict:
     """Runs (or resumes) the RL stage in `workdir`; returns a summary dict."""
     workdir = check_writable(workdir)
-    sizes = validate_rl_config(config, num_devices=jax.device_count(), process_count=jax.process_count())
+    sizes = validate_rl_config(config, num_devices=jax.device_count())
     if jax.process_index() == 0:
         claim_workdir(workdir, config)
     m, d, r, a, t = config.model, config.data, config.rollout, config.algo, config.train
     mesh = make_mesh(config.mesh)
     tokenizer = load_tokenizer(m.path, m.chat_template)
     records = _records(config)
-    stream = PromptStream(records, seed=t.seed)  # one controller process (validate_rl_config checks)
+    stream = PromptStream(records, seed=t.seed)  # the whole batch on every process (module docstring)
     total_steps = math.ceil(len(records) * t.epochs / t.prompts_per_step)
     stop_at = min(total_steps, t.max_steps or total_steps, max_steps or total_steps)
     val_problems = load_benchmark(d.val_file, name="validation", limit=d.val_limit,
@@ -126,7 +131,7 @@ def run_rl_stage(config: RLStageConfig, workdir: str | Path, *, max_steps: int |
             return None
         rows = [(e.token_ids, e.loss_mask) for e in examples] + [None] * (len(pairs) - len(examples))
         width = bucket_size(max(len(e.token_ids) for e in examples) - 1, minimum=64)
-        state, sft_metrics = sft_fn(state, None, shard_batch(collate_sft_batch(rows, width, tokenizer.pad_id), mesh))
+        state, sft_metrics = sft_fn(state, None, place_global_batch(collate_sft_batch(rows, width, tokenizer.pad_id), mesh))
         return sft_metrics
 
     try:
@@ -162,7 +167,7 @@ def run_rl_stage(config: RLStageConfig, workdir: str | Path, *, max_steps: int |
             timings["reward"] = time.perf_counter() - started
 
             advantages = np.asarray(grpo_advantages(jnp.asarray(rewards), r.group_size, norm_by_std=a.norm_by_std))
-            batch = shard_batch(update_batch(result, advantages, is_expert), mesh)
+            batch = place_global_batch(update_batch(result, advantages, is_expert), mesh)
             started = time.perf_counter()
             batch["old_logprobs"], _ = logprob_fn(state.params, batch)  # the training forward: ratio 1 at first
             if base_params is not None:

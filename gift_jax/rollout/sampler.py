@@ -31,7 +31,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
 from gift_jax.models import KVCache, Transformer, init_cache
-from gift_jax.parallel import batch_parallelism, logical_to_spec, shard_batch
+from gift_jax.parallel import batch_parallelism, fetch_global, logical_to_spec, place_global_batch
 from gift_jax.rollout.bucketing import bucket_size
 from gift_jax.rollout.token_sampling import TokenRule, choose_tokens
 
@@ -249,6 +249,7 @@ def sample(model: Transformer, prompts: Sequence[Sequence[int]], config: Samplin
       config: decoding options.
       rng: PRNG key.
       mesh: when given, rows are split over its batch axes (the row count is padded to a multiple).
+        With several processes, every process passes the same prompts and receives all rows.
     Returns:
       `SampleResult` with `len(prompts) * num_samples` rows, prompt i's samples at rows
       `i * n ... i * n + n - 1`.
@@ -266,11 +267,11 @@ def sample(model: Transformer, prompts: Sequence[Sequence[int]], config: Samplin
     max_new_bucket = config.bucket(config.max_new_tokens)
     ids, mask = left_pad(rows + [[]] * (num_rows - len(rows)), width, config.pad_id)
 
-    device_ids, device_mask = (ids, mask) if mesh is None else shard_batch((ids, mask), mesh)
+    device_ids, device_mask = (ids, mask) if mesh is None else place_global_batch((ids, mask), mesh)
     out = generate(*nnx.split(model), device_ids, device_mask, rng, jnp.int32(config.max_new_tokens),
                    rule=config.token_rule(), stop_ids=config.stop_ids, pad_id=config.pad_id,
                    max_new_bucket=max_new_bucket, mesh=mesh)
-    out = jax.device_get(out)
+    out = fetch_global(out)  # every process gets every row
 
     real, n = len(rows), config.max_new_tokens
     lengths = out.lengths[:real].astype(np.int32)

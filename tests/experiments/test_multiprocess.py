@@ -1,7 +1,8 @@
 """Two local processes coordinated by `jax.distributed` (the multi-host code path, on CPU).
 
-Checks per-process data sharding (the two processes together train on the same global batches as one
-process with all devices), checkpointing from all processes, and logging from process 0 only.
+Checks, for the init stage and the RL stage, that two processes with 2 devices each train exactly as
+one process with 4 devices (per-process data sharding; for RL, rollouts sampled over the global mesh
+and gathered to every process), checkpointing from all processes, and logging from process 0 only.
 """
 import json
 import os
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.helpers import init_overrides
+from tests.helpers import init_overrides, rl_overrides, write_rl_jsonl
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -23,12 +24,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(workdir, overrides, *, devices, process_id=None, num_processes=None, port=None):
+def _launch(workdir, overrides, *, devices, process_id=None, num_processes=None, port=None, script="init_stage.py"):
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
     if process_id is not None:
         env.update(GIFT_COORDINATOR=f"localhost:{port}", GIFT_NUM_PROCESSES=str(num_processes),
                    GIFT_PROCESS_ID=str(process_id))
-    cmd = [sys.executable, str(REPO / "experiments" / "init_stage.py"), "--workdir", str(workdir)]
+    cmd = [sys.executable, str(REPO / "experiments" / script), "--workdir", str(workdir)]
     cmd += [arg for o in overrides for arg in ("--set", o)]
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -62,3 +63,25 @@ def test_two_processes_match_one_process_with_the_same_devices(tiny_run_inputs, 
     checkpoints = sorted(p.name for p in (tmp_path / "multi" / "checkpoints" / "periodic").iterdir())
     assert checkpoints == ["3", "6"]
     assert (tmp_path / "multi" / "hf_best" / "model.safetensors").exists()
+
+
+def test_rl_on_two_processes_matches_one_process_with_the_same_devices(tiny_run_inputs, tmp_path):
+    prompts = write_rl_jsonl(tmp_path / "rl.jsonl", 32)
+    overrides = rl_overrides(tiny_run_inputs["model"], prompts, **{
+        "algo.method": "luffy", "train.max_steps": 3, "train.checkpoint_every": 3, "train.export_hf": True})
+    port = _free_port()
+    workers = [_launch(tmp_path / "multi", overrides, devices=2, process_id=i, num_processes=2, port=port,
+                       script="rl_stage.py") for i in range(2)]
+    single = _launch(tmp_path / "single", overrides, devices=4, script="rl_stage.py")
+    _finish_all([*workers, single])
+
+    def logged(workdir):
+        lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+        return [line for line in lines if "train/loss" in line]
+
+    multi, one = logged(tmp_path / "multi"), logged(tmp_path / "single")
+    assert [line["step"] for line in multi] == [1, 2, 3]  # process 0 alone wrote the log
+    for key in ("train/reward_mean", "train/response_length_mean", "train/loss", "train/grad_norm"):
+        np.testing.assert_allclose([line[key] for line in multi], [line[key] for line in one], rtol=1e-4, atol=1e-7)
+    assert (tmp_path / "multi" / "checkpoints" / "periodic" / "6").is_dir()  # 3 steps x 2 mini-batches
+    assert (tmp_path / "multi" / "hf_final" / "model.safetensors").exists()

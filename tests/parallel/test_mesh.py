@@ -5,7 +5,7 @@ import pytest
 from flax import nnx
 
 from gift_jax.models import load_hf
-from gift_jax.parallel import MeshConfig, make_mesh, shard_batch
+from gift_jax.parallel import MeshConfig, fetch_global, make_mesh, place_global_batch, shard_batch
 from tests.helpers import make_tiny_hf
 
 
@@ -63,3 +63,14 @@ def test_optimizer_state_is_sharded_like_the_parameters(folder):
     moment_specs = {tuple(x.sharding.spec) for x in jax.tree.leaves(state.opt_state) if x.ndim >= 2}
     assert ("fsdp", None) in param_specs or (None, "fsdp") in param_specs
     assert moment_specs <= param_specs and moment_specs != {()}
+
+
+def test_global_batch_placement_and_fetch_round_trip():
+    mesh = make_mesh(MeshConfig(data=2, fsdp=4))
+    batch = {"ids": np.arange(48).reshape(8, 6), "flags": np.arange(8) % 3 == 0}
+    placed = place_global_batch(batch, mesh)
+    assert placed["ids"].sharding == shard_batch(batch, mesh)["ids"].sharding
+    assert [s.data.shape for s in placed["ids"].addressable_shards] == [(1, 6)] * 8  # one row per device
+    fetched = fetch_global(placed)
+    for key in batch:
+        np.testing.assert_array_equal(fetched[key], batch[key])
