@@ -98,7 +98,11 @@ class RLStageConfig:
 
 
 def validate_rl_config(config: RLStageConfig, *, num_devices: int) -> dict[str, int]:
-    """Rejects impossible settings with one message; returns derived sizes (`num_micro`, `mini_batches`)."""
+    """Rejects impossible settings with one message; returns derived sizes.
+
+    `num_micro`: micro-batches per PPO mini-batch; `mini_batches`: PPO updates per step and epoch;
+    `relift_micro`: micro-batches of a ReLIFT SFT update.
+    """
     a, r, t = config.algo, config.rollout, config.train
     counts = {"algo.ppo_epochs": a.ppo_epochs, "algo.mini_batch_prompts": a.mini_batch_prompts,
               "algo.relift_batch": a.relift_batch, "train.prompts_per_step": t.prompts_per_step,
@@ -134,8 +138,9 @@ def validate_rl_config(config: RLStageConfig, *, num_devices: int) -> dict[str, 
         problems.append(f"a mini-batch of {a.mini_batch_prompts} prompts x {r.group_size} rollouts = {rows} rows "
                         f"is not divisible by batch devices ({data * fsdp}) x train.micro_batch_per_device "
                         f"({t.micro_batch_per_device})")
-    if a.method == "relift" and a.relift_batch % (data * fsdp):
-        problems.append(f"algo.relift_batch={a.relift_batch} is not divisible by batch devices ({data * fsdp})")
+    if a.method == "relift" and a.relift_batch % per_update:
+        problems.append(f"algo.relift_batch={a.relift_batch} is not divisible by batch devices ({data * fsdp}) x "
+                        f"train.micro_batch_per_device ({t.micro_batch_per_device})")
     for name in ("train_file", "val_file"):
         path = getattr(config.data, name)
         if path is not None and not Path(path).is_file():
@@ -146,4 +151,5 @@ def validate_rl_config(config: RLStageConfig, *, num_devices: int) -> dict[str, 
             problems.append(f"model.{name}: {path} has no config.json")
     if problems:
         raise ValueError("invalid RL-stage config:\n  - " + "\n  - ".join(problems))
-    return {"num_micro": rows // per_update, "mini_batches": t.prompts_per_step // a.mini_batch_prompts}
+    return {"num_micro": rows // per_update, "mini_batches": t.prompts_per_step // a.mini_batch_prompts,
+            "relift_micro": max(a.relift_batch // per_update, 1)}

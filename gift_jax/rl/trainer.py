@@ -88,7 +88,7 @@ def run_rl_stage(config: RLStageConfig, workdir: str | Path, *, max_steps: int |
     logprob_fn = jax.jit(functools.partial(rollout_logprobs, graphdef=graphdef, temperature=r.temperature,
                                            chunk_size=a.chunk_size, num_micro=sizes["mini_batches"] * sizes["num_micro"]))
     sft_fn = jax.jit(functools.partial(train_step, graphdef=graphdef, base_graphdef=graphdef, tx=tx,
-                                       config=StepConfig("sft", num_micro=1, chunk_size=a.chunk_size)),
+                                       config=StepConfig("sft", num_micro=sizes["relift_micro"], chunk_size=a.chunk_size)),
                      in_shardings=(state_shardings, None, None), out_shardings=(state_shardings, replicated(mesh)),
                      donate_argnums=(0,))
 

@@ -1,0 +1,37 @@
+"""RL-stage configs are validated before anything runs: each impossible setting is named."""
+import re
+
+import pytest
+
+from gift_jax.config_io import load_config
+from gift_jax.rl.config import RLStageConfig, validate_rl_config
+from tests.helpers import rl_overrides, write_rl_jsonl
+
+
+@pytest.fixture()
+def overrides(tiny_run_inputs, tmp_path):
+    return lambda **extra: rl_overrides(tiny_run_inputs["model"], write_rl_jsonl(tmp_path / "rl.jsonl", 8), **extra)
+
+
+def test_the_tiny_config_validates_and_derives_sizes(overrides):
+    sizes = validate_rl_config(load_config(RLStageConfig, None, overrides(**{"algo.method": "relift"})), num_devices=8)
+    # 8 prompts x 4 rollouts in mini-batches of 4 prompts (16 rows) over 8 devices x 1 row
+    assert sizes == {"num_micro": 2, "mini_batches": 2, "relift_micro": 2}
+
+
+@pytest.mark.parametrize("extra,message", [
+    ({"algo.mini_batch_prompts": 3}, r"prompts_per_step=8 is not divisible by algo.mini_batch_prompts=3"),
+    ({"rollout.group_size": 3, "algo.mini_batch_prompts": 2, "train.prompts_per_step": 2},
+     r"2 prompts x 3 rollouts = 6 rows is not divisible by batch devices \(8\)"),
+    ({"algo.method": "relift", "algo.relift_batch": 12}, r"relift_batch=12 is not divisible by batch devices \(8\)"),
+    ({"algo.kl_coef": 0.1}, r"kl_coef > 0 needs model.base_path"),
+    ({"rollout.group_size": 1}, r"group_size must be >= 2"),
+    ({"algo.method": "ppo"}, r"algo.method='ppo' is not one of"),
+    ({"algo.agg_mode": "mean"}, r"algo.agg_mode='mean' is not one of"),
+    ({"mesh.fsdp": 3, "mesh.data": 2}, r"needs 6 devices but 8 are available"),
+    ({"data.val_file": "/nonexistent/val.jsonl"}, r"data.val_file: /nonexistent/val.jsonl does not exist"),
+])
+def test_impossible_settings_are_named(overrides, extra, message):
+    with pytest.raises(ValueError, match="invalid RL-stage config") as err:
+        validate_rl_config(load_config(RLStageConfig, None, overrides(**extra)), num_devices=8)
+    assert re.search(message, str(err.value)), str(err.value)
