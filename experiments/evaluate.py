@@ -1,8 +1,9 @@
-"""Evaluate a Hugging Face checkpoint on local benchmark files: avg@k and pass@k per benchmark.
+"""Evaluate a Hugging Face folder or any checkpoint of a run on local benchmark files: avg@k and pass@k.
 
-    python experiments/evaluate.py --model runs/gift/hf_epoch6 \
+    python experiments/evaluate.py --model runs/gift/hf_best \
         --benchmarks math500=data/math500.jsonl aime24=data/aime24.jsonl gpqa=data/gpqa.parquet \
         --k 4 --temperature 0.6 --max-new-tokens 8192 --out runs/gift/eval
+    python experiments/evaluate.py --model runs/gift --step 40 ...      # an orbax step of a stage workdir
 
 Writes `results.md` (markdown table, accuracies in %) and `results.json` to `--out`, plus
 `samples_<name>.jsonl` with `--save-samples`. Prompts use the model folder's chat template
@@ -32,11 +33,15 @@ from gift_jax.evaluation.evaluate import (
 )
 from gift_jax.models import load_hf
 from gift_jax.parallel import MeshConfig, make_mesh
+from gift_jax.run_checkpoints import CHECKPOINT_KINDS, is_run_workdir, load_run_checkpoint
 
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, type=Path, help="Hugging Face model folder")
+    parser.add_argument("--model", required=True, type=Path,
+                        help="Hugging Face model folder, or a stage workdir (then --step / --kind pick the checkpoint)")
+    parser.add_argument("--step", type=int, default=None, help="workdir: checkpoint step (default: newest)")
+    parser.add_argument("--kind", choices=CHECKPOINT_KINDS, default="periodic", help="workdir: checkpoint kind")
     parser.add_argument("--benchmarks", required=True, nargs="+", metavar="NAME=PATH")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--k", type=int, default=4, help="samples per problem")
@@ -69,11 +74,17 @@ def main(argv: list[str] | None = None) -> None:
     benchmarks = {name: load_benchmark(path, name=name, limit=args.limit) for name, path in paths.items()}
     mesh = (make_mesh(MeshConfig(data=args.data, fsdp=args.fsdp, tensor=args.tensor))
             if jax.device_count() > 1 else None)
-    tokenizer = load_tokenizer(args.model, chat_template=args.chat_template)
-    model, _ = load_hf(args.model, dtype=args.dtype, mesh=mesh)
+    if is_run_workdir(args.model):
+        model, _, tokenizer_dir, step = load_run_checkpoint(args.model, step=args.step, kind=args.kind,
+                                                            dtype=args.dtype, mesh=mesh)
+        print(f"{args.model}: {args.kind} checkpoint of step {step}", file=sys.stderr)
+    else:
+        model, _ = load_hf(args.model, dtype=args.dtype, mesh=mesh)
+        tokenizer_dir = args.model
+    tokenizer = load_tokenizer(tokenizer_dir, chat_template=args.chat_template)
     results = evaluate_benchmarks(model, tokenizer, benchmarks, config, mesh=mesh,
                                   keep_responses=args.save_samples, progress=not args.no_progress)
-    run_info = {"model": str(args.model), "benchmarks": {name: str(p) for name, p in paths.items()},
+    run_info = {"model": str(args.model), "step": args.step, "kind": args.kind, "benchmarks": {name: str(p) for name, p in paths.items()},
                 "eval_config": dataclasses.asdict(config), "dtype": args.dtype, "limit": args.limit,
                 "chat_template": args.chat_template, "devices": jax.device_count()}
     write_results(results, args.out, run_info=run_info, save_samples=args.save_samples)

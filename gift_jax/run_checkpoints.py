@@ -1,0 +1,87 @@
+"""Any training checkpoint as a model: restore the policy of one orbax step, or export it to an HF folder.
+
+A stage's workdir holds its config (`config.json`) and orbax steps (`checkpoints/{periodic,best}/<step>`).
+The config names the HF folder the run started from (`model.path`); that folder gives the
+architecture, the tokenizer, and the parameter template the step is restored into (through the
+trainers' own `Checkpointer`, so any sharding or topology works). The trainers export only `hf_best`
+and `hf_final`; this reaches every step in between.
+
+    model, model_config, tokenizer_dir, step = load_run_checkpoint("runs/gift", kind="best")
+    export_run_checkpoint("runs/gift", "runs/gift/hf_step40", step=40)
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from flax import nnx
+
+from gift_jax.config_io import from_dict
+from gift_jax.models import ModelConfig, Transformer, load_hf, save_hf
+from gift_jax.parallel import MeshConfig, make_mesh
+from gift_jax.rl.config import RLStageConfig
+from gift_jax.train.checkpoint import Checkpointer
+from gift_jax.train.init_config import InitStageConfig
+from gift_jax.train.init_step import init_train_state
+from gift_jax.train.optim import make_optimizer
+
+CHECKPOINT_KINDS = ("periodic", "best")
+
+
+def is_run_workdir(path: str | os.PathLike) -> bool:
+    """Whether `path` is a stage workdir (a run config and a checkpoints folder), not an HF folder."""
+    path = Path(path)
+    return (path / "checkpoints").is_dir() and (path / "config.json").is_file()
+
+
+def read_run_config(workdir: str | os.PathLike) -> InitStageConfig | RLStageConfig:
+    """The config a stage saved in its workdir (init stage or RL stage, told apart by their sections)."""
+    path = Path(workdir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no run config here; is {workdir} a stage workdir?")
+    data = json.loads(path.read_text())
+    if "loss" in data:
+        return from_dict(InitStageConfig, data, where=str(path))
+    if "algo" in data:
+        return from_dict(RLStageConfig, data, where=str(path))
+    raise ValueError(f"{path}: neither an init-stage nor an RL-stage config (no 'loss' or 'algo' section)")
+
+
+def load_run_checkpoint(workdir: str | os.PathLike, *, step: int | None = None, kind: str = "periodic",
+                        dtype: str | None = None, mesh=None) -> tuple[Transformer, ModelConfig, Path, int]:
+    """The policy of one step of a run -> `(model, model_config, tokenizer_dir, step)`.
+
+    step: None for the newest step of `kind` ("periodic" or "best").
+    dtype: compute dtype (default: the run's); mesh: where to place the weights (default: all local
+      devices, parameters sharded over them).
+    """
+    if kind not in CHECKPOINT_KINDS:
+        raise ValueError(f"checkpoint kind must be one of {CHECKPOINT_KINDS}, got {kind!r}")
+    workdir = Path(workdir)
+    config = read_run_config(workdir)
+    checkpointer = Checkpointer(workdir / "checkpoints")
+    try:
+        steps = checkpointer.steps(kind)
+        if not steps:
+            raise FileNotFoundError(f"{workdir / 'checkpoints' / kind}: no {kind} checkpoint")
+        step = steps[-1] if step is None else step
+        if step not in steps:
+            raise FileNotFoundError(f"{workdir / 'checkpoints' / kind}: no step {step}; saved steps: {steps}")
+        mesh = mesh if mesh is not None else make_mesh(MeshConfig())
+        # The run's starting weights are the template: same structure, dtypes and (here) shardings.
+        template, model_config = load_hf(config.model.path, dtype=dtype or config.model.dtype,
+                                         param_dtype=config.model.param_dtype, mesh=mesh)
+        graphdef, params = nnx.split(template, nnx.Param)
+        state = init_train_state(params, make_optimizer(config.optim, total_steps=1), mesh)
+        restored, _ = checkpointer.restore(step, state, kind=kind)
+    finally:
+        checkpointer.close()
+    return nnx.merge(graphdef, restored.params), model_config, Path(config.model.path), step
+
+
+def export_run_checkpoint(workdir: str | os.PathLike, out: str | os.PathLike, *, step: int | None = None,
+                          kind: str = "periodic", dtype: str | None = None, overwrite: bool = False) -> Path:
+    """Writes one step of a run as an HF folder (weights in `dtype`, default as trained) with its tokenizer."""
+    model, model_config, tokenizer_dir, _ = load_run_checkpoint(workdir, step=step, kind=kind)
+    return save_hf(model, model_config, out, dtype=dtype, tokenizer_dir=tokenizer_dir, overwrite=overwrite)
