@@ -74,17 +74,22 @@ def main(argv: list[str] | None = None) -> None:
     benchmarks = {name: load_benchmark(path, name=name, limit=args.limit) for name, path in paths.items()}
     mesh = (make_mesh(MeshConfig(data=args.data, fsdp=args.fsdp, tensor=args.tensor))
             if jax.device_count() > 1 else None)
+    checkpoint = None
     if is_run_workdir(args.model):
         model, _, tokenizer_dir, step = load_run_checkpoint(args.model, step=args.step, kind=args.kind,
                                                             dtype=args.dtype, mesh=mesh)
+        checkpoint = {"kind": args.kind, "step": step}
         print(f"{args.model}: {args.kind} checkpoint of step {step}", file=sys.stderr)
     else:
+        if args.step is not None:
+            parser.error(f"--step: {args.model} is a model folder, not a stage workdir with checkpoints")
         model, _ = load_hf(args.model, dtype=args.dtype, mesh=mesh)
         tokenizer_dir = args.model
     tokenizer = load_tokenizer(tokenizer_dir, chat_template=args.chat_template)
     results = evaluate_benchmarks(model, tokenizer, benchmarks, config, mesh=mesh,
                                   keep_responses=args.save_samples, progress=not args.no_progress)
-    run_info = {"model": str(args.model), "step": args.step, "kind": args.kind, "benchmarks": {name: str(p) for name, p in paths.items()},
+    run_info = {"model": str(args.model), "checkpoint": checkpoint,
+                "benchmarks": {name: str(p) for name, p in paths.items()},
                 "eval_config": dataclasses.asdict(config), "dtype": args.dtype, "limit": args.limit,
                 "chat_template": args.chat_template, "devices": jax.device_count()}
     write_results(results, args.out, run_info=run_info, save_samples=args.save_samples)

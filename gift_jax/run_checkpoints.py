@@ -2,8 +2,9 @@
 
 A stage's workdir holds its config (`config.json`) and orbax steps (`checkpoints/{periodic,best}/<step>`).
 The config names the HF folder the run started from (`model.path`); that folder gives the
-architecture, the tokenizer, and the parameter template the step is restored into (through the
-trainers' own `Checkpointer`, so any sharding or topology works). The trainers export only `hf_best`
+architecture and the tokenizer. Only the step's parameters are read (an orbax partial restore into
+an abstract template, resharded onto any mesh), and the run's folder is opened read-only, so a run
+still training there is not disturbed. The trainers export only `hf_best`
 and `hf_final`; this reaches every step in between.
 
     model, model_config, tokenizer_dir, step = load_run_checkpoint("runs/gift", kind="best")
@@ -15,16 +16,15 @@ import json
 import os
 from pathlib import Path
 
+import jax
 from flax import nnx
 
 from gift_jax.config_io import from_dict
-from gift_jax.models import ModelConfig, Transformer, load_hf, save_hf
-from gift_jax.parallel import MeshConfig, make_mesh
+from gift_jax.models import ModelConfig, Transformer, read_config, save_hf
+from gift_jax.parallel import MeshConfig, make_mesh, state_shardings
 from gift_jax.rl.config import RLStageConfig
 from gift_jax.train.checkpoint import Checkpointer
 from gift_jax.train.init_config import InitStageConfig
-from gift_jax.train.init_step import init_train_state
-from gift_jax.train.optim import make_optimizer
 
 CHECKPOINT_KINDS = ("periodic", "best")
 
@@ -53,14 +53,14 @@ def load_run_checkpoint(workdir: str | os.PathLike, *, step: int | None = None, 
     """The policy of one step of a run -> `(model, model_config, tokenizer_dir, step)`.
 
     step: None for the newest step of `kind` ("periodic" or "best").
-    dtype: compute dtype (default: the run's); mesh: where to place the weights (default: all local
-      devices, parameters sharded over them).
+    dtype: compute dtype (default: the run's); mesh: where to place the weights (default: every
+      device, parameters sharded over them).
     """
     if kind not in CHECKPOINT_KINDS:
         raise ValueError(f"checkpoint kind must be one of {CHECKPOINT_KINDS}, got {kind!r}")
     workdir = Path(workdir)
     config = read_run_config(workdir)
-    checkpointer = Checkpointer(workdir / "checkpoints")
+    checkpointer = Checkpointer(workdir / "checkpoints", read_only=True)
     try:
         steps = checkpointer.steps(kind)
         if not steps:
@@ -69,15 +69,17 @@ def load_run_checkpoint(workdir: str | os.PathLike, *, step: int | None = None, 
         if step not in steps:
             raise FileNotFoundError(f"{workdir / 'checkpoints' / kind}: no step {step}; saved steps: {steps}")
         mesh = mesh if mesh is not None else make_mesh(MeshConfig())
-        # The run's starting weights are the template: same structure, dtypes and (here) shardings.
-        template, model_config = load_hf(config.model.path, dtype=dtype or config.model.dtype,
-                                         param_dtype=config.model.param_dtype, mesh=mesh)
-        graphdef, params = nnx.split(template, nnx.Param)
-        state = init_train_state(params, make_optimizer(config.optim, total_steps=1), mesh)
-        restored, _ = checkpointer.restore(step, state, kind=kind)
+        # The run's starting folder gives the architecture; the template is abstract (nothing allocated)
+        # and only the parameters are read, so peak memory is one copy of the weights.
+        model_config = read_config(config.model.path, dtype=dtype or config.model.dtype,
+                                   param_dtype=config.model.param_dtype)
+        graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Transformer(model_config, rngs=nnx.Rngs(0))), nnx.Param)
+        target = jax.tree.map(lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                              abstract, state_shardings(abstract, mesh))
+        params = checkpointer.restore_params(step, target, kind=kind)
     finally:
         checkpointer.close()
-    return nnx.merge(graphdef, restored.params), model_config, Path(config.model.path), step
+    return nnx.merge(graphdef, params), model_config, Path(config.model.path), step
 
 
 def export_run_checkpoint(workdir: str | os.PathLike, out: str | os.PathLike, *, step: int | None = None,

@@ -64,7 +64,7 @@ def test_evaluate_accepts_a_run_workdir(run, tmp_path):
                    "--out", str(tmp_path / "eval"), "--k", "2", "--max-new-tokens", "4", "--dtype", "float32",
                    "--no-progress"])
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
-    assert results["run"]["step"] == 3 and "avg@2" in results["benchmarks"]["toy"]
+    assert results["run"]["checkpoint"] == {"kind": "periodic", "step": 3} and "avg@2" in results["benchmarks"]["toy"]
 
 
 def test_an_rl_run_exports_too(tiny_run_inputs, tmp_path):

@@ -24,7 +24,7 @@ PyTree = Any
 
 # Sequence positions per chunk. A chunk holds a few `[B, C, V]` float32 buffers (logits, reference
 # logits, their gradient): at C = 256, V = 32768, d = 256 and B = 1 the gradient of a fused GIFT
-# loss needs about 145 MB of XLA:CPU temporaries at any sequence length, and the lm-head matmuls
+# loss needs 100-112 MiB of XLA:CPU temporaries at any sequence length, and the lm-head matmuls
 # are still large enough to run at full speed.
 DEFAULT_CHUNK_SIZE = 256
 

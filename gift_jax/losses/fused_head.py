@@ -14,7 +14,7 @@ and the backward pass only scales the two by the cotangent. Per chunk that is fo
 matmuls for a loss with a reference (policy and base logits, two gradient products) instead of
 six, and three instead of four without one; no `[tokens, V]` buffer exists in either pass (the
 same technique as the fused linear cross-entropy of Liger-Kernel). Called without
-differentiation (validation) it runs the forward only and forms no gradient.
+differentiation it runs the forward only and forms no gradient.
 """
 from __future__ import annotations
 
@@ -39,8 +39,9 @@ def fused_head_loss(token_fn: TokenLossFn, hidden: jax.Array, w_out: jax.Array, 
         (or None) and the chunk of `token_inputs`, returning the per-token loss `[B, C]` and a pytree
         of `[B, C, ...]` statistics (logged, never differentiated).
       hidden: `[B, T, d]` policy final hidden states; w_out: `[d, V]` policy output projection.
-      weights: `[B, T]` float token weights; positions with weight <= 0 contribute nothing (even a
-        non-finite loss there).
+      weights: `[B, T]` float token weights; positions with weight <= 0 contribute nothing to the
+        value (even a non-finite loss there). Their gradient is zero as long as the loss's own
+        derivative is finite there: sanitise the inputs of unsupervised positions (the registry does).
       token_inputs: pytree of `[B, T, ...]` per-token arrays (labels, ...); not differentiated.
       ref_hidden, ref_w_out: `[B, T, d_ref]`, `[d_ref, V]` of a frozen reference model, or None.
       chunk_size: sequence positions per chunk; a chunk holds a few `[B, chunk_size, V]` buffers.

@@ -2,9 +2,9 @@
 
 `compute_init_loss(name, hidden, w_out, labels, mask, ...)` runs one chunked pass over the
 sequence (`fused_head.py`, which forms the gradient in the same pass) that computes the chosen
-per-token loss *and* the logging metrics from the same logits, and returns sums over supervised tokens plus their count. Summing `loss_sum` and
-`token_count` over micro-batches and devices and dividing once gives exactly the token mean of the
-whole batch, whatever the accumulation or sharding.
+per-token loss *and* the logging metrics from the same logits, and returns sums over supervised
+tokens plus their count. Summing `loss_sum` and `token_count` over micro-batches and devices and
+dividing once gives exactly the token mean of the whole batch, whatever the accumulation or sharding.
 
     name          hparams (default)                 needs
     gift          beta (20.0), smooth_lambda (0.0)  reference model
@@ -197,7 +197,7 @@ def compute_init_loss(name: str, hidden: jax.Array, w_out: jax.Array, labels: ja
                 token_metrics(logits, ref_logits, chunk_labels))
 
     loss_sum, metrics = fused_head_loss(
-        token_fn, hidden, w_out, jnp.where(supervised, weights, 0.0), (safe_labels, safe_old_logprobs),
+        token_fn, hidden, w_out, weights, (safe_labels, safe_old_logprobs),
         ref_hidden=ref_hidden, ref_w_out=ref_w_out, chunk_size=chunk_size)
 
     def supervised_sum(values: jax.Array) -> jax.Array:

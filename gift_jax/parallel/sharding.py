@@ -128,9 +128,12 @@ def place_global_batch(batch, mesh: Mesh):
 
 def fetch_global(tree):
     """Host numpy copies of (possibly multi-process) global arrays: the whole arrays, on every process."""
-    if jax.process_count() == 1:
-        return jax.device_get(tree)
-    return multihost_utils.process_allgather(tree, tiled=True)
+    def one(x):
+        if jax.process_count() == 1 or not isinstance(x, jax.Array) or x.is_fully_addressable:
+            return jax.device_get(x)  # already whole here (gathering it would stack one copy per process)
+        return multihost_utils.process_allgather(x, tiled=True)
+
+    return jax.tree_util.tree_map(one, tree)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -25,7 +25,7 @@ class RLModelSection:
 @dataclasses.dataclass(frozen=True)
 class RLDataSection:
     train_file: str  # RL prompts with reference answers (parquet / jsonl)
-    val_file: str | None = None  # validation problems (avg@k during RL)
+    val_file: str | None = None  # validation problems (avg@k during RL): this file's layout or a benchmark's
     prompt_key: str = "prompt"
     answer_key: str = "answer"
     expert_key: str = "solution"  # LUFFY / ReLIFT: the expert demonstration column of train_file
@@ -138,9 +138,8 @@ def validate_rl_config(config: RLStageConfig, *, num_devices: int) -> dict[str, 
         problems.append(f"a mini-batch of {a.mini_batch_prompts} prompts x {r.group_size} rollouts = {rows} rows "
                         f"is not divisible by batch devices ({data * fsdp}) x train.micro_batch_per_device "
                         f"({t.micro_batch_per_device})")
-    if a.method == "relift" and a.relift_batch % per_update:
-        problems.append(f"algo.relift_batch={a.relift_batch} is not divisible by batch devices ({data * fsdp}) x "
-                        f"train.micro_batch_per_device ({t.micro_batch_per_device})")
+    if a.method == "relift" and a.relift_batch % (data * fsdp):
+        problems.append(f"algo.relift_batch={a.relift_batch} is not divisible by batch devices ({data * fsdp})")
     for name in ("train_file", "val_file"):
         path = getattr(config.data, name)
         if path is not None and not Path(path).is_file():
@@ -152,4 +151,10 @@ def validate_rl_config(config: RLStageConfig, *, num_devices: int) -> dict[str, 
     if problems:
         raise ValueError("invalid RL-stage config:\n  - " + "\n  - ".join(problems))
     return {"num_micro": rows // per_update, "mini_batches": t.prompts_per_step // a.mini_batch_prompts,
-            "relift_micro": max(a.relift_batch // per_update, 1)}
+            "relift_micro": _fewest_micro_batches(max(a.relift_batch // (data * fsdp), 1), t.micro_batch_per_device)}
+
+
+def _fewest_micro_batches(rows_per_device: int, max_rows_per_micro: int) -> int:
+    """The fewest micro-batches that split `rows_per_device` evenly into at most `max_rows_per_micro` each."""
+    return next(n for n in range(1, rows_per_device + 1)
+                if rows_per_device % n == 0 and rows_per_device // n <= max_rows_per_micro)

@@ -9,8 +9,8 @@ sampling key of step s is `fold_in(key(seed), s)`, so a resumed run repeats an u
 
 Several processes (TPU pod slices, multi-host GPU): every process runs the same loop on the same
 host data. All draw the same prompts, the sampler runs sharded over the global mesh and hands every
-process all rollouts, each process scores them (the rewards are deterministic) and places its own
-rows of the update batch. Only process 0 writes metrics; all take part in checkpoints.
+process all rollouts, process 0 scores them and sends the rewards to the others, and each process places
+its own rows of the update batch. Only process 0 writes metrics; all take part in checkpoints.
 """
 from __future__ import annotations
 
@@ -24,10 +24,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from gift_jax.data import build_sft_examples, collate_sft_batch, load_tokenizer, read_records
 from gift_jax.data.prompt_stream import PromptStream
-from gift_jax.evaluation.benchmarks import load_benchmark
+from gift_jax.evaluation.benchmarks import load_benchmark, read_records as read_benchmark_records
 from gift_jax.evaluation.evaluate import EvalConfig, evaluate_problems
 from gift_jax.models import load_hf, save_hf
 from gift_jax.parallel import make_mesh, place_global_batch, replicated
@@ -50,6 +51,33 @@ def _records(config: RLStageConfig) -> list[dict]:
     return read_records(d.train_file, keys)
 
 
+def _validation_problems(d) -> list:
+    """The validation set: in the RL prompts' own layout (`prompt_key` / `answer_key`) or any benchmark layout."""
+    records = read_benchmark_records(d.val_file)
+    same_layout = bool(records) and {d.prompt_key, d.answer_key} <= set(records[0])
+    fields = dict(problem_field=d.prompt_key, answer_field=d.answer_key) if same_layout else {}
+    return load_benchmark(d.val_file, name="validation", limit=d.val_limit, math_instruction=d.val_instruction,
+                          **fields)
+
+
+def _score_once(scorer: RewardScorer, responses: list[str], answers: list[str], kind: str
+                ) -> tuple[np.ndarray, int, int]:
+    """`([B] float32 rewards, timed-out count, crashed count)`, identical on every process.
+
+    Process 0 scores and sends the result: the per-item time limits are wall-clock, so processes
+    scoring on their own could disagree, and with them the advantages and ReLIFT's buffer (whose
+    updates are collectives every process must join).
+    """
+    if jax.process_count() == 1 or jax.process_index() == 0:
+        scores = scorer.score(responses, answers, kind=kind)
+        payload = np.append(scores.scores, [scores.timed_out, scores.crashed]).astype(np.float32)
+    else:
+        payload = np.zeros(len(responses) + 2, np.float32)
+    if jax.process_count() > 1:
+        payload = np.asarray(multihost_utils.broadcast_one_to_all(payload))
+    return payload[:-2], int(payload[-2]), int(payload[-1])
+
+
 def run_rl_stage(config: RLStageConfig, workdir: str | Path, *, max_steps: int | None = None) -> dict:
     """Runs (or resumes) the RL stage in `workdir`; returns a summary dict."""
     workdir = check_writable(workdir)
@@ -63,8 +91,7 @@ def run_rl_stage(config: RLStageConfig, workdir: str | Path, *, max_steps: int |
     stream = PromptStream(records, seed=t.seed)  # the whole batch on every process (module docstring)
     total_steps = math.ceil(len(records) * t.epochs / t.prompts_per_step)
     stop_at = min(total_steps, t.max_steps or total_steps, max_steps or total_steps)
-    val_problems = load_benchmark(d.val_file, name="validation", limit=d.val_limit,
-                                  math_instruction=d.val_instruction) if d.val_file else None
+    val_problems = _validation_problems(d) if d.val_file else None
 
     policy, model_config = load_hf(m.path, dtype=m.dtype, param_dtype=m.param_dtype, mesh=mesh, remat=m.remat)
     graphdef, params = nnx.split(policy, nnx.Param)
@@ -86,9 +113,11 @@ def run_rl_stage(config: RLStageConfig, workdir: str | Path, *, max_steps: int |
                         in_shardings=(state_shardings, None), out_shardings=(state_shardings, replicated(mesh)),
                         donate_argnums=(0,))
     logprob_fn = jax.jit(functools.partial(rollout_logprobs, graphdef=graphdef, temperature=r.temperature,
-                                           chunk_size=a.chunk_size, num_micro=sizes["mini_batches"] * sizes["num_micro"]))
+                                           chunk_size=a.chunk_size,
+                                           num_micro=sizes["mini_batches"] * sizes["num_micro"]))
     sft_fn = jax.jit(functools.partial(train_step, graphdef=graphdef, base_graphdef=graphdef, tx=tx,
-                                       config=StepConfig("sft", num_micro=sizes["relift_micro"], chunk_size=a.chunk_size)),
+                                       config=StepConfig("sft", num_micro=sizes["relift_micro"],
+                                                         chunk_size=a.chunk_size)),
                      in_shardings=(state_shardings, None, None), out_shardings=(state_shardings, replicated(mesh)),
                      donate_argnums=(0,))
 
@@ -131,7 +160,8 @@ def run_rl_stage(config: RLStageConfig, workdir: str | Path, *, max_steps: int |
             return None
         rows = [(e.token_ids, e.loss_mask) for e in examples] + [None] * (len(pairs) - len(examples))
         width = bucket_size(max(len(e.token_ids) for e in examples) - 1, minimum=64)
-        state, sft_metrics = sft_fn(state, None, place_global_batch(collate_sft_batch(rows, width, tokenizer.pad_id), mesh))
+        sft_batch = place_global_batch(collate_sft_batch(rows, width, tokenizer.pad_id), mesh)
+        state, sft_metrics = sft_fn(state, None, sft_batch)
         return sft_metrics
 
     try:
@@ -160,10 +190,10 @@ def run_rl_stage(config: RLStageConfig, workdir: str | Path, *, max_steps: int |
                 # An expert solution is scored on its full text: one cut at max_new_tokens loses its final
                 # answer, and a reward of 0 would push the update *away* from the expert trace.
                 expert_texts = iter([rec[d.expert_key] for rec in batch_records])
-                responses = [next(expert_texts) if expert_row else text for text, expert_row in zip(responses, is_expert)]
+                responses = [next(expert_texts) if expert_row else text
+                             for text, expert_row in zip(responses, is_expert)]
             answers = [rec[d.answer_key] for rec in batch_records for _ in range(r.group_size)]
-            scores = scorer.score(responses, answers, kind=config.reward.kind)
-            rewards = scores.scores.astype(np.float32)
+            rewards, timed_out, crashed = _score_once(scorer, responses, answers, config.reward.kind)
             timings["reward"] = time.perf_counter() - started
 
             advantages = np.asarray(grpo_advantages(jnp.asarray(rewards), r.group_size, norm_by_std=a.norm_by_std))
@@ -200,7 +230,7 @@ def run_rl_stage(config: RLStageConfig, workdir: str | Path, *, max_steps: int |
                 reward_mean=float(rewards[on_policy_rows].mean()), accuracy=float((rewards[on_policy_rows] > 0).mean()),
                 response_length_mean=float(lengths.mean()), response_length_max=float(lengths.max()),
                 truncated_frac=float(result.truncated[on_policy_rows].mean()),
-                reward_timed_out=float(scores.timed_out), reward_crashed=float(scores.crashed),
+                reward_timed_out=float(timed_out), reward_crashed=float(crashed),
                 **group_outcomes(rewards, r.group_size),
                 **{f"time_{k}_s": v for k, v in timings.items()},
                 rollout_tokens_per_s=generated_tokens / max(timings["rollout"], 1e-9),

@@ -23,19 +23,24 @@ class CheckpointWriteError(RuntimeError):
     """A checkpoint could not be written; earlier checkpoints are untouched."""
 
 
-def _manager(path: Path, max_to_keep: int) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                           enable_async_checkpointing=False, cleanup_tmp_directories=True)
+def _manager(path: Path, max_to_keep: int, read_only: bool) -> ocp.CheckpointManager:
+    if read_only:  # touches nothing: a live run's half-written step stays where it is
+        options = ocp.CheckpointManagerOptions(read_only=True, create=False, cleanup_tmp_directories=False,
+                                               save_interval_steps=0, max_to_keep=None)
+    else:
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                               enable_async_checkpointing=False, cleanup_tmp_directories=True)
     return ocp.CheckpointManager(path, options=options)
 
 
 class Checkpointer:
     """Saves / restores `(state pytree, meta dict)` pairs by step."""
 
-    def __init__(self, directory: str | os.PathLike, *, max_to_keep: int = 3):
+    def __init__(self, directory: str | os.PathLike, *, max_to_keep: int = 3, read_only: bool = False):
+        """`read_only`: for readers of another (possibly running) run's checkpoints; never writes or cleans."""
         self.directory = Path(directory).absolute()
-        self._periodic = _manager(self.directory / "periodic", max_to_keep)
-        self._best = _manager(self.directory / "best", 1)
+        self._periodic = _manager(self.directory / "periodic", max_to_keep, read_only)
+        self._best = _manager(self.directory / "best", 1, read_only)
 
     # -- saving -----------------------------------------------------------------------------------
     def save(self, step: int, state: Any, meta: dict[str, Any], *, best: bool = False) -> None:
@@ -64,6 +69,16 @@ class Checkpointer:
         args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
         restored = self._manager(kind).restore(step, args=args)
         return restored["state"], dict(restored["meta"])
+
+    def restore_params(self, step: int, abstract_params: Any, kind: str = "periodic") -> Any:
+        """Only `state.params` of one step (orbax partial restore: the optimizer state is never read).
+
+        `abstract_params`: `jax.ShapeDtypeStruct`s (with shardings) in the structure of the params.
+        """
+        item = {"params": abstract_params}
+        args = ocp.args.Composite(state=ocp.args.PyTreeRestore(
+            item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True))
+        return self._manager(kind).restore(step, args=args)["state"]["params"]
 
     def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict[str, Any]] | None:
         """The newest readable periodic step as `(step, state, meta)`, or None when there is none.

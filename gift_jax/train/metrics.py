@@ -30,7 +30,7 @@ def _set_aside_lines_after(path: Path, step: int) -> None:
     kept, superseded = [], []
     for line in path.read_text().splitlines(keepends=True):
         try:
-            keep = json.loads(line).get("step", 0) <= step
+            keep = step > 0 and json.loads(line).get("step", 0) <= step  # from scratch: nothing is kept
         except (json.JSONDecodeError, AttributeError):  # a line cut by a kill goes aside too
             keep = False
         (kept if keep else superseded).append(line if line.endswith("\n") else line + "\n")

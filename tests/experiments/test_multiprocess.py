@@ -66,9 +66,13 @@ def test_two_processes_match_one_process_with_the_same_devices(tiny_run_inputs, 
 
 
 def test_rl_on_two_processes_matches_one_process_with_the_same_devices(tiny_run_inputs, tmp_path):
+    # ReLIFT (its SFT updates on buffered all-fail questions are collectives every process must join),
+    # with the base as reference (KL tracking) and a validation pass at the end.
     prompts = write_rl_jsonl(tmp_path / "rl.jsonl", 32)
     overrides = rl_overrides(tiny_run_inputs["model"], prompts, **{
-        "algo.method": "luffy", "train.max_steps": 3, "train.checkpoint_every": 3, "train.export_hf": True})
+        "algo.method": "relift", "algo.relift_batch": 8, "model.base_path": tiny_run_inputs["model"],
+        "data.val_file": write_rl_jsonl(tmp_path / "val.jsonl", 8, seed=1), "train.eval_k": 2,
+        "train.max_steps": 3, "train.checkpoint_every": 3, "train.export_hf": True})
     port = _free_port()
     workers = [_launch(tmp_path / "multi", overrides, devices=2, process_id=i, num_processes=2, port=port,
                        script="rl_stage.py") for i in range(2)]
@@ -81,7 +85,12 @@ def test_rl_on_two_processes_matches_one_process_with_the_same_devices(tiny_run_
 
     multi, one = logged(tmp_path / "multi"), logged(tmp_path / "single")
     assert [line["step"] for line in multi] == [1, 2, 3]  # process 0 alone wrote the log
-    for key in ("train/reward_mean", "train/response_length_mean", "train/loss", "train/grad_norm"):
+    for key in ("train/reward_mean", "train/response_length_mean", "train/loss", "train/grad_norm",
+                "train/kl_to_base"):
         np.testing.assert_allclose([line[key] for line in multi], [line[key] for line in one], rtol=1e-4, atol=1e-7)
-    assert (tmp_path / "multi" / "checkpoints" / "periodic" / "6").is_dir()  # 3 steps x 2 mini-batches
+    assert any("train/relift_sft_nll" in line for line in multi)  # an interleaved SFT update ran
+    steps = sorted(int(p.name) for p in (tmp_path / "multi" / "checkpoints" / "periodic").iterdir())
+    assert steps == sorted(int(p.name) for p in (tmp_path / "single" / "checkpoints" / "periodic").iterdir())
     assert (tmp_path / "multi" / "hf_final" / "model.safetensors").exists()
+    val = [json.loads(line) for line in (tmp_path / "multi" / "metrics.jsonl").read_text().splitlines()]
+    assert any("val/avg@2" in line for line in val)

@@ -56,6 +56,18 @@ def test_half_written_checkpoint_is_never_picked_up(tmp_path):
     assert not partial.exists()  # cleaned up on start
 
 
+def test_a_read_only_reader_leaves_a_live_runs_checkpoints_alone(tmp_path):
+    _saved(tmp_path).close()
+    in_progress = tmp_path / "periodic" / "3.orbax-checkpoint-tmp-1700000000"  # the trainer is writing step 3
+    (in_progress / "state").mkdir(parents=True)
+    before = sorted(tmp_path.rglob("*"))
+    reader = Checkpointer(tmp_path, read_only=True)  # e.g. export_hf.py / evaluate.py on a running run
+    assert reader.steps() == [1, 2]
+    reader.restore(2, _tree(0))
+    reader.close()
+    assert sorted(tmp_path.rglob("*")) == before  # nothing cleaned up, nothing created
+
+
 def test_failed_write_is_reported_and_previous_stays_usable(tmp_path, monkeypatch):
     checkpointer = _saved(tmp_path, steps=(1,))
 
