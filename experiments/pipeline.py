@@ -3,7 +3,7 @@
     python experiments/pipeline.py --preset default --workdir runs/default    # ~9 min on 2 CPU cores
     python experiments/pipeline.py --preset smoke --workdir runs/smoke        # < 1 min (CI runs it)
     python experiments/pipeline.py --preset sweep --workdir runs/sweep        # ~18 min: the beta sweep, 1 seed
-    python experiments/pipeline.py --preset baselines --workdir runs/baselines  # ~35 min: every init, 3 seeds
+    python experiments/pipeline.py --preset baselines --workdir runs/baselines  # ~40 min: every init, 3 seeds
     python experiments/pipeline.py --preset full --workdir runs/full          # hours: 3 seeds, sweep, baselines
 
 Steps, for every (world variant, seed, init method):

@@ -1,7 +1,7 @@
 """Presets of the embedded toy pipeline (`experiments/pipeline.py --preset NAME`).
 
 Budgets on a 2-core CPU (measured figures are in the README): `smoke` under a minute (CI runs it),
-`default` ~9 minutes, `sweep` ~18 minutes, `baselines` ~35 minutes, `full` several hours (3 seeds,
+`default` ~9 minutes, `sweep` ~18 minutes, `baselines` ~40 minutes, `full` about 5 hours (estimated from those; 3 seeds,
 every baseline, the beta sweep, the control world and RL straight from the base).
 """
 from __future__ import annotations
@@ -55,7 +55,7 @@ PRESETS = {
         world_sizes=dict(expert=1024, expert_val=128, rl_prompts=2000, eval=256), init_epochs=4, init_batch=64,
         init_lr=1e-3, rl_steps=50, rl_prompts_per_step=32, rl_group_size=8, rl_lr=2e-4, rl_max_new_tokens=48,
         eval_problems=256, pass_k_samples=8),
-    # Every init method of the paper at the default sizes, 3 seeds (about 35 minutes).
+    # Every init method of the paper at the default sizes, 3 seeds (about 40 minutes).
     "baselines": Preset(
         seeds=(0, 1, 2), variants=("hard",), inits=(("base", None), ("sft", None), *BASELINES, ("gift", GIFT_TOY_BETA)),
         world_sizes=dict(expert=1024, expert_val=128, rl_prompts=2000, eval=256), init_epochs=4, init_batch=64,
