@@ -1,8 +1,8 @@
 """Presets of the embedded toy pipeline (`experiments/pipeline.py --preset NAME`).
 
 Budgets on a 2-core CPU (measured figures are in the README): `smoke` under a minute (CI runs it),
-`default` ~9 minutes, `sweep` ~18 minutes, `baselines` ~40 minutes, `full` about 5 hours (estimated from those; 3 seeds,
-every baseline, the beta sweep, the control world and RL straight from the base).
+`default` ~9 minutes, `sweep` ~18 minutes, `baselines` ~40 minutes, `full` about 5 hours (estimated
+from those; 3 seeds, every baseline, the beta sweep, the control world and RL straight from the base).
 """
 from __future__ import annotations
 
