@@ -33,7 +33,9 @@ from gift_jax.evaluation.evaluate import (
 )
 from gift_jax.models import load_hf
 from gift_jax.parallel import MeshConfig, make_mesh
-from gift_jax.run_checkpoints import CHECKPOINT_KINDS, is_run_workdir, load_run_checkpoint
+from gift_jax.run_checkpoints import (
+    CHECKPOINT_KINDS, is_run_workdir, load_run_checkpoint, read_run_config, run_chat_template,
+)
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -74,24 +76,29 @@ def main(argv: list[str] | None = None) -> None:
     benchmarks = {name: load_benchmark(path, name=name, limit=args.limit) for name, path in paths.items()}
     mesh = (make_mesh(MeshConfig(data=args.data, fsdp=args.fsdp, tensor=args.tensor))
             if jax.device_count() > 1 else None)
-    checkpoint = None
+    checkpoint, chat_template = None, args.chat_template
     if is_run_workdir(args.model):
-        model, _, tokenizer_dir, step = load_run_checkpoint(args.model, step=args.step, kind=args.kind,
-                                                            dtype=args.dtype, mesh=mesh)
+        try:
+            model, _, tokenizer_dir, step = load_run_checkpoint(args.model, step=args.step, kind=args.kind,
+                                                                dtype=args.dtype, mesh=mesh)
+            # Prompts formatted as in training: the run's built-in template unless one is given here.
+            chat_template = chat_template or run_chat_template(read_run_config(args.model))
+        except (FileNotFoundError, ValueError) as err:
+            parser.error(f"--model {args.model}: {err}")
         checkpoint = {"kind": args.kind, "step": step}
         print(f"{args.model}: {args.kind} checkpoint of step {step}", file=sys.stderr)
     else:
-        if args.step is not None:
-            parser.error(f"--step: {args.model} is a model folder, not a stage workdir with checkpoints")
+        if args.step is not None or args.kind != "periodic":
+            parser.error(f"--step / --kind: {args.model} is a model folder, not a stage workdir with checkpoints")
         model, _ = load_hf(args.model, dtype=args.dtype, mesh=mesh)
         tokenizer_dir = args.model
-    tokenizer = load_tokenizer(tokenizer_dir, chat_template=args.chat_template)
+    tokenizer = load_tokenizer(tokenizer_dir, chat_template=chat_template)
     results = evaluate_benchmarks(model, tokenizer, benchmarks, config, mesh=mesh,
                                   keep_responses=args.save_samples, progress=not args.no_progress)
     run_info = {"model": str(args.model), "checkpoint": checkpoint,
                 "benchmarks": {name: str(p) for name, p in paths.items()},
                 "eval_config": dataclasses.asdict(config), "dtype": args.dtype, "limit": args.limit,
-                "chat_template": args.chat_template, "devices": jax.device_count()}
+                "chat_template": chat_template, "devices": jax.device_count()}
     write_results(results, args.out, run_info=run_info, save_samples=args.save_samples)
     print(results_markdown(results))
     print(f"wrote {args.out / 'results.md'} and {args.out / 'results.json'}", file=sys.stderr)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from gift_jax.models.config import DTYPES
 from gift_jax.run_checkpoints import CHECKPOINT_KINDS, export_run_checkpoint
 
 
@@ -20,7 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="the HF folder to write")
     parser.add_argument("--step", type=int, default=None)
     parser.add_argument("--kind", choices=CHECKPOINT_KINDS, default="periodic")
-    parser.add_argument("--dtype", default=None, help="weight dtype of the export (default: as trained)")
+    parser.add_argument("--dtype", default=None, choices=sorted(DTYPES),
+                        help="weight dtype of the export (default: as trained)")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
     try:

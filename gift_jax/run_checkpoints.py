@@ -48,6 +48,11 @@ def read_run_config(workdir: str | os.PathLike) -> InitStageConfig | RLStageConf
     raise ValueError(f"{path}: neither an init-stage nor an RL-stage config (no 'loss' or 'algo' section)")
 
 
+def run_chat_template(config: InitStageConfig | RLStageConfig) -> str | None:
+    """The built-in chat template a run trained with (None: its model folder's own)."""
+    return config.data.chat_template if isinstance(config, InitStageConfig) else config.model.chat_template
+
+
 def load_run_checkpoint(workdir: str | os.PathLike, *, step: int | None = None, kind: str = "periodic",
                         dtype: str | None = None, mesh=None) -> tuple[Transformer, ModelConfig, Path, int]:
     """The policy of one step of a run -> `(model, model_config, tokenizer_dir, step)`.

@@ -79,3 +79,15 @@ def test_an_rl_run_exports_too(tiny_run_inputs, tmp_path):
     got, want = _tensors(tmp_path / "last"), _tensors(tmp_path / "rl" / summary["hf_final"])
     for name in want:
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+def test_evaluate_names_a_missing_step_and_refuses_step_for_a_model_folder(run, tmp_path, capsys):
+    workdir, summary = run
+    (tmp_path / "bench.jsonl").write_text(json.dumps({"problem": "What is 1 + 1?", "answer": "2"}) + "\n")
+    common = ["--benchmarks", f"toy={tmp_path / 'bench.jsonl'}", "--out", str(tmp_path / "eval"), "--no-progress"]
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate_main(["--model", str(workdir), "--step", "99", *common])
+    assert exit_info.value.code == 2 and "no step 99; saved steps: [3, 6]" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate_main(["--model", summary["hf_final"], "--step", "3", *common])
+    assert exit_info.value.code == 2 and "is a model folder" in capsys.readouterr().err
