@@ -129,7 +129,7 @@ def place_global_batch(batch, mesh: Mesh):
 def fetch_global(tree):
     """Host numpy copies of (possibly multi-process) global arrays: the whole arrays, on every process."""
     def one(x):
-        if jax.process_count() == 1 or not isinstance(x, jax.Array) or x.is_fully_addressable:
+        if not isinstance(x, jax.Array) or x.is_fully_addressable:  # always so on one process
             return jax.device_get(x)  # already whole here (gathering it would stack one copy per process)
         return multihost_utils.process_allgather(x, tiled=True)
 
