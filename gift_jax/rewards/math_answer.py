@@ -27,8 +27,9 @@ from gift_jax.rewards.numeric import numbers_match, written_places
 MAX_ANSWER_CHARS = 1000
 MAX_NESTING_DEPTH = 10
 _OPENING, _CLOSING = frozenset("{(["), frozenset("})]")
-# `2,74`: a comma between digits that cannot be a thousands separator (not three digits after it).
-_DECIMAL_COMMA = re.compile(r"\s*(-?\d+),(\d{1,2}|\d{4,})\s*")
+# `2,74`, `0,111`: a comma between digits that cannot be a thousands separator (not three digits
+# after it, or a leading 0 before it).
+_DECIMAL_COMMA = re.compile(r"\s*(-?(?:0|\d+(?=,(?:\d{1,2}|\d{4,})\s*$))),(\d+)\s*")
 
 
 def nesting_depth(text: str) -> int:
@@ -82,10 +83,15 @@ def _primes(text: str) -> int:
     return text.count("'") + text.count("\\prime")
 
 
-def _read_decimal_comma(answer: str, reference_normalized: str) -> str | None:
-    """`2.74` for the answer `2,74` when the reference is a decimal with those places, else None."""
-    match = _DECIMAL_COMMA.fullmatch(answer)
-    if match is None or written_places(reference_normalized) != len(match[2]):
+def _read_decimal_comma(text: str, other_normalized: str) -> str | None:
+    """`2.74` for `2,74` when the other side is a decimal with those places, else None.
+
+    A decimal comma is read only where it is unambiguous: no space after it, not a thousands
+    separator (see `_DECIMAL_COMMA`), and the other side written with a decimal point to as many
+    places.
+    """
+    match = _DECIMAL_COMMA.fullmatch(text)
+    if match is None or written_places(other_normalized) != len(match[2]):
         return None
     return f"{match[1]}.{match[2]}"
 
@@ -108,6 +114,7 @@ def quick_math_verdict(item: MathItem) -> bool | None:
     if _primes(answer) != _primes(reference):
         return False  # `E'` and `E` name different things; math-verify drops the prime
     answer_normalized = _read_decimal_comma(answer, reference_normalized) or answer_normalized
+    reference_normalized = _read_decimal_comma(reference, answer_normalized) or reference_normalized
     answer_numbers = number_list(answer_normalized)
     reference_numbers = number_list(reference_normalized)
     if answer_numbers is None or reference_numbers is None:

@@ -22,8 +22,10 @@ _SYNONYMS = (
 _TRAILING_TEXT_UNIT = re.compile(r"\\(?:text|mbox|mathrm)\{[^{}]*\}$")
 _TEXT_WRAPPER = re.compile(r"\\(?:text|mbox|mathrm|textbf|mathcal)\{([^{}]*)\}")
 _SHORT_LHS = re.compile(r"^[A-Za-z](?:_\{?[0-9A-Za-z]\}?)?\s*=(?!=)")
-_THOUSANDS = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
+_THOUSANDS = re.compile(r"^-?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?$")
 _SPACED_COMMA = re.compile(r",\s")
+_TIGHT_COMMA = re.compile(r",\\!\s*")
+_PERCENT_WORD = re.compile(r"\s*(?:percentage|percent|pct)$")
 _SQRT_SHORT = re.compile(r"\\sqrt(\w)")
 _FRAC_SHORT = re.compile(r"\\frac(?:(\d)(\d)|(\d)(?=\{)|\{([^{}]*)\}(\d))")
 _INT_SLASH_INT = re.compile(r"^(-?\d+)/(\d+)$")
@@ -50,6 +52,8 @@ def normalize_answer(answer: str) -> str:
     a math answer).
     """
     text = answer.strip().replace("\n", "")
+    # `32,\! 349`: a comma tightened by `\!` is a thousands separator, whatever space follows.
+    text = _TIGHT_COMMA.sub(",", text)
     for old, new in _SYNONYMS:
         text = text.replace(old, new)
     for token in _DROPPED_TOKENS:
@@ -60,6 +64,8 @@ def normalize_answer(answer: str) -> str:
         text = without_unit
     text = _TEXT_WRAPPER.sub(r"\1", text)
     text = text.strip().rstrip(".").strip()
+    # `28 percent` is `28\%`; a trailing `\` (a stray line break) is no part of the value.
+    text = _PERCENT_WORD.sub("", text).rstrip("\\").strip()
     # `x = 5` answers the question "find x": keep the value. Longer left sides are equations.
     if text.count("=") == 1:
         text = _SHORT_LHS.sub("", text)
