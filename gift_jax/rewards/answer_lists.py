@@ -109,9 +109,11 @@ def number_lists_verdict(answer: NumberList, reference: NumberList) -> bool | No
     """
     if len(answer.values) != len(reference.values):
         return False
-    ordered = reference.kind in ("tuple", "bracket")
-    if ordered:
-        if answer.kind not in (reference.kind, "list"):
+    # A bare answer may stand for a tuple (math-verify reads `1, 2` for `(1, 2)` too), but not
+    # for a bracketed reference, which may be an interval.
+    allowed = {"tuple": ("tuple", "list"), "bracket": ("bracket",)}.get(reference.kind)
+    if allowed is not None:
+        if answer.kind not in allowed:
             return None
         return all(_elements_match(answer, i, reference, i) for i in range(len(answer.values)))
     if answer.kind not in ("set", "list"):

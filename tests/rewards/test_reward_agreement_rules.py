@@ -172,3 +172,13 @@ def test_decimal_comma_only_against_a_decimal_of_the_same_places():
     assert quick_math_verdict(MathItem("2.74", "2,74")) is True
     assert quick_math_verdict(MathItem("2,74", "274")) is False
     assert quick_math_verdict(MathItem("2, 74", "2.74")) is False
+
+
+def test_reference_notation_decides_the_order():
+    assert quick_math_verdict(MathItem("2, 1", "1, 2")) is True  # an "all solutions" list
+    assert quick_math_verdict(MathItem("\\{2, 1\\}", "1, 2")) is True
+    assert quick_math_verdict(MathItem("2, 1", "(1, 2)")) is False  # a tuple
+    assert quick_math_verdict(MathItem("1, 2", "(1, 2)")) is True
+    # A bracketed reference may be an interval: two bare numbers are left to the symbolic check.
+    assert quick_math_verdict(MathItem("1, 2", "[1, 2]")) is None
+    assert quick_math_verdict(MathItem("1, 2, 2", "\\{1, 2\\}")) is False
