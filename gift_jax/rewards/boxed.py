@@ -26,8 +26,10 @@ MAX_FINAL_BOXES = 16
 # What may stand between the boxes of one split answer: punctuation, math delimiters, spacing, "and".
 _BOX_SEPARATORS = re.compile(
     r"(?:\s|[,;&]|\$|\\\]|\\\[|\\\(|\\\)|\\q?quad|\\[,;:! ]|\band\b"
-    r"|\\text\{\s*(?:and|,)?\s*\})*"
+    r"|\\text\{\s*(?:(?:and|,)\s*)?\})*"
 )
+# Separators are short; a longer gap between two boxes is text, and is not scanned.
+_MAX_SEPARATOR_CHARS = 200
 
 
 def _last_box_command(text: str, end: int | None = None) -> re.Match | None:
@@ -86,7 +88,7 @@ def last_boxed_answer(text: str) -> str | None:
 
 
 def _only_separators(text: str) -> bool:
-    return _BOX_SEPARATORS.fullmatch(text) is not None
+    return len(text) <= _MAX_SEPARATOR_CHARS and _BOX_SEPARATORS.fullmatch(text) is not None
 
 
 def _box_command_before(text: str, end: int) -> re.Match | None:

@@ -25,7 +25,7 @@ _SHORT_LHS = re.compile(r"^[A-Za-z](?:_\{?[0-9A-Za-z]\}?)?\s*=(?!=)")
 _THOUSANDS = re.compile(r"^-?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?$")
 _SPACED_COMMA = re.compile(r",\s")
 _TIGHT_COMMA = re.compile(r",\\!\s*")
-_PERCENT_WORD = re.compile(r"\s*(?:percentage|percent|pct)$")
+_PERCENT_WORD = re.compile(r"(?:percentage|percent|pct)$")
 _SQRT_SHORT = re.compile(r"\\sqrt(\w)")
 _FRAC_SHORT = re.compile(r"\\frac(?:(\d)(\d)|(\d)(?=\{)|\{([^{}]*)\}(\d))")
 _INT_SLASH_INT = re.compile(r"^(-?\d+)/(\d+)$")
@@ -65,7 +65,7 @@ def normalize_answer(answer: str) -> str:
     text = _TEXT_WRAPPER.sub(r"\1", text)
     text = text.strip().rstrip(".").strip()
     # `28 percent` is `28\%`; a trailing `\` (a stray line break) is no part of the value.
-    text = _PERCENT_WORD.sub("", text).rstrip("\\").strip()
+    text = _PERCENT_WORD.sub("", text).rstrip().rstrip("\\").strip()
     # `x = 5` answers the question "find x": keep the value. Longer left sides are equations.
     if text.count("=") == 1:
         text = _SHORT_LHS.sub("", text)

@@ -5,6 +5,7 @@ rounding of a non-terminating value), answers split over several boxes are colle
 not read as thousands separators unless they are, primes count. The symbolic rows are scored as
 one batch, each row its own test case.
 """
+import time
 from fractions import Fraction
 
 import pytest
@@ -182,3 +183,13 @@ def test_reference_notation_decides_the_order():
     # A bracketed reference may be an interval: two bare numbers are left to the symbolic check.
     assert quick_math_verdict(MathItem("1, 2", "[1, 2]")) is None
     assert quick_math_verdict(MathItem("1, 2, 2", "\\{1, 2\\}")) is False
+
+
+def test_box_collection_is_linear_on_hostile_gaps():
+    start = time.perf_counter()
+    spaces = " " * 200_000
+    assert final_boxed_answers("\\boxed{1}\\text{" + spaces + "\\boxed{2}") == ["2"]
+    assert final_boxed_answers("\\boxed{1}" + spaces + "\\boxed{2}") == ["2"]  # a long gap is text
+    assert final_boxed_answers("\\boxed{" * 100_000 + "\\boxed{2}") == ["2"]
+    assert normalize_answer(" " * 1000 + "x") == "x"
+    assert time.perf_counter() - start < 2.0
