@@ -117,32 +117,23 @@ def _as_sympy(answer: str, latex_parsed: list) -> sympy.Basic | None:
     return next((parsed for parsed in latex_parsed if isinstance(parsed, sympy.Basic)), None)
 
 
-def _sympy_equal(answer: sympy.Basic | None, reference: sympy.Basic | None) -> bool:
-    """simplify(answer - reference) == 0 for two bounded expressions."""
-    if answer is None or reference is None:
-        return False
-    if not (is_evaluation_bounded(answer) and is_evaluation_bounded(reference)):
-        return False
-    answer, reference = answer.doit(), reference.doit()
-    if not (isinstance(answer, sympy.Expr) and isinstance(reference, sympy.Expr)):
-        return False  # sets, intervals, equations: math-verify compares those
-    return sympy.simplify(answer - reference) == 0
+def _evaluated(tree: sympy.Basic | None) -> sympy.Expr | None:
+    """`tree.doit()` if it is a bounded expression; None for sets, intervals, equations (math-verify
+    compares those) and for trees the guard refuses."""
+    if tree is None or not is_evaluation_bounded(tree):
+        return None
+    value = tree.doit()
+    return value if isinstance(value, sympy.Expr) else None
 
 
-def _numeric_constants(
-    answer: sympy.Basic | None, reference: sympy.Basic | None
-) -> tuple[sympy.Expr, sympy.Expr] | None:
-    """Both trees evaluated, when both are bounded numeric constants; else None."""
-    if answer is None or reference is None:
-        return None
-    if not (is_evaluation_bounded(answer) and is_evaluation_bounded(reference)):
-        return None
-    answer, reference = answer.doit(), reference.doit()
-    if not (isinstance(answer, sympy.Expr) and isinstance(reference, sympy.Expr)):
-        return None
-    if not (answer.is_number and reference.is_number):
-        return None
-    return answer, reference
+def _floats_as_written(expr: sympy.Expr) -> sympy.Expr:
+    """`expr` with each float replaced by the exact decimal it prints as (`0.1` -> 1/10).
+
+    The parsers turn `0.1` into a binary float; comparing exactly, `0.1\\pi` would then differ
+    from `\\pi/10` in the 17th digit.
+    """
+    floats = expr.atoms(sympy.Float)
+    return expr.xreplace({value: sympy.Rational(str(value)) for value in floats}) if floats else expr
 
 
 def _exact_value(value: sympy.Expr) -> tuple[Fraction, bool] | None:
@@ -167,11 +158,16 @@ def _approximates(decimal_text: str, value: sympy.Expr) -> bool:
     return decimal_approximates(decimal, places, fraction)
 
 
+def _simplify_equal(answer: sympy.Expr, reference: sympy.Expr) -> bool:
+    return sympy.simplify(answer - reference) == 0
+
+
 def _constants_equal(answer: sympy.Expr, reference: sympy.Expr, item: MathItem) -> bool:
     """The exact rule for two numeric constants (module docstring)."""
-    difference = answer - reference
-    if sympy.simplify(difference) == 0:
+    answer, reference = _floats_as_written(answer), _floats_as_written(reference)
+    if _simplify_equal(answer, reference):
         return True
+    difference = answer - reference
     if abs(complex(sympy.N(difference, 30, maxn=400))) < _ZERO_DIFFERENCE:
         return True
     answer_text, reference_text = normalize_answer(item.answer), normalize_answer(item.reference)
@@ -217,11 +213,11 @@ def symbolic_math_verdict(item: MathItem) -> bool:
     """
     answer_parsed = parse_latex_answer(item.answer)
     reference_parsed = parse_latex_answer(item.reference)
-    answer_tree = _as_sympy(item.answer, answer_parsed)
-    reference_tree = _as_sympy(item.reference, reference_parsed)
-    constants = _fails_closed_value(_numeric_constants, answer_tree, reference_tree)
-    if constants is not None:
-        return _fails_closed(_constants_equal, *constants, item)
-    return _fails_closed(_sympy_equal, answer_tree, reference_tree) or _fails_closed(
+    answer = _fails_closed_value(_evaluated, _as_sympy(item.answer, answer_parsed))
+    reference = _fails_closed_value(_evaluated, _as_sympy(item.reference, reference_parsed))
+    both = answer is not None and reference is not None
+    if both and answer.is_number and reference.is_number:
+        return _fails_closed(_constants_equal, answer, reference, item)
+    return (both and _fails_closed(_simplify_equal, answer, reference)) or _fails_closed(
         _math_verify_equal, answer_parsed, reference_parsed
     )

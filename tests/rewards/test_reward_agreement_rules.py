@@ -37,6 +37,8 @@ TABLE = [
     ("\\boxed{\\sqrt{3+2\\sqrt{2}}}", "1+\\sqrt{2}", 1.0),  # exact, not proved by simplify alone
     ("\\boxed{0.125}", "\\frac{1}{8}", 1.0),
     ("\\boxed{0.13}", "\\frac{1}{8}", 0.0),  # 1/8 terminates: no rounding allowed
+    ("\\boxed{0.1\\pi}", "\\frac{\\pi}{10}", 1.0),  # decimals inside expressions are exact
+    ("\\boxed{0.333\\pi}", "\\frac{\\pi}{3}", 0.0),
     # decimals for non-terminating values: rounded or truncated to the written digits
     ("\\boxed{0.3333}", "\\frac{1}{3}", 1.0),
     ("\\boxed{0.3334}", "\\frac{1}{3}", 0.0),
