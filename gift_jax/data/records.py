@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from gift_jax.rewards.ground_truth import check_ground_truth
+
 SUPPORTED_SUFFIXES = (".parquet", ".jsonl")
 
 
@@ -31,12 +33,18 @@ class PromptAnswer:
     row: int
 
 
-def read_records(path: str | os.PathLike, keys: Sequence[str]) -> list[dict[str, str]]:
+def read_records(
+    path: str | os.PathLike, keys: Sequence[str], *, ground_truth_key: str | None = None,
+    ground_truth_kind: str = "math",
+) -> list[dict[str, str]]:
     """Reads the string columns `keys` of a `.parquet` or `.jsonl` file.
 
     Args:
       path: the file; its suffix picks the reader.
       keys: column names (parquet) or object keys (jsonl) to read; other columns are ignored.
+      ground_truth_key: if set, the key (one of `keys`) holding reward ground truths, each checked
+        with `gift_jax.rewards.check_ground_truth` as `ground_truth_kind` ("math" or
+        "multiple_choice"), so a malformed one fails here rather than in the middle of a run.
 
     Returns:
       One dict `{key: value}` per row, in file order (row i of the file is element i).
@@ -44,7 +52,8 @@ def read_records(path: str | os.PathLike, keys: Sequence[str]) -> list[dict[str,
     Raises:
       FileNotFoundError: the file does not exist.
       DataFormatError: unknown suffix, a missing key, a value that is not a string, no rows at all,
-        or (jsonl) a line that is not valid UTF-8 / JSON / a JSON object.
+        or (jsonl) a line that is not valid UTF-8 / JSON / a JSON object, or a malformed
+        ground truth.
     """
     path = Path(path)
     keys = tuple(keys)
@@ -62,14 +71,29 @@ def read_records(path: str | os.PathLike, keys: Sequence[str]) -> list[dict[str,
         )
     if not records:
         raise DataFormatError(f"{path}: the file has no rows")
+    if ground_truth_key is not None:
+        _check_ground_truths(path, records, ground_truth_key, ground_truth_kind)
     return records
 
 
+def _check_ground_truths(path: Path, records: list[dict[str, str]], key: str, kind: str) -> None:
+    for row, record in enumerate(records):
+        try:
+            check_ground_truth(record[key], kind=kind, where=f"{path}: row {row} (0-based), key {key!r}")
+        except ValueError as error:
+            raise DataFormatError(str(error)) from error
+
+
 def read_prompt_answer_records(
-    path: str | os.PathLike, *, prompt_key: str = "prompt", answer_key: str = "answer"
+    path: str | os.PathLike, *, prompt_key: str = "prompt", answer_key: str = "answer",
+    answer_kind: str = "math",
 ) -> list[PromptAnswer]:
-    """Reads RL / evaluation problems (prompt + reference answer) from a parquet or jsonl file."""
-    records = read_records(path, (prompt_key, answer_key))
+    """Reads RL / evaluation problems (prompt + reference answer) from a parquet or jsonl file.
+
+    Every answer is checked as a ground truth of `answer_kind` ("math" or "multiple_choice").
+    """
+    records = read_records(path, (prompt_key, answer_key), ground_truth_key=answer_key,
+                           ground_truth_kind=answer_kind)
     return [
         PromptAnswer(prompt=record[prompt_key], answer=record[answer_key], row=row)
         for row, record in enumerate(records)

@@ -31,6 +31,8 @@ from typing import Literal
 import numpy as np
 import pyarrow.parquet as pq
 
+from gift_jax.rewards.ground_truth import check_ground_truth
+
 ProblemKind = Literal["math", "multiple_choice"]
 
 # Qwen's standard math instruction; the reward reads the last \boxed{} of the response.
@@ -297,9 +299,12 @@ def load_benchmark(path: str | Path, *, name: str | None = None, problem_field: 
         meta = {"benchmark": name or path.stem, "source": str(path), "row": row,
                 "layout": fields.layout}
         try:
-            problems.append(_to_problem(record, fields, shuffle_seed=shuffle_seed,
-                                        math_instruction=math_instruction,
-                                        choice_instruction=choice_instruction, meta=meta))
+            problem = _to_problem(record, fields, shuffle_seed=shuffle_seed,
+                                  math_instruction=math_instruction,
+                                  choice_instruction=choice_instruction, meta=meta)
+            if problem.kind == "math":  # scorable by the reward, checked before any run
+                check_ground_truth(problem.answer, where="ground truth")
+            problems.append(problem)
         except (ValueError, KeyError) as err:
             raise ValueError(f"{path} row {row} ({fields.layout} layout): {err}") from err
     return problems

@@ -1,9 +1,11 @@
 """MATH-style normalisation of a final-answer string (Hendrycks et al. / verl `strip_string`).
 
 Two answers that normalise to the same string are equal; the rules remove typesetting that does
-not change the value (`\\left`, `\\!`, `$`, `\\dfrac`, units in `\\text{}`, degree signs, a leading
-`x =`, thousands separators, trailing periods, spaces). Every rule is a plain string or regex
-pass without nested quantifiers, so normalisation is linear in the length of the answer.
+not change the value (`\\left`, `\\!`, `$`, `\\dfrac`, units in `\\text{}`, `\\mathcal{}`, degree
+signs, a leading `x =`, thousands separators, trailing periods, spaces). A thousands separator is
+a comma between groups of exactly three digits with no space after it: `1,000` is 1000, while
+`32, 349` is a list and `56,01,78` is not a number. Every rule is a plain string or regex pass
+without nested quantifiers, so normalisation is linear in the length of the answer.
 """
 import re
 
@@ -18,9 +20,12 @@ _SYNONYMS = (
     ("\\infinity", "\\infty"), ("{,}", ","),
 )
 _TRAILING_TEXT_UNIT = re.compile(r"\\(?:text|mbox|mathrm)\{[^{}]*\}$")
-_TEXT_WRAPPER = re.compile(r"\\(?:text|mbox|mathrm|textbf)\{([^{}]*)\}")
+_TEXT_WRAPPER = re.compile(r"\\(?:text|mbox|mathrm|textbf|mathcal)\{([^{}]*)\}")
 _SHORT_LHS = re.compile(r"^[A-Za-z](?:_\{?[0-9A-Za-z]\}?)?\s*=(?!=)")
-_THOUSANDS = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
+_THOUSANDS = re.compile(r"^-?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?$")
+_SPACED_COMMA = re.compile(r",\s")
+_TIGHT_COMMA = re.compile(r",\\!\s*")
+_PERCENT_WORD = re.compile(r"(?:percentage|percent|pct)$")
 _SQRT_SHORT = re.compile(r"\\sqrt(\w)")
 _FRAC_SHORT = re.compile(r"\\frac(?:(\d)(\d)|(\d)(?=\{)|\{([^{}]*)\}(\d))")
 _INT_SLASH_INT = re.compile(r"^(-?\d+)/(\d+)$")
@@ -47,6 +52,8 @@ def normalize_answer(answer: str) -> str:
     a math answer).
     """
     text = answer.strip().replace("\n", "")
+    # `32,\! 349`: a comma tightened by `\!` is a thousands separator, whatever space follows.
+    text = _TIGHT_COMMA.sub(",", text)
     for old, new in _SYNONYMS:
         text = text.replace(old, new)
     for token in _DROPPED_TOKENS:
@@ -57,11 +64,15 @@ def normalize_answer(answer: str) -> str:
         text = without_unit
     text = _TEXT_WRAPPER.sub(r"\1", text)
     text = text.strip().rstrip(".").strip()
+    # `28 percent` is `28\%`; a trailing `\` (a stray line break) is no part of the value.
+    text = _PERCENT_WORD.sub("", text).rstrip().rstrip("\\").strip()
     # `x = 5` answers the question "find x": keep the value. Longer left sides are equations.
     if text.count("=") == 1:
         text = _SHORT_LHS.sub("", text)
+    # `32, 349` is a list of two numbers: a comma followed by a space is never a thousands separator.
+    spaced_comma = _SPACED_COMMA.search(text) is not None
     text = text.replace(" ", "")
-    if _THOUSANDS.match(text):
+    if not spaced_comma and _THOUSANDS.match(text):
         text = text.replace(",", "")
     text = _SQRT_SHORT.sub(r"\\sqrt{\1}", text)
     text = _FRAC_SHORT.sub(_expand_short_frac, text)

@@ -106,7 +106,7 @@ class RewardScorer:
         """Score `responses[i]` against `ground_truths[i]` for all i.
 
         Args:
-            kind: "math" (last `\\boxed{}` answer against a bare or boxed reference) or
+            kind: "math" (final `\\boxed{}` answer against a bare or boxed reference) or
                 "multiple_choice" (option letter against a letter such as "C" or "(C)").
             timeout_s: time limit per checked item (default: the scorer's).
             batch_timeout_s: if set, items unfinished this many seconds after the call began
@@ -192,7 +192,10 @@ def _shared_scorer() -> RewardScorer:
 
 
 def math_reward(response: str, ground_truth: str, *, timeout_s: float = 5.0) -> float:
-    """1.0 if the last `\\boxed{}` answer of `response` equals `ground_truth`, else 0.0.
+    """1.0 if the final `\\boxed{}` answer of `response` equals `ground_truth`, else 0.0.
+
+    The final answer is the last box, with the boxes right before it when it is split over
+    several (`\\boxed{1}, \\boxed{2}`); numbers compare exactly (see `numeric.py`).
 
     `ground_truth` may be bare (`\\frac{1}{2}`) or boxed. Cheap cases are decided in this
     process; the symbolic check runs in one shared worker process (started on first need, kept

@@ -52,8 +52,9 @@ def test_not_plain_numbers(text):
     assert parse_number(text) is None
 
 
-def test_numbers_match_tolerance_and_percent():
-    assert numbers_match(Fraction(10001), Fraction(10000))  # relative error 1e-4
+def test_numbers_match_exact_and_percent():
+    # Integers compare exactly: the former relative tolerance 1e-4 rewarded 10001 for 10000.
+    assert not numbers_match(Fraction(10001), Fraction(10000))
     assert not numbers_match(Fraction(10002), Fraction(10000))
     assert numbers_match(Fraction(50), Fraction(1, 2))  # percent of the reference
     assert numbers_match(Fraction(1, 200), Fraction(1, 2))  # reference given in percent
