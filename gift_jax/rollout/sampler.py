@@ -146,7 +146,7 @@ def is_stop(tokens: jax.Array, stop_ids: tuple[int, ...]) -> jax.Array:
     return hit
 
 
-def _constrain_cache(cache: KVCache, mesh: Mesh) -> KVCache:
+def constrain_cache(cache: KVCache, mesh: Mesh) -> KVCache:
     """Rows of the cache on the mesh's batch axes, kv heads on `tensor` (where they divide)."""
     def place(x, logical):
         return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, logical_to_spec(logical, x.shape, mesh)))
@@ -182,7 +182,7 @@ def generate(graphdef, state, prompt_ids: jax.Array, prompt_mask: jax.Array, key
     max_budget = jnp.max(budgets)
     cache = init_cache(model.config, batch, width + max_new_bucket)
     if mesh is not None:
-        cache = _constrain_cache(cache, mesh)
+        cache = constrain_cache(cache, mesh)
     if width > 1:
         # Prefill all but the last prompt column; the loop's first step feeds that column. Only
         # the cache is kept, so XLA drops the `[B, P, V]` prefill logits (gigabytes at real sizes).
