@@ -39,7 +39,7 @@ def block_size_for(slots: int, queries: int, block: int = DECODE_BLOCK) -> int |
     """
     if queries != 1:
         return None
-    while block >= 16 and slots % block:
+    while block >= 16 and (slots % block or slots < 2 * block):
         block //= 2
     return block if block >= 16 and slots >= 2 * block else None
 
