@@ -110,6 +110,22 @@ class EngineStats:
     def tokens_per_second(self) -> float:
         return self.generated_tokens / max(self.seconds, 1e-9)
 
+    def metrics(self) -> dict[str, float]:
+        return {"rollout_slot_occupancy": self.slot_occupancy, "rollout_padding_share": self.padding_share,
+                "rollout_slots": float(self.slots), "rollout_decode_steps": float(self.decode_steps)}
+
+
+DEFAULT_CACHE_TOKENS = 2 ** 20  # generated tokens the default slot count holds (~57 GB of bf16 cache at 7B)
+
+
+def slots_for_budget(max_new_tokens: int, cache_tokens: int = DEFAULT_CACHE_TOKENS) -> int:
+    """Default `max_concurrent_rows`: as many slots as `cache_tokens` generated tokens allow.
+
+    E.g. 128 slots for an 8,192-token budget, 1,024 for 1,024 tokens (the engine never uses more
+    slots than there are rows).
+    """
+    return max(1, cache_tokens // max_new_tokens)
+
 
 def init_state(model_config: ModelConfig, shape: EngineShape, pad_id: int, mesh: Mesh | None = None) -> SlotState:
     """Empty slots and output buffers (call under jit so the cache is created on device)."""
