@@ -39,6 +39,7 @@ from jax.sharding import Mesh
 from gift_jax.models import KVCache, ModelConfig, Transformer, init_cache
 from gift_jax.parallel import batch_parallelism, fetch_global
 from gift_jax.rollout.bucketing import bucket_size
+from gift_jax.rollout.layout import decoding_layout
 from gift_jax.rollout.sampler import (SampleResult, SamplingConfig, assemble_result, check_request, constrain_cache,
                                       is_stop, request_indices)
 from gift_jax.rollout.token_sampling import TokenRule, choose_tokens, position_keys, row_keys
@@ -244,11 +245,12 @@ def default_slots(num_rows: int, mesh: Mesh | None = None) -> int:
 
 
 def run_engine(model: Transformer, prompts: Sequence[Sequence[int]], config: SamplingConfig, rng: jax.Array,
-               *, mesh: Mesh | None = None, budgets: Sequence[int] | None = None,
-               cache_dtype: str | None = None) -> tuple[SampleResult, EngineStats]:
+               *, mesh: Mesh | None = None, budgets: Sequence[int] | None = None) -> tuple[SampleResult, EngineStats]:
     """`sample` on the engine with `config.max_concurrent_rows` slots -> (result, run statistics)."""
     started = time.perf_counter()
     prompt_budgets = check_request(model.config, prompts, config, budgets)
+    if mesh is not None:
+        model = decoding_layout(model, mesh)  # no per-token all-gather of fsdp-sharded weights
     n = config.num_samples
     rows = [list(prompt) for prompt in prompts for _ in range(n)]
     multiple = batch_parallelism(mesh) if mesh is not None else 1
@@ -256,7 +258,7 @@ def run_engine(model: Transformer, prompts: Sequence[Sequence[int]], config: Sam
     prefix_bucket = config.bucket(max(max(len(p) - 1 for p in prompts), 1))
     shape = EngineShape(slots=slots, max_len=prefix_bucket + config.bucket(config.max_new_tokens),
                         rows=len(rows), max_new_bucket=config.bucket(config.max_new_tokens),
-                        cache_dtype=cache_dtype)
+                        cache_dtype=config.cache_dtype)
     requests, samples = request_indices(len(prompts), n)
     keys = row_keys(rng, requests, samples)  # [R]
     graphdef, params = nnx.split(model)

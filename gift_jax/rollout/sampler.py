@@ -51,6 +51,8 @@ class SamplingConfig:
       cache holds `max_concurrent_rows x (prompt bucket + generation bucket)` tokens. Results do not
       depend on it (rows are keyed by request, sample and position).
     decode_steps_per_call: engine only, tokens decoded per jitted call between scheduling rounds.
+    cache_dtype: engine only, the KV cache's dtype (None: the model's compute dtype; "bfloat16"
+      halves the cache of a float32 model at a small log-prob drift, see bench_rollouts.py).
     """
 
     max_new_tokens: int
@@ -64,6 +66,7 @@ class SamplingConfig:
     bucket_granularity: int = 512
     max_concurrent_rows: int | None = None
     decode_steps_per_call: int = 8
+    cache_dtype: str | None = None
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -74,6 +77,11 @@ class SamplingConfig:
             raise ValueError(f"max_concurrent_rows must be >= 1 (or None), got {self.max_concurrent_rows}")
         if self.decode_steps_per_call < 1:
             raise ValueError(f"decode_steps_per_call must be >= 1, got {self.decode_steps_per_call}")
+        if self.cache_dtype is not None:
+            try:
+                jnp.dtype(self.cache_dtype)
+            except TypeError as err:
+                raise ValueError(f"cache_dtype {self.cache_dtype!r} is not a dtype name (e.g. 'bfloat16')") from err
         object.__setattr__(self, "stop_ids", tuple(int(i) for i in self.stop_ids))
         self.token_rule()  # validates temperature / top-k / top-p
 
