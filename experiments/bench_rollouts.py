@@ -13,6 +13,10 @@ Three side-by-side figures, same random Qwen2 checkpoint (built as in `bench_sam
     `--fill-len` tokens): K engine decode steps with every slot's cache filled to 10 / 50 / 100%.
 (c) fixed shapes: batch 8 and 16, 32-token prompts, 64 and 256 new tokens, greedy: the engine
     (slots = batch) vs `transformers.generate`, both on `--threads` threads.
+(d) bf16 KV cache vs float32 (greedy, the (a) model): share of identical tokens, and the log-prob
+    drift on each row's positions before its first differing token.
+(e) collectives per decode step from the compiled HLO, training (fsdp) vs decoding layout of the
+    weights, on an 8-device CPU mesh (data 1, fsdp 4, tensor 2) and the (a) model, 16 slots.
 
 Each timing is the median of `--repeats` runs after one warm-up run (compilation excluded).
 """
@@ -159,6 +163,63 @@ def figure_c(torch_model, folder, args):
                   f"transformers {tokens / hf_s:7.0f} tok/s, {hf_s / ours_s:.2f}x (goal >= 4x)")
 
 
+def figure_d(model, args):
+    import jax
+
+    from gift_jax.rollout import SamplingConfig, sample
+
+    rng = np.random.RandomState(2)
+    prompts = [rng.randint(1, args.vocab, args.prompt_len).tolist() for _ in range(args.slots)]
+    config = SamplingConfig(max_new_tokens=args.budget, temperature=0.0, max_concurrent_rows=args.slots,
+                            decode_steps_per_call=args.k)
+    f32 = sample(model, prompts, config, jax.random.key(0))
+    bf16 = sample(model, prompts, dataclasses.replace(config, cache_dtype="bfloat16"), jax.random.key(0))
+    same = f32.completion_ids == bf16.completion_ids
+    before_first_diff = np.cumprod(same, axis=1).astype(bool)
+    drift = np.abs(f32.logprobs - bf16.logprobs)[before_first_diff]
+    print(f"(d) bf16 vs float32 cache, greedy, {args.slots} rows x {args.budget} tokens: identical tokens "
+          f"{same.mean():.1%}; log-prob drift before a row's first differing token: mean {drift.mean():.2e}, "
+          f"max {drift.max():.2e} (over {drift.size} tokens)")
+
+
+def figure_e(args):
+    """Runs in a subprocess: the 8 CPU devices must be set before jax starts."""
+    import subprocess
+
+    code = f"""
+import os
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+import jax
+from flax import nnx
+from gift_jax.models import ModelConfig, Transformer
+from gift_jax.parallel import MeshConfig, make_mesh, shard_model
+from gift_jax.rollout import EngineShape, abstract_decode_inputs
+from gift_jax.rollout.engine import decode_k_steps_jit
+from gift_jax.rollout.layout import collective_bytes, decoding_layout
+from gift_jax.rollout.token_sampling import TokenRule
+config = ModelConfig(family="qwen2", vocab_size={args.vocab}, hidden_size={args.hidden},
+                     intermediate_size={4 * args.hidden}, num_layers={args.layers}, num_heads={args.hidden // 64},
+                     num_kv_heads=2, head_dim=64, qkv_bias=True)
+mesh = make_mesh(MeshConfig(data=1, fsdp=4, tensor=2))
+training = shard_model(Transformer(config, rngs=nnx.Rngs(0)), mesh)
+shape = EngineShape(slots={args.slots}, max_len=512, rows=64, max_new_bucket=256)
+for name, model in (("training (fsdp)", training), ("decoding", decoding_layout(training, mesh))):
+    graphdef, params, state = abstract_decode_inputs(model, shape, mesh=mesh)
+    compiled = decode_k_steps_jit.lower(graphdef, params, state, steps=1, rule=TokenRule(0.0), stop_ids=(),
+                                        pad_id=0).compile()
+    found = collective_bytes(compiled.as_text())
+    total = sum(b for _, b in found.values())
+    print(f"    {{name:16s}}: {{total / 1024:8.1f}} KiB per decode step ({{total / {args.slots}:.0f}} B per token), "
+          + ", ".join(f"{{op}} x{{n}} ({{b / 1024:.1f}} KiB)" for op, (n, b) in sorted(found.items())))
+"""
+    print(f"(e) collectives per decode step ({args.slots} slots = tokens), compiled HLO, mesh data 1 x fsdp 4 x "
+          "tensor 2:")
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    env.pop("XLA_FLAGS", None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    print(out.stdout.rstrip() or out.stderr[-2000:])
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=64)
@@ -173,7 +234,7 @@ def main():
     parser.add_argument("--fill-slots", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for each library (0: defaults)")
-    parser.add_argument("--only", default="abc", help="which figures to run, e.g. 'ab'")
+    parser.add_argument("--only", default="abcde", help="which figures to run, e.g. 'ab'")
     args = parser.parse_args()
     if args.threads:  # before the jax import, as in bench_sampler.py
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen="
@@ -196,8 +257,12 @@ def main():
             figure_c(torch_model, folder, args)
         if "a" in args.only:
             figure_a(load_hf(folder)[0], args)
+        if "d" in args.only:
+            figure_d(load_hf(folder)[0], args)
     if "b" in args.only:
         figure_b(args)
+    if "e" in args.only:
+        figure_e(args)
 
 
 if __name__ == "__main__":
