@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 DECODE_BLOCK = 256  # slots per block: big enough that the per-block loop overhead stays small on CPU
+MIN_DECODE_BLOCK = 64  # smaller caches are attended densely (cheap, and no loop overhead)
 
 
 def write_at(buffer: jax.Array, update: jax.Array, index: jax.Array, axis: int) -> jax.Array:
@@ -31,17 +32,17 @@ def write_at(buffer: jax.Array, update: jax.Array, index: jax.Array, axis: int) 
     return jax.vmap(lambda b, u, i: jax.lax.dynamic_update_slice_in_dim(b, u, i, axis - 1))(buffer, update, index)
 
 
-def block_size_for(slots: int, queries: int, block: int = DECODE_BLOCK) -> int | None:
+def block_size_for(slots: int, queries: int, block: int = DECODE_BLOCK, min_block: int = MIN_DECODE_BLOCK) -> int | None:
     """The block length blocked attention uses for a `slots`-long cache, or None to attend densely.
 
     Only single-token decode steps are blocked (a prefill touches the whole prompt anyway), and only
-    when the cache splits into at least two whole blocks.
+    when the cache splits into at least two whole blocks of at least `min_block` slots.
     """
     if queries != 1:
         return None
-    while block >= 16 and (slots % block or slots < 2 * block):
+    while block >= min_block and (slots % block or slots < 2 * block):
         block //= 2
-    return block if block >= 16 and slots >= 2 * block else None
+    return block if block >= min_block else None
 
 
 def blocked_decode_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, filled: jax.Array,

@@ -33,10 +33,38 @@ def test_only_filled_blocks_are_read():
 
 
 def test_block_choice_and_per_row_writes():
-    assert block_size_for(2048, 1) == 256 and block_size_for(96, 1) == 32 and block_size_for(32, 1) == 16
-    assert block_size_for(2048, 5) is None and block_size_for(24, 1) is None
+    assert block_size_for(2048, 1) == 256 and block_size_for(384, 1) == 128 and block_size_for(128, 1) == 64
+    assert block_size_for(96, 1, min_block=16) == 32 and block_size_for(32, 1, min_block=16) == 16
+    assert block_size_for(2048, 5) is None and block_size_for(96, 1) is None and block_size_for(288, 1) is None
     buffer = jnp.zeros((2, 6), jnp.int32)
     np.testing.assert_array_equal(write_at(buffer, jnp.ones((2, 2), jnp.int32), jnp.array([0, 3]), axis=1),
                                   [[1, 1, 0, 0, 0, 0], [0, 0, 0, 1, 1, 0]])
     np.testing.assert_array_equal(write_at(buffer, jnp.ones((2, 2), jnp.int32), jnp.int32(4), axis=1),
                                   [[0, 0, 0, 0, 1, 1]] * 2)
+
+
+def test_ragged_cache_decode_step_equals_the_uncached_forward():
+    """Rows of different lengths in one cache (per-row index), 128 slots: the blocked path end to end."""
+    from flax import nnx
+
+    from gift_jax.models import ModelConfig, Transformer, init_cache
+
+    config = ModelConfig(family="qwen2", vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2,
+                         num_heads=4, num_kv_heads=2, head_dim=8, qkv_bias=True)
+    model = Transformer(config, rngs=nnx.Rngs(0))
+    assert block_size_for(128, 1) == 64
+    rows = [[3, 9, 4, 1, 7], [5, 2, 8, 8, 1, 6, 2, 9, 11]]
+    nxt = [13, 21]
+    ids = np.zeros((2, 9), np.int32)
+    mask = np.zeros((2, 9), np.int32)
+    for r, row in enumerate(rows):
+        ids[r, :len(row)], mask[r, :len(row)] = row, 1
+    cache = init_cache(config, 2, 128)
+    cache = cache._replace(index=jnp.zeros((2,), jnp.int32))
+    _, cache = model.decode(jnp.asarray(ids), cache, attention_mask=jnp.asarray(mask))
+    cache = cache._replace(index=jnp.asarray([len(r) for r in rows], jnp.int32))  # next write per row
+    logits, cache = model.decode(jnp.asarray(nxt)[:, None], cache)
+    np.testing.assert_array_equal(np.asarray(cache.index), [6, 10])
+    for r, row in enumerate(rows):
+        full = model(jnp.asarray([row + [nxt[r]]]))[0, -1]
+        np.testing.assert_allclose(np.asarray(logits[r, 0]), np.asarray(full), atol=1e-5)
