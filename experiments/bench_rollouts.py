@@ -33,16 +33,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-
-def median_seconds(run, repeats: int):
-    out = run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), out
+from bench_sampler import median_seconds  # noqa: E402  (one warm-up call, then the median of repeats)
 
 
 def long_tailed_budgets(num: int, budget: int, seed: int = 0) -> list[int]:
