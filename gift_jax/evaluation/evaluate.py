@@ -26,7 +26,7 @@ from gift_jax.evaluation.benchmarks import Problem
 from gift_jax.evaluation.metrics import avg_at_k, markdown_table, mean_pass_at_k
 from gift_jax.models import Transformer
 from gift_jax.rewards import RewardScorer
-from gift_jax.rollout import SampleResult, SamplingConfig, sample
+from gift_jax.rollout import SampleResult, SamplingConfig, sample, slots_for_budget
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +38,7 @@ class EvalConfig:
     max_new_tokens: response budget; a response cut there scores on what it has.
     problems_per_batch: problems per sampler call (rows = problems_per_batch * num_samples).
     seed: batch b of a benchmark samples with `fold_in(key(seed), b)`.
+    max_concurrent_rows: decode slots of the rollout engine (None: sized from max_new_tokens).
     """
 
     num_samples: int = 4
@@ -47,6 +48,7 @@ class EvalConfig:
     max_new_tokens: int = 8192
     problems_per_batch: int = 32
     seed: int = 0
+    max_concurrent_rows: int | None = None
 
     def __post_init__(self):
         if self.problems_per_batch < 1:
@@ -55,7 +57,8 @@ class EvalConfig:
     def sampling_config(self, tokenizer: ChatTokenizer) -> SamplingConfig:
         return SamplingConfig(max_new_tokens=self.max_new_tokens, num_samples=self.num_samples,
                               temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
-                              stop_ids=tokenizer.stop_ids, pad_id=tokenizer.pad_id)
+                              stop_ids=tokenizer.stop_ids, pad_id=tokenizer.pad_id,
+                              max_concurrent_rows=self.max_concurrent_rows or slots_for_budget(self.max_new_tokens))
 
 
 @dataclasses.dataclass

@@ -17,13 +17,15 @@ import jax.numpy as jnp
 from flax import nnx
 
 from gift_jax.models.config import ModelConfig
+from gift_jax.models.decode_attention import block_size_for, blocked_decode_attention, write_at
 from gift_jax.models.rope import apply_rope, inverse_frequencies
 
 
 class KVCache(NamedTuple):
     """Per-layer keys and values plus which slots hold real tokens (a pytree; jit/donate friendly).
 
-    k, v: tuples of `[B, K, S, D]` per layer; key_mask: `[B, S]` bool; index: `[]` int32, next slot.
+    k, v: tuples of `[B, K, S, D]` per layer; key_mask: `[B, S]` bool; index: next slot, `[]` int32
+    shared by all rows or `[B]` int32 per row (rows holding sequences of different lengths).
     Heads before slots: each decode step then reads the cache in the layout the attention matmuls
     want (batch dims B, K leading, D contracted last), instead of transposing all of it every step.
     """
@@ -82,9 +84,11 @@ class Attention(nnx.Module):
             out = jax.nn.dot_product_attention(q, k, v, mask=mask)
         else:
             k_all, v_all = cache_kv
-            k = jax.lax.dynamic_update_slice(k_all, k.swapaxes(1, 2).astype(k_all.dtype), (0, 0, cache_index, 0))
-            v = jax.lax.dynamic_update_slice(v_all, v.swapaxes(1, 2).astype(v_all.dtype), (0, 0, cache_index, 0))
-            out = _cached_attention(q, k, v, mask)
+            k = write_at(k_all, k.swapaxes(1, 2).astype(k_all.dtype), cache_index, axis=2)
+            v = write_at(v_all, v.swapaxes(1, 2).astype(v_all.dtype), cache_index, axis=2)
+            block = block_size_for(k.shape[2], t)
+            out = (_cached_attention(q, k, v, mask) if block is None else
+                   blocked_decode_attention(q, k, v, mask, jnp.max(cache_index) + t, block))
         return self.o_proj(out.reshape(b, t, c.num_heads * c.head_dim)), (k, v)
 
 
@@ -217,7 +221,7 @@ class Transformer(nnx.Module):
         hidden = self.norm(x)
         if cache is None:
             return hidden, None
-        key_mask = jax.lax.dynamic_update_slice(cache.key_mask, attention_mask, (0, cache_index))
+        key_mask = write_at(cache.key_mask, attention_mask, cache_index, axis=1)
         return hidden, KVCache(tuple(new_k), tuple(new_v), key_mask, cache_index + t)
 
     @staticmethod
@@ -233,10 +237,10 @@ class Transformer(nnx.Module):
             index = None
         else:
             index = cache.index
-            q_slot = index + jnp.arange(t)
+            q_slot = index[..., None] + jnp.arange(t)  # [T], or [B, T] with a per-row index
             k_slot = jnp.arange(cache.key_mask.shape[1])
-            key_valid = jax.lax.dynamic_update_slice(cache.key_mask, attention_mask, (0, index))
-        causal = k_slot[None, :] <= q_slot[:, None]  # [T, S]
-        itself = k_slot[None, :] == q_slot[:, None]
-        mask = causal[None] & (key_valid[:, None, :] | itself[None])  # [B, T, S]
+            key_valid = write_at(cache.key_mask, attention_mask, index, axis=1)
+        causal = k_slot <= q_slot[..., None]  # [T, S] or [B, T, S]
+        itself = k_slot == q_slot[..., None]
+        mask = causal & (key_valid[:, None, :] | itself)  # [B, T, S]
         return mask[:, None], index

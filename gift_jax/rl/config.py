@@ -40,6 +40,7 @@ class RolloutSection:
     top_p: float = 1.0
     top_k: int = 0
     max_new_tokens: int = 8192
+    max_concurrent_rows: int | None = None  # engine decode slots; None: sized from the budget (slots_for_budget)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -37,7 +37,7 @@ from gift_jax.rl.config import RLStageConfig, validate_rl_config
 from gift_jax.rl.grpo import grpo_advantages
 from gift_jax.rl.rollouts import completion_arrays, group_outcomes, insert_expert_rows, update_batch
 from gift_jax.rl.step import RLStepConfig, rl_train_step, rollout_logprobs
-from gift_jax.rollout import SamplingConfig, bucket_size, sample
+from gift_jax.rollout import SamplingConfig, bucket_size, run_engine, slots_for_budget
 from gift_jax.train.checkpoint import Checkpointer, CheckpointWriteError
 from gift_jax.train.init_step import StepConfig, init_train_state, split_minibatches, train_step
 from gift_jax.train.metrics import MetricWriter
@@ -138,9 +138,11 @@ def run_rl_stage(config: RLStageConfig, workdir: str | Path, *, max_steps: int |
     samples_per_prompt = r.group_size - 1 if a.method == "luffy" else r.group_size
     rollout_config = SamplingConfig(max_new_tokens=r.max_new_tokens, num_samples=samples_per_prompt,
                                     temperature=r.temperature, top_k=r.top_k, top_p=r.top_p,
-                                    stop_ids=tokenizer.stop_ids, pad_id=tokenizer.pad_id)
+                                    stop_ids=tokenizer.stop_ids, pad_id=tokenizer.pad_id,
+                                    max_concurrent_rows=r.max_concurrent_rows or slots_for_budget(r.max_new_tokens))
     eval_config = EvalConfig(num_samples=t.eval_k, temperature=t.eval_temperature, seed=t.seed,
-                             max_new_tokens=t.eval_max_new_tokens or r.max_new_tokens)
+                             max_new_tokens=t.eval_max_new_tokens or r.max_new_tokens,
+                             max_concurrent_rows=r.max_concurrent_rows)
     key = jax.random.key(t.seed)
     scorer = RewardScorer(num_workers=config.reward.num_workers, timeout_s=config.reward.timeout_s)
 
@@ -172,7 +174,7 @@ def run_rl_stage(config: RLStageConfig, workdir: str | Path, *, max_steps: int |
 
             started = time.perf_counter()
             prompts = [tokenizer.encode_prompt(rec[d.prompt_key]) for rec in batch_records]
-            result = sample(model, prompts, rollout_config, jax.random.fold_in(key, step), mesh=mesh)
+            result, engine_stats = run_engine(model, prompts, rollout_config, jax.random.fold_in(key, step), mesh=mesh)
             timings["rollout"] = time.perf_counter() - started
             generated_tokens = int(result.lengths.sum())
             is_expert = None
@@ -231,7 +233,7 @@ def run_rl_stage(config: RLStageConfig, workdir: str | Path, *, max_steps: int |
                 response_length_mean=float(lengths.mean()), response_length_max=float(lengths.max()),
                 truncated_frac=float(result.truncated[on_policy_rows].mean()),
                 reward_timed_out=float(timed_out), reward_crashed=float(crashed),
-                **group_outcomes(rewards, r.group_size),
+                **group_outcomes(rewards, r.group_size), **engine_stats.metrics(),
                 **{f"time_{k}_s": v for k, v in timings.items()},
                 rollout_tokens_per_s=generated_tokens / max(timings["rollout"], 1e-9),
                 update_tokens_per_s=float(np.sum(result.completion_mask)) * a.ppo_epochs / max(timings["update"], 1e-9))

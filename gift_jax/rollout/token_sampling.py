@@ -69,8 +69,31 @@ def first_argmax(x: jax.Array) -> jax.Array:
 
 
 def _gumbel_max(key: jax.Array, logits: jax.Array) -> jax.Array:
-    """One draw per row from `softmax(logits)` (Gumbel-max trick; -inf logits are never drawn)."""
-    return first_argmax(logits + jax.random.gumbel(key, logits.shape, jnp.float32))
+    """One draw per row from `softmax(logits)` (Gumbel-max trick; -inf logits are never drawn).
+
+    key: one PRNG key for the whole `[B, V]` block, or `[B]` keys, one per row (row b's noise then
+    depends on `key[b]` only, not on the row's place in the batch).
+    """
+    if key.ndim == 0:
+        noise = jax.random.gumbel(key, logits.shape, jnp.float32)
+    else:
+        noise = jax.vmap(lambda k: jax.random.gumbel(k, logits.shape[1:], jnp.float32))(key)
+    return first_argmax(logits + noise)
+
+
+def row_keys(rng: jax.Array, requests: jax.Array, samples: jax.Array) -> jax.Array:
+    """`[B]` per-row base keys: row (request i, sample j) gets `fold_in(fold_in(rng, i), j)`.
+
+    The draw at generated position t then uses `fold_in(row_key, t)` (`position_keys`), so a row's
+    tokens depend on (request, sample, position) only, never on the batch slot or decode step that
+    produced them: any scheduling of the same requests yields the same samples.
+    """
+    return jax.vmap(lambda i, j: jax.random.fold_in(jax.random.fold_in(rng, i), j))(requests, samples)
+
+
+def position_keys(keys: jax.Array, positions: jax.Array) -> jax.Array:
+    """`[B]` keys for drawing generated token `positions[b]` (`[B]` or `[]` int32) of each row."""
+    return jax.vmap(jax.random.fold_in)(keys, jnp.broadcast_to(positions, keys.shape))
 
 
 def _nucleus_filter(sorted_logits: jax.Array, top_p: float) -> jax.Array:
@@ -89,7 +112,7 @@ def choose_tokens(logits: jax.Array, key: jax.Array, rule: TokenRule) -> TokenCh
 
     Args:
       logits: `[B, V]` float32 next-token logits.
-      key: PRNG key (one draw per row is made from it).
+      key: PRNG key (one draw per row is made from it), or `[B]` keys, one per row.
       rule: static decoding rule.
     Returns:
       `TokenChoice`: the tokens, their log-probabilities under `log_softmax(logits / temperature)`

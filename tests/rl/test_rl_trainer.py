@@ -104,3 +104,21 @@ def test_luffy_scores_an_over_long_expert_solution_on_its_full_text(tiny_run_inp
     for line in steps:
         assert line["train/expert_truncated_frac"] == 1.0
         assert line["train/groups_all_wrong"] == 0.0  # every group's expert row scored 1
+
+
+def test_rl_with_fewer_decode_slots_than_rollouts_equals_one_with_enough(boxed_digit_policy, tmp_path):
+    """32 rollouts per step through 8 engine slots (3 rounded up to the 8 batch devices) or all at once."""
+    runs = {}
+    for slots in (3, 64):
+        overrides = rl_overrides(boxed_digit_policy["model"], boxed_digit_policy["prompts"], **{
+            "rollout.max_new_tokens": 6, "rollout.max_concurrent_rows": slots})
+        run_rl_stage(load_config(RLStageConfig, None, overrides), tmp_path / str(slots), max_steps=2)
+        lines = [json.loads(line) for line in (tmp_path / str(slots) / "metrics.jsonl").read_text().splitlines()]
+        runs[slots] = [line for line in lines if "train/reward_mean" in line]
+    assert [r["train/rollout_slots"] for r in runs[3]] == [8.0, 8.0]
+    assert [r["train/rollout_slots"] for r in runs[64]] == [32.0, 32.0]
+    for few, many in zip(runs[3], runs[64]):
+        for key in ("train/reward_mean", "train/response_length_mean", "train/truncated_frac"):
+            assert few[key] == many[key], key
+    for a, b in zip(jax.tree.leaves(_final_params(tmp_path / "3")), jax.tree.leaves(_final_params(tmp_path / "64"))):
+        np.testing.assert_allclose(a, b, atol=1e-6)

@@ -1,0 +1,260 @@
+"""Rollout throughput: the continuous-batching engine vs the static sampler vs `transformers.generate`.
+
+    python experiments/bench_rollouts.py            # a few minutes on a 2-core CPU
+
+Three side-by-side figures, same random Qwen2 checkpoint (built as in `bench_sampler.py`):
+
+(a) long-tailed lengths. `--requests` prompts, each with its own budget drawn log-normal with mean
+    about a quarter of `--budget`, 5% of them at the budget (no stop tokens: a row ends at its
+    budget). Useful generated tokens/s of the engine with `--slots` slots vs the static sampler run
+    on chunks of `--slots` rows: both hold a cache of `slots x (prompt + budget)` tokens, so the
+    cache memory is equal. The static sampler decodes each chunk until its longest row ends.
+(b) decode step time vs fill fraction on a model where attention dominates (hidden 64, cache of
+    `--fill-len` tokens): K engine decode steps with every slot's cache filled to 10 / 50 / 100%.
+(c) fixed shapes: batch 8 and 16, 32-token prompts, 64 and 256 new tokens, greedy: the engine
+    (slots = batch) vs `transformers.generate`, both on `--threads` threads.
+(d) bf16 KV cache vs float32 (greedy, the (a) model): share of identical tokens, and the log-prob
+    drift on each row's positions before its first differing token.
+(e) collectives per decode step from the compiled HLO, training (fsdp) vs decoding layout of the
+    weights, on an 8-device CPU mesh (data 1, fsdp 4, tensor 2) and the (a) model, 16 slots.
+
+Each timing is the median of `--repeats` runs after one warm-up run (compilation excluded).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_sampler import median_seconds  # noqa: E402  (one warm-up call, then the median of repeats)
+
+
+def long_tailed_budgets(num: int, budget: int, seed: int = 0) -> list[int]:
+    """Log-normal lengths with mean ~budget / 4 (sigma 1), 5% of requests at the budget."""
+    rng = np.random.RandomState(seed)
+    sigma = 1.0
+    lengths = rng.lognormal(np.log(budget / 4) - sigma ** 2 / 2, sigma, num)
+    lengths = np.clip(np.round(lengths), 1, budget).astype(int)
+    lengths[rng.choice(num, max(1, round(0.05 * num)), replace=False)] = budget
+    return lengths.tolist()
+
+
+def figure_a(model, args):
+    import jax
+
+    from gift_jax.rollout import SamplingConfig, run_engine, sample
+
+    rng = np.random.RandomState(1)
+    prompts = [rng.randint(1, args.vocab, rng.randint(args.prompt_len // 2, args.prompt_len + 1)).tolist()
+               for _ in range(args.requests)]
+    budgets = long_tailed_budgets(args.requests, args.budget)
+    config = SamplingConfig(max_new_tokens=args.budget, temperature=1.0, decode_steps_per_call=args.k)
+    useful = sum(budgets)
+
+    def static():
+        outs = [sample(model, prompts[i:i + args.slots], config, jax.random.key(0),
+                       budgets=budgets[i:i + args.slots]) for i in range(0, len(prompts), args.slots)]
+        return sum(int(o.lengths.sum()) for o in outs)
+
+    stats = []
+
+    def engine():
+        result, st = run_engine(model, prompts, dataclasses.replace(config, max_concurrent_rows=args.slots),
+                                jax.random.key(0), budgets=budgets)
+        stats.append(st)
+        return int(result.lengths.sum())
+
+    static_s, static_tokens = median_seconds(static, args.repeats)
+    engine_s, engine_tokens = median_seconds(engine, args.repeats)
+    assert static_tokens == engine_tokens == useful, (static_tokens, engine_tokens, useful)
+    st = stats[-1]
+    print(f"(a) {args.requests} requests, budgets log-normal mean {np.mean(budgets):.0f} of {args.budget} "
+          f"({np.mean(np.asarray(budgets) == args.budget):.0%} at the budget), {args.slots} slots = static "
+          f"chunks of {args.slots} rows (equal cache memory)")
+    print(f"    static sampler : {static_s:7.2f} s  {useful / static_s:8.0f} useful tokens/s")
+    print(f"    engine         : {engine_s:7.2f} s  {useful / engine_s:8.0f} useful tokens/s  "
+          f"(slot occupancy {st.slot_occupancy:.0%}, padding share {st.padding_share:.0%}, "
+          f"{st.decode_steps} decode steps)")
+    print(f"    engine / static: {static_s / engine_s:.2f}x  (goal >= 2x)")
+
+
+def figure_b(args):
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from gift_jax.models import ModelConfig, Transformer
+    from gift_jax.rollout.engine import EngineShape, decode_k_steps, init_state
+    from gift_jax.rollout.token_sampling import TokenRule
+
+    config = ModelConfig(family="qwen2", vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2,
+                         num_heads=4, num_kv_heads=4, head_dim=16, qkv_bias=True)
+    graphdef, params = nnx.split(Transformer(config, rngs=nnx.Rngs(0)))
+    shape = EngineShape(slots=args.fill_slots, max_len=args.fill_len, rows=args.fill_slots,
+                        max_new_bucket=args.fill_len)
+    steps = 8
+    decode = jax.jit(lambda g, p, s: decode_k_steps(g, p, s, steps=steps, rule=TokenRule(0.0), stop_ids=(), pad_id=0),
+                     static_argnums=0)
+    times = {}
+    for fraction in (0.1, 0.5, 1.0):
+        filled = int(fraction * args.fill_len) - steps
+        state = jax.jit(lambda: init_state(config, shape, 0))()
+        state = state._replace(
+            cache=state.cache._replace(index=jnp.full((shape.slots,), filled, jnp.int32),
+                                       key_mask=jnp.broadcast_to(jnp.arange(shape.max_len) < filled,
+                                                                 (shape.slots, shape.max_len))),
+            alive=jnp.ones((shape.slots,), bool), budget=jnp.full((shape.slots,), steps, jnp.int32),
+            row=jnp.arange(shape.slots, dtype=jnp.int32))
+
+        def run(state=state):  # not donating the state, so every repeat starts from the same fill
+            return jax.block_until_ready(decode(graphdef, params, state).tokens)
+
+        run()
+        samples = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            run()
+            samples.append(time.perf_counter() - start)
+        times[fraction] = statistics.median(samples) / steps
+    print(f"(b) decode step, {args.fill_slots} slots x {args.fill_len} cache, hidden 64, 2 layers "
+          f"(attention-dominated), median of {args.repeats} x {steps} steps")
+    for fraction, seconds in times.items():
+        print(f"    fill {fraction:4.0%}: {seconds * 1e3:7.2f} ms/step  {seconds / times[1.0]:.2f}x of full "
+              f"(goal at 10%: <= 0.5x)")
+
+
+def figure_c(torch_model, folder, args):
+    import jax
+
+    from bench_sampler import prepare_transformers
+    from gift_jax.models import load_hf
+    from gift_jax.rollout import SamplingConfig, sample
+
+    model, _ = load_hf(folder)
+    print("(c) fixed shapes, greedy, 32-token prompts (16-32 tokens), engine slots = batch")
+    for batch in (8, 16):
+        for new_tokens in (64, 256):
+            ns = argparse.Namespace(**{**vars(args), "batch": batch, "new_tokens": new_tokens})
+            rng = np.random.RandomState(0)
+            prompts = [rng.randint(1, args.vocab, n).tolist()
+                       for n in np.linspace(args.prompt_len // 2, args.prompt_len, batch).astype(int)]
+            config = SamplingConfig(max_new_tokens=new_tokens, temperature=0.0, max_concurrent_rows=batch,
+                                    decode_steps_per_call=args.k)
+            hf_s, _ = median_seconds(prepare_transformers(torch_model, prompts, ns), args.repeats)
+            ours_s, _ = median_seconds(lambda: sample(model, prompts, config, jax.random.key(0)), args.repeats)
+            tokens = batch * new_tokens
+            print(f"    batch {batch:2d}, {new_tokens:3d} new: engine {tokens / ours_s:7.0f} tok/s, "
+                  f"transformers {tokens / hf_s:7.0f} tok/s, {hf_s / ours_s:.2f}x (goal >= 4x)")
+
+
+def figure_d(model, args):
+    import jax
+
+    from gift_jax.rollout import SamplingConfig, sample
+
+    rng = np.random.RandomState(2)
+    prompts = [rng.randint(1, args.vocab, args.prompt_len).tolist() for _ in range(args.slots)]
+    config = SamplingConfig(max_new_tokens=args.budget, temperature=0.0, max_concurrent_rows=args.slots,
+                            decode_steps_per_call=args.k)
+    f32 = sample(model, prompts, config, jax.random.key(0))
+    bf16 = sample(model, prompts, dataclasses.replace(config, cache_dtype="bfloat16"), jax.random.key(0))
+    same = f32.completion_ids == bf16.completion_ids
+    before_first_diff = np.cumprod(same, axis=1).astype(bool)
+    drift = np.abs(f32.logprobs - bf16.logprobs)[before_first_diff]
+    print(f"(d) bf16 vs float32 cache, greedy, {args.slots} rows x {args.budget} tokens: identical tokens "
+          f"{same.mean():.1%}; log-prob drift before a row's first differing token: mean {drift.mean():.2e}, "
+          f"max {drift.max():.2e} (over {drift.size} tokens)")
+
+
+def figure_e(args):
+    """Runs in a subprocess: the 8 CPU devices must be set before jax starts."""
+    import subprocess
+
+    code = f"""
+import os
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+import jax
+from flax import nnx
+from gift_jax.models import ModelConfig, Transformer
+from gift_jax.parallel import MeshConfig, make_mesh, shard_model
+from gift_jax.rollout import EngineShape, abstract_decode_inputs
+from gift_jax.rollout.engine import decode_k_steps_jit
+from gift_jax.rollout.layout import collective_bytes, decoding_layout
+from gift_jax.rollout.token_sampling import TokenRule
+config = ModelConfig(family="qwen2", vocab_size={args.vocab}, hidden_size={args.hidden},
+                     intermediate_size={4 * args.hidden}, num_layers={args.layers}, num_heads={args.hidden // 64},
+                     num_kv_heads=2, head_dim=64, qkv_bias=True)
+mesh = make_mesh(MeshConfig(data=1, fsdp=4, tensor=2))
+training = shard_model(Transformer(config, rngs=nnx.Rngs(0)), mesh)
+shape = EngineShape(slots={args.slots}, max_len=512, rows=64, max_new_bucket=256)
+for name, model in (("training (fsdp)", training), ("decoding", decoding_layout(training, mesh))):
+    graphdef, params, state = abstract_decode_inputs(model, shape, mesh=mesh)
+    compiled = decode_k_steps_jit.lower(graphdef, params, state, steps=1, rule=TokenRule(0.0), stop_ids=(),
+                                        pad_id=0).compile()
+    found = collective_bytes(compiled.as_text())
+    total = sum(b for _, b in found.values())
+    print(f"    {{name:16s}}: {{total / 1024:8.1f}} KiB per decode step ({{total / {args.slots}:.0f}} B per token), "
+          + ", ".join(f"{{op}} x{{n}} ({{b / 1024:.1f}} KiB)" for op, (n, b) in sorted(found.items())))
+"""
+    print(f"(e) collectives per decode step ({args.slots} slots = tokens), compiled HLO, mesh data 1 x fsdp 4 x "
+          "tensor 2:")
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    env.pop("XLA_FLAGS", None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    print(out.stdout.rstrip() or out.stderr[-2000:])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=64)
+    parser.add_argument("--budget", type=int, default=256)
+    parser.add_argument("--slots", type=int, default=16)
+    parser.add_argument("--k", type=int, default=8, help="decode steps per engine call")
+    parser.add_argument("--prompt-len", type=int, default=32)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--vocab", type=int, default=8192)
+    parser.add_argument("--fill-len", type=int, default=4096)
+    parser.add_argument("--fill-slots", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads for each library (0: defaults)")
+    parser.add_argument("--only", default="abcde", help="which figures to run, e.g. 'ab'")
+    args = parser.parse_args()
+    if args.threads:  # before the jax import, as in bench_sampler.py
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen="
+                                   f"{'true' if args.threads > 1 else 'false'} "
+                                   f"intra_op_parallelism_threads={args.threads}")
+    import jax
+    import torch
+
+    from bench_sampler import build_checkpoint
+    from gift_jax.models import load_hf
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"jax {jax.__version__} on {jax.default_backend()}, threads {args.threads or 'default'}, "
+          f"median of {args.repeats}")
+    with tempfile.TemporaryDirectory() as folder:
+        torch_model = build_checkpoint(folder, args)
+        print(f"model: Qwen2 {sum(p.numel() for p in torch_model.parameters()) / 1e6:.1f}M params")
+        if "c" in args.only:  # transformers first: XLA's spinning worker threads would slow torch down
+            figure_c(torch_model, folder, args)
+        if "a" in args.only:
+            figure_a(load_hf(folder)[0], args)
+        if "d" in args.only:
+            figure_d(load_hf(folder)[0], args)
+    if "b" in args.only:
+        figure_b(args)
+    if "e" in args.only:
+        figure_e(args)
+
+
+if __name__ == "__main__":
+    main()
