@@ -4,6 +4,15 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
+# Rewards are 1.0 (correct) or 0.0; "correct" is read with one threshold everywhere (evaluation
+# accuracy, RL accuracy, all-correct groups), halfway so float noise cannot flip it.
+CORRECT_THRESHOLD = 0.5
+
+
+def is_correct(rewards) -> np.ndarray:
+    """`[...]` bool: which rewards count as a correct answer (`reward > CORRECT_THRESHOLD`)."""
+    return np.asarray(rewards) > CORRECT_THRESHOLD
+
 
 class ItemStatus(enum.Enum):
     """How an item's score was decided. Only OK scores reflect the answer; the others are 0."""
