@@ -80,11 +80,27 @@ def test_entropy_bonus_reaches_the_gradient():
     def grads_with(entropy_coef):
         config = RLStepConfig(entropy_coef=entropy_coef, chunk_size=4)
         state = TrainState(params, tx.init(params), jnp.zeros((), jnp.int32))
-        new_state, _ = rl_train_step(state, batch, graphdef=graphdef, tx=tx, config=config)
+        step = jax.jit(functools.partial(rl_train_step, graphdef=graphdef, tx=tx, config=config))
+        new_state, _ = step(state, batch)
         return jax.tree.leaves(jax.tree.map(lambda a, b: a - b, new_state.params, params))
 
-    plain, bonus = grads_with(0.0), grads_with(0.5)
+    @jax.jit
+    def mean_entropy(p):  # token mean over the completion mask, as the loss aggregates it
+        _, entropy = completion_logprobs(p, batch, graphdef=graphdef, chunk_size=4, entropy_gradient=True)
+        mask = batch["completion_mask"]
+        return jnp.sum(entropy * mask) / jnp.sum(mask)
+
+    coef = 0.5
+    plain, bonus = grads_with(0.0), grads_with(coef)
     assert max(float(np.abs(a - b).max()) for a, b in zip(plain, bonus)) > 1e-4
+    # The loss carries -coef * H, so with SGD at lr 1 the bonus moves the parameters by exactly
+    # +coef * dH/dtheta on top of the policy-gradient update: up the entropy, by coef times its slope.
+    entropy_grad = jax.tree.leaves(jax.jit(jax.grad(mean_entropy))(params))
+    for a, b, g in zip(plain, bonus, entropy_grad):
+        np.testing.assert_allclose(b - a, coef * np.asarray(g), rtol=1e-3, atol=1e-6)
+    moved = jax.tree.unflatten(jax.tree.structure(params), [p + d for p, d in zip(jax.tree.leaves(params), bonus)])
+    unmoved = jax.tree.unflatten(jax.tree.structure(params), [p + d for p, d in zip(jax.tree.leaves(params), plain)])
+    assert float(mean_entropy(moved)) > float(mean_entropy(unmoved))
 
 
 def test_rollout_logprobs_by_micro_batch_equal_one_pass_on_a_sharded_batch():
