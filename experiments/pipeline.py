@@ -44,8 +44,8 @@ from gift_jax.models import load_hf  # noqa: E402
 from gift_jax.rewards import RewardScorer  # noqa: E402
 from gift_jax.rl.config import RLStageConfig  # noqa: E402
 from gift_jax.rl.trainer import run_rl_stage  # noqa: E402
-from gift_jax.toy import classify_style, write_world  # noqa: E402
 from gift_jax.rollout import SamplingConfig, sample  # noqa: E402
+from gift_jax.toy import classify_style, write_world  # noqa: E402
 from gift_jax.toy.styles import BOXED_PREFIX, STYLE_HEADERS  # noqa: E402
 from gift_jax.train.init_config import InitStageConfig, LossSection  # noqa: E402
 from gift_jax.train.init_trainer import run_init_stage  # noqa: E402

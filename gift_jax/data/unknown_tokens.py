@@ -35,7 +35,7 @@ def unknown_pieces(tokenizer: ChatTokenizer, text: str) -> list[str]:
     """The spans of `text` that encode to the unknown token, in order (empty when none do)."""
     unk = unknown_token_id(tokenizer)
     encoding = tokenizer.tokenizer.encode(text, add_special_tokens=False)
-    return [text[start:end] for (start, end), i in zip(encoding.offsets, encoding.ids) if i == unk]
+    return [text[start:end] for (start, end), i in zip(encoding.offsets, encoding.ids, strict=True) if i == unk]
 
 
 def check_known_tokens(tokenizer: ChatTokenizer, texts: Sequence[str], *, source: str,

@@ -117,7 +117,7 @@ def pass_ks(n: int) -> list[int]:
 def response_texts(result: SampleResult, tokenizer: ChatTokenizer) -> list[str]:
     """Decoded completions without their stop token, one per row."""
     texts = []
-    for ids, length, truncated in zip(result.completion_ids, result.lengths, result.truncated):
+    for ids, length, truncated in zip(result.completion_ids, result.lengths, result.truncated, strict=True):
         kept = length if truncated or length == 0 or ids[length - 1] not in tokenizer.stop_ids else length - 1
         texts.append(tokenizer.decode(ids[:kept].tolist(), skip_special_tokens=True))
     return texts

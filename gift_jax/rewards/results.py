@@ -1,6 +1,7 @@
 """What scoring a batch returns: per-item scores and statuses, and the failure counts."""
 import enum
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 

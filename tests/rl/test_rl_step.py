@@ -92,14 +92,15 @@ def test_entropy_bonus_reaches_the_gradient():
 
     coef = 0.5
     plain, bonus = grads_with(0.0), grads_with(coef)
-    assert max(float(np.abs(a - b).max()) for a, b in zip(plain, bonus)) > 1e-4
+    assert max(float(np.abs(a - b).max()) for a, b in zip(plain, bonus, strict=True)) > 1e-4
     # The loss carries -coef * H, so with SGD at lr 1 the bonus moves the parameters by exactly
     # +coef * dH/dtheta on top of the policy-gradient update: up the entropy, by coef times its slope.
     entropy_grad = jax.tree.leaves(jax.jit(jax.grad(mean_entropy))(params))
-    for a, b, g in zip(plain, bonus, entropy_grad):
+    for a, b, g in zip(plain, bonus, entropy_grad, strict=True):
         np.testing.assert_allclose(b - a, coef * np.asarray(g), rtol=1e-3, atol=1e-6)
-    moved = jax.tree.unflatten(jax.tree.structure(params), [p + d for p, d in zip(jax.tree.leaves(params), bonus)])
-    unmoved = jax.tree.unflatten(jax.tree.structure(params), [p + d for p, d in zip(jax.tree.leaves(params), plain)])
+    treedef = jax.tree.structure(params)
+    moved, unmoved = (jax.tree.unflatten(treedef, [p + d for p, d in zip(jax.tree.leaves(params), update, strict=True)])
+                      for update in (bonus, plain))
     assert float(mean_entropy(moved)) > float(mean_entropy(unmoved))
 
 
