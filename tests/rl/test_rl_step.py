@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from flax import nnx
 
 from gift_jax.models import ModelConfig, Transformer
@@ -69,6 +70,7 @@ def test_micro_batches_accumulate_to_the_full_batch_update():
             np.testing.assert_allclose(a, b, atol=1e-6)
 
 
+@pytest.mark.slow  # three compilations of the update and two of the entropy
 def test_entropy_bonus_reaches_the_gradient():
     model = Transformer(CONFIG, rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(model, nnx.Param)
