@@ -22,7 +22,7 @@ from pathlib import Path
 import jax
 
 from gift_jax.data import load_tokenizer
-from gift_jax.evaluation.benchmarks import load_benchmark
+from gift_jax.evaluation.benchmarks import parse_benchmark_specs
 from gift_jax.evaluation.diagnostics import (
     diagnostics_markdown,
     last_layer_params,
@@ -49,7 +49,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoints", required=True, nargs="+", metavar="NAME=DIR")
     parser.add_argument("--probe", required=True, type=Path, help="probe texts (.jsonl / .json / .parquet)")
     parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--benchmarks", nargs="*", default=[], metavar="NAME=PATH")
+    parser.add_argument("--benchmarks", nargs="*", default=[], metavar="NAME=PATH[:instruction=TEXT]",
+                        help="as in experiments/evaluate.py (TEXT: paper (default), none, or the instruction)")
     parser.add_argument("--k", type=int, default=8, help="samples per problem for pass@k")
     parser.add_argument("--temperature", type=float, default=0.6)
     parser.add_argument("--max-new-tokens", type=int, default=8192)
@@ -79,13 +80,14 @@ def check_same_tokenizer(base_fingerprint: str, name: str, folder: Path, chat_te
 def main(argv: list[str] | None = None) -> None:
     parser = make_parser()
     args = parser.parse_args(argv)
-    named = {}
-    for flag in ("checkpoints", "benchmarks"):
-        try:
-            named[flag] = parse_named_paths(getattr(args, flag))
-        except ValueError as err:
-            parser.error(f"--{flag}: {err}")
-    checkpoints, benchmark_paths = named["checkpoints"], named["benchmarks"]
+    try:
+        checkpoints = parse_named_paths(args.checkpoints)
+    except ValueError as err:
+        parser.error(f"--checkpoints: {err}")
+    try:
+        specs = parse_benchmark_specs(args.benchmarks, limit=args.limit)
+    except ValueError as err:
+        parser.error(f"--benchmarks: {err}")
     if BASE in checkpoints:
         parser.error(f"--checkpoints: the name {BASE!r} is reserved for --base")
     mesh = (make_mesh(MeshConfig(data=args.data, fsdp=args.fsdp, tensor=args.tensor))
@@ -94,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, folder in checkpoints.items():
         check_same_tokenizer(tokenizer.fingerprint, name, folder, args.chat_template)
     probe = read_probe(args.probe, tokenizer, max_len=args.probe_max_len)
-    benchmarks = {name: load_benchmark(path, name=name, limit=args.limit) for name, path in benchmark_paths.items()}
+    benchmarks = {spec.name: spec.load() for spec in specs}
     eval_config = EvalConfig(num_samples=args.k, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
                              problems_per_batch=args.problems_per_batch, seed=args.seed)
 
@@ -121,7 +123,8 @@ def main(argv: list[str] | None = None) -> None:
                     report["geometry"].append({"from": BASE, "to": name, **parameter_geometry(base_params, params)})
                 previous_name, previous_params = name, params
             del model
-    report["run"] = {"probe": str(args.probe), "benchmarks": {n: str(p) for n, p in benchmark_paths.items()},
+    benchmark_info = {spec.name: {"path": str(spec.path), "instruction": spec.instruction} for spec in specs}
+    report["run"] = {"probe": str(args.probe), "benchmarks": benchmark_info,
                      "eval_config": dataclasses.asdict(eval_config), "dtype": args.dtype, "limit": args.limit,
                      "probe_max_len": args.probe_max_len, "devices": jax.device_count()}
     write_diagnostics(report, args.out)

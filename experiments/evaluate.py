@@ -4,14 +4,28 @@
         --benchmarks math500=data/math500.jsonl aime24=data/aime24.jsonl gpqa=data/gpqa.parquet \
         --k 4 --temperature 0.6 --max-new-tokens 8192 --out runs/gift/eval
     python experiments/evaluate.py --model runs/gift --step 40 ...      # an orbax step of a stage workdir
+    python experiments/evaluate.py --model runs/default/hard/gift_beta4_seed0/rl \
+        --benchmarks toy=runs/default/world_hard/eval.jsonl:instruction=none \
+        --k 4 --temperature 0.6 --max-new-tokens 48 --dtype float32 --out runs/eval_toy   # the toy world
+
+A benchmark is NAME=PATH[:instruction=TEXT]: the text appended to every problem of that file.
+  (no option) / instruction=paper  the paper's protocol: math problems end in "Please reason step by
+                                   step, and put your final answer within \boxed{}.", multiple choice
+                                   asks for the option letter
+  instruction=none                 the problem text alone (the toy world: its tokenizer knows no
+                                   English, and its prompts are written without an instruction)
+  instruction=ANY TEXT             appended as given ({first}/{last}: first/last option letter)
+A prompt the tokenizer can only encode with its unknown token is an error naming the file and row.
 
 Writes `results.md` (markdown table, accuracies in %) and `results.json` to `--out`, plus
 `samples_<name>.jsonl` with `--save-samples`. Prompts use the model folder's chat template
 (`--chat-template` names a built-in one instead). Benchmark layouts are detected from the records
 (see `gift_jax.evaluation.benchmarks`). On several devices the batch is split over a mesh
-(`--data/--fsdp/--tensor`, default: pure data parallelism, weights replicated).
-Runtime is dominated by decoding (problems x k x max-new-tokens); the end-to-end CPU test on a
-tiny checkpoint (`tests/evaluation/test_evaluate.py`) takes about 20 s.
+(`--data/--fsdp/--tensor`, default: pure data parallelism, weights replicated). The toy pipeline
+evaluates through the same function (`gift_jax.evaluation.checkpoint_eval.evaluate_checkpoint`), so
+the same checkpoint, file, instruction, --k, --temperature, --max-new-tokens, --seed and --dtype give
+its numbers. Runtime is dominated by decoding (problems x k x max-new-tokens); the end-to-end CPU
+test on a tiny checkpoint (`tests/evaluation/test_evaluate.py`) takes about 20 s.
 """
 from __future__ import annotations
 
@@ -22,20 +36,12 @@ from pathlib import Path
 
 import jax
 
-from gift_jax.data import load_tokenizer
-from gift_jax.evaluation.benchmarks import load_benchmark
-from gift_jax.evaluation.evaluate import (
-    EvalConfig,
-    evaluate_benchmarks,
-    parse_named_paths,
-    results_markdown,
-    write_results,
-)
-from gift_jax.models import load_hf
+from gift_jax.data import DataFormatError
+from gift_jax.evaluation.benchmarks import parse_benchmark_specs
+from gift_jax.evaluation.checkpoint_eval import EvalInputError, evaluate_checkpoint
+from gift_jax.evaluation.evaluate import EvalConfig, results_markdown, write_results
 from gift_jax.parallel import MeshConfig, make_mesh
-from gift_jax.run_checkpoints import (
-    CHECKPOINT_KINDS, is_run_workdir, load_run_checkpoint, read_run_config, run_chat_template,
-)
+from gift_jax.run_checkpoints import CHECKPOINT_KINDS
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -44,7 +50,8 @@ def make_parser() -> argparse.ArgumentParser:
                         help="Hugging Face model folder, or a stage workdir (then --step / --kind pick the checkpoint)")
     parser.add_argument("--step", type=int, default=None, help="workdir: checkpoint step (default: newest)")
     parser.add_argument("--kind", choices=CHECKPOINT_KINDS, default="periodic", help="workdir: checkpoint kind")
-    parser.add_argument("--benchmarks", required=True, nargs="+", metavar="NAME=PATH")
+    parser.add_argument("--benchmarks", required=True, nargs="+", metavar="NAME=PATH[:instruction=TEXT]",
+                        help="benchmark files; TEXT: paper (default), none, or the instruction itself (see above)")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--k", type=int, default=4, help="samples per problem")
     parser.add_argument("--temperature", type=float, default=0.6)
@@ -54,7 +61,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--limit", type=int, default=None, help="first N problems of each benchmark")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--chat-template", default=None, help="built-in template name instead of the folder's")
-    parser.add_argument("--dtype", default="bfloat16", help="compute dtype (float32 for exact checks)")
+    parser.add_argument("--dtype", default="bfloat16",
+                        help="compute dtype (float32 for exact checks and to match the toy pipeline)")
     parser.add_argument("--data", type=int, default=-1)
     parser.add_argument("--fsdp", type=int, default=1)
     parser.add_argument("--tensor", type=int, default=1)
@@ -67,40 +75,28 @@ def main(argv: list[str] | None = None) -> None:
     parser = make_parser()
     args = parser.parse_args(argv)
     try:
-        paths = parse_named_paths(args.benchmarks)
+        specs = parse_benchmark_specs(args.benchmarks, limit=args.limit)
     except ValueError as err:
         parser.error(f"--benchmarks: {err}")
     config = EvalConfig(num_samples=args.k, temperature=args.temperature, top_p=args.top_p,
                         max_new_tokens=args.max_new_tokens, problems_per_batch=args.problems_per_batch,
                         seed=args.seed)
-    benchmarks = {name: load_benchmark(path, name=name, limit=args.limit) for name, path in paths.items()}
     mesh = (make_mesh(MeshConfig(data=args.data, fsdp=args.fsdp, tensor=args.tensor))
             if jax.device_count() > 1 else None)
-    checkpoint, chat_template = None, args.chat_template
-    if is_run_workdir(args.model):
-        try:
-            model, _, tokenizer_dir, step = load_run_checkpoint(args.model, step=args.step, kind=args.kind,
-                                                                dtype=args.dtype, mesh=mesh)
-            # Prompts formatted as in training: the run's built-in template unless one is given here.
-            chat_template = chat_template or run_chat_template(read_run_config(args.model))
-        except (FileNotFoundError, ValueError) as err:
-            parser.error(f"--model {args.model}: {err}")
-        checkpoint = {"kind": args.kind, "step": step}
-        print(f"{args.model}: {args.kind} checkpoint of step {step}", file=sys.stderr)
-    else:
-        if args.step is not None or args.kind != "periodic":
-            parser.error(f"--step / --kind: {args.model} is a model folder, not a stage workdir with checkpoints")
-        model, _ = load_hf(args.model, dtype=args.dtype, mesh=mesh)
-        tokenizer_dir = args.model
-    tokenizer = load_tokenizer(tokenizer_dir, chat_template=chat_template)
-    results = evaluate_benchmarks(model, tokenizer, benchmarks, config, mesh=mesh,
-                                  keep_responses=args.save_samples, progress=not args.no_progress)
-    run_info = {"model": str(args.model), "checkpoint": checkpoint,
-                "benchmarks": {name: str(p) for name, p in paths.items()},
+    try:
+        evaluation = evaluate_checkpoint(args.model, specs, config, step=args.step, kind=args.kind, dtype=args.dtype,
+                                         chat_template=args.chat_template, mesh=mesh,
+                                         keep_responses=args.save_samples, progress=not args.no_progress)
+    except (EvalInputError, DataFormatError) as err:
+        parser.error(f"--model {args.model} / --benchmarks: {err}")
+    if evaluation.checkpoint is not None:
+        print(f"{args.model}: {args.kind} checkpoint of step {evaluation.checkpoint['step']}", file=sys.stderr)
+    run_info = {"model": str(args.model), "checkpoint": evaluation.checkpoint,
+                "benchmarks": {spec.name: {"path": str(spec.path), "instruction": spec.instruction} for spec in specs},
                 "eval_config": dataclasses.asdict(config), "dtype": args.dtype, "limit": args.limit,
-                "chat_template": chat_template, "devices": jax.device_count()}
-    write_results(results, args.out, run_info=run_info, save_samples=args.save_samples)
-    print(results_markdown(results))
+                "chat_template": evaluation.chat_template, "devices": jax.device_count()}
+    write_results(evaluation.results, args.out, run_info=run_info, save_samples=args.save_samples)
+    print(results_markdown(evaluation.results))
     print(f"wrote {args.out / 'results.md'} and {args.out / 'results.json'}", file=sys.stderr)
 
 

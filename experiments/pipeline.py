@@ -37,14 +37,15 @@ from toy_presets import PRESETS, Preset  # noqa: E402
 
 from gift_jax.config_io import from_dict  # noqa: E402
 from gift_jax.data import load_tokenizer  # noqa: E402
-from gift_jax.evaluation.benchmarks import load_benchmark  # noqa: E402
-from gift_jax.evaluation.evaluate import EvalConfig, evaluate_problems  # noqa: E402
+from gift_jax.evaluation.benchmarks import BenchmarkSpec  # noqa: E402
+from gift_jax.evaluation.checkpoint_eval import evaluate_checkpoint  # noqa: E402
+from gift_jax.evaluation.evaluate import EvalConfig  # noqa: E402
 from gift_jax.models import load_hf  # noqa: E402
 from gift_jax.rewards import RewardScorer  # noqa: E402
 from gift_jax.rl.config import RLStageConfig  # noqa: E402
 from gift_jax.rl.trainer import run_rl_stage  # noqa: E402
-from gift_jax.toy import classify_style, write_world  # noqa: E402
 from gift_jax.rollout import SamplingConfig, sample  # noqa: E402
+from gift_jax.toy import classify_style, write_world  # noqa: E402
 from gift_jax.toy.styles import BOXED_PREFIX, STYLE_HEADERS  # noqa: E402
 from gift_jax.train.init_config import InitStageConfig, LossSection  # noqa: E402
 from gift_jax.train.init_trainer import run_init_stage  # noqa: E402
@@ -121,16 +122,16 @@ def run_rl(preset: Preset, files: dict, model: Path, base: Path, seed: int, out:
     return Path(summary["hf_final"]), out / "metrics.jsonl"
 
 
-def evaluate(model_dir: Path, problems, preset: Preset, seed: int, scorer: RewardScorer) -> dict:
-    """pass@k (T=1.0, n=pass_k_samples), avg@k (T=0.6), style / answer-format shares of the T=1.0 samples."""
-    model, _ = load_hf(model_dir)
-    tokenizer = load_tokenizer(model_dir)
+def evaluate(model_dir: Path, spec: BenchmarkSpec, preset: Preset, seed: int, scorer: RewardScorer) -> dict:
+    """pass@k (T=1.0, n=pass_k_samples), avg@k (T=0.6), style / answer-format shares of the T=1.0 samples.
+
+    Both through `evaluate_checkpoint`, as `experiments/evaluate.py` (`--dtype float32 --seed SEED`)."""
     budget = preset.rl_max_new_tokens
-    explore = evaluate_problems(model, tokenizer, problems, EvalConfig(num_samples=preset.pass_k_samples,
-                                temperature=1.0, max_new_tokens=budget, seed=seed), scorer, name="pass@k",
-                                keep_responses=True, progress=False)
-    protocol = evaluate_problems(model, tokenizer, problems, EvalConfig(num_samples=preset.avg_k, temperature=0.6,
-                                 max_new_tokens=budget, seed=seed), scorer, name="avg@k", progress=False)
+    explore = evaluate_checkpoint(model_dir, [spec], EvalConfig(num_samples=preset.pass_k_samples, temperature=1.0,
+                                  max_new_tokens=budget, seed=seed), scorer=scorer, keep_responses=True,
+                                  progress=False).results[spec.name]
+    protocol = evaluate_checkpoint(model_dir, [spec], EvalConfig(num_samples=preset.avg_k, temperature=0.6,
+                                   max_new_tokens=budget, seed=seed), scorer=scorer, progress=False).results[spec.name]
     responses = [r for sample in explore.samples for r in sample["responses"]]
     styles = Counter(classify_style(r) for r in responses)
     metrics = {k: v for k, v in explore.metrics().items() if k.startswith("pass@")}
@@ -187,10 +188,11 @@ def run_pipeline(preset_name: str, workdir: str | Path) -> dict:
             sizes = preset.world_sizes
             files = {name: subset_jsonl(paths[name], world_dir / f"{name}_{sizes[name]}.jsonl", sizes[name])
                      for name in ("expert", "expert_val", "rl_prompts", "eval")}
-            problems = load_benchmark(files["eval"], name="toy_eval", limit=preset.eval_problems,
-                                      math_instruction=None)
+            # The toy prompts carry no instruction: the toy tokenizer knows no English.
+            spec = BenchmarkSpec("toy_eval", files["eval"], instruction=None, limit=preset.eval_problems)
+            problems = spec.load()
             if variant not in floors:  # the base's own floors: reward-based pass@k and per-style skill
-                floors[variant] = {**evaluate(base, problems, preset, 0, scorer),
+                floors[variant] = {**evaluate(base, spec, preset, 0, scorer),
                                    **style_skill(base, problems, preset.rl_max_new_tokens)}
                 _write_results(workdir, rows, floors)
             for seed in preset.seeds:
@@ -201,9 +203,9 @@ def run_pipeline(preset_name: str, workdir: str | Path) -> dict:
                     run_dir = workdir / variant / f"{label}_seed{seed}"
                     print(f"== {variant} / {label} / seed {seed} ({time.time() - started:.0f}s elapsed)", flush=True)
                     init_model = run_init(preset, files, base, init, beta, seed, run_dir / "init")
-                    pre_rl = evaluate(init_model, problems, preset, seed, scorer)
+                    pre_rl = evaluate(init_model, spec, preset, seed, scorer)
                     rl_model, rl_metrics = run_rl(preset, files, init_model, base, seed, run_dir / "rl")
-                    post_rl = evaluate(rl_model, problems, preset, seed, scorer)
+                    post_rl = evaluate(rl_model, spec, preset, seed, scorer)
                     rows.append({"variant": variant, "init": init, "beta": beta, "seed": seed, "pre_rl": pre_rl,
                                  "post_rl": post_rl, "rl_metrics": str(rl_metrics.relative_to(workdir))})
                     _write_results(workdir, rows, floors)

@@ -14,6 +14,8 @@ from gift_jax.train.init_config import InitStageConfig
 from gift_jax.train.init_trainer import run_init_stage
 from tests.helpers import init_overrides
 
+pytestmark = pytest.mark.slow  # trains an init and an RL run
+
 
 @pytest.fixture(scope="module")
 def run(tiny_run_inputs, tmp_path_factory):

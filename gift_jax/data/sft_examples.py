@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 
 from gift_jax.data.tokenizer import ChatTokenizer
+from gift_jax.data.unknown_tokens import check_known_tokens
 
 TRUNCATION_MODES = ("right", "error")
 
@@ -74,7 +75,8 @@ def build_sft_examples(
       chunk_size: pairs tokenized per `encode_batch` call.
 
     Responses that are empty or only whitespace are dropped (nothing to supervise); so are
-    samples whose prompt alone fills `max_length` under right truncation.
+    samples whose prompt alone fills `max_length` under right truncation. Text the tokenizer can
+    only encode as its unknown token raises `UnknownTokenError` naming `source` and the row.
     """
     if truncation not in TRUNCATION_MODES:
         raise ValueError(f"truncation must be one of {TRUNCATION_MODES}, got {truncation!r}")
@@ -90,6 +92,8 @@ def build_sft_examples(
         responses = [chunk[row - first_row][1] for row in rows]
         prompt_ids = tokenizer.encode_batch(prompts)
         response_ids = tokenizer.encode_batch(responses)
+        check_known_tokens(tokenizer, prompts, source=source, rows=rows, what="prompt", token_ids=prompt_ids)
+        check_known_tokens(tokenizer, responses, source=source, rows=rows, what="response", token_ids=response_ids)
         for row, prompt, response in zip(rows, prompt_ids, response_ids, strict=True):
             example = _assemble(prompt, response, tokenizer.eos_id, row, max_length, truncation, source, stats)
             if example is not None:

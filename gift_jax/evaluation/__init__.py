@@ -1,10 +1,12 @@
 """gift_jax.evaluation: benchmark readers and sampling metrics (pass@k, avg@k, result tables)."""
 from gift_jax.evaluation.benchmarks import (
-    Problem,
+    BenchmarkProblem,
+    BenchmarkSpec,
     format_math,
     format_multiple_choice,
     load_benchmark,
-    read_records,
+    parse_benchmark_specs,
+    read_benchmark_records,
 )
 from gift_jax.evaluation.metrics import (
     avg_at_k,
@@ -15,7 +17,8 @@ from gift_jax.evaluation.metrics import (
 )
 
 __all__ = [
-    "Problem",
+    "BenchmarkProblem",
+    "BenchmarkSpec",
     "avg_at_k",
     "format_math",
     "format_multiple_choice",
@@ -23,6 +26,7 @@ __all__ = [
     "markdown_table",
     "mean_pass_at_k",
     "pass_at_k",
-    "read_records",
+    "parse_benchmark_specs",
+    "read_benchmark_records",
     "summarise_seeds",
 ]

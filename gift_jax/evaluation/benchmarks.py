@@ -1,6 +1,7 @@
-"""Reading local evaluation benchmarks (jsonl / json / parquet) into `Problem` records.
+"""Reading local evaluation benchmarks (jsonl / json / parquet) into `BenchmarkProblem` records.
 
-Nothing is downloaded: point `load_benchmark` at a file exported from the usual sources. The
+Nothing is downloaded: point `load_benchmark` at a file exported from the usual sources (or describe
+it with a `BenchmarkSpec`: name, file, instruction appended to each problem). The
 common layouts are recognised from the first record's keys (case-insensitive):
 
 - gpqa (GPQA): `Question`, `Correct Answer`, `Incorrect Answer 1..3`.
@@ -23,7 +24,7 @@ import dataclasses
 import hashlib
 import json
 import string
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from numbers import Integral, Real
 from pathlib import Path
 from typing import Literal
@@ -31,6 +32,7 @@ from typing import Literal
 import numpy as np
 import pyarrow.parquet as pq
 
+from gift_jax.data.records import DataFormatError
 from gift_jax.rewards.ground_truth import check_ground_truth
 
 ProblemKind = Literal["math", "multiple_choice"]
@@ -43,10 +45,14 @@ DEFAULT_CHOICE_INSTRUCTION = ("Think step by step, then finish your response wit
 LETTERS = string.ascii_uppercase
 GPQA_INCORRECT_KEYS = ("incorrect answer 1", "incorrect answer 2", "incorrect answer 3")
 _BOXED_OPEN = "\\boxed{"
+# `BenchmarkSpec.instruction` values with a meaning of their own.
+PAPER_INSTRUCTIONS = "paper"  # DEFAULT_MATH_INSTRUCTION / DEFAULT_CHOICE_INSTRUCTION, by problem kind
+NO_INSTRUCTION = "none"  # the problem text alone (the toy world's prompts)
+_SPEC_OPTION = ":instruction="
 
 
 @dataclasses.dataclass(frozen=True)
-class Problem:
+class BenchmarkProblem:
     """One evaluation problem.
 
     prompt: the user message (question, lettered options if any, instruction).
@@ -70,8 +76,13 @@ class _Fields:
     choices: str | None = None
 
 
-def read_records(path: str | Path) -> list[dict]:
-    """All records of a `.jsonl`, `.json` (a list of objects) or `.parquet` file."""
+def read_benchmark_records(path: str | Path) -> list[dict]:
+    """All records of a `.jsonl`, `.json` (a list of objects) or `.parquet` file, any fields.
+
+    Unlike `gift_jax.data.read_records` (named string columns of training data), values keep their
+    JSON / parquet types: benchmarks hold numbers, lists and mappings. Bad files raise
+    `DataFormatError` naming the file and the line or row.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"benchmark file {path} does not exist")
@@ -85,20 +96,20 @@ def read_records(path: str | Path) -> list[dict]:
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError as err:
-                raise ValueError(f"{path} line {line_number}: invalid JSON ({err})") from err
+                raise DataFormatError(f"{path} line {line_number}: invalid JSON ({err})") from err
     elif path.suffix == ".json":
         records = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(records, list):
-            raise ValueError(f"{path}: expected a JSON list of records, got "
+            raise DataFormatError(f"{path}: expected a JSON list of records, got "
                              f"{type(records).__name__}")
     else:
-        raise ValueError(f"{path}: unsupported benchmark format {path.suffix!r} "
+        raise DataFormatError(f"{path}: unsupported benchmark format {path.suffix!r} "
                          f"(expected .jsonl, .json or .parquet)")
     if not records:
-        raise ValueError(f"{path} holds no records")
+        raise DataFormatError(f"{path} holds no records")
     for row, record in enumerate(records):
         if not isinstance(record, Mapping):
-            raise ValueError(f"{path} row {row}: expected an object, got {type(record).__name__}")
+            raise DataFormatError(f"{path} row {row}: expected an object, got {type(record).__name__}")
     return records
 
 
@@ -230,14 +241,14 @@ def format_math(question: str, instruction: str | None = DEFAULT_MATH_INSTRUCTIO
 
 
 def _scalar_fields(record: Mapping, used: set[str]) -> dict:
-    """The record's other scalar fields (ids, subject, level, unit, ...), for `Problem.meta`."""
+    """The record's other scalar fields (ids, subject, level, unit, ...), for `BenchmarkProblem.meta`."""
     return {key: value for key, value in record.items()
             if key not in used and (value is None or isinstance(value, (str, int, float, bool)))}
 
 
 def _to_problem(record: Mapping, fields: _Fields, *, shuffle_seed: int,
-                math_instruction: str | None, choice_instruction: str, meta: dict) -> Problem:
-    """One record -> Problem, following `fields.layout`."""
+                math_instruction: str | None, choice_instruction: str, meta: dict) -> BenchmarkProblem:
+    """One record -> BenchmarkProblem, following `fields.layout`."""
     question = _text(record[fields.question], f"question field {fields.question!r}")
     used = {fields.question, fields.answer, fields.choices}
     if fields.layout == "gpqa":
@@ -249,10 +260,10 @@ def _to_problem(record: Mapping, fields: _Fields, *, shuffle_seed: int,
     else:
         parse = {"gsm8k": _gsm8k_answer, "boxed": _boxed_answer}.get(fields.layout, _math_answer)
         meta["fields"] = _scalar_fields(record, used)
-        return Problem(format_math(question, math_instruction), parse(record[fields.answer]),
+        return BenchmarkProblem(format_math(question, math_instruction), parse(record[fields.answer]),
                        "math", meta)
     meta.update(options=options, answer_index=answer_index, fields=_scalar_fields(record, used))
-    return Problem(format_multiple_choice(question, options, choice_instruction),
+    return BenchmarkProblem(format_multiple_choice(question, options, choice_instruction),
                    LETTERS[answer_index], "multiple_choice", meta)
 
 
@@ -260,8 +271,8 @@ def load_benchmark(path: str | Path, *, name: str | None = None, problem_field: 
                    answer_field: str | None = None, choices_field: str | None = None,
                    offset: int = 0, limit: int | None = None, shuffle_seed: int = 0,
                    math_instruction: str | None = DEFAULT_MATH_INSTRUCTION,
-                   choice_instruction: str = DEFAULT_CHOICE_INSTRUCTION) -> list[Problem]:
-    """Reads a benchmark file into `Problem`s (see the module docstring for the layouts).
+                   choice_instruction: str = DEFAULT_CHOICE_INSTRUCTION) -> list[BenchmarkProblem]:
+    """Reads a benchmark file into `BenchmarkProblem`s (see the module docstring for the layouts).
 
     Args:
       path: a `.jsonl`, `.json` or `.parquet` file.
@@ -280,7 +291,7 @@ def load_benchmark(path: str | Path, *, name: str | None = None, problem_field: 
         raise ValueError(f"{path}: give both problem_field and answer_field, or neither")
     if offset < 0 or (limit is not None and limit < 0):
         raise ValueError(f"{path}: offset and limit must be >= 0, got {offset}, {limit}")
-    records = read_records(path)
+    records = read_benchmark_records(path)
     if problem_field is not None:
         fields = _Fields("custom", problem_field, answer_field, choices_field)
     else:
@@ -308,3 +319,62 @@ def load_benchmark(path: str | Path, *, name: str | None = None, problem_field: 
         except (ValueError, KeyError) as err:
             raise ValueError(f"{path} row {row} ({fields.layout} layout): {err}") from err
     return problems
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchmarkSpec:
+    """One benchmark to evaluate: a name, a file and the instruction appended to every problem.
+
+    instruction: `PAPER_INSTRUCTIONS` ("paper", the default) appends the paper's protocol sentence
+      by problem kind (`DEFAULT_MATH_INSTRUCTION`, `DEFAULT_CHOICE_INSTRUCTION`); `NO_INSTRUCTION`
+      ("none") or None leaves the problem text alone (the toy world, whose tokenizer knows no
+      English); any other text is appended as given (for multiple choice `{first}` / `{last}` become
+      the first and last option letters).
+    limit: the first `limit` problems of the file (None: all).
+    """
+
+    name: str
+    path: Path
+    instruction: str | None = PAPER_INSTRUCTIONS
+    limit: int | None = None
+
+    @classmethod
+    def parse(cls, text: str, *, limit: int | None = None) -> BenchmarkSpec:
+        """`NAME=PATH[:instruction=TEXT]` -> spec (TEXT: "paper", "none" or the sentence itself).
+
+        Everything after the first `:instruction=` is the instruction, so it may hold any character.
+        """
+        head, has_option, instruction = text.partition(_SPEC_OPTION)
+        name, sep, path = head.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"expected NAME=PATH[{_SPEC_OPTION}TEXT], got {text!r}")
+        if has_option and not instruction:
+            raise ValueError(f"{text!r}: empty instruction; write {_SPEC_OPTION}{NO_INSTRUCTION} for none")
+        return cls(name, Path(path), instruction if has_option else PAPER_INSTRUCTIONS, limit)
+
+    def instructions(self) -> tuple[str | None, str]:
+        """(math instruction, multiple-choice instruction) for `load_benchmark`."""
+        if self.instruction == PAPER_INSTRUCTIONS:
+            return DEFAULT_MATH_INSTRUCTION, DEFAULT_CHOICE_INSTRUCTION
+        if self.instruction is None or self.instruction == NO_INSTRUCTION:
+            return None, ""
+        return self.instruction, self.instruction
+
+    def load(self) -> list[BenchmarkProblem]:
+        """The problems, their prompts ending in this spec's instruction (`meta["instruction"]`)."""
+        math_instruction, choice_instruction = self.instructions()
+        problems = load_benchmark(self.path, name=self.name, limit=self.limit, math_instruction=math_instruction,
+                                  choice_instruction=choice_instruction)
+        for problem in problems:
+            problem.meta["instruction"] = self.instruction
+        return problems
+
+
+def parse_benchmark_specs(items: Sequence[str], *, limit: int | None = None) -> list[BenchmarkSpec]:
+    """Command-line `["NAME=PATH[:instruction=TEXT]", ...]` -> specs (ValueError for a malformed or repeated name)."""
+    specs = [BenchmarkSpec.parse(item, limit=limit) for item in items]
+    names = [spec.name for spec in specs]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"benchmark name(s) {repeated} given twice")
+    return specs

@@ -33,7 +33,7 @@ from jax.sharding import Mesh
 from matplotlib.figure import Figure
 
 from gift_jax.data import ChatTokenizer
-from gift_jax.evaluation.benchmarks import read_records
+from gift_jax.evaluation.benchmarks import read_benchmark_records
 from gift_jax.evaluation.metrics import markdown_table
 from gift_jax.models import Transformer
 from gift_jax.parallel import batch_parallelism, shard_batch
@@ -81,7 +81,7 @@ def read_probe(path: str | Path, tokenizer: ChatTokenizer, *, max_len: int = 102
     scored, as in SFT). Sequences are cut to `max_len` tokens.
     """
     sequences = []
-    for row, record in enumerate(read_records(path)):
+    for row, record in enumerate(read_benchmark_records(path)):
         text = record.get("text")
         prompt = record.get("prompt", record.get("sft_prompt"))
         response = record.get("response", record.get("solution"))
@@ -255,7 +255,8 @@ def plot_pass_at_k(rollouts: Mapping[str, Mapping[str, Mapping[str, float]]], ou
                 ks = sorted(int(k[5:]) for k in per_benchmark[benchmark] if k.startswith("pass@"))
                 axes.plot(ks, [100 * per_benchmark[benchmark][f"pass@{k}"] for k in ks], marker="o", label=checkpoint)
         axes.set_xscale("log", base=2)
-        all_ks = sorted({int(k[5:]) for per in rollouts.values() for k in per.get(benchmark, {}) if k.startswith("pass@")})
+        all_ks = sorted({int(k[5:]) for per in rollouts.values() for k in per.get(benchmark, {})
+                         if k.startswith("pass@")})
         axes.set_xticks(all_ks, [str(k) for k in all_ks])
         axes.set(xlabel="k", ylabel="pass@k (%)", title=benchmark)
         axes.grid(alpha=0.3)

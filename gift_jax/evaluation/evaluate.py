@@ -22,10 +22,11 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from gift_jax.data import ChatTokenizer
-from gift_jax.evaluation.benchmarks import Problem
+from gift_jax.data.unknown_tokens import check_known_tokens
+from gift_jax.evaluation.benchmarks import BenchmarkProblem
 from gift_jax.evaluation.metrics import avg_at_k, markdown_table, mean_pass_at_k
 from gift_jax.models import Transformer
-from gift_jax.rewards import RewardScorer
+from gift_jax.rewards import RewardScorer, is_correct
 from gift_jax.rollout import SampleResult, SamplingConfig, sample, slots_for_budget
 
 
@@ -116,13 +117,13 @@ def pass_ks(n: int) -> list[int]:
 def response_texts(result: SampleResult, tokenizer: ChatTokenizer) -> list[str]:
     """Decoded completions without their stop token, one per row."""
     texts = []
-    for ids, length, truncated in zip(result.completion_ids, result.lengths, result.truncated):
+    for ids, length, truncated in zip(result.completion_ids, result.lengths, result.truncated, strict=True):
         kept = length if truncated or length == 0 or ids[length - 1] not in tokenizer.stop_ids else length - 1
         texts.append(tokenizer.decode(ids[:kept].tolist(), skip_special_tokens=True))
     return texts
 
 
-def _answer_kind(problem: Problem) -> tuple[str, str]:
+def _answer_kind(problem: BenchmarkProblem) -> tuple[str, str]:
     """(scorer kind, option letters): multiple choice is checked against its own options only."""
     if problem.kind == "multiple_choice":
         options = problem.meta.get("options")
@@ -130,7 +131,7 @@ def _answer_kind(problem: Problem) -> tuple[str, str]:
     return problem.kind, ""
 
 
-def score_responses(scorer: RewardScorer, problems: Sequence[Problem], responses: Sequence[str],
+def score_responses(scorer: RewardScorer, problems: Sequence[BenchmarkProblem], responses: Sequence[str],
                     num_samples: int) -> tuple[np.ndarray, int]:
     """Scores rows grouped by problem (`num_samples` rows each) -> (`[P, n]` bool, failures)."""
     groups: dict[tuple[str, str], list[int]] = defaultdict(list)
@@ -143,12 +144,25 @@ def score_responses(scorer: RewardScorer, problems: Sequence[Problem], responses
         answers = [problems[i].answer for i in indices for _ in range(num_samples)]
         options = {"choices": choices} if choices else {}
         scores = scorer.score([responses[r] for r in rows], answers, kind=kind, **options)
-        correct[indices] = scores.scores.reshape(len(indices), num_samples) > 0.5
+        correct[indices] = is_correct(scores.scores.reshape(len(indices), num_samples))
         failures += scores.timed_out + scores.crashed
     return correct, failures
 
 
-def evaluate_problems(model: Transformer, tokenizer: ChatTokenizer, problems: Sequence[Problem],
+def encode_problem_prompts(tokenizer: ChatTokenizer, problems: Sequence[BenchmarkProblem],
+                           name: str) -> list[list[int]]:
+    """Chat-templated prompt ids of every problem; `UnknownTokenError` names the file and row of
+    a prompt the tokenizer cannot represent (often an instruction in a language it does not know)."""
+    check_known_tokens(tokenizer, [problem.prompt for problem in problems],
+                       source=str(problems[0].meta.get("source", name)) if problems else name,
+                       rows=[problem.meta.get("row", i) for i, problem in enumerate(problems)],
+                       what=f"prompt of benchmark {name!r}",
+                       hint="Prompts end in the benchmark's instruction; set it in the benchmark spec "
+                            "(NAME=PATH:instruction=none or other text).")
+    return [tokenizer.encode_prompt(problem.prompt) for problem in problems]
+
+
+def evaluate_problems(model: Transformer, tokenizer: ChatTokenizer, problems: Sequence[BenchmarkProblem],
                       config: EvalConfig, scorer: RewardScorer, *, name: str = "benchmark",
                       mesh: Mesh | None = None, keep_responses: bool = False,
                       progress: bool = True) -> BenchmarkResult:
@@ -165,15 +179,15 @@ def evaluate_problems(model: Transformer, tokenizer: ChatTokenizer, problems: Se
         raise ValueError(f"benchmark {name!r} has no problems")
     n = config.num_samples
     sampling = config.sampling_config(tokenizer)
+    prompt_ids = encode_problem_prompts(tokenizer, problems, name)
     correct, lengths, truncated = [], [], []
     samples: list[dict] = []
     entropy_sum, failures = 0.0, 0
     with tqdm(total=len(problems), desc=name, unit="problem", disable=not progress) as bar:
         for batch, start in enumerate(range(0, len(problems), config.problems_per_batch)):
             chunk = problems[start:start + config.problems_per_batch]
-            prompts = [tokenizer.encode_prompt(problem.prompt) for problem in chunk]
             rng = jax.random.fold_in(jax.random.key(config.seed), batch)
-            result = sample(model, prompts, sampling, rng, mesh=mesh)
+            result = sample(model, prompt_ids[start:start + len(chunk)], sampling, rng, mesh=mesh)
             texts = response_texts(result, tokenizer)
             batch_correct, batch_failures = score_responses(scorer, chunk, texts, n)
             correct.append(batch_correct)
@@ -193,7 +207,7 @@ def evaluate_problems(model: Transformer, tokenizer: ChatTokenizer, problems: Se
 
 
 def evaluate_benchmarks(model: Transformer, tokenizer: ChatTokenizer,
-                        benchmarks: Mapping[str, Sequence[Problem]], config: EvalConfig, *,
+                        benchmarks: Mapping[str, Sequence[BenchmarkProblem]], config: EvalConfig, *,
                         scorer: RewardScorer | None = None, mesh: Mesh | None = None,
                         keep_responses: bool = False, progress: bool = True) -> dict[str, BenchmarkResult]:
     """`evaluate_problems` for each named benchmark (one scorer shared; created if not given)."""

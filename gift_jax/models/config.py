@@ -17,6 +17,20 @@ FAMILY_TO_ARCHITECTURE = {family: arch for arch, family in ARCHITECTURES.items()
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
+def dtype_name(value: Any) -> str:
+    """"float32" / "bfloat16" / "float16" from that name or a JAX / NumPy dtype (`jnp.bfloat16`, ...)."""
+    if isinstance(value, str):
+        name = value
+    else:
+        try:
+            name = jnp.dtype(value).name
+        except TypeError:
+            name = repr(value)
+    if name not in DTYPES:
+        raise ValueError(f"dtype {value!r}; expected one of {sorted(DTYPES)} (a name or the JAX dtype)")
+    return name
+
+
 @dataclasses.dataclass(frozen=True)
 class RopeScaling:
     """Llama-3 style frequency scaling (`rope_type == "llama3"`)."""
@@ -58,8 +72,10 @@ class ModelConfig:
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
         for name in ("param_dtype", "dtype"):
-            if getattr(self, name) not in DTYPES:
-                raise ValueError(f"{name}={getattr(self, name)!r}; expected one of {sorted(DTYPES)}")
+            try:  # stored as the name, so configs stay JSON-serialisable and hashable
+                object.__setattr__(self, name, dtype_name(getattr(self, name)))
+            except ValueError as err:
+                raise ValueError(f"{name}: {err}") from None
 
     @property
     def jnp_dtype(self):
@@ -69,7 +85,7 @@ class ModelConfig:
     def jnp_param_dtype(self):
         return DTYPES[self.param_dtype]
 
-    def replace(self, **changes) -> "ModelConfig":
+    def replace(self, **changes) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 
     def num_params(self) -> int:

@@ -104,11 +104,13 @@ def _open(file: Path):
         raise CheckpointError(f"{file}: unreadable safetensors file ({err})") from None
 
 
-def load_hf(path: str | os.PathLike, *, dtype: str | None = None, param_dtype: str | None = None,
-            mesh: jax.sharding.Mesh | None = None, remat: bool = False) -> tuple[Transformer, ModelConfig]:
+def load_hf(path: str | os.PathLike, *, dtype: str | jnp.dtype | None = None,
+            param_dtype: str | jnp.dtype | None = None, mesh: jax.sharding.Mesh | None = None,
+            remat: bool = False) -> tuple[Transformer, ModelConfig]:
     """Loads a HF `Qwen2ForCausalLM` / `LlamaForCausalLM` folder -> `(model, config)`.
 
-    dtype: compute dtype; param_dtype: storage dtype (default: float32 master weights).
+    dtype: compute dtype; param_dtype: storage dtype (default: float32 master weights); each a name
+      ("bfloat16") or a JAX dtype (`jnp.bfloat16`).
     mesh: when given, each tensor is placed directly in its sharding (see `gift_jax.parallel`).
     """
     path = Path(path)

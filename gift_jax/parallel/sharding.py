@@ -10,8 +10,8 @@ import re
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from gift_jax.parallel.mesh import BATCH_AXES
@@ -80,11 +80,6 @@ def state_shardings(state, mesh: Mesh, rules=LOGICAL_RULES):
         return NamedSharding(mesh, logical_to_spec(logical_axes_for(path_to_str(path)), leaf.shape, mesh, rules))
 
     return jax.tree_util.tree_map_with_path(one, state)
-
-
-def model_shardings(model: nnx.Module, mesh: Mesh, rules=LOGICAL_RULES):
-    """`state_shardings` of `nnx.state(model)`."""
-    return state_shardings(nnx.state(model), mesh, rules)
 
 
 def shard_model(model: nnx.Module, mesh: Mesh, rules=LOGICAL_RULES) -> nnx.Module:

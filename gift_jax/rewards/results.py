@@ -1,8 +1,18 @@
 """What scoring a batch returns: per-item scores and statuses, and the failure counts."""
 import enum
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
+
+# Rewards are 1.0 (correct) or 0.0; "correct" is read with one threshold everywhere (evaluation
+# accuracy, RL accuracy, all-correct groups), halfway so float noise cannot flip it.
+CORRECT_THRESHOLD = 0.5
+
+
+def is_correct(rewards) -> np.ndarray:
+    """`[...]` bool: which rewards count as a correct answer (`reward > CORRECT_THRESHOLD`)."""
+    return np.asarray(rewards) > CORRECT_THRESHOLD
 
 
 class ItemStatus(enum.Enum):

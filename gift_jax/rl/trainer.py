@@ -28,7 +28,8 @@ from jax.experimental import multihost_utils
 
 from gift_jax.data import build_sft_examples, collate_sft_batch, load_tokenizer, read_records
 from gift_jax.data.prompt_stream import PromptStream
-from gift_jax.evaluation.benchmarks import load_benchmark, read_records as read_benchmark_records
+from gift_jax.data.unknown_tokens import check_record_fields
+from gift_jax.evaluation.benchmarks import load_benchmark, read_benchmark_records
 from gift_jax.evaluation.evaluate import EvalConfig, evaluate_problems
 from gift_jax.models import load_hf, save_hf
 from gift_jax.parallel import make_mesh, place_global_batch, replicated
@@ -88,6 +89,7 @@ def run_rl_stage(config: RLStageConfig, workdir: str | Path, *, max_steps: int |
     mesh = make_mesh(config.mesh)
     tokenizer = load_tokenizer(m.path, m.chat_template)
     records = _records(config)
+    check_record_fields(tokenizer, records, source=str(d.train_file), keys=[k for k in records[0] if k != d.answer_key])
     stream = PromptStream(records, seed=t.seed)  # the whole batch on every process (module docstring)
     total_steps = math.ceil(len(records) * t.epochs / t.prompts_per_step)
     stop_at = min(total_steps, t.max_steps or total_steps, max_steps or total_steps)

@@ -1,5 +1,6 @@
 """Each benchmark layout read from tiny jsonl / json / parquet files written in tmp_path."""
 import json
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -7,8 +8,10 @@ import pytest
 
 from gift_jax.evaluation.benchmarks import (
     DEFAULT_MATH_INSTRUCTION,
+    BenchmarkSpec,
     format_multiple_choice,
     load_benchmark,
+    parse_benchmark_specs,
 )
 
 
@@ -180,3 +183,29 @@ def test_errors_name_the_file_and_what_is_wrong(tmp_path):
                               [{"question": "q", "choices": ["a", "b"], "answer": 5}])
     with pytest.raises(ValueError, match="bad_choice.jsonl row 0.*outside the 2 options"):
         load_benchmark(bad_choice)
+
+
+def test_benchmark_spec_parses_name_path_and_instruction():
+    assert BenchmarkSpec.parse("math=data/m.jsonl") == BenchmarkSpec("math", Path("data/m.jsonl"), "paper")
+    spec = BenchmarkSpec.parse("toy=runs/a:b/e.jsonl:instruction=none", limit=5)
+    assert spec == BenchmarkSpec("toy", Path("runs/a:b/e.jsonl"), "none", 5)
+    # Everything after ":instruction=" is the text, colons and "=" included.
+    assert BenchmarkSpec.parse("m=x.jsonl:instruction=Note: a=b.").instruction == "Note: a=b."
+    for bad in ("no_equals", "=x.jsonl", "m=", "m=x.jsonl:instruction="):
+        with pytest.raises(ValueError):
+            BenchmarkSpec.parse(bad)
+    with pytest.raises(ValueError, match="given twice"):
+        parse_benchmark_specs(["a=x.jsonl", "a=y.jsonl:instruction=none"])
+
+
+def test_benchmark_spec_instruction_reaches_every_prompt(tmp_path):
+    math_path = _write_jsonl(tmp_path / "m.jsonl", [{"problem": "1+1=?", "answer": "2"}])
+    choice_path = _write_jsonl(tmp_path / "c.jsonl", [{"question": "Pick.", "choices": ["x", "y"], "answer": "B"}])
+    [paper] = BenchmarkSpec("m", math_path).load()
+    assert paper.prompt == "1+1=?\n\n" + DEFAULT_MATH_INSTRUCTION and paper.meta["instruction"] == "paper"
+    for none in (None, "none"):
+        assert BenchmarkSpec("m", math_path, none).load()[0].prompt == "1+1=?"
+        assert BenchmarkSpec("c", choice_path, none).load()[0].prompt == "Pick.\n\nA. x\nB. y"
+    assert BenchmarkSpec("m", math_path, "Box it.").load()[0].prompt == "1+1=?\n\nBox it."
+    [choice] = BenchmarkSpec("c", choice_path, "Answer {first} to {last}.").load()
+    assert choice.prompt.endswith("B. y\n\nAnswer A to B.")

@@ -13,6 +13,8 @@ from tests.rollout.designed_model import (
     token_ids,
 )
 
+pytestmark = pytest.mark.slow  # builds and evaluates designed checkpoints (3 min measured under load)
+
 TEMPERATURE, K = 0.6, 4
 FIVE, THREE, LETTER_B = (token_ids(t)[0] for t in ("5", "3", "B"))
 BASE_BRANCH = {FIVE: 0.5, THREE: 0.25, LETTER_B: 0.25}

@@ -47,6 +47,7 @@ def benchmark_files(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow  # samples 2 benchmarks x 8 problems x k=8 end to end
 def test_evaluate_script_reports_known_accuracies(model_dir, benchmark_files, tmp_path):
     out = tmp_path / "eval"
     evaluate_main(["--model", str(model_dir), "--benchmarks", f"math={benchmark_files / 'math.jsonl'}",

@@ -12,8 +12,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tests.helpers import init_overrides, rl_overrides, write_rl_jsonl
+
+pytestmark = pytest.mark.slow  # three training subprocesses per test
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -10,6 +10,8 @@ import pytest
 
 from tests.helpers import make_tiny_model_dir
 
+pytestmark = pytest.mark.slow  # runs the paper configs end to end on tiny inputs
+
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "experiments"))
 

@@ -36,6 +36,7 @@ def trained_workdir(tiny_run_inputs, tmp_path_factory):
     return workdir
 
 
+@pytest.mark.slow  # its fixture trains a run first
 @pytest.mark.parametrize("extra,message", [
     ({"train.lr": 1e-3}, r"config.train: unknown key\(s\) \['lr'\]"),
     ({"train.global_batch": 12}, r"train.global_batch=12 is not divisible by batch devices \(8\)"),

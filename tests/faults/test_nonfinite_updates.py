@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from flax import nnx
 
 from gift_jax.models import ModelConfig, Transformer
@@ -36,6 +37,7 @@ def _batch(seed):
             "attention_mask": np.ones((4, 8), np.int32), "positions": np.tile(np.arange(8, dtype=np.int32), (4, 1))}
 
 
+@pytest.mark.slow  # a training run
 def test_poisoned_updates_are_skipped_counted_and_training_continues():
     graphdef, params = nnx.split(Transformer(CONFIG, rngs=nnx.Rngs(0)), nnx.Param)
     tx = optax.chain(poison_gradients(POISONED), make_optimizer(OptimConfig(lr=1e-2), total_steps=10))

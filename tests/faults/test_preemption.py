@@ -12,6 +12,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 
 from gift_jax.config_io import load_config
 from gift_jax.train.init_config import InitStageConfig
@@ -19,6 +20,8 @@ from gift_jax.train.init_trainer import run_init_stage
 from gift_jax.rl.config import RLStageConfig
 from gift_jax.rl.trainer import run_rl_stage
 from tests.helpers import init_overrides, rl_overrides, write_rl_jsonl
+
+pytestmark = pytest.mark.slow  # kill -9 of subprocess runs, then resumed runs
 
 REPO = Path(__file__).resolve().parents[2]
 EXTRA = {"train.checkpoint_every": 1, "train.eval_every": 100, "train.epochs": 3}  # 9 steps, a save each

@@ -73,3 +73,15 @@ def test_config_missing_key(folder):
     (folder / "config.json").write_text(json.dumps(hf))
     with pytest.raises(ValueError, match="missing required key 'hidden_size'"):
         load_hf(folder)
+
+
+def test_dtypes_are_names_or_jax_dtypes_and_others_are_named(folder):
+    import jax.numpy as jnp
+
+    _, by_dtype = load_hf(folder, dtype=jnp.bfloat16, param_dtype=np.float32)
+    _, by_name = load_hf(folder, dtype="bfloat16", param_dtype="float32")
+    assert by_dtype == by_name and by_dtype.dtype == "bfloat16" and by_dtype.param_dtype == "float32"
+    with pytest.raises(ValueError, match="dtype: dtype 'float8'; expected one of"):
+        load_hf(folder, dtype="float8")
+    with pytest.raises(ValueError, match="param_dtype: dtype .*int32"):
+        load_hf(folder, param_dtype=jnp.int32)

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from flax import nnx
 
 from gift_jax.models import ModelConfig, Transformer
@@ -69,6 +70,7 @@ def test_micro_batches_accumulate_to_the_full_batch_update():
             np.testing.assert_allclose(a, b, atol=1e-6)
 
 
+@pytest.mark.slow  # three compilations of the update and two of the entropy
 def test_entropy_bonus_reaches_the_gradient():
     model = Transformer(CONFIG, rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(model, nnx.Param)
@@ -80,11 +82,28 @@ def test_entropy_bonus_reaches_the_gradient():
     def grads_with(entropy_coef):
         config = RLStepConfig(entropy_coef=entropy_coef, chunk_size=4)
         state = TrainState(params, tx.init(params), jnp.zeros((), jnp.int32))
-        new_state, _ = rl_train_step(state, batch, graphdef=graphdef, tx=tx, config=config)
+        step = jax.jit(functools.partial(rl_train_step, graphdef=graphdef, tx=tx, config=config))
+        new_state, _ = step(state, batch)
         return jax.tree.leaves(jax.tree.map(lambda a, b: a - b, new_state.params, params))
 
-    plain, bonus = grads_with(0.0), grads_with(0.5)
-    assert max(float(np.abs(a - b).max()) for a, b in zip(plain, bonus)) > 1e-4
+    @jax.jit
+    def mean_entropy(p):  # token mean over the completion mask, as the loss aggregates it
+        _, entropy = completion_logprobs(p, batch, graphdef=graphdef, chunk_size=4, entropy_gradient=True)
+        mask = batch["completion_mask"]
+        return jnp.sum(entropy * mask) / jnp.sum(mask)
+
+    coef = 0.5
+    plain, bonus = grads_with(0.0), grads_with(coef)
+    assert max(float(np.abs(a - b).max()) for a, b in zip(plain, bonus, strict=True)) > 1e-4
+    # The loss carries -coef * H, so with SGD at lr 1 the bonus moves the parameters by exactly
+    # +coef * dH/dtheta on top of the policy-gradient update: up the entropy, by coef times its slope.
+    entropy_grad = jax.tree.leaves(jax.jit(jax.grad(mean_entropy))(params))
+    for a, b, g in zip(plain, bonus, entropy_grad, strict=True):
+        np.testing.assert_allclose(b - a, coef * np.asarray(g), rtol=1e-3, atol=1e-6)
+    treedef = jax.tree.structure(params)
+    moved, unmoved = (jax.tree.unflatten(treedef, [p + d for p, d in zip(jax.tree.leaves(params), update, strict=True)])
+                      for update in (bonus, plain))
+    assert float(mean_entropy(moved)) > float(mean_entropy(unmoved))
 
 
 def test_rollout_logprobs_by_micro_batch_equal_one_pass_on_a_sharded_batch():

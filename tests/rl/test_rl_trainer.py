@@ -18,6 +18,8 @@ from gift_jax.train.init_config import InitStageConfig
 from gift_jax.train.init_trainer import run_init_stage
 from tests.helpers import rl_overrides, write_rl_jsonl
 
+pytestmark = pytest.mark.slow  # RL stage runs of up to 20 steps
+
 TARGET = "7"
 
 

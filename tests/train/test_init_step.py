@@ -8,7 +8,7 @@ from flax import nnx
 
 from gift_jax.models import ModelConfig, Transformer
 from gift_jax.parallel import MeshConfig, make_mesh, shard_batch, state_shardings
-from gift_jax.train.init_step import eval_step, map_micro_batches, policy_logprobs
+from gift_jax.train.init_step import eval_step, map_micro_batches, policy_logprobs, split_minibatches
 
 CONFIG = ModelConfig(family="qwen2", vocab_size=40, hidden_size=16, intermediate_size=32, num_layers=2,
                      num_heads=4, num_kv_heads=2, head_dim=4, qkv_bias=True)
@@ -35,3 +35,16 @@ def test_no_grad_forwards_by_micro_batch_equal_one_pass():
         by_micro = jax.jit(functools.partial(fn, graphdef=graphdef, chunk_size=4, num_micro=2))(params, batch)
         for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(by_micro)):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_split_minibatches_takes_strided_rows_covering_the_batch_once():
+    batch = {"input_ids": np.arange(16).reshape(8, 2), "loss_mask": np.arange(8)[:, None] % 3 == 0}
+    minis = split_minibatches(batch, 4)
+    assert len(minis) == 4
+    for i, mini in enumerate(minis):
+        np.testing.assert_array_equal(mini["input_ids"], batch["input_ids"][i::4])
+        np.testing.assert_array_equal(mini["loss_mask"], batch["loss_mask"][i::4])
+    rows = np.concatenate([mini["input_ids"][:, 0] for mini in minis]) // 2
+    assert sorted(rows.tolist()) == list(range(8))
+    # Strided, so a batch sharded in contiguous blocks over devices keeps rows of every block in each.
+    assert [mini["input_ids"][:, 0].tolist() for mini in split_minibatches(batch, 2)] == [[0, 4, 8, 12], [2, 6, 10, 14]]

@@ -27,6 +27,7 @@ def _final_params(workdir):
     return step, restored["params"]
 
 
+@pytest.mark.slow  # an init-stage run
 def test_gift_run_lowers_validation_loss_and_exports(tiny_run_inputs, tmp_path):
     config = _config(tiny_run_inputs, **{"train.epochs": 3, "train.export_hf": True})
     summary = run_init_stage(config, tmp_path)
@@ -41,6 +42,7 @@ def test_gift_run_lowers_validation_loss_and_exports(tiny_run_inputs, tmp_path):
     assert model(np.ones((1, 4), np.int32)).shape == (1, 4, 320)
 
 
+@pytest.mark.slow  # an init-stage run
 def test_stopped_and_resumed_run_is_bit_identical(tiny_run_inputs, tmp_path):
     config = _config(tiny_run_inputs, **{"train.checkpoint_every": 1, "train.eval_every": 100})
     run_init_stage(config, tmp_path / "straight", max_steps=5)
@@ -53,6 +55,7 @@ def test_stopped_and_resumed_run_is_bit_identical(tiny_run_inputs, tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow  # an init-stage run
 def test_workdir_of_another_run_is_refused(tiny_run_inputs, tmp_path):
     run_init_stage(_config(tiny_run_inputs), tmp_path, max_steps=1)
     before = (tmp_path / "config.json").read_text()
