@@ -202,8 +202,9 @@ def _splash_kernel(num_heads: int, length: int, block: int, interpret: bool):
     sizes = kernel_lib.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
                                   block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block,
                                   block_kv_dq=block)
-    return kernel_lib.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1,
-                                      interpret=interpret)
+    with jax.ensure_compile_time_eval():  # the mask tables are constants, not tracers of the first caller
+        return kernel_lib.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1,
+                                          interpret=interpret)
 
 
 def splash_attention(q, k, v, segment_ids, *, block_size: int = DEFAULT_BLOCK_SIZE, interpret: bool = False):
@@ -216,7 +217,7 @@ def splash_attention(q, k, v, segment_ids, *, block_size: int = DEFAULT_BLOCK_SI
     """
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as kernel_lib
 
-    b, t, h, d = q.shape
+    _, t, h, d = q.shape
     block = min(block_size, max(128, -(-t // 128) * 128))  # the kernel tiles by multiples of 128
     padded = -(-t // block) * block
     if padded != t:

@@ -38,19 +38,18 @@ def _masked_loss(attention, seg):
 
 def _assert_parity(attention, seg, qkv, tol=1e-5):
     real = (seg != 0)[:, :, None, None]
-    ref = causal_attention(*qkv, seg, backend="xla")
-    out = attention(*qkv, seg)
+    reference = lambda *a: causal_attention(*a, backend="xla")
+    ref, out = (jax.jit(f)(*qkv, seg) for f in (reference, attention))
     np.testing.assert_allclose(np.where(real, out, 0), np.where(real, ref, 0), atol=tol, rtol=tol)
-    grads = jax.grad(_masked_loss(attention, seg), argnums=(0, 1, 2))(*qkv)
-    ref_grads = jax.grad(_masked_loss(lambda *a: causal_attention(*a, backend="xla"), seg), argnums=(0, 1, 2))(*qkv)
+    grads, ref_grads = (jax.jit(jax.grad(_masked_loss(f, seg), argnums=(0, 1, 2)))(*qkv) for f in (attention, reference))
     for name, g, r in zip("qkv", grads, ref_grads):
         np.testing.assert_allclose(g, r, atol=tol, rtol=tol, err_msg=f"d{name}")
 
 
-@pytest.mark.parametrize("t, block", [(50, 16), (48, 16), (20, 64)])
+@pytest.mark.parametrize("t, block", [(50, 16), (20, 64)])
 def test_blockwise_matches_xla_values_and_gradients(t, block):
     """GQA (4 query heads on 2 kv heads), packed + padded + full rows, T off and on the block grid."""
-    blockwise = jax.jit(lambda q, k, v, s: causal_attention(q, k, v, s, backend="blockwise", block_size=block))
+    blockwise = lambda q, k, v, s: causal_attention(q, k, v, s, backend="blockwise", block_size=block)
     _assert_parity(blockwise, _segments(t), _qkv(3, t, 4, 2, 8))
 
 
@@ -90,7 +89,7 @@ def test_transformer_backends_agree_on_padded_and_packed_batches():
             logits = nnx.merge(graphdef, params)(ids, positions, segment_ids=seg)
             return jnp.sum(jnp.where((seg != 0)[..., None], jax.nn.log_softmax(logits), 0.0)), logits
 
-        (value, logits), grads = jax.value_and_grad(loss, has_aux=True)(params)
+        (value, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
         return value, np.where((seg != 0)[..., None], logits, 0), grads
 
     ref_value, ref_logits, ref_grads = loss_and_grads("xla")
@@ -106,7 +105,7 @@ def test_splash_kernel_matches_xla_in_interpret_mode():
     """The TPU kernel itself, run by the Pallas interpreter on CPU: packed + padded rows, GQA, T padded
     up to the kernel's 128 grid (head dim 128 as the kernel's lanes want)."""
     seg = _segments(100)[:2]
-    splash = lambda q, k, v, s: splash_attention(q, k, v, s, block_size=128, interpret=True)  # noqa: E731
+    splash = lambda q, k, v, s: splash_attention(q, k, v, s, block_size=128, interpret=True)
     _assert_parity(splash, seg, _qkv(2, 100, 2, 1, 128))
 
 
