@@ -18,7 +18,8 @@ Backends (`ModelConfig.attention`):
 - `cudnn`: `jax.nn.dot_product_attention(implementation="cudnn")` (GPU flash attention), causal,
   with segments and padding given as a `[B, 1, T, T]` boolean mask (cuDNN turns it into a bias;
   no `[B, H, T, T]` scores).
-- `auto`: splash on TPU, cudnn on GPU, blockwise elsewhere; the choice is logged once.
+- `auto`: splash on TPU, cudnn on GPU (bf16 / f16 only: cuDNN has no f32 flash attention), blockwise
+  elsewhere; the choice is logged once.
 """
 from __future__ import annotations
 
@@ -38,14 +39,17 @@ _logged_choices: set[tuple[str, str]] = set()
 log = logging.getLogger(__name__)
 
 
-def resolve_backend(name: str, platform: str | None = None) -> str:
-    """The concrete backend for `name` ("auto" -> by `platform`, default `jax.default_backend()`)."""
+def resolve_backend(name: str, platform: str | None = None, dtype=jnp.bfloat16) -> str:
+    """The concrete backend for `name` ("auto" -> by `platform`, default `jax.default_backend()`,
+    and the compute `dtype`)."""
     if name not in ATTENTION_BACKENDS:
         raise ValueError(f"attention={name!r}; expected one of {list(ATTENTION_BACKENDS)}")
     if name != "auto":
         return name
     platform = platform or jax.default_backend()
     chosen = _AUTO_BY_PLATFORM.get(platform, "blockwise")
+    if chosen == "cudnn" and jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+        chosen = "blockwise"
     if (platform, chosen) not in _logged_choices:  # trace-time Python, once per platform
         _logged_choices.add((platform, chosen))
         log.warning("attention=auto on %s: using the %r backend", platform, chosen)
@@ -54,7 +58,7 @@ def resolve_backend(name: str, platform: str | None = None) -> str:
 
 def causal_attention(q, k, v, segment_ids, *, backend: str = "xla", block_size: int = DEFAULT_BLOCK_SIZE):
     """Causal, segment-masked grouped-query attention (see the module docstring for shapes)."""
-    backend = resolve_backend(backend)
+    backend = resolve_backend(backend, dtype=q.dtype)
     if backend == "xla":
         return jax.nn.dot_product_attention(q, k, v, mask=segment_mask(segment_ids)[:, None])
     if backend == "cudnn":

@@ -9,6 +9,7 @@ import pytest
 from flax import nnx
 
 from gift_jax.models import ModelConfig, Transformer
+from gift_jax.models import attention as attention_module
 from gift_jax.models.attention import causal_attention, resolve_backend, splash_attention
 
 
@@ -125,13 +126,16 @@ def test_splash_runs_per_device_under_the_batch_mesh():
 
 
 def test_auto_picks_per_platform_and_logs_once(caplog):
+    attention_module._logged_choices.clear()  # earlier tests may have logged the CPU choice already
     with caplog.at_level(logging.WARNING, logger="gift_jax.models.attention"):
         assert resolve_backend("auto", "tpu") == "splash"
         assert resolve_backend("auto", "gpu") == "cudnn"
+        assert resolve_backend("auto", "gpu", dtype=jnp.float32) == "blockwise"  # cuDNN: half precision only
         assert resolve_backend("auto", "cpu") == "blockwise"
         assert resolve_backend("auto", "cpu") == "blockwise"
         assert resolve_backend("xla", "tpu") == "xla"
-    assert sum("using the 'blockwise' backend" in r.message for r in caplog.records) <= 1
+    cpu_logs = [r.message for r in caplog.records if r.message.startswith("attention=auto on cpu")]
+    assert cpu_logs == ["attention=auto on cpu: using the 'blockwise' backend"]
     with pytest.raises(ValueError, match="attention='flash'"):
         resolve_backend("flash")
     with pytest.raises(ValueError, match="attention='flash'"):
