@@ -7,7 +7,12 @@ epoch, shard per process, pad to bucket lengths, resumable state) -> numpy batch
 in `gift_jax.data.batching`.
 """
 from gift_jax.data.batching import (
-    BATCH_KEYS, PACKED_BATCH_KEYS, bucket_length, collate_packed_batch, collate_sft_batch, default_bucket_lengths,
+    BATCH_KEYS,
+    PACKED_BATCH_KEYS,
+    bucket_length,
+    collate_packed_batch,
+    collate_sft_batch,
+    default_bucket_lengths,
 )
 from gift_jax.data.chat_templates import NAMED_CHAT_TEMPLATES, render_chat
 from gift_jax.data.packing import best_fit_decreasing

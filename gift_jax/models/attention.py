@@ -126,7 +126,7 @@ def _flash_forward(q, k, v, seg, block):
         q_i, seg_q = _block(q, i, block, 3), _block(seg, i, block, 1)
 
         def key_block(j, carry):
-            m, l, acc = carry
+            m, denom, acc = carry
             s = _block_scores(q_i, _block(k, j, block, 2), seg_q, _block(seg, j, block, 1), i, j, block)
             m_new = jnp.maximum(m, jnp.max(s, axis=-1))
             m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)  # a row with no visible key yet
@@ -134,13 +134,13 @@ def _flash_forward(q, k, v, seg, block):
             correction = jnp.exp(m - m_safe)
             v_j = _block(v, j, block, 2)
             pv = jnp.einsum("bkgqc,bkcd->bkgqd", p.astype(v.dtype), v_j, preferred_element_type=jnp.float32)
-            return m_new, l * correction + jnp.sum(p, axis=-1), acc * correction[..., None] + pv
+            return m_new, denom * correction + jnp.sum(p, axis=-1), acc * correction[..., None] + pv
 
         stats = q_i.shape[:-1]
         init = (jnp.full(stats, -jnp.inf, jnp.float32), jnp.zeros(stats, jnp.float32),
                 jnp.zeros(q_i.shape, jnp.float32))
-        m, l, acc = jax.lax.fori_loop(0, i + 1, key_block, init)  # causal: blocks above the diagonal skipped
-        return (acc / l[..., None]).astype(q.dtype), m + jnp.log(l)
+        m, denom, acc = jax.lax.fori_loop(0, i + 1, key_block, init)  # causal: blocks above the diagonal skipped
+        return (acc / denom[..., None]).astype(q.dtype), m + jnp.log(denom)
 
     out, lse = jax.lax.map(query_block, jnp.arange(num_blocks))  # [n, B, K, G, bq, (D)]
     out = jnp.moveaxis(out, 0, 3).reshape(q.shape)
@@ -199,8 +199,10 @@ _flash.defvjp(_flash_fwd, _flash_bwd)
 @functools.lru_cache(maxsize=16)
 def _splash_kernel(num_heads: int, length: int, block: int, interpret: bool):
     """A causal multi-head splash kernel for `[H, T, D]` queries and `[K, T, D]` keys (built once)."""
-    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as kernel_lib
-    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as mask_lib
+    from jax.experimental.pallas.ops.tpu.splash_attention import (
+        splash_attention_kernel as kernel_lib,
+        splash_attention_mask as mask_lib,
+    )
 
     mask = mask_lib.MultiHeadMask([mask_lib.CausalMask((length, length)) for _ in range(num_heads)])
     sizes = kernel_lib.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from gift_jax.models import ModelConfig, Transformer
-from gift_jax.models import attention as attention_module
+from gift_jax.models import ModelConfig, Transformer, attention as attention_module
 from gift_jax.models.attention import causal_attention, resolve_backend, splash_attention
 
 
@@ -39,18 +38,23 @@ def _masked_loss(attention, seg):
 
 def _assert_parity(attention, seg, qkv, tol=1e-5):
     real = (seg != 0)[:, :, None, None]
-    reference = lambda *a: causal_attention(*a, backend="xla")
+    def reference(*args):
+        return causal_attention(*args, backend="xla")
+
     ref, out = (jax.jit(f)(*qkv, seg) for f in (reference, attention))
     np.testing.assert_allclose(np.where(real, out, 0), np.where(real, ref, 0), atol=tol, rtol=tol)
-    grads, ref_grads = (jax.jit(jax.grad(_masked_loss(f, seg), argnums=(0, 1, 2)))(*qkv) for f in (attention, reference))
-    for name, g, r in zip("qkv", grads, ref_grads):
+    grads, ref_grads = (jax.jit(jax.grad(_masked_loss(f, seg), argnums=(0, 1, 2)))(*qkv)
+                        for f in (attention, reference))
+    for name, g, r in zip("qkv", grads, ref_grads, strict=True):
         np.testing.assert_allclose(g, r, atol=tol, rtol=tol, err_msg=f"d{name}")
 
 
 @pytest.mark.parametrize("t, block", [(50, 16), (20, 64)])
 def test_blockwise_matches_xla_values_and_gradients(t, block):
     """GQA (4 query heads on 2 kv heads), packed + padded + full rows, T off and on the block grid."""
-    blockwise = lambda q, k, v, s: causal_attention(q, k, v, s, backend="blockwise", block_size=block)
+    def blockwise(q, k, v, s):
+        return causal_attention(q, k, v, s, backend="blockwise", block_size=block)
+
     _assert_parity(blockwise, _segments(t), _qkv(3, t, 4, 2, 8))
 
 
@@ -98,7 +102,7 @@ def test_transformer_backends_agree_on_padded_and_packed_batches():
     np.testing.assert_allclose(logits, ref_logits, atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(value, ref_value, rtol=1e-6)
     for (path, g), (_, r) in zip(jax.tree_util.tree_leaves_with_path(grads),
-                                 jax.tree_util.tree_leaves_with_path(ref_grads)):
+                                 jax.tree_util.tree_leaves_with_path(ref_grads), strict=True):
         np.testing.assert_allclose(g, r, atol=1e-5, rtol=1e-4, err_msg=jax.tree_util.keystr(path))
 
 
@@ -106,7 +110,9 @@ def test_splash_kernel_matches_xla_in_interpret_mode():
     """The TPU kernel itself, run by the Pallas interpreter on CPU: packed + padded rows, GQA, T padded
     up to the kernel's 128 grid (head dim 128 as the kernel's lanes want)."""
     seg = _segments(100)[:2]
-    splash = lambda q, k, v, s: splash_attention(q, k, v, s, block_size=128, interpret=True)
+    def splash(q, k, v, s):
+        return splash_attention(q, k, v, s, block_size=128, interpret=True)
+
     _assert_parity(splash, seg, _qkv(2, 100, 2, 1, 128))
 
 

@@ -31,8 +31,10 @@ def loss_and_grads(attention, loss_name, batch):
 
     def loss(params):
         model = nnx.merge(graphdef, params)
-        hidden = lambda m: m.hidden_states(batch["input_ids"], batch["positions"], batch["attention_mask"],
-                                           batch.get("segment_ids"))
+        def hidden(m):
+            return m.hidden_states(batch["input_ids"], batch["positions"], batch["attention_mask"],
+                                   batch.get("segment_ids"))
+
         out = compute_init_loss(loss_name, hidden(model), model.output_projection(), batch["target_ids"],
                                 batch["loss_mask"], ref_hidden=hidden(base), ref_w_out=base.output_projection(),
                                 chunk_size=8)
@@ -55,5 +57,5 @@ def test_packed_batch_loss_and_gradient_equal_the_padded_batch(attention, loss_n
     assert packed_count == count
     np.testing.assert_allclose(packed_value, value, rtol=1e-5)
     for (path, g), (_, r) in zip(jax.tree_util.tree_leaves_with_path(packed_grads),
-                                 jax.tree_util.tree_leaves_with_path(grads)):
+                                 jax.tree_util.tree_leaves_with_path(grads), strict=True):
         np.testing.assert_allclose(g, r, atol=1e-5, rtol=1e-4, err_msg=jax.tree_util.keystr(path))
