@@ -6,8 +6,16 @@ tokenize, mask, EOS, truncate) -> `prepare_tfds` (ArrayRecord dataset, cached by
 epoch, shard per process, pad to bucket lengths, resumable state) -> numpy batches of the contract
 in `gift_jax.data.batching`.
 """
-from gift_jax.data.batching import BATCH_KEYS, bucket_length, collate_sft_batch, default_bucket_lengths
+from gift_jax.data.batching import (
+    BATCH_KEYS,
+    PACKED_BATCH_KEYS,
+    bucket_length,
+    collate_packed_batch,
+    collate_sft_batch,
+    default_bucket_lengths,
+)
 from gift_jax.data.chat_templates import NAMED_CHAT_TEMPLATES, render_chat
+from gift_jax.data.packing import best_fit_decreasing
 from gift_jax.data.records import DataFormatError, PromptAnswer, read_prompt_answer_records, read_records
 from gift_jax.data.sft_examples import SFTBuildStats, SFTExample, build_sft_examples
 from gift_jax.data.sft_pipeline import SFTBatchIterator, make_eval_batches, make_sft_iterator
@@ -18,6 +26,7 @@ from gift_jax.data.tokenizer import ChatTokenizer, load_tokenizer
 __all__ = [
     "BATCH_KEYS",
     "NAMED_CHAT_TEMPLATES",
+    "PACKED_BATCH_KEYS",
     "ChatTokenizer",
     "DataFormatError",
     "PreparedSFTDataset",
@@ -26,8 +35,10 @@ __all__ = [
     "SFTBuildStats",
     "SFTExample",
     "SFTSplit",
+    "best_fit_decreasing",
     "bucket_length",
     "build_sft_examples",
+    "collate_packed_batch",
     "collate_sft_batch",
     "default_bucket_lengths",
     "load_tokenizer",

@@ -9,6 +9,13 @@ batches never mix two epochs. The padded length L of a step is the smallest buck
 longest sample of the *global* step, so all processes build the same `[B, L]` shape for it (a
 multi-host global array needs that).
 
+Packing (`pack=True`). Rows then hold several records each: all records are packed once into rows of
+`bucket_lengths[-1]` input positions by best-fit decreasing (`gift_jax.data.packing`), and each epoch
+is a permutation of those rows, drawn from `(seed, epoch)`, split over steps and processes as above.
+Which records share a row does not change the loss (attention and targets stay within each record),
+so fixing the rows once costs no randomness that matters and keeps `steps_per_epoch` constant. A
+step's length L is the smallest bucket holding its fullest row.
+
 Resumption. The plan above is a pure function of its arguments, so a position in it (the number
 of batches read) is the whole iterator state; `get_state()` returns it as a small JSON-friendly dict
 for the checkpoint, and `set_state()` continues with exactly the batch that would have come next.
@@ -23,7 +30,8 @@ from typing import Any
 import grain
 import numpy as np
 
-from gift_jax.data.batching import bucket_length, collate_sft_batch, default_bucket_lengths
+from gift_jax.data.batching import bucket_length, collate_packed_batch, collate_sft_batch, default_bucket_lengths
+from gift_jax.data.packing import best_fit_decreasing
 from gift_jax.data.sft_split import SFTSplit
 
 
@@ -38,6 +46,7 @@ class BatchPlanConfig:
       process_index, process_count: this process among all data-loading processes
         (`jax.process_index()`, `jax.process_count()` in a multi-host run).
       bucket_lengths: allowed padded input lengths L, ascending.
+      pack: several records per row (rows of `bucket_lengths[-1]` input positions).
     """
 
     batch_size: int
@@ -46,6 +55,7 @@ class BatchPlanConfig:
     process_index: int
     process_count: int
     bucket_lengths: tuple[int, ...]
+    pack: bool = False
 
     def __post_init__(self):
         if self.batch_size < 1 or self.num_epochs < 1:
@@ -67,32 +77,10 @@ class ShardedEpochPlan:
     """
 
     def __init__(self, num_tokens: np.ndarray, config: BatchPlanConfig):
-        num_records = len(num_tokens)
-        if num_records == 0:
-            raise ValueError("cannot batch an empty split")
-        longest_input = int(np.max(num_tokens)) - 1
-        if longest_input > config.bucket_lengths[-1]:
-            raise ValueError(
-                f"record {int(np.argmax(num_tokens))} needs {longest_input} input positions, more than the "
-                f"largest bucket length {config.bucket_lengths[-1]}"
-            )
-        global_batch = config.batch_size * config.process_count
+        _check_fits(num_tokens, config)
         self.config = config
-        self.num_records = num_records
-        self.steps_per_epoch = math.ceil(num_records / global_batch)
-        slots_per_epoch = self.steps_per_epoch * global_batch
-
-        order = np.full((config.num_epochs, slots_per_epoch), -1, dtype=np.int64)
-        for epoch in range(config.num_epochs):
-            order[epoch, :num_records] = _epoch_order(num_records, config.seed, epoch)
-        input_lengths = np.where(order >= 0, np.asarray(num_tokens)[order] - 1, 0)
-        step_longest = input_lengths.reshape(config.num_epochs, self.steps_per_epoch, global_batch).max(axis=-1)
-        step_bucket = bucket_length(step_longest, config.bucket_lengths)
-
-        # Global slot step * global_batch + row * process_count + process_index is ours.
-        local = order.reshape(config.num_epochs, self.steps_per_epoch, config.batch_size, config.process_count)
-        self._records = local[..., config.process_index].reshape(-1)
-        self._lengths = np.repeat(step_bucket.reshape(-1), config.batch_size)
+        self.num_records = len(num_tokens)
+        self._records, self._lengths, self.steps_per_epoch = _lay_out_rows(np.asarray(num_tokens) - 1, config)
 
     @property
     def num_batches(self) -> int:
@@ -103,6 +91,59 @@ class ShardedEpochPlan:
 
     def __getitem__(self, slot: int) -> tuple[int, int]:
         return int(self._records[slot]), int(self._lengths[slot])
+
+
+class PackedEpochPlan(ShardedEpochPlan):
+    """Row r of this process's batch stream -> (records packed into it, padded length L).
+
+    The rows (bins of best-fit decreasing over the records' input lengths) are formed once; epochs
+    permute them. An empty tuple is a padding row.
+    """
+
+    def __init__(self, num_tokens: np.ndarray, config: BatchPlanConfig):
+        _check_fits(num_tokens, config)
+        inputs = np.asarray(num_tokens) - 1
+        self.config = config
+        self.num_records = len(num_tokens)
+        self._bins = best_fit_decreasing(inputs, config.bucket_lengths[-1])
+        fills = np.asarray([int(inputs[b].sum()) for b in self._bins])
+        self._records, self._lengths, self.steps_per_epoch = _lay_out_rows(fills, config)
+
+    def __getitem__(self, slot: int) -> tuple[tuple[int, ...], int]:
+        row = int(self._records[slot])
+        records = () if row < 0 else tuple(int(r) for r in self._bins[row])
+        return records, int(self._lengths[slot])
+
+
+def _check_fits(num_tokens: np.ndarray, config: BatchPlanConfig) -> None:
+    if len(num_tokens) == 0:
+        raise ValueError("cannot batch an empty split")
+    longest_input = int(np.max(num_tokens)) - 1
+    if longest_input > config.bucket_lengths[-1]:
+        raise ValueError(
+            f"record {int(np.argmax(num_tokens))} needs {longest_input} input positions, more than the "
+            f"largest bucket length {config.bucket_lengths[-1]}"
+        )
+
+
+def _lay_out_rows(row_lengths: np.ndarray, config: BatchPlanConfig) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per-epoch permutations of rows (input lengths `row_lengths`) cut into global steps.
+
+    Returns this process's (row index or -1 per slot, padded length L per slot, steps per epoch).
+    """
+    num_rows = len(row_lengths)
+    global_batch = config.batch_size * config.process_count
+    steps_per_epoch = math.ceil(num_rows / global_batch)
+    order = np.full((config.num_epochs, steps_per_epoch * global_batch), -1, dtype=np.int64)
+    for epoch in range(config.num_epochs):
+        order[epoch, :num_rows] = _epoch_order(num_rows, config.seed, epoch)
+    input_lengths = np.where(order >= 0, np.asarray(row_lengths)[order], 0)
+    step_longest = input_lengths.reshape(config.num_epochs, steps_per_epoch, global_batch).max(axis=-1)
+    step_bucket = bucket_length(step_longest, config.bucket_lengths)
+    # Global slot step * global_batch + row * process_count + process_index is ours.
+    local = order.reshape(config.num_epochs, steps_per_epoch, config.batch_size, config.process_count)
+    records = local[..., config.process_index].reshape(-1)
+    return records, np.repeat(step_bucket.reshape(-1), config.batch_size), steps_per_epoch
 
 
 def _epoch_order(num_records: int, seed: int | None, epoch: int) -> np.ndarray:
@@ -125,15 +166,19 @@ class SFTBatchIterator(Iterator[dict[str, np.ndarray]]):
         self._plan = plan
         source, pad_id = split.source, split.pad_id
 
-        def load(slot: tuple[int, int]) -> tuple[tuple[np.ndarray, np.ndarray] | None, int]:
-            record, length = slot
-            if record < 0:
-                return None, length
+        def read(record: int) -> tuple[np.ndarray, np.ndarray]:
             sample = source[record]
-            return (sample["token_ids"], sample["loss_mask"]), length
+            return sample["token_ids"], sample["loss_mask"]
+
+        def load(slot: tuple[Any, int]) -> tuple[Any, int]:
+            records, length = slot
+            if plan.config.pack:
+                return [read(r) for r in records], length
+            return (None if records < 0 else read(records)), length
 
         def collate(rows: Sequence[tuple[Any, int]]) -> dict[str, np.ndarray]:
-            return collate_sft_batch([sample for sample, _ in rows], rows[0][1], pad_id)
+            collate_rows = collate_packed_batch if plan.config.pack else collate_sft_batch
+            return collate_rows([sample for sample, _ in rows], rows[0][1], pad_id)
 
         dataset = grain.MapDataset.source(plan).map(load).batch(plan.config.batch_size, batch_fn=collate)
         read_options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch_batches)
@@ -171,6 +216,8 @@ def _plan_signature(plan: ShardedEpochPlan) -> dict[str, Any]:
     # process_index is left out too: orbax saves one JSON copy (process 0's) and every process's
     # position is the same batch count, so all processes restore from it.
     del config["num_epochs"], config["process_index"]
+    if not config["pack"]:  # states saved before packing existed have no such key
+        del config["pack"]
     config["bucket_lengths"] = list(config["bucket_lengths"])
     config["num_records"] = plan.num_records
     return config
@@ -187,6 +234,7 @@ def make_sft_iterator(
     bucket_lengths: Sequence[int] | None = None,
     num_threads: int = 2,
     prefetch_batches: int = 4,
+    pack: bool = False,
 ) -> SFTBatchIterator:
     """Training batches: reshuffled every epoch, sharded over processes, padded to buckets.
 
@@ -199,6 +247,7 @@ def make_sft_iterator(
       bucket_lengths: allowed L; default `default_bucket_lengths(split.max_length)`.
       num_threads, prefetch_batches: grain reader threads and batches prepared ahead
         (0 threads reads synchronously).
+      pack: several records per row (batches then carry `segment_ids`; see `collate_packed_batch`).
     """
     config = BatchPlanConfig(
         batch_size=batch_size,
@@ -207,8 +256,9 @@ def make_sft_iterator(
         process_index=process_index,
         process_count=process_count,
         bucket_lengths=tuple(bucket_lengths or default_bucket_lengths(split.max_length)),
+        pack=pack,
     )
-    plan = ShardedEpochPlan(split.num_tokens, config)
+    plan = (PackedEpochPlan if pack else ShardedEpochPlan)(split.num_tokens, config)
     return SFTBatchIterator(split, plan, num_threads=num_threads, prefetch_batches=prefetch_batches)
 
 
@@ -221,6 +271,7 @@ def make_eval_batches(
     bucket_lengths: Sequence[int] | None = None,
     num_threads: int = 2,
     prefetch_batches: int = 4,
+    pack: bool = False,
 ) -> SFTBatchIterator:
     """Validation batches: one pass in stored order; every record appears on exactly one process.
 
@@ -237,4 +288,5 @@ def make_eval_batches(
         bucket_lengths=bucket_lengths,
         num_threads=num_threads,
         prefetch_batches=prefetch_batches,
+        pack=pack,
     )

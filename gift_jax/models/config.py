@@ -15,6 +15,8 @@ import jax.numpy as jnp
 ARCHITECTURES = {"Qwen2ForCausalLM": "qwen2", "LlamaForCausalLM": "llama"}
 FAMILY_TO_ARCHITECTURE = {family: arch for arch, family in ARCHITECTURES.items()}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+# Training-time attention implementations (`gift_jax.models.attention`); "auto" picks one per platform.
+ATTENTION_BACKENDS = ("auto", "xla", "blockwise", "splash", "cudnn")
 
 
 def dtype_name(value: Any) -> str:
@@ -65,12 +67,15 @@ class ModelConfig:
     param_dtype: str = "float32"  # storage dtype of the parameters ("master weights")
     dtype: str = "float32"  # compute dtype of matmuls / activations
     remat: bool = False  # rematerialise each decoder layer in the backward pass
+    attention: str = "xla"  # attention without a KV cache: one of ATTENTION_BACKENDS ("xla" = reference)
 
     def __post_init__(self):
         if self.family not in FAMILY_TO_ARCHITECTURE:
             raise ValueError(f"unknown model family {self.family!r}; known: {sorted(FAMILY_TO_ARCHITECTURE)}")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
+        if self.attention not in ATTENTION_BACKENDS:
+            raise ValueError(f"attention={self.attention!r}; expected one of {list(ATTENTION_BACKENDS)}")
         for name in ("param_dtype", "dtype"):
             try:  # stored as the name, so configs stay JSON-serialisable and hashable
                 object.__setattr__(self, name, dtype_name(getattr(self, name)))

@@ -106,16 +106,17 @@ def _open(file: Path):
 
 def load_hf(path: str | os.PathLike, *, dtype: str | jnp.dtype | None = None,
             param_dtype: str | jnp.dtype | None = None, mesh: jax.sharding.Mesh | None = None,
-            remat: bool = False) -> tuple[Transformer, ModelConfig]:
+            remat: bool = False, attention: str = "xla") -> tuple[Transformer, ModelConfig]:
     """Loads a HF `Qwen2ForCausalLM` / `LlamaForCausalLM` folder -> `(model, config)`.
 
     dtype: compute dtype; param_dtype: storage dtype (default: float32 master weights); each a name
       ("bfloat16") or a JAX dtype (`jnp.bfloat16`).
     mesh: when given, each tensor is placed directly in its sharding (see `gift_jax.parallel`).
+    attention: the training-forward attention backend (`gift_jax.models.attention`).
     """
     path = Path(path)
     overrides = {k: v for k, v in dict(dtype=dtype, param_dtype=param_dtype).items() if v is not None}
-    config = read_config(path, remat=remat, **overrides)
+    config = read_config(path, remat=remat, attention=attention, **overrides)
     abstract = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)
     shardings = state_shardings(state, mesh) if mesh is not None else None

@@ -4,7 +4,10 @@ Shapes: B batch, T new tokens, S cache slots, d hidden, H query heads, K kv head
 F MLP width, V vocabulary. Kernels are stored `[in, out]` (torch Linear is `[out, in]`).
 
 Padding is handled by explicit `positions` and an `attention_mask` (1 = real token), so the same
-code serves right-padded training batches and left-padded generation batches. Without a cache a
+code serves right-padded training batches and left-padded generation batches. Packed training rows
+(several examples per row) pass `segment_ids` (0 = padding, one id per example) and per-example
+`positions`; attention then stays within each example. Without a cache the attention implementation
+is `config.attention` (see `gift_jax.models.attention`). Without a cache a
 query attends to earlier keys of the same call; with a cache (`KVCache`) the new keys are written at
 slots `[cache.index, cache.index + T)` and queries attend to every earlier valid slot.
 """
@@ -16,6 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from gift_jax.models.attention import causal_attention
 from gift_jax.models.config import ModelConfig
 from gift_jax.models.decode_attention import block_size_for, blocked_decode_attention, write_at
 from gift_jax.models.rope import apply_rope, inverse_frequencies
@@ -73,7 +77,10 @@ class Attention(nnx.Module):
         self.config = config
 
     def __call__(self, x, positions, mask, inv_freq, cache_kv=None, cache_index=None):
-        """x `[B, T, d]`, positions `[B, T]`, mask `[B, 1, T, S]` bool -> (`[B, T, d]`, new (k, v))."""
+        """x `[B, T, d]`, positions `[B, T]` -> (`[B, T, d]`, new (k, v)).
+
+        mask: with a cache, `[B, 1, T, S]` bool; without one, segment ids `[B, T]` int (0 = padding).
+        """
         c = self.config
         b, t, _ = x.shape
         q = self.q_proj(x).reshape(b, t, c.num_heads, c.head_dim)
@@ -81,7 +88,7 @@ class Attention(nnx.Module):
         v = self.v_proj(x).reshape(b, t, c.num_kv_heads, c.head_dim)
         q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
         if cache_kv is None:
-            out = jax.nn.dot_product_attention(q, k, v, mask=mask)
+            out = causal_attention(q, k, v, mask, backend=c.attention)
         else:
             k_all, v_all = cache_kv
             k = write_at(k_all, k.swapaxes(1, 2).astype(k_all.dtype), cache_index, axis=2)
@@ -172,13 +179,17 @@ class Transformer(nnx.Module):
             self.lm_head = _linear(config.hidden_size, config.vocab_size, False, config, rngs)
 
     # -- public API -------------------------------------------------------------------------------
-    def __call__(self, input_ids, positions=None, attention_mask=None):
+    def __call__(self, input_ids, positions=None, attention_mask=None, segment_ids=None):
         """input_ids `[B, T]` int -> logits `[B, T, V]` float32."""
-        return self.logits_from_hidden(self.hidden_states(input_ids, positions, attention_mask))
+        return self.logits_from_hidden(self.hidden_states(input_ids, positions, attention_mask, segment_ids))
 
-    def hidden_states(self, input_ids, positions=None, attention_mask=None):
-        """Final (normed) hidden states `[B, T, d]`, i.e. everything but the output projection."""
-        hidden, _ = self._forward(input_ids, positions, attention_mask, None)
+    def hidden_states(self, input_ids, positions=None, attention_mask=None, segment_ids=None):
+        """Final (normed) hidden states `[B, T, d]`, i.e. everything but the output projection.
+
+        segment_ids `[B, T]` int (packed rows: 0 = padding, one id per example; pass per-example
+        `positions` with them); default: the attention mask as one segment per row.
+        """
+        hidden, _ = self._forward(input_ids, positions, attention_mask, None, segment_ids)
         return hidden
 
     def decode(self, input_ids, cache: KVCache, positions=None, attention_mask=None):
@@ -198,17 +209,21 @@ class Transformer(nnx.Module):
         return jnp.dot(hidden.astype(self.config.jnp_dtype), w, preferred_element_type=jnp.float32)
 
     # -- internals --------------------------------------------------------------------------------
-    def _forward(self, input_ids, positions, attention_mask, cache):
+    def _forward(self, input_ids, positions, attention_mask, cache, segment_ids=None):
         c = self.config
         b, t = input_ids.shape
         if attention_mask is None:
-            attention_mask = jnp.ones((b, t), bool)
+            attention_mask = jnp.ones((b, t), bool) if segment_ids is None else segment_ids != 0
         attention_mask = attention_mask.astype(bool)
         if positions is None:
             # Real tokens are numbered 0, 1, ... whatever the padding side; pads get 0.
             offset = 0 if cache is None else jnp.sum(cache.key_mask, axis=1, keepdims=True)
             positions = jnp.maximum(jnp.cumsum(attention_mask, axis=1) - 1 + offset, 0)
-        mask, cache_index = self._attention_mask(attention_mask, cache, t)
+        if cache is None:  # the attention backend masks by segment, block by block
+            mask = attention_mask.astype(jnp.int32) if segment_ids is None else segment_ids.astype(jnp.int32)
+            cache_index = None
+        else:
+            mask, cache_index = self._attention_mask(attention_mask, cache)
         inv_freq = inverse_frequencies(c.head_dim, c.rope_theta, c.rope_scaling)
         x = self.embed_tokens(input_ids)
         new_k, new_v = [], []
@@ -225,21 +240,15 @@ class Transformer(nnx.Module):
         return hidden, KVCache(tuple(new_k), tuple(new_v), key_mask, cache_index + t)
 
     @staticmethod
-    def _attention_mask(attention_mask, cache, t):
-        """Boolean `[B, 1, T, S]`: causal, padding keys hidden, every query sees at least itself.
+    def _attention_mask(attention_mask, cache):
+        """Boolean `[B, 1, T, S]` against the cache: causal, padding keys hidden, every query sees itself.
 
         Letting a padding query see itself keeps its softmax finite (its output is never used).
         """
-        if cache is None:
-            q_slot = jnp.arange(t)
-            k_slot = jnp.arange(t)
-            key_valid = attention_mask
-            index = None
-        else:
-            index = cache.index
-            q_slot = index[..., None] + jnp.arange(t)  # [T], or [B, T] with a per-row index
-            k_slot = jnp.arange(cache.key_mask.shape[1])
-            key_valid = write_at(cache.key_mask, attention_mask, index, axis=1)
+        index = cache.index
+        q_slot = index[..., None] + jnp.arange(attention_mask.shape[1])  # [T], or [B, T] with a per-row index
+        k_slot = jnp.arange(cache.key_mask.shape[1])
+        key_valid = write_at(cache.key_mask, attention_mask, index, axis=1)
         causal = k_slot <= q_slot[..., None]  # [T, S] or [B, T, S]
         itself = k_slot == q_slot[..., None]
         mask = causal & (key_valid[:, None, :] | itself)  # [B, T, S]

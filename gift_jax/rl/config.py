@@ -19,6 +19,7 @@ class RLModelSection:
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat: bool = False
+    attention: str = "auto"  # the update's forward: auto | xla | blockwise | splash | cudnn
     chat_template: str | None = None  # None: the folder's own
 
 

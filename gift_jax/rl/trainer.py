@@ -95,11 +95,12 @@ def run_rl_stage(config: RLStageConfig, workdir: str | Path, *, max_steps: int |
     stop_at = min(total_steps, t.max_steps or total_steps, max_steps or total_steps)
     val_problems = _validation_problems(d) if d.val_file else None
 
-    policy, model_config = load_hf(m.path, dtype=m.dtype, param_dtype=m.param_dtype, mesh=mesh, remat=m.remat)
+    policy, model_config = load_hf(m.path, dtype=m.dtype, param_dtype=m.param_dtype, mesh=mesh, remat=m.remat,
+                                   attention=m.attention)
     graphdef, params = nnx.split(policy, nnx.Param)
     base_params = None
     if m.base_path and (a.kl_coef or a.track_kl_to_base):
-        base, _ = load_hf(m.base_path, dtype=m.dtype, param_dtype=m.param_dtype, mesh=mesh)
+        base, _ = load_hf(m.base_path, dtype=m.dtype, param_dtype=m.param_dtype, mesh=mesh, attention=m.attention)
         base_params = nnx.split(base, nnx.Param)[1]
 
     updates_per_step = sizes["mini_batches"] * a.ppo_epochs

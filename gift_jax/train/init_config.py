@@ -5,6 +5,7 @@ import dataclasses
 from pathlib import Path
 
 from gift_jax.losses import DEFAULT_CHUNK_SIZE, INIT_LOSSES, LOSS_NAMES
+from gift_jax.models.config import ATTENTION_BACKENDS
 from gift_jax.parallel import MeshConfig
 from gift_jax.train.optim import OptimConfig
 
@@ -16,6 +17,7 @@ class ModelSection:
     param_dtype: str = "float32"  # policy master weights
     base_param_dtype: str | None = None  # storage dtype of the frozen base copy (default: param_dtype)
     remat: bool = False  # gradient checkpointing per decoder layer
+    attention: str = "auto"  # auto | xla | blockwise | splash | cudnn (gift_jax.models.attention)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +31,7 @@ class DataSection:
     truncation: str = "right"  # or "error"
     bucket_lengths: tuple[int, ...] = ()  # padded lengths; () = powers of two up to max_length
     num_threads: int = 2  # grain reader threads
+    pack: bool = False  # several demonstrations per row (segment ids), rows of max(bucket_lengths) positions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +108,8 @@ def validate_init_config(config: InitStageConfig, *, num_devices: int, process_c
     if config.loss.name == "psft" and t.global_batch % (config.loss.psft_minibatches * per_update):
         problems.append(f"psft: train.global_batch={t.global_batch} is not divisible by loss.psft_minibatches "
                         f"({config.loss.psft_minibatches}) x {per_update}")
+    if config.model.attention not in ATTENTION_BACKENDS:
+        problems.append(f"model.attention={config.model.attention!r} is not one of {list(ATTENTION_BACKENDS)}")
     if config.data.truncation not in ("right", "error"):
         problems.append(f"data.truncation={config.data.truncation!r}: expected 'right' or 'error'")
     if config.data.bucket_lengths and max(config.data.bucket_lengths) < config.data.max_length - 1:

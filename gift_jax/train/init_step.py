@@ -79,7 +79,9 @@ def split_minibatches(batch: dict, n: int) -> list[dict]:
 
 
 def _hidden(model, batch):
-    return model.hidden_states(batch["input_ids"], batch["positions"], batch["attention_mask"])
+    # Packed batches carry `segment_ids` (several demonstrations per row); padded ones do not.
+    return model.hidden_states(batch["input_ids"], batch["positions"], batch["attention_mask"],
+                               batch.get("segment_ids"))
 
 
 def _micro_loss(params, base_params, graphdef, base_graphdef, batch, config: StepConfig):

@@ -59,18 +59,21 @@ def run_init_stage(config: InitStageConfig, workdir: str | Path, *, max_steps: i
     mesh = make_mesh(config.mesh)
     prepared, train_split, val_split = _data_splits(config, workdir)
 
-    policy, model_config = load_hf(mc.path, dtype=mc.dtype, param_dtype=mc.param_dtype, mesh=mesh, remat=mc.remat)
+    policy, model_config = load_hf(mc.path, dtype=mc.dtype, param_dtype=mc.param_dtype, mesh=mesh, remat=mc.remat,
+                                   attention=mc.attention)
     graphdef, params = nnx.split(policy, nnx.Param)
     step_config = StepConfig(config.loss.name, config.loss.hparams(), sizes["num_micro"], config.loss.chunk_size)
     base_graphdef, base_params = graphdef, None
     if step_config.needs_reference:
-        base, _ = load_hf(mc.path, dtype=mc.dtype, param_dtype=mc.base_param_dtype or mc.param_dtype, mesh=mesh)
+        base, _ = load_hf(mc.path, dtype=mc.dtype, param_dtype=mc.base_param_dtype or mc.param_dtype, mesh=mesh,
+                          attention=mc.attention)
         base_graphdef, base_params = nnx.split(base, nnx.Param)
 
     iterator = make_sft_iterator(
         train_split, batch_size=sizes["local_batch"], seed=t.seed, num_epochs=t.epochs,
         process_index=jax.process_index(), process_count=jax.process_count(),
-        bucket_lengths=config.data.bucket_lengths or None, num_threads=config.data.num_threads)
+        bucket_lengths=config.data.bucket_lengths or None, num_threads=config.data.num_threads,
+        pack=config.data.pack)
     updates_per_batch = config.loss.psft_minibatches if step_config.needs_old_logprobs else 1
     total_steps = iterator.num_batches * updates_per_batch
     stop_at = min(total_steps, t.max_steps or total_steps, max_steps or total_steps)
@@ -110,7 +113,8 @@ def run_init_stage(config: InitStageConfig, workdir: str | Path, *, max_steps: i
         sums = {"nll": 0.0, "tokens": 0.0}
         for batch in make_eval_batches(val_split, batch_size=sizes["local_batch"], process_index=jax.process_index(),
                                        process_count=jax.process_count(),
-                                       bucket_lengths=config.data.bucket_lengths or None, num_threads=0):
+                                       bucket_lengths=config.data.bucket_lengths or None, num_threads=0,
+                                       pack=config.data.pack):
             out = eval_fn(state.params, shard_batch(batch, mesh))
             sums = {k: sums[k] + float(out[k]) for k in sums}
         return sums["nll"] / max(sums["tokens"], 1.0)
