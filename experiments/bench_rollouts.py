@@ -132,8 +132,8 @@ def figure_b(args):
 
 def figure_c(torch_model, folder, args):
     import jax
-
     from bench_sampler import prepare_transformers
+
     from gift_jax.models import load_hf
     from gift_jax.rollout import SamplingConfig, sample
 
@@ -148,7 +148,7 @@ def figure_c(torch_model, folder, args):
             config = SamplingConfig(max_new_tokens=new_tokens, temperature=0.0, max_concurrent_rows=batch,
                                     decode_steps_per_call=args.k)
             hf_s, _ = median_seconds(prepare_transformers(torch_model, prompts, ns), args.repeats)
-            ours_s, _ = median_seconds(lambda: sample(model, prompts, config, jax.random.key(0)), args.repeats)
+            ours_s, _ = median_seconds(lambda prompts=prompts, config=config: sample(model, prompts, config, jax.random.key(0)), args.repeats)
             tokens = batch * new_tokens
             print(f"    batch {batch:2d}, {new_tokens:3d} new: engine {tokens / ours_s:7.0f} tok/s, "
                   f"transformers {tokens / hf_s:7.0f} tok/s, {hf_s / ours_s:.2f}x (goal >= 4x)")
@@ -233,8 +233,8 @@ def main():
                                    f"intra_op_parallelism_threads={args.threads}")
     import jax
     import torch
-
     from bench_sampler import build_checkpoint
+
     from gift_jax.models import load_hf
 
     if args.threads:

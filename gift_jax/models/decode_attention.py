@@ -32,7 +32,8 @@ def write_at(buffer: jax.Array, update: jax.Array, index: jax.Array, axis: int) 
     return jax.vmap(lambda b, u, i: jax.lax.dynamic_update_slice_in_dim(b, u, i, axis - 1))(buffer, update, index)
 
 
-def block_size_for(slots: int, queries: int, block: int = DECODE_BLOCK, min_block: int = MIN_DECODE_BLOCK) -> int | None:
+def block_size_for(slots: int, queries: int, block: int = DECODE_BLOCK,
+                   min_block: int = MIN_DECODE_BLOCK) -> int | None:
     """The block length blocked attention uses for a `slots`-long cache, or None to attend densely.
 
     Only single-token decode steps are blocked (a prefill touches the whole prompt anyway), and only

@@ -40,8 +40,15 @@ from gift_jax.models import KVCache, ModelConfig, Transformer, init_cache
 from gift_jax.parallel import batch_parallelism, fetch_global
 from gift_jax.rollout.bucketing import bucket_size
 from gift_jax.rollout.layout import decoding_layout
-from gift_jax.rollout.sampler import (SampleResult, SamplingConfig, assemble_result, check_request, constrain_cache,
-                                      is_stop, request_indices)
+from gift_jax.rollout.sampler import (
+    SampleResult,
+    SamplingConfig,
+    assemble_result,
+    check_request,
+    constrain_cache,
+    is_stop,
+    request_indices,
+)
 from gift_jax.rollout.token_sampling import TokenRule, choose_tokens, position_keys, row_keys
 
 
@@ -171,8 +178,8 @@ def insert(graphdef, params, state: SlotState, prefix_ids: jax.Array, prefix_mas
     _, prefill = model.decode(prefix_ids, prefill, attention_mask=prefix_mask)
     cache = state.cache
     slots = cache.key_mask.shape[1]
-    k = tuple(c.at[slot, :, :width].set(p[source], mode="drop") for c, p in zip(cache.k, prefill.k))
-    v = tuple(c.at[slot, :, :width].set(p[source], mode="drop") for c, p in zip(cache.v, prefill.v))
+    k = tuple(c.at[slot, :, :width].set(p[source], mode="drop") for c, p in zip(cache.k, prefill.k, strict=True))
+    v = tuple(c.at[slot, :, :width].set(p[source], mode="drop") for c, p in zip(cache.v, prefill.v, strict=True))
     fresh_mask = jnp.pad(prefill.key_mask[source], ((0, 0), (0, slots - width)))
     cache = KVCache(k, v, cache.key_mask.at[slot].set(fresh_mask, mode="drop"),
                     cache.index.at[slot].set(jnp.sum(prefix_mask, axis=1)[source], mode="drop"))

@@ -28,7 +28,8 @@ def test_engine_with_1_3_64_slots_equals_static_sampler(policy, temperature):
         engine, stats = run_engine(policy, PROMPTS, dataclasses.replace(config, max_concurrent_rows=slots),
                                    jax.random.key(4), budgets=BUDGETS)
         for name in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "lengths", "truncated"):
-            np.testing.assert_array_equal(getattr(engine, name), getattr(static, name), err_msg=f"{name}, {slots} slots")
+            np.testing.assert_array_equal(getattr(engine, name), getattr(static, name),
+                                          err_msg=f"{name}, {slots} slots")
         np.testing.assert_allclose(engine.logprobs, static.logprobs, atol=1e-5, err_msg=f"{slots} slots")
         np.testing.assert_allclose(engine.entropies, static.entropies, atol=1e-5, err_msg=f"{slots} slots")
         assert stats.slots == min(slots, 12) and stats.generated_tokens == static.lengths.sum()

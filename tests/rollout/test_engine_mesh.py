@@ -1,6 +1,7 @@
 """The engine on the 8-device CPU mesh: the decoding layout of the weights, same samples as one device."""
 import jax
 import numpy as np
+import pytest
 from flax import nnx
 
 from gift_jax.parallel import MeshConfig, make_mesh, shard_model
@@ -11,6 +12,7 @@ from gift_jax.rollout.token_sampling import TokenRule
 from tests.rollout.test_sampler import PROMPTS, tiny_policy
 
 MESH = MeshConfig(data=1, fsdp=4, tensor=2)
+pytestmark = pytest.mark.slow  # several compilations on the 8-device mesh
 
 
 def test_engine_on_the_mesh_equals_one_device():
