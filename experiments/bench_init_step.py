@@ -3,7 +3,7 @@
     python experiments/bench_init_step.py        # ~1 minute on 2 CPU cores
 
 GIFT adds one no-grad forward of the frozen base (about +1/3 of an SFT step's FLOPs), so the ratio's
-limit is 4/3; the goal is <= 1.35x. Both steps are the project's jitted `train_step` (chunked loss from
+limit is 4/3; the goal is <= 1.35x. Both steps are the project's jitted `demonstration_step` (chunked loss from
 hidden states, AdamW, clipping, non-finite skipping), timed as medians after compilation.
 """
 import argparse
@@ -16,8 +16,9 @@ import numpy as np
 from flax import nnx
 
 from gift_jax.models import ModelConfig, Transformer
-from gift_jax.train.init_step import StepConfig, TrainState, train_step
-from gift_jax.train.optim import OptimConfig, make_optimizer
+from gift_jax.runtime import TrainState
+from gift_jax.runtime.demonstrations import DemonstrationStepConfig, demonstration_step
+from gift_jax.runtime.optim import OptimConfig, make_optimizer
 
 
 def main(argv=None) -> None:
@@ -40,8 +41,8 @@ def main(argv=None) -> None:
           f"median of {args.repeats}, {jax.devices()[0].platform}")
     times = {}
     for name in ("sft", "gift"):
-        step = jax.jit(functools.partial(train_step, graphdef=graphdef, base_graphdef=graphdef, tx=tx,
-                                         config=StepConfig(name, (("beta", 20.0), ("smooth_lambda", 0.0))
+        step = jax.jit(functools.partial(demonstration_step, graphdef=graphdef, base_graphdef=graphdef, tx=tx,
+                                         config=DemonstrationStepConfig(name, (("beta", 20.0), ("smooth_lambda", 0.0))
                                                            if name == "gift" else ())),
                        donate_argnums=(0,))
         state = TrainState(jax.tree.map(jnp.copy, params), tx.init(params), jnp.zeros((), jnp.int32))

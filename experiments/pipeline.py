@@ -83,7 +83,7 @@ def init_stage_config(preset: Preset, files: dict, base: Path, init: str, beta: 
     """The init-stage config of one (init method, seed) run of `preset` on `num_devices` devices."""
     loss = {"name": init, **({"beta": beta} if beta is not None else {}), **preset.baseline_hparams, "chunk_size": 64}
     # PSFT splits each global batch into psft_minibatches updates; each must still hold whole micro-batches.
-    updates_per_batch = loss.get("psft_minibatches", LossSection().psft_minibatches) if init == "psft" else 1
+    updates_per_batch = from_dict(LossSection, loss).updates_per_batch
     return from_dict(InitStageConfig, {
         "model": {"path": str(base)},
         "data": {"train_file": str(files["expert"]), "val_file": str(files["expert_val"]), "max_length": 64,

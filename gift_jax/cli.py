@@ -1,7 +1,8 @@
 """The shared command line of the stage scripts: `--config FILE --workdir DIR [--set k=v ...] [--max-steps N]`.
 
-Bad configs and inputs end with one `error: ...` line and exit status 2, before anything is written
-over existing checkpoints or results.
+A bad config, input file, model folder or workdir found while the run loads ends with one `error: ...`
+line and exit status 2, before anything is written over existing checkpoints or results. An error once
+training is under way (a shape, a sharding, a device) keeps its full traceback.
 """
 from __future__ import annotations
 
@@ -11,8 +12,7 @@ from collections.abc import Callable
 
 from gift_jax.config_io import ConfigError, load_config
 from gift_jax.distributed import maybe_initialize_distributed
-
-USER_ERRORS = (ConfigError, ValueError, FileNotFoundError, PermissionError, FileExistsError)
+from gift_jax.runtime.run import is_loading_error
 
 
 def run_stage_cli(config_cls, run: Callable, doc: str, argv=None) -> int:
@@ -26,7 +26,9 @@ def run_stage_cli(config_cls, run: Callable, doc: str, argv=None) -> int:
     try:
         config = load_config(config_cls, args.config, args.set)
         summary = run(config, args.workdir, max_steps=args.max_steps)
-    except USER_ERRORS as err:
+    except Exception as err:
+        if not (isinstance(err, ConfigError) or is_loading_error(err)):
+            raise
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(summary)

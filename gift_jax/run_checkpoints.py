@@ -1,6 +1,7 @@
 """Any training checkpoint as a model: restore the policy of one orbax step, or export it to an HF folder.
 
-A stage's workdir holds its config (`config.json`) and orbax steps (`checkpoints/{periodic,best}/<step>`).
+A stage's workdir holds its config (`config.json`) and orbax steps (`checkpoints/{periodic,best}/<step>`),
+numbered by loop step (RL steps in the RL stage, updates in the init stage), so `step=N` is loop step N.
 The config names the HF folder the run started from (`model.path`); that folder gives the
 architecture and the tokenizer. Only the step's parameters are read (an orbax partial restore into
 an abstract template, resharded onto any mesh), and the run's folder is opened read-only, so a run
@@ -23,7 +24,8 @@ from gift_jax.config_io import from_dict
 from gift_jax.models import ModelConfig, Transformer, read_config, save_hf
 from gift_jax.parallel import MeshConfig, make_mesh, state_shardings
 from gift_jax.rl.config import RLStageConfig
-from gift_jax.train.checkpoint import Checkpointer
+from gift_jax.runtime.checkpoint import Checkpointer
+from gift_jax.runtime.workdir import upgrade_run_config
 from gift_jax.train.init_config import InitStageConfig
 
 CHECKPOINT_KINDS = ("periodic", "best")
@@ -40,7 +42,7 @@ def read_run_config(workdir: str | os.PathLike) -> InitStageConfig | RLStageConf
     path = Path(workdir) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no run config here; is {workdir} a stage workdir?")
-    data = json.loads(path.read_text())
+    data = upgrade_run_config(json.loads(path.read_text()))
     if "loss" in data:
         return from_dict(InitStageConfig, data, where=str(path))
     if "algo" in data:
@@ -50,7 +52,7 @@ def read_run_config(workdir: str | os.PathLike) -> InitStageConfig | RLStageConf
 
 def run_chat_template(config: InitStageConfig | RLStageConfig) -> str | None:
     """The built-in chat template a run trained with (None: its model folder's own)."""
-    return config.data.chat_template if isinstance(config, InitStageConfig) else config.model.chat_template
+    return config.model.chat_template
 
 
 def load_run_checkpoint(workdir: str | os.PathLike, *, step: int | None = None, kind: str = "periodic",

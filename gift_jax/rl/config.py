@@ -1,26 +1,20 @@
-"""Configuration of the on-policy RL stage (GRPO, and the unified baselines LUFFY / ReLIFT)."""
+"""Configuration of the on-policy RL stage (GRPO, and the unified baselines LUFFY / ReLIFT).
+
+Section ranges are checked when the config is loaded; `validate_rl_config` adds the checks that need
+the device count or the file system and returns the derived sizes.
+"""
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Literal
 
 from gift_jax.losses import DEFAULT_CHUNK_SIZE
 from gift_jax.parallel import MeshConfig
-from gift_jax.rl.grpo import AGG_MODES, KL_KINDS
-from gift_jax.train.optim import OptimConfig
-
-METHODS = ("grpo", "luffy", "relift")
-
-
-@dataclasses.dataclass(frozen=True)
-class RLModelSection:
-    path: str  # the init checkpoint as a HF folder (or the base itself for "RL only")
-    base_path: str | None = None  # the frozen base: KL penalty and KL-to-base tracking
-    dtype: str = "float32"
-    param_dtype: str = "float32"
-    remat: bool = False
-    attention: str = "auto"  # the update's forward: auto | xla | blockwise | splash | cudnn
-    chat_template: str | None = None  # None: the folder's own
+from gift_jax.rl.algorithms import ALGORITHMS
+from gift_jax.rl.grpo import LUFFY_GAMMA, AggMode, KLKind
+from gift_jax.runtime.config import ModelSection, RunSection, require_at_least
+from gift_jax.runtime.optim import OptimConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,53 +37,81 @@ class RolloutSection:
     max_new_tokens: int = 8192
     max_concurrent_rows: int | None = None  # engine decode slots; None: sized from the budget (slots_for_budget)
 
+    def __post_init__(self):
+        require_at_least(self, 2, "group_size")
+        require_at_least(self, 1, "max_new_tokens")
+        if not self.temperature > 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
+            raise ValueError(f"need temperature > 0, top_p in (0, 1], top_k >= 0; got {self.temperature}, "
+                             f"{self.top_p}, {self.top_k}")
+
 
 @dataclasses.dataclass(frozen=True)
 class AlgoSection:
-    method: str = "grpo"  # grpo | luffy | relift
+    """The algorithm (by name, `gift_jax.rl.algorithms`) and the policy-loss settings the update reads."""
+
+    method: str = "grpo"  # grpo | luffy | relift (the registered algorithms)
     clip_low: float = 0.2
     clip_high: float = 0.2  # > clip_low for "clip-higher"
     dual_clip_c: float | None = None
-    agg_mode: str = "token-mean"
+    agg_mode: AggMode = "token-mean"
     kl_coef: float = 0.0  # the paper: no KL loss
-    kl_kind: str = "k3"
+    kl_kind: KLKind = "k3"
     entropy_coef: float = 0.0
     norm_by_std: bool = False  # the paper: advantage = reward - group mean
     ppo_epochs: int = 1
     mini_batch_prompts: int = 64  # prompts per optimizer update (x group_size rollouts)
     track_kl_to_base: bool = True  # log KL(pi || base) of the rollouts (one extra no-grad forward)
-    luffy_gamma: float = 0.1  # LUFFY policy shaping f(p) = p / (p + gamma)
+    luffy_gamma: float = LUFFY_GAMMA  # LUFFY policy shaping f(p) = p / (p + gamma)
     relift_batch: int = 16  # ReLIFT: SFT update once this many all-fail questions are buffered
     chunk_size: int = DEFAULT_CHUNK_SIZE
+
+    def __post_init__(self):
+        if self.method not in ALGORITHMS:
+            raise ValueError(f"algo.method={self.method!r} is not one of {sorted(ALGORITHMS)}")
+        require_at_least(self, 1, "ppo_epochs", "mini_batch_prompts", "relift_batch", "chunk_size")
+        problems = [f"{name} must be >= 0, got {getattr(self, name)}" for name in ("clip_low", "clip_high", "kl_coef")
+                    if getattr(self, name) < 0]
+        if not self.clip_low < 1:
+            problems.append(f"clip_low must be < 1, got {self.clip_low}")
+        if self.dual_clip_c is not None and self.dual_clip_c <= 1:
+            problems.append(f"dual_clip_c must be > 1, got {self.dual_clip_c}")
+        if self.luffy_gamma <= 0:
+            problems.append(f"luffy_gamma must be > 0, got {self.luffy_gamma}")
+        if problems:
+            raise ValueError("; ".join(problems))
 
 
 @dataclasses.dataclass(frozen=True)
 class RewardSection:
-    kind: str = "math"  # math | multiple_choice
+    kind: Literal["math", "multiple_choice"] = "math"
     timeout_s: float = 5.0
     num_workers: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
-class RLTrainSection:
+class RLTrainSection(RunSection):
+    """A loop step is one RL step: rollouts of `prompts_per_step` prompts, then their updates.
+    `eval_every` None: validate only at the end."""
+
+    log_every: int = 1
+    eval_every: int | None = 10
+    checkpoint_every: int | None = 10  # None: only at the end
     prompts_per_step: int = 128
     epochs: int = 1
-    max_steps: int | None = None
     micro_batch_per_device: int = 2
-    seed: int = 0
-    log_every: int = 1
-    eval_every: int | None = 10  # RL steps between validations (None: only at the end)
     eval_k: int = 4
     eval_temperature: float = 0.6
     eval_max_new_tokens: int | None = None  # default: rollout.max_new_tokens
-    checkpoint_every: int = 10
-    max_to_keep: int = 3
-    export_hf: bool = True
+
+    def __post_init__(self):
+        super().__post_init__()
+        require_at_least(self, 1, "prompts_per_step", "epochs", "micro_batch_per_device", "eval_k",
+                         "eval_max_new_tokens")
 
 
 @dataclasses.dataclass(frozen=True)
 class RLStageConfig:
-    model: RLModelSection
+    model: ModelSection
     data: RLDataSection
     rollout: RolloutSection = RolloutSection()
     algo: AlgoSection = AlgoSection()
@@ -98,34 +120,24 @@ class RLStageConfig:
     train: RLTrainSection = RLTrainSection()
     mesh: MeshConfig = MeshConfig()
 
+    def __post_init__(self):
+        if self.algo.kl_coef and not self.model.base_path:
+            raise ValueError("algo.kl_coef > 0 needs model.base_path (the frozen reference)")
 
-def validate_rl_config(config: RLStageConfig, *, num_devices: int) -> dict[str, int]:
-    """Rejects impossible settings with one message; returns derived sizes.
 
-    `num_micro`: micro-batches per PPO mini-batch; `mini_batches`: PPO updates per step and epoch;
-    `relift_micro`: micro-batches of a ReLIFT SFT update.
-    """
+@dataclasses.dataclass(frozen=True)
+class RLSizes:
+    """Sizes derived from the config and the devices."""
+
+    num_micro: int  # micro-batches per PPO mini-batch
+    mini_batches: int  # PPO updates per RL step and PPO epoch
+    relift_micro: int  # micro-batches of a ReLIFT SFT update
+
+
+def validate_rl_config(config: RLStageConfig, *, num_devices: int) -> RLSizes:
+    """Rejects combinations that cannot run here with one message; returns the derived sizes."""
     a, r, t = config.algo, config.rollout, config.train
-    counts = {"algo.ppo_epochs": a.ppo_epochs, "algo.mini_batch_prompts": a.mini_batch_prompts,
-              "algo.relift_batch": a.relift_batch, "train.prompts_per_step": t.prompts_per_step,
-              "train.micro_batch_per_device": t.micro_batch_per_device, "train.checkpoint_every": t.checkpoint_every,
-              "train.epochs": t.epochs, "train.log_every": t.log_every, "rollout.max_new_tokens": r.max_new_tokens,
-              "train.eval_k": t.eval_k}
-    problems = [f"{key} must be >= 1, got {value}" for key, value in counts.items() if value < 1]
-    if problems:  # the divisibility checks below need these
-        raise ValueError("invalid RL-stage config:\n  - " + "\n  - ".join(problems))
-    if a.method not in METHODS:
-        problems.append(f"algo.method={a.method!r} is not one of {list(METHODS)}")
-    if a.agg_mode not in AGG_MODES:
-        problems.append(f"algo.agg_mode={a.agg_mode!r} is not one of {list(AGG_MODES)}")
-    if a.kl_kind not in KL_KINDS:
-        problems.append(f"algo.kl_kind={a.kl_kind!r} is not one of {list(KL_KINDS)}")
-    if a.kl_coef and not config.model.base_path:
-        problems.append("algo.kl_coef > 0 needs model.base_path (the frozen reference)")
-    if r.group_size < 2:
-        problems.append(f"rollout.group_size must be >= 2, got {r.group_size}")
-    if config.reward.kind not in ("math", "multiple_choice"):
-        problems.append(f"reward.kind={config.reward.kind!r}: expected 'math' or 'multiple_choice'")
+    problems = []
     try:
         data, fsdp, _ = config.mesh.resolve(num_devices)
     except ValueError as err:
@@ -140,8 +152,7 @@ def validate_rl_config(config: RLStageConfig, *, num_devices: int) -> dict[str, 
         problems.append(f"a mini-batch of {a.mini_batch_prompts} prompts x {r.group_size} rollouts = {rows} rows "
                         f"is not divisible by batch devices ({data * fsdp}) x train.micro_batch_per_device "
                         f"({t.micro_batch_per_device})")
-    if a.method == "relift" and a.relift_batch % (data * fsdp):
-        problems.append(f"algo.relift_batch={a.relift_batch} is not divisible by batch devices ({data * fsdp})")
+    problems += ALGORITHMS[a.method].size_problems(a, batch_devices=data * fsdp)
     for name in ("train_file", "val_file"):
         path = getattr(config.data, name)
         if path is not None and not Path(path).is_file():
@@ -152,8 +163,9 @@ def validate_rl_config(config: RLStageConfig, *, num_devices: int) -> dict[str, 
             problems.append(f"model.{name}: {path} has no config.json")
     if problems:
         raise ValueError("invalid RL-stage config:\n  - " + "\n  - ".join(problems))
-    return {"num_micro": rows // per_update, "mini_batches": t.prompts_per_step // a.mini_batch_prompts,
-            "relift_micro": _fewest_micro_batches(max(a.relift_batch // (data * fsdp), 1), t.micro_batch_per_device)}
+    return RLSizes(num_micro=rows // per_update, mini_batches=t.prompts_per_step // a.mini_batch_prompts,
+                   relift_micro=_fewest_micro_batches(max(a.relift_batch // (data * fsdp), 1),
+                                                      t.micro_batch_per_device))
 
 
 def _fewest_micro_batches(rows_per_device: int, max_rows_per_micro: int) -> int:

@@ -12,6 +12,8 @@ ref_logprobs `[B, N]` (KL penalty).
 from __future__ import annotations
 
 import dataclasses
+import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -19,27 +21,21 @@ import optax
 from flax import nnx
 
 from gift_jax.losses import DEFAULT_CHUNK_SIZE, chunked_token_logprobs
+from gift_jax.rl.config import AlgoSection
 from gift_jax.rl.grpo import aggregate_loss, grpo_loss_terms, loss_denominator
-from gift_jax.train.init_step import TrainState, map_micro_batches, split_micro_batches
-from gift_jax.train.optim import skipped_updates
+from gift_jax.runtime.accumulate import accumulate_and_apply
+from gift_jax.runtime.batching import map_micro_batches, split_micro_batches
+from gift_jax.runtime.train_state import TrainState
 
 
 @dataclasses.dataclass(frozen=True)
 class RLStepConfig:
-    """Static settings of the GRPO update (defaults: the paper's RL stage)."""
+    """Static settings of the GRPO update: the config's `algo` section as given, plus what the stage derives."""
 
+    algo: AlgoSection = AlgoSection()
     num_micro: int = 1
-    clip_low: float = 0.2
-    clip_high: float = 0.2
-    dual_clip_c: float | None = None
-    agg_mode: str = "token-mean"
     seq_normaliser: float | None = None  # seq-mean-token-sum-norm: the generation budget
-    kl_coef: float = 0.0
-    kl_kind: str = "k3"
-    entropy_coef: float = 0.0
     temperature: float = 1.0  # the rollout temperature: log-probs are of logits / temperature
-    chunk_size: int = DEFAULT_CHUNK_SIZE
-    shaping_gamma: float = 0.1  # LUFFY f(p) = p / (p + gamma) on expert tokens
     use_expert: bool = False  # batch carries is_expert (LUFFY)
 
 
@@ -69,44 +65,36 @@ def rollout_logprobs(params, batch, *, graphdef, temperature: float = 1.0, chunk
         batch, num_micro)
 
 
-def _micro_loss(params, batch, denominator, graphdef, config: RLStepConfig):
+def _micro_loss(params, batch, *, denominator, graphdef, config: RLStepConfig):
+    a = config.algo
     logprobs, entropy = completion_logprobs(params, batch, graphdef=graphdef, temperature=config.temperature,
-                                            chunk_size=config.chunk_size, entropy_gradient=config.entropy_coef != 0)
+                                            chunk_size=a.chunk_size, entropy_gradient=a.entropy_coef != 0)
     mask = batch["completion_mask"]
     per_token, stats = grpo_loss_terms(
-        logprobs, batch["old_logprobs"], batch["advantages"], mask, clip_low=config.clip_low,
-        clip_high=config.clip_high, dual_clip_c=config.dual_clip_c,
-        is_expert=batch["is_expert"] if config.use_expert else None, shaping_gamma=config.shaping_gamma,
-        ref_logprobs=batch.get("ref_logprobs"), kl_coef=config.kl_coef, kl_kind=config.kl_kind,
-        entropy=entropy, entropy_coef=config.entropy_coef)
-    loss = aggregate_loss(per_token, mask, config.agg_mode, seq_normaliser=config.seq_normaliser,
+        logprobs, batch["old_logprobs"], batch["advantages"], mask, clip_low=a.clip_low,
+        clip_high=a.clip_high, dual_clip_c=a.dual_clip_c,
+        is_expert=batch["is_expert"] if config.use_expert else None, shaping_gamma=a.luffy_gamma,
+        ref_logprobs=batch.get("ref_logprobs"), kl_coef=a.kl_coef, kl_kind=a.kl_kind,
+        entropy=entropy, entropy_coef=a.entropy_coef)
+    loss = aggregate_loss(per_token, mask, a.agg_mode, seq_normaliser=config.seq_normaliser,
                           global_denominator=denominator)
     m = mask.astype(jnp.float32)
     stats["entropy"] = jnp.sum(jax.lax.stop_gradient(entropy) * m) / jnp.maximum(jnp.sum(m), 1.0)
     return loss, stats
 
 
-def rl_train_step(state: TrainState, batch, *, graphdef, tx: optax.GradientTransformation, config: RLStepConfig):
+def rl_train_step(state: TrainState, batch, *, graphdef, tx: optax.GradientTransformation, config: RLStepConfig,
+                  param_shardings: Any = None):
     """One optimizer update on a mini-batch of rollouts -> (new state, metrics).
 
     The loss's denominator is computed once over the whole mini-batch and shared by its
     micro-batches, so accumulation gives exactly the mini-batch loss. Diagnostics are the mean of the
     micro-batches' token means.
     """
-    denominator = loss_denominator(batch["completion_mask"], config.agg_mode, seq_normaliser=config.seq_normaliser)
-    micro = split_micro_batches(batch, config.num_micro)
-    grad_fn = jax.value_and_grad(_micro_loss, has_aux=True)
-
-    def accumulate(grads, mb):
-        (loss, stats), g = grad_fn(state.params, mb, denominator, graphdef, config)
-        return jax.tree.map(lambda a, b: a + b.astype(jnp.float32), grads, g), {"loss": loss, **stats}
-
-    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
-    grads, per_micro = jax.lax.scan(accumulate, zeros, micro)
-    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    denominator = loss_denominator(batch["completion_mask"], config.algo.agg_mode,
+                                   seq_normaliser=config.seq_normaliser)
+    micro_loss = functools.partial(_micro_loss, denominator=denominator, graphdef=graphdef, config=config)
+    state, per_micro, update_metrics = accumulate_and_apply(
+        state, micro_loss, split_micro_batches(batch, config.num_micro), tx, param_shardings=param_shardings)
     metrics = {k: jnp.max(v) if k.endswith("_max") else jnp.mean(v) for k, v in per_micro.items()}
-    metrics.update(loss=jnp.sum(per_micro["loss"]), grad_norm=optax.global_norm(grads),
-                   skipped_updates=skipped_updates(opt_state).astype(jnp.float32))
-    return TrainState(params, opt_state, state.step + 1), metrics
+    return state, {**metrics, "loss": jnp.sum(per_micro["loss"]), **update_metrics}

@@ -22,4 +22,4 @@ def test_every_init_of_every_preset_validates(preset_name, tiny_run_inputs):
         for num_devices in (1, 8):
             config = init_stage_config(preset, files, tiny_run_inputs["model"], init, beta, 0, num_devices)
             sizes = validate_init_config(config, num_devices=num_devices)
-            assert sizes["num_micro"] >= 1 and config.loss.name == init
+            assert sizes.num_micro >= 1 and config.loss.name == init

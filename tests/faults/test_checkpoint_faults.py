@@ -7,8 +7,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from gift_jax.train.checkpoint import Checkpointer, CheckpointWriteError
-from gift_jax.train.workdir import check_writable
+from gift_jax.runtime.checkpoint import Checkpointer, CheckpointWriteError
+from gift_jax.runtime.workdir import check_writable
 
 
 def _tree(value):

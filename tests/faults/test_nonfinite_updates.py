@@ -9,8 +9,9 @@ import pytest
 from flax import nnx
 
 from gift_jax.models import ModelConfig, Transformer
-from gift_jax.train.init_step import StepConfig, TrainState, train_step
-from gift_jax.train.optim import OptimConfig, make_optimizer
+from gift_jax.runtime import TrainState
+from gift_jax.runtime.demonstrations import DemonstrationStepConfig, demonstration_step
+from gift_jax.runtime.optim import OptimConfig, make_optimizer
 
 CONFIG = ModelConfig(family="llama", vocab_size=32, hidden_size=16, intermediate_size=32, num_layers=1,
                      num_heads=2, num_kv_heads=1, head_dim=8)
@@ -41,8 +42,8 @@ def _batch(seed):
 def test_poisoned_updates_are_skipped_counted_and_training_continues():
     graphdef, params = nnx.split(Transformer(CONFIG, rngs=nnx.Rngs(0)), nnx.Param)
     tx = optax.chain(poison_gradients(POISONED), make_optimizer(OptimConfig(lr=1e-2), total_steps=10))
-    step = jax.jit(functools.partial(train_step, graphdef=graphdef, base_graphdef=graphdef, tx=tx,
-                                     config=StepConfig("sft", chunk_size=8)))
+    step = jax.jit(functools.partial(demonstration_step, graphdef=graphdef, base_graphdef=graphdef, tx=tx,
+                                     config=DemonstrationStepConfig("sft", chunk_size=8)))
     state = TrainState(params, tx.init(params), jnp.zeros((), jnp.int32))
     batch = _batch(0)
     losses, skipped = [], []

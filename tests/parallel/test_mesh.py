@@ -52,8 +52,8 @@ def test_fsdp8_holds_at_most_a_sixth_per_device(folder):
 
 
 def test_optimizer_state_is_sharded_like_the_parameters(folder):
-    from gift_jax.train.init_step import init_train_state
-    from gift_jax.train.optim import OptimConfig, make_optimizer
+    from gift_jax.runtime import init_train_state
+    from gift_jax.runtime.optim import OptimConfig, make_optimizer
 
     mesh = make_mesh(MeshConfig(fsdp=8))
     model, _ = load_hf(folder, mesh=mesh)

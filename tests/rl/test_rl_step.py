@@ -10,10 +10,11 @@ from flax import nnx
 
 from gift_jax.models import ModelConfig, Transformer
 from gift_jax.parallel import MeshConfig, make_mesh, shard_batch, state_shardings
+from gift_jax.rl.config import AlgoSection
 from gift_jax.rl.rollouts import update_batch
 from gift_jax.rl.step import RLStepConfig, completion_logprobs, rl_train_step, rollout_logprobs
 from gift_jax.rollout import SampleResult
-from gift_jax.train.init_step import TrainState
+from gift_jax.runtime import TrainState
 
 CONFIG = ModelConfig(family="qwen2", vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2,
                      num_heads=4, num_kv_heads=2, head_dim=8, qkv_bias=True)
@@ -39,7 +40,7 @@ def _run(mesh, num_micro, agg_mode="token-mean"):
     params = jax.device_put(params, state_shardings(params, mesh))
     # Plain SGD: Adam's first steps are ~lr * sign(g) and would magnify float-summation-order noise.
     tx = optax.sgd(0.5)
-    config = RLStepConfig(num_micro=num_micro, agg_mode=agg_mode, chunk_size=4)
+    config = RLStepConfig(algo=AlgoSection(agg_mode=agg_mode, chunk_size=4), num_micro=num_micro)
     state = TrainState(params, jax.jit(tx.init)(params), jnp.zeros((), jnp.int32))
     batch = shard_batch(_rollouts(), mesh)
     logprob_fn = jax.jit(functools.partial(completion_logprobs, graphdef=graphdef, chunk_size=4))
@@ -80,7 +81,7 @@ def test_entropy_bonus_reaches_the_gradient():
     tx = optax.sgd(1.0)
 
     def grads_with(entropy_coef):
-        config = RLStepConfig(entropy_coef=entropy_coef, chunk_size=4)
+        config = RLStepConfig(algo=AlgoSection(entropy_coef=entropy_coef, chunk_size=4))
         state = TrainState(params, tx.init(params), jnp.zeros((), jnp.int32))
         step = jax.jit(functools.partial(rl_train_step, graphdef=graphdef, tx=tx, config=config))
         new_state, _ = step(state, batch)

@@ -8,7 +8,7 @@ import pytest
 
 from gift_jax.config_io import load_config
 from gift_jax.models import load_hf
-from gift_jax.train.checkpoint import Checkpointer
+from gift_jax.runtime.checkpoint import Checkpointer
 from gift_jax.train.init_config import InitStageConfig, validate_init_config
 from gift_jax.train.init_trainer import run_init_stage
 from tests.helpers import init_overrides

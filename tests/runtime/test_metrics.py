@@ -1,7 +1,7 @@
 """The metric writer: one line per step in metrics.jsonl, also across a resume."""
 import json
 
-from gift_jax.train.metrics import MetricWriter
+from gift_jax.runtime.metrics import MetricWriter
 
 
 def test_resumed_run_sets_aside_the_lines_of_steps_it_redoes(tmp_path):
@@ -27,7 +27,7 @@ def test_resumed_run_sets_aside_the_lines_of_steps_it_redoes(tmp_path):
 def test_lagged_train_metrics_log_each_step_once_after_the_next_is_dispatched(tmp_path):
     import jax.numpy as jnp
 
-    from gift_jax.train.metrics import LaggedTrainMetrics
+    from gift_jax.runtime.metrics import LaggedTrainMetrics
 
     writer = MetricWriter(tmp_path, total_steps=3)
     lagged = LaggedTrainMetrics(writer)

@@ -5,6 +5,7 @@ import dataclasses
 import math
 from typing import Literal
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -71,3 +72,17 @@ def skipped_updates(opt_state):
     """Number of updates skipped for non-finite gradients so far (`apply_if_finite`'s counter, found
     wherever it sits in a chained state; 0 for an optimizer without that wrapper)."""
     return optax.tree_utils.tree_get(opt_state, "total_notfinite", jnp.zeros((), jnp.int32))
+
+
+def _is_schedule_state(x) -> bool:
+    return isinstance(x, optax.ScaleByScheduleState)
+
+
+def hold_schedule_position(new_opt_state, old_opt_state):
+    """`new_opt_state` with the learning-rate schedule's counter taken from `old_opt_state`.
+
+    For an extra update that must not use up the schedule (ReLIFT's interleaved SFT updates: the
+    schedule is sized for the RL updates alone). Adam's moments and bias-correction count advance.
+    """
+    return jax.tree.map(lambda new, old: old if _is_schedule_state(new) else new, new_opt_state, old_opt_state,
+                        is_leaf=_is_schedule_state)

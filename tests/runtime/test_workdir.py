@@ -1,7 +1,7 @@
 """Workdir checks that every process of a multi-host run performs on the same shared folder."""
 from concurrent.futures import ThreadPoolExecutor
 
-from gift_jax.train.workdir import check_writable
+from gift_jax.runtime.workdir import check_writable
 
 
 def test_concurrent_writability_checks_of_one_workdir_do_not_interfere(tmp_path):

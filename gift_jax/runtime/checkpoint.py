@@ -1,4 +1,4 @@
-"""orbax checkpoints for the training loops: periodic, final and best-by-metric, with safe resume.
+"""orbax checkpoints for the stages: periodic, final and best-by-metric, with safe resume.
 
 Layout under `directory`: `periodic/<step>/` (the last `max_to_keep`) and `best/<step>/` (one).
 Each step holds `state` (the training pytree) and `meta` (JSON: data-iterator state, RNG seed
@@ -43,14 +43,14 @@ class Checkpointer:
         self._best = _manager(self.directory / "best", 1, read_only)
 
     # -- saving -----------------------------------------------------------------------------------
-    def save(self, step: int, state: Any, meta: dict[str, Any], *, best: bool = False) -> None:
-        """Writes step `step` (and, when `best`, also the single best checkpoint).
+    def save(self, step: int, state: Any, meta: dict[str, Any], *, best: bool = False, periodic: bool = True) -> None:
+        """Writes step `step` as a periodic checkpoint and, when `best`, as the single best one.
 
         Raises CheckpointWriteError (naming the folder) when the write fails, e.g. disk full; the
         previous checkpoints remain restorable.
         """
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-        managers = [self._periodic] + ([self._best] if best else [])
+        managers = ([self._periodic] if periodic else []) + ([self._best] if best else [])
         for manager in managers:
             if step in manager.all_steps():
                 continue

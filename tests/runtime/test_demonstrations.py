@@ -8,7 +8,8 @@ from flax import nnx
 
 from gift_jax.models import ModelConfig, Transformer
 from gift_jax.parallel import MeshConfig, make_mesh, shard_batch, state_shardings
-from gift_jax.train.init_step import eval_step, map_micro_batches, policy_logprobs, split_minibatches
+from gift_jax.runtime.batching import map_micro_batches, split_minibatches
+from gift_jax.runtime.demonstrations import eval_step, policy_logprobs
 
 CONFIG = ModelConfig(family="qwen2", vocab_size=40, hidden_size=16, intermediate_size=32, num_layers=2,
                      num_heads=4, num_kv_heads=2, head_dim=4, qkv_bias=True)

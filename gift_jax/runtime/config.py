@@ -1,0 +1,46 @@
+"""Config sections both stages share: the model to train and how a run logs, validates and checkpoints.
+
+Every range is checked when the section is built, i.e. when the config is loaded (the loader turns the
+`ValueError` into a message naming the key), before any data is tokenized or weights are read.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+Dtype = Literal["float32", "bfloat16", "float16"]
+
+
+def require_at_least(section, minimum: int, *names: str) -> None:
+    """Raises one ValueError listing every `name` of `section` below `minimum` (None counts as unset)."""
+    problems = [f"{name} must be >= {minimum}, got {getattr(section, name)}" for name in names
+                if getattr(section, name) is not None and getattr(section, name) < minimum]
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSection:
+    path: str  # local Hugging Face folder the policy starts from
+    base_path: str | None = None  # the frozen base (reference); init stage default: `path` itself
+    dtype: Dtype = "float32"  # compute dtype ("bfloat16" on accelerators)
+    param_dtype: Dtype = "float32"  # policy master weights
+    base_param_dtype: Dtype | None = None  # storage dtype of the frozen base (default: param_dtype)
+    remat: bool = False  # gradient checkpointing per decoder layer
+    chat_template: str | None = None  # None: the model folder's; or "qwen-2.5-math", "llama-3", "plain"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSection:
+    """Seeds and intervals (counted in loop steps, the numbers checkpoints and metrics carry)."""
+
+    seed: int = 0
+    max_steps: int | None = None  # stop early (the LR schedule still spans the whole run)
+    log_every: int = 10  # loop steps per console progress line (metrics.jsonl gets every step)
+    eval_every: int | None = None  # loop steps between validations (None: the stage's default)
+    checkpoint_every: int | None = None  # loop steps between checkpoints (None: the stage's default)
+    max_to_keep: int = 3
+    export_hf: bool = True  # write hf_best/ and hf_final/ folders at the end
+
+    def __post_init__(self):
+        require_at_least(self, 1, "max_steps", "log_every", "eval_every", "checkpoint_every", "max_to_keep")
