@@ -13,10 +13,12 @@ its own rows of the update batch. Only process 0 writes metrics; all take part i
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +32,7 @@ from gift_jax.evaluation.benchmarks import load_benchmark, read_records as read_
 from gift_jax.evaluation.evaluate import EvalConfig, evaluate_problems
 from gift_jax.parallel import place_global_batch
 from gift_jax.rewards import RewardScorer
-from gift_jax.rl.algorithms import ALGORITHMS, RLContext
+from gift_jax.rl.algorithms import ALGORITHMS, GRPO, RLContext
 from gift_jax.rl.config import RLStageConfig, validate_rl_config
 from gift_jax.rl.grpo import grpo_advantages
 from gift_jax.rl.rollouts import group_outcomes, update_batch
@@ -104,11 +106,91 @@ class _Timer(dict):
         return _Span()
 
 
+@dataclasses.dataclass
+class _RLStep:
+    """One RL step's pieces, built once per run: rollouts + rewards (host), then the updates (jitted)."""
+
+    config: RLStageConfig
+    tokenizer: Any
+    algorithm: GRPO
+    scorer: RewardScorer
+    mesh: Any
+    sizes: Any
+    graphdef: Any
+    base_params: Any  # None: no reference forward (no KL term, no KL-to-base tracking)
+    update_fn: Any
+    logprob_fn: Any
+    sampling: SamplingConfig
+
+    def rollouts(self, params, records: list[dict], step: int, timer: "_Timer"):
+        """-> (rollouts incl. any expert rows, [B] is_expert or None, [B] rewards, host metrics)."""
+        c, tokenizer = self.config, self.tokenizer
+        with timer("rollout"):
+            prompts = [tokenizer.encode_prompt(rec[c.data.prompt_key]) for rec in records]
+            result = sample(nnx.merge(self.graphdef, params), prompts, self.sampling,
+                            jax.random.fold_in(jax.random.key(c.train.seed), step), mesh=self.mesh)
+        metrics = {"rollout_tokens_per_s": int(result.lengths.sum()) / max(timer["time_rollout_s"], 1e-9)}
+        result, is_expert, extra = self.algorithm.augment(result, records)
+        with timer("reward"):
+            responses = _response_texts(tokenizer, result, is_expert, [rec.get(c.data.expert_key) for rec in records])
+            answers = [rec[c.data.answer_key] for rec in records for _ in range(c.rollout.group_size)]
+            rewards, timed_out, crashed = _score_once(self.scorer, responses, answers, c.reward.kind)
+        metrics.update(extra, reward_timed_out=float(timed_out), reward_crashed=float(crashed),
+                       **_rollout_metrics(result, rewards, is_expert, c.rollout.group_size))
+        return result, is_expert, rewards, metrics
+
+    def update(self, state, result, is_expert, rewards, records: list[dict], timer: "_Timer"):
+        """PPO updates over the step's mini-batches, then the algorithm's own -> (state, device metrics, host metrics)."""
+        a, group_size = self.config.algo, self.config.rollout.group_size
+        advantages = np.asarray(grpo_advantages(jnp.asarray(rewards), group_size, norm_by_std=a.norm_by_std))
+        batch = place_global_batch(update_batch(result, advantages, is_expert), self.mesh)
+        device_metrics = {}
+        with timer("update"):
+            batch["old_logprobs"], _ = self.logprob_fn(state.params, batch)  # the training forward: ratio 1 at first
+            if self.base_params is not None:
+                batch["ref_logprobs"], _ = self.logprob_fn(self.base_params, batch)
+                on_policy = batch["completion_mask"] * (~batch["is_expert"])[:, None]
+                device_metrics["kl_to_base"] = jnp.sum((batch["old_logprobs"] - batch["ref_logprobs"]) * on_policy) \
+                    / jnp.maximum(jnp.sum(on_policy), 1.0)
+            outs = []
+            for _ in range(a.ppo_epochs):
+                for minibatch in split_minibatches(batch, self.sizes.mini_batches):
+                    state, out = self.update_fn(state, minibatch)
+                    outs.append(out)
+            state, host_metrics = self.algorithm.after_update(state, records, rewards)
+            jax.block_until_ready(state.params)
+        device_metrics.update({k: jnp.mean(jnp.stack([out[k] for out in outs])) for k in outs[0]})
+        host_metrics["update_tokens_per_s"] = float(np.sum(result.completion_mask)) * a.ppo_epochs \
+            / max(timer["time_update_s"], 1e-9)
+        return state, device_metrics, host_metrics
+
+
+def _build_step(config: RLStageConfig, run: StageRun, scorer, tokenizer, records, sizes, total_steps: int):
+    """Policy, base, optimizer, algorithm and jitted functions -> (initial state, `_RLStep`)."""
+    m, r, a = config.model, config.rollout, config.algo
+    graphdef, params = run.load_policy()
+    base_params = run.load_base()[1] if m.base_path and (a.kl_coef or a.track_kl_to_base) else None
+    tx = make_optimizer(config.optim, total_steps * sizes.mini_batches * a.ppo_epochs)
+    state = init_train_state(params, tx, run.mesh)
+    algorithm = ALGORITHMS[a.method](RLContext(config, tokenizer, run.mesh, graphdef, tx, state,
+                                               param_shardings(params), sizes, records))
+    step_config = RLStepConfig(algo=a, num_micro=sizes.num_micro, seq_normaliser=float(r.max_new_tokens),
+                               temperature=r.temperature, use_expert=algorithm.expert_rows)
+    update_fn = jit_update(functools.partial(rl_train_step, graphdef=graphdef, tx=tx, config=step_config,
+                                             param_shardings=param_shardings(params)), state, run.mesh)
+    logprob_fn = jax.jit(functools.partial(rollout_logprobs, graphdef=graphdef, temperature=r.temperature,
+                                           chunk_size=a.chunk_size, num_micro=sizes.mini_batches * sizes.num_micro))
+    sampling = SamplingConfig(max_new_tokens=r.max_new_tokens, num_samples=algorithm.samples_per_prompt(r.group_size),
+                              temperature=r.temperature, top_k=r.top_k, top_p=r.top_p, stop_ids=tokenizer.stop_ids,
+                              pad_id=tokenizer.pad_id)
+    return state, _RLStep(config, tokenizer, algorithm, scorer, run.mesh, sizes, graphdef, base_params, update_fn,
+                          logprob_fn, sampling)
+
+
 def run_rl_stage(config: RLStageConfig, workdir: str | Path, *, max_steps: int | None = None) -> dict:
     """Runs (or resumes) the RL stage in `workdir`; returns a summary dict."""
     m, d, r, a, t = config.model, config.data, config.rollout, config.algo, config.train
-    algorithm_cls = ALGORITHMS[a.method]
-    keys = (d.prompt_key, d.answer_key) + ((d.expert_key,) if algorithm_cls.reads_expert else ())
+    keys = (d.prompt_key, d.answer_key) + ((d.expert_key,) if ALGORITHMS[a.method].reads_expert else ())
     with loading_phase():
         sizes = validate_rl_config(config, num_devices=jax.device_count())
         records = read_records(d.train_file, keys)
@@ -119,75 +201,29 @@ def run_rl_stage(config: RLStageConfig, workdir: str | Path, *, max_steps: int |
         tokenizer = load_tokenizer(m.path, m.chat_template)
         stream = PromptStream(records, seed=t.seed)  # the whole batch on every process (module docstring)
         val_problems = _validation_problems(d) if d.val_file else None
-        graphdef, params = run.load_policy()
-        base_params = run.load_base()[1] if m.base_path and (a.kl_coef or a.track_kl_to_base) else None
-        tx = make_optimizer(config.optim, total_steps * sizes.mini_batches * a.ppo_epochs)
-        state = init_train_state(params, tx, run.mesh)
-        algorithm = algorithm_cls(RLContext(config, tokenizer, run.mesh, graphdef, tx, state, param_shardings(params),
-                                            sizes, records))
-        step_config = RLStepConfig(algo=a, num_micro=sizes.num_micro, seq_normaliser=float(r.max_new_tokens),
-                                   temperature=r.temperature, use_expert=algorithm.expert_rows)
-        update_fn = jit_update(functools.partial(rl_train_step, graphdef=graphdef, tx=tx, config=step_config,
-                                                 param_shardings=param_shardings(params)), state, run.mesh)
-        logprob_fn = jax.jit(functools.partial(rollout_logprobs, graphdef=graphdef, temperature=r.temperature,
-                                               chunk_size=a.chunk_size, num_micro=sizes.mini_batches * sizes.num_micro))
-        rollout_config = SamplingConfig(max_new_tokens=r.max_new_tokens,
-                                        num_samples=algorithm.samples_per_prompt(r.group_size),
-                                        temperature=r.temperature, top_k=r.top_k, top_p=r.top_p,
-                                        stop_ids=tokenizer.stop_ids, pad_id=tokenizer.pad_id)
         eval_config = EvalConfig(num_samples=t.eval_k, temperature=t.eval_temperature, seed=t.seed,
                                  max_new_tokens=t.eval_max_new_tokens or r.max_new_tokens)
-        key = jax.random.key(t.seed)
-
+        state, rl_step = _build_step(config, run, scorer, tokenizer, records, sizes, total_steps)
         state, meta = run.resume(state, stop_at=stop_at)
         if meta:
             stream.set_state(meta["prompt_stream"])
-            algorithm.load_state_dict(meta)
+            rl_step.algorithm.load_state_dict(meta)
         while run.step < stop_at:
             timer, batch_records = _Timer(), stream.next_batch(t.prompts_per_step)
-            with timer("rollout"):
-                prompts = [tokenizer.encode_prompt(rec[d.prompt_key]) for rec in batch_records]
-                result = sample(nnx.merge(graphdef, state.params), prompts, rollout_config,
-                                jax.random.fold_in(key, run.step), mesh=run.mesh)
-            generated_tokens = int(result.lengths.sum())
-            result, is_expert, metrics = algorithm.augment(result, batch_records)
-            with timer("reward"):
-                responses = _response_texts(tokenizer, result, is_expert, [rec.get(d.expert_key) for rec in batch_records])
-                answers = [rec[d.answer_key] for rec in batch_records for _ in range(r.group_size)]
-                rewards, timed_out, crashed = _score_once(scorer, responses, answers, config.reward.kind)
-
-            advantages = np.asarray(grpo_advantages(jnp.asarray(rewards), r.group_size, norm_by_std=a.norm_by_std))
-            batch = place_global_batch(update_batch(result, advantages, is_expert), run.mesh)
-            with timer("update"):
-                batch["old_logprobs"], _ = logprob_fn(state.params, batch)  # the training forward: ratio 1 at first
-                if base_params is not None:
-                    batch["ref_logprobs"], _ = logprob_fn(base_params, batch)
-                    on_policy = batch["completion_mask"] * (~batch["is_expert"])[:, None]
-                    metrics["kl_to_base"] = jnp.sum((batch["old_logprobs"] - batch["ref_logprobs"]) * on_policy) \
-                        / jnp.maximum(jnp.sum(on_policy), 1.0)
-                update_metrics = []
-                for _ in range(a.ppo_epochs):
-                    for minibatch in split_minibatches(batch, sizes.mini_batches):
-                        state, out = update_fn(state, minibatch)
-                        update_metrics.append(out)
-                state, after_metrics = algorithm.after_update(state, batch_records, rewards)
-                jax.block_until_ready(state.params)
+            result, is_expert, rewards, rollout_metrics = rl_step.rollouts(state.params, batch_records, run.step, timer)
+            state, device_metrics, update_metrics = rl_step.update(state, result, is_expert, rewards, batch_records,
+                                                                   timer)
             run.step += 1
-            run.log({**{k: jnp.mean(jnp.stack([u[k] for u in update_metrics])) for k in update_metrics[0]},
-                     **metrics},
-                    **after_metrics, **_rollout_metrics(result, rewards, is_expert, r.group_size), **timer,
-                    reward_timed_out=float(timed_out), reward_crashed=float(crashed),
-                    rollout_tokens_per_s=generated_tokens / max(timer["time_rollout_s"], 1e-9),
-                    update_tokens_per_s=float(np.sum(result.completion_mask)) * a.ppo_epochs
-                    / max(timer["time_update_s"], 1e-9))
+            run.log(device_metrics, **rollout_metrics, **update_metrics, **timer)
             score = None
             if val_problems is not None and (t.eval_every and run.step % t.eval_every == 0 or run.step == stop_at):
                 with run.host_work():
-                    val = evaluate_problems(nnx.merge(graphdef, state.params), tokenizer, val_problems, eval_config,
-                                            scorer, name="validation", mesh=run.mesh, progress=False).metrics()
+                    model = nnx.merge(rl_step.graphdef, state.params)
+                    val = evaluate_problems(model, tokenizer, val_problems, eval_config, scorer, name="validation",
+                                            mesh=run.mesh, progress=False).metrics()
                 run.write(val, prefix="val/")
                 score = val[f"avg@{t.eval_k}"]
             periodic = bool(t.checkpoint_every and run.step % t.checkpoint_every == 0) or run.step == stop_at
-            run.checkpoint(state, {"prompt_stream": stream.get_state(), **algorithm.state_dict()}, score=score,
+            run.checkpoint(state, {"prompt_stream": stream.get_state(), **rl_step.algorithm.state_dict()}, score=score,
                            periodic=periodic)
         return run.finish(state, {f"best_val_avg@{t.eval_k}": run.best_score})

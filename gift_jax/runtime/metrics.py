@@ -1,4 +1,4 @@
-"""Metric sinks for the training loops: console lines, TensorBoard events, a JSONL file, a progress bar.
+"""Metric sinks for the stages: a JSONL file and TensorBoard events (every value), short console progress lines.
 
 Only process 0 writes; other processes get a writer that drops everything, so loops call it freely.
 """
@@ -12,7 +12,6 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from tqdm.auto import tqdm
 
 
 def _scalar(value) -> float:
@@ -43,14 +42,26 @@ def _set_aside_lines_after(path: Path, step: int) -> None:
     partial.replace(path)  # atomic: a kill now leaves either the old file or the new one
 
 
+# The few numbers a person watches; everything else goes to metrics.jsonl and TensorBoard only.
+PROGRESS_KEYS = ("loss", "reward_mean", "accuracy", "tokens_per_s", "rollout_tokens_per_s")
+VALIDATION_KEYS = ("val_loss", "avg@", "pass@1")
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
 class MetricWriter:
-    """`write(step, {"name": value})` -> `workdir/metrics.jsonl`, TensorBoard and (every `log_every`) console."""
+    """`write(step, {"name": value})` -> `workdir/metrics.jsonl` and TensorBoard (every value), and the
+    console: one progress line every `log_every` steps (step, loss or reward, tokens/s, ETA) and one
+    line per validation."""
 
     def __init__(self, workdir: str | os.PathLike, *, total_steps: int, initial_step: int = 0,
                  log_every: int = 10, desc: str = "train", enabled: bool | None = None):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self.log_every = max(1, log_every)
-        self._last = {}
+        self.total_steps, self.desc = total_steps, desc
         if not self.enabled:
             return
         from tensorboardX import SummaryWriter
@@ -59,8 +70,7 @@ class MetricWriter:
         _set_aside_lines_after(workdir / "metrics.jsonl", initial_step)
         self._jsonl = (workdir / "metrics.jsonl").open("a")
         self._tb = SummaryWriter(str(workdir / "tensorboard"))
-        self._bar = tqdm(total=total_steps, initial=initial_step, desc=desc, dynamic_ncols=True,
-                         mininterval=1.0, disable=None)
+        self._start = (time.perf_counter(), initial_step)  # for the ETA
 
     def write(self, step: int, metrics: dict, *, prefix: str = "") -> dict[str, float]:
         """Logs scalars (device arrays are fetched here, outside any jitted code)."""
@@ -72,21 +82,24 @@ class MetricWriter:
         for name, value in values.items():
             if math.isfinite(value):
                 self._tb.add_scalar(name, value, step)
-        self._last.update(values)
-        if prefix == "" or prefix == "train/":
-            self._bar.n = step
-            shown = {k.split("/")[-1]: f"{v:.4g}" for k, v in values.items()
-                     if k.split("/")[-1] in ("loss", "tokens_per_s", "reward_mean", "val_loss")}
-            self._bar.set_postfix(shown, refresh=False)
-            self._bar.refresh()
-        if step % self.log_every == 0 or prefix not in ("", "train/"):
-            text = " ".join(f"{k}={v:.5g}" for k, v in sorted(values.items()))
-            self._bar.write(f"[step {step}] {text}")
+        if prefix in ("", "train/") and (step % self.log_every == 0 or step == self.total_steps):
+            print(self._progress_line(step, metrics), flush=True)
+        elif prefix not in ("", "train/"):
+            shown = {k: v for k, v in values.items() if prefix != "val/" or any(key in k for key in VALIDATION_KEYS)}
+            print(f"[{self.desc} step {step}] " + " ".join(f"{k}={v:.4g}" for k, v in shown.items()), flush=True)
         return values
+
+    def _progress_line(self, step: int, metrics: dict) -> str:
+        shown = " ".join(f"{k}={_scalar(metrics[k]):.4g}" for k in PROGRESS_KEYS if k in metrics)
+        started, first_step = self._start
+        done = step - first_step
+        eta = ""
+        if done > 0 and self.total_steps > step:
+            eta = f" eta {_duration((time.perf_counter() - started) / done * (self.total_steps - step))}"
+        return f"[{self.desc} step {step}/{self.total_steps}] {shown}{eta}"
 
     def close(self):
         if self.enabled:
-            self._bar.close()
             self._tb.close()
             self._jsonl.close()
 
