@@ -48,7 +48,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, type=Path,
                         help="Hugging Face model folder, or a stage workdir (then --step / --kind pick the checkpoint)")
-    parser.add_argument("--step", type=int, default=None, help="workdir: checkpoint step (default: newest)")
+    parser.add_argument("--step", type=int, default=None, help="workdir: loop step of the checkpoint (RL step / init update; default: newest)")
     parser.add_argument("--kind", choices=CHECKPOINT_KINDS, default="periodic", help="workdir: checkpoint kind")
     parser.add_argument("--benchmarks", required=True, nargs="+", metavar="NAME=PATH[:instruction=TEXT]",
                         help="benchmark files; TEXT: paper (default), none, or the instruction itself (see above)")

@@ -3,7 +3,8 @@
     python experiments/export_hf.py --workdir runs/gift --out runs/gift/hf_step40 --step 40
     python experiments/export_hf.py --workdir runs/gift --out runs/gift/hf_best_bf16 --kind best --dtype bfloat16
 
-Without `--step` the newest step of `--kind` (periodic or best) is exported. The tokenizer comes from
+`--step N` is loop step N (the step metrics.jsonl shows: an RL step, an init-stage update); without it
+the newest step of `--kind` (periodic or best) is exported. The tokenizer comes from
 the run's starting model folder. An existing non-empty `--out` is refused unless `--overwrite`.
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", required=True, help="an init-stage or RL-stage workdir")
     parser.add_argument("--out", required=True, help="the HF folder to write")
-    parser.add_argument("--step", type=int, default=None)
+    parser.add_argument("--step", type=int, default=None, help="loop step (RL step / init update) of the checkpoint")
     parser.add_argument("--kind", choices=CHECKPOINT_KINDS, default="periodic")
     parser.add_argument("--dtype", default=None, choices=sorted(DTYPES),
                         help="weight dtype of the export (default: as trained)")

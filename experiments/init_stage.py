@@ -1,7 +1,7 @@
 """Initialization stage (GIFT or an SFT-family baseline) from a config file plus overrides.
 
-    python experiments/init_stage.py --config experiments/configs/init_tiny_cpu.yaml \
-        --workdir runs/init_tiny --set loss.name=gift --set loss.beta=8
+    python experiments/init_stage.py --config experiments/configs/init_qwen2.5_7b_gift.yaml --workdir runs/init \
+        --set model.path=/models/Qwen2.5-7B --set data.train_file=init.parquet --set data.val_file=val.parquet
 
 Re-running with the same --workdir resumes from its newest readable checkpoint. The resolved config is
 saved as WORKDIR/config.json; metrics go to WORKDIR/metrics.jsonl and WORKDIR/tensorboard; the best (by

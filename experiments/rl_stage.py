@@ -1,10 +1,11 @@
 """On-policy RL stage (GRPO; LUFFY / ReLIFT via algo.method) from an init checkpoint.
 
-    python experiments/rl_stage.py --config experiments/configs/rl_tiny_cpu.yaml \
-        --workdir runs/rl_tiny --set model.path=runs/init_tiny/hf_best
+    python experiments/rl_stage.py --config experiments/configs/rl_paper_grpo.yaml --workdir runs/rl \
+        --set model.path=runs/init/hf_best --set data.train_file=rl.parquet --set data.val_file=val.parquet
 
 Re-running with the same --workdir resumes (parameters, optimizer, prompt order, sampling keys).
-Metrics: WORKDIR/metrics.jsonl and WORKDIR/tensorboard; the final policy: WORKDIR/hf_final.
+Metrics: WORKDIR/metrics.jsonl and WORKDIR/tensorboard; the best (by validation avg@k) and final
+policies: WORKDIR/hf_best and WORKDIR/hf_final.
 """
 import sys
 

@@ -55,6 +55,12 @@ def run_chat_template(config: InitStageConfig | RLStageConfig) -> str | None:
     return config.model.chat_template
 
 
+def _checkpoint_numbers(checkpointer: Checkpointer, kind: str) -> dict[int, int]:
+    """Loop step -> orbax step number. They are equal, except in RL workdirs written when checkpoints were
+    numbered by optimizer update; there each checkpoint's metadata gives its loop step."""
+    return {checkpointer.meta(number, kind).get("step", number): number for number in checkpointer.steps(kind)}
+
+
 def load_run_checkpoint(workdir: str | os.PathLike, *, step: int | None = None, kind: str = "periodic",
                         dtype: str | None = None, mesh=None) -> tuple[Transformer, ModelConfig, Path, int]:
     """The policy of one step of a run -> `(model, model_config, tokenizer_dir, step)`.
@@ -69,12 +75,12 @@ def load_run_checkpoint(workdir: str | os.PathLike, *, step: int | None = None, 
     config = read_run_config(workdir)
     checkpointer = Checkpointer(workdir / "checkpoints", read_only=True)
     try:
-        steps = checkpointer.steps(kind)
-        if not steps:
+        numbers = _checkpoint_numbers(checkpointer, kind)
+        if not numbers:
             raise FileNotFoundError(f"{workdir / 'checkpoints' / kind}: no {kind} checkpoint")
-        step = steps[-1] if step is None else step
-        if step not in steps:
-            raise FileNotFoundError(f"{workdir / 'checkpoints' / kind}: no step {step}; saved steps: {steps}")
+        step = max(numbers) if step is None else step
+        if step not in numbers:
+            raise FileNotFoundError(f"{workdir / 'checkpoints' / kind}: no step {step}; saved steps: {sorted(numbers)}")
         mesh = mesh if mesh is not None else make_mesh(MeshConfig())
         # The run's starting folder gives the architecture; the template is abstract (nothing allocated)
         # and only the parameters are read, so peak memory is one copy of the weights.
@@ -83,7 +89,7 @@ def load_run_checkpoint(workdir: str | os.PathLike, *, step: int | None = None, 
         graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Transformer(model_config, rngs=nnx.Rngs(0))), nnx.Param)
         target = jax.tree.map(lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
                               abstract, state_shardings(abstract, mesh))
-        params = checkpointer.restore_params(step, target, kind=kind)
+        params = checkpointer.restore_params(numbers[step], target, kind=kind)
     finally:
         checkpointer.close()
     return nnx.merge(graphdef, params), model_config, Path(config.model.path), step

@@ -6,14 +6,13 @@ the device count or the file system and returns the derived sizes.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Literal
 
 from gift_jax.losses import DEFAULT_CHUNK_SIZE
 from gift_jax.parallel import MeshConfig
 from gift_jax.rl.algorithms import ALGORITHMS
 from gift_jax.rl.grpo import LUFFY_GAMMA, AggMode, KLKind
-from gift_jax.runtime.config import ModelSection, RunSection, require_at_least
+from gift_jax.runtime.config import ModelSection, RunSection, placement_problems, require_at_least
 from gift_jax.runtime.optim import OptimConfig
 
 
@@ -137,34 +136,21 @@ class RLSizes:
 def validate_rl_config(config: RLStageConfig, *, num_devices: int) -> RLSizes:
     """Rejects combinations that cannot run here with one message; returns the derived sizes."""
     a, r, t = config.algo, config.rollout, config.train
-    problems = []
-    try:
-        data, fsdp, _ = config.mesh.resolve(num_devices)
-    except ValueError as err:
-        problems.append(str(err))
-        data = fsdp = 1
-    per_update = data * fsdp * t.micro_batch_per_device
+    devices, problems = placement_problems(config, num_devices)
+    per_update = devices * t.micro_batch_per_device
     rows = a.mini_batch_prompts * r.group_size
     if t.prompts_per_step % a.mini_batch_prompts:
         problems.append(f"train.prompts_per_step={t.prompts_per_step} is not divisible by "
                         f"algo.mini_batch_prompts={a.mini_batch_prompts}")
     if rows % per_update:
         problems.append(f"a mini-batch of {a.mini_batch_prompts} prompts x {r.group_size} rollouts = {rows} rows "
-                        f"is not divisible by batch devices ({data * fsdp}) x train.micro_batch_per_device "
+                        f"is not divisible by batch devices ({devices}) x train.micro_batch_per_device "
                         f"({t.micro_batch_per_device})")
-    problems += ALGORITHMS[a.method].size_problems(a, batch_devices=data * fsdp)
-    for name in ("train_file", "val_file"):
-        path = getattr(config.data, name)
-        if path is not None and not Path(path).is_file():
-            problems.append(f"data.{name}: {path} does not exist")
-    for name in ("path", "base_path"):
-        path = getattr(config.model, name)
-        if path is not None and not (Path(path) / "config.json").is_file():
-            problems.append(f"model.{name}: {path} has no config.json")
+    problems += ALGORITHMS[a.method].size_problems(a, batch_devices=devices)
     if problems:
         raise ValueError("invalid RL-stage config:\n  - " + "\n  - ".join(problems))
     return RLSizes(num_micro=rows // per_update, mini_batches=t.prompts_per_step // a.mini_batch_prompts,
-                   relift_micro=_fewest_micro_batches(max(a.relift_batch // (data * fsdp), 1),
+                   relift_micro=_fewest_micro_batches(max(a.relift_batch // (devices), 1),
                                                       t.micro_batch_per_device))
 
 

@@ -70,6 +70,11 @@ class Checkpointer:
         restored = self._manager(kind).restore(step, args=args)
         return restored["state"], dict(restored["meta"])
 
+    def meta(self, step: int, kind: str = "periodic") -> dict[str, Any]:
+        """Only the metadata of one step (its loop step, data position, scores, ...)."""
+        args = ocp.args.Composite(meta=ocp.args.JsonRestore())
+        return dict(self._manager(kind).restore(step, args=args)["meta"])
+
     def restore_params(self, step: int, abstract_params: Any, kind: str = "periodic") -> Any:
         """Only `state.params` of one step (orbax partial restore: the optimizer state is never read).
 

@@ -6,6 +6,7 @@ Every range is checked when the section is built, i.e. when the config is loaded
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Literal
 
 Dtype = Literal["float32", "bfloat16", "float16"]
@@ -44,3 +45,24 @@ class RunSection:
 
     def __post_init__(self):
         require_at_least(self, 1, "max_steps", "log_every", "eval_every", "checkpoint_every", "max_to_keep")
+
+
+def placement_problems(config, num_devices: int) -> tuple[int, list[str]]:
+    """`(devices the batch is split over, problems)` of a stage config: the mesh must fit the devices,
+    and the data files (`data.train_file` / `data.val_file`) and model folders (`model.path` /
+    `model.base_path`) must exist. Every problem names its key."""
+    problems = []
+    try:
+        data, fsdp, _ = config.mesh.resolve(num_devices)
+    except ValueError as err:
+        problems.append(str(err))
+        data = fsdp = 1
+    for name in ("train_file", "val_file"):
+        path = getattr(config.data, name)
+        if path is not None and not Path(path).is_file():
+            problems.append(f"data.{name}: {path} does not exist")
+    for name in ("path", "base_path"):
+        path = getattr(config.model, name)
+        if path is not None and not (Path(path) / "config.json").is_file():
+            problems.append(f"model.{name}: {path} has no config.json")
+    return data * fsdp, problems

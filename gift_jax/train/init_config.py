@@ -6,12 +6,11 @@ need the device count or the file system and returns the derived sizes.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 from gift_jax.losses import DEFAULT_CHUNK_SIZE, INIT_LOSSES, LOSS_NAMES
 from gift_jax.losses.registry import resolve_init_loss_hparams
 from gift_jax.parallel import MeshConfig
-from gift_jax.runtime.config import ModelSection, RunSection, require_at_least
+from gift_jax.runtime.config import ModelSection, RunSection, placement_problems, require_at_least
 from gift_jax.runtime.optim import OptimConfig
 
 _GIFT, _PSFT = INIT_LOSSES["gift"].hparam_defaults, INIT_LOSSES["psft"].hparam_defaults
@@ -103,13 +102,7 @@ class InitSizes:
 def validate_init_config(config: InitStageConfig, *, num_devices: int, process_count: int = 1) -> InitSizes:
     """Rejects combinations that cannot run here with one clear message; returns the derived sizes."""
     t, loss = config.train, config.loss
-    problems = []
-    try:
-        data, fsdp, _ = config.mesh.resolve(num_devices)
-    except ValueError as err:
-        problems.append(str(err))
-        data = fsdp = 1
-    parallel = data * fsdp
+    parallel, problems = placement_problems(config, num_devices)
     per_update = parallel * t.micro_batch_per_device
     if t.global_batch % per_update:
         problems.append(f"train.global_batch={t.global_batch} is not divisible by batch devices ({parallel}) x "
@@ -119,14 +112,6 @@ def validate_init_config(config: InitStageConfig, *, num_devices: int, process_c
     if t.global_batch % (loss.updates_per_batch * per_update):
         problems.append(f"psft: train.global_batch={t.global_batch} is not divisible by loss.psft_minibatches "
                         f"({loss.psft_minibatches}) x {per_update}")
-    for name in ("train_file", "val_file"):
-        path = getattr(config.data, name)
-        if path is not None and not Path(path).is_file():
-            problems.append(f"data.{name}: {path} does not exist")
-    for name in ("path", "base_path"):
-        path = getattr(config.model, name)
-        if path is not None and not (Path(path) / "config.json").is_file():
-            problems.append(f"model.{name}: {path} has no config.json")
     if problems:
         raise ValueError("invalid init-stage config:\n  - " + "\n  - ".join(problems))
     return InitSizes(batch_parallelism=parallel, num_micro=t.global_batch // per_update // loss.updates_per_batch,

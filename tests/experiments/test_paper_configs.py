@@ -1,7 +1,6 @@
 """The paper's configs run end to end (same scripts, same settings) on a tiny random checkpoint and a
 tiny DeepMath-layout parquet, with only sizes and paths overridden."""
 import json
-import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -13,11 +12,8 @@ from tests.helpers import make_tiny_model_dir
 pytestmark = pytest.mark.slow  # runs the paper configs end to end on tiny inputs
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "experiments"))
 
-import init_stage  # noqa: E402
-import prepare_deepmath  # noqa: E402
-import rl_stage  # noqa: E402
+from experiments import init_stage, prepare_deepmath, rl_stage
 
 CONFIGS = REPO / "experiments" / "configs"
 

@@ -3,7 +3,6 @@ and nothing already saved in the workdir is touched."""
 import hashlib
 import re
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,10 +10,8 @@ from safetensors.numpy import load_file, save_file
 
 from tests.helpers import init_overrides, make_tiny_model_dir
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "experiments"))
 
-import init_stage  # noqa: E402
+from experiments import init_stage
 
 
 def _argv(workdir, overrides):

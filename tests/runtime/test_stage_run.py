@@ -71,3 +71,19 @@ def test_base_is_held_in_base_param_dtype(tiny_run_inputs, tmp_path):
         _, base = run.load_base()
     assert {x.dtype for x in jax.tree.leaves(base)} == {jnp.dtype(jnp.bfloat16)}
     assert {x.dtype for x in jax.tree.leaves(policy)} == {jnp.dtype(jnp.float32)}
+
+
+def test_rl_workdir_numbered_by_optimizer_update_is_refused_for_resume_but_readable_by_loop_step(
+        tiny_run_inputs, tmp_path):
+    from gift_jax.run_checkpoints import _checkpoint_numbers
+    from gift_jax.runtime import TrainState
+
+    config = load_config(RLStageConfig, None, rl_overrides(tiny_run_inputs["model"], write_rl_jsonl(tmp_path / "rl.jsonl", 8)))
+    state = TrainState({"w": jnp.ones(3)}, jnp.zeros(()), jnp.int32(4))
+    old = Checkpointer(tmp_path / "run" / "checkpoints")
+    old.save(4, state, {"step": 2, "prompt_stream": {}})  # RL step 2 after 4 optimizer updates, as written before
+    assert _checkpoint_numbers(old, "periodic") == {2: 4}  # --step 2 finds it
+    old.close()
+    with StageRun(tmp_path / "run", config, desc="rl") as run:
+        with pytest.raises(ValueError, match="checkpoint 4 holds loop step 2.*fresh --workdir"):
+            run.resume(state, stop_at=10)
