@@ -29,26 +29,23 @@ from pathlib import Path
 
 import jax
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from pipeline_report import write_report  # noqa: E402
-from pretrain_toy_base import WORLD_SEED, pretrain_base, world_record  # noqa: E402
-from toy_presets import PRESETS, Preset  # noqa: E402
-
-from gift_jax.config_io import from_dict  # noqa: E402
-from gift_jax.data import load_tokenizer  # noqa: E402
-from gift_jax.evaluation.benchmarks import BenchmarkSpec  # noqa: E402
-from gift_jax.evaluation.checkpoint_eval import evaluate_checkpoint  # noqa: E402
-from gift_jax.evaluation.evaluate import EvalConfig  # noqa: E402
-from gift_jax.models import load_hf  # noqa: E402
-from gift_jax.rewards import RewardScorer  # noqa: E402
-from gift_jax.rl.config import RLStageConfig  # noqa: E402
-from gift_jax.rl.trainer import run_rl_stage  # noqa: E402
-from gift_jax.rollout import SamplingConfig, sample  # noqa: E402
-from gift_jax.toy import classify_style, write_world  # noqa: E402
-from gift_jax.toy.styles import BOXED_PREFIX, STYLE_HEADERS  # noqa: E402
-from gift_jax.train.init_config import InitStageConfig, LossSection  # noqa: E402
-from gift_jax.train.init_trainer import run_init_stage  # noqa: E402
+from gift_jax.config_io import from_dict
+from gift_jax.data import load_tokenizer
+from gift_jax.evaluation.benchmarks import BenchmarkSpec
+from gift_jax.evaluation.checkpoint_eval import evaluate_checkpoint
+from gift_jax.evaluation.evaluate import EvalConfig
+from gift_jax.models import load_hf
+from gift_jax.rewards import RewardScorer
+from gift_jax.rl.config import RLStageConfig
+from gift_jax.rl.trainer import run_rl_stage
+from gift_jax.rollout import SamplingConfig, sample
+from gift_jax.toy import classify_style, write_world
+from gift_jax.toy.base_pretraining import WORLD_SEED, pretrain_base, world_record
+from gift_jax.toy.presets import PRESETS, Preset
+from gift_jax.toy.report import write_report
+from gift_jax.toy.styles import BOXED_PREFIX, STYLE_HEADERS
+from gift_jax.train.init_config import InitStageConfig, LossSection
+from gift_jax.train.init_trainer import run_init_stage
 
 SHIPPED_BASE = Path(__file__).resolve().parent / "toy_base"
 

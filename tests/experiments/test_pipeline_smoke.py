@@ -1,16 +1,11 @@
 """`experiments/pipeline.py --preset smoke` end to end (the shipped toy base, both inits, RL, report)."""
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
+from experiments import pipeline
+
 pytestmark = pytest.mark.slow  # the whole toy pipeline (two inits, RL, evaluation)
-
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "experiments"))
-
-import pipeline  # noqa: E402
 
 
 def test_smoke_pipeline_writes_results_table_and_plots(tmp_path):

@@ -1,15 +1,10 @@
 """Every init run of every pipeline preset has a valid init-stage config, on one device and on eight."""
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments"))
-
-from pipeline import init_stage_config  # noqa: E402
-from toy_presets import PRESETS  # noqa: E402
-
-from gift_jax.train.init_config import validate_init_config  # noqa: E402
+from experiments.pipeline import init_stage_config
+from gift_jax.toy.presets import PRESETS
+from gift_jax.train.init_config import validate_init_config
 
 
 @pytest.mark.parametrize("preset_name", sorted(PRESETS))
