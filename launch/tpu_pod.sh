@@ -3,12 +3,13 @@
 #
 #   gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone "$ZONE" --worker=all \
 #     --command "cd ~/gift-jax && bash launch/tpu_pod.sh experiments/init_stage.py \
-#                --config experiments/configs/init_qwen2.5_7b_gift.yaml --workdir gs://bucket/runs/gift_qwen"
+#                --config experiments/configs/init_qwen2.5_7b_gift.yaml --workdir /mnt/gcs/runs/gift_qwen"
 #
 # Each worker installs the project (once), then starts the same command; GIFT_DISTRIBUTED=1 makes
 # every process call jax.distributed.initialize(), which discovers the coordinator from the TPU
 # metadata. Data files and model folders must be readable from every worker (same local path or a
-# shared mount); the workdir should be shared (GCS path or NFS) since all processes checkpoint.
+# shared mount); the workdir must be shared (a bucket mounted with gcsfuse at the same path, or NFS) since all processes
+# checkpoint; gs:// URLs are refused.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then

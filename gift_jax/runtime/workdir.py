@@ -13,7 +13,14 @@ from gift_jax.config_io import ConfigError, from_dict, save_config, to_dict
 
 
 def check_writable(directory: str | os.PathLike) -> Path:
-    """Creates `directory` and proves a file can be written there, or raises a clear error."""
+    """Creates `directory` and proves a file can be written there, or raises a clear error.
+
+    Cloud URLs (`gs://...`) are refused rather than created as a local folder named `gs:`: workdirs
+    must be a file system path (e.g. a bucket mounted with gcsfuse, or NFS).
+    """
+    if "://" in str(directory):
+        raise WorkdirRefused(f"{directory}: cloud URLs are not supported as workdirs; mount the bucket "
+                             f"(e.g. gcsfuse) and pass the mounted path")
     directory = Path(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -83,7 +90,12 @@ class WorkdirLock:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        except OSError as err:
+            if not isinstance(err, BlockingIOError):  # a file system without locks (some FUSE mounts)
+                print(f"WARNING: {self.path}: the file system refuses locks ({err.strerror or err}); "
+                      f"nothing stops a second run from using this workdir", flush=True)
+                self._fd = fd
+                return self
             holder = _read_holder(fd)
             os.close(fd)
             raise WorkdirBusyError(

@@ -22,7 +22,7 @@ def _lines(workdir):
 
 
 def test_rl_run_keeps_its_best_validation_step_as_hf_best(tiny_run_inputs, tmp_path):
-    overrides = rl_overrides(tiny_run_inputs["model"], write_rl_jsonl(tmp_path / "rl.jsonl", 16), **{
+    overrides = rl_overrides(tiny_run_inputs["model"], write_rl_jsonl(tmp_path / "rl.jsonl", 24), **{
         "data.val_file": write_rl_jsonl(tmp_path / "val.jsonl", 4, seed=1), "train.eval_every": 1,
         "train.eval_k": 2, "train.export_hf": True, "train.checkpoint_every": 100, "rollout.max_new_tokens": 8})
     summary = run_rl_stage(load_config(RLStageConfig, None, overrides), tmp_path / "run", max_steps=3)
