@@ -26,7 +26,9 @@ from pathlib import Path
 from typing import Literal
 
 import jax
+import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from gift_jax.config_io import ConfigError
 from gift_jax.models import load_hf, save_hf
@@ -178,6 +180,10 @@ class StageRun:
         between PSFT's mini-batches, is still exported as hf_best). A failed write is logged as
         `error/checkpoint_write_failed` and training goes on: the previous checkpoint stays usable.
         """
+        if score is not None and jax.process_count() > 1:
+            # Every process must take the same save decision (orbax saves are collective); a score scored
+            # on the host (RL's avg@k, wall-clock reward timeouts) could differ, so process 0's decides.
+            score = float(multihost_utils.broadcast_one_to_all(np.float32(score)))
         improved = self.improves(score)
         if improved:
             self.best_score = score
