@@ -24,7 +24,7 @@ from gift_jax.runtime.optim import hold_schedule_position
 from gift_jax.runtime.run import jit_update
 from gift_jax.runtime.train_state import TrainState
 
-ALGORITHMS: dict[str, type["GRPO"]] = {}
+ALGORITHMS: dict[str, type[GRPO]] = {}
 
 
 def register(cls):

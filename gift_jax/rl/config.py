@@ -12,7 +12,12 @@ from gift_jax.losses import DEFAULT_CHUNK_SIZE
 from gift_jax.parallel import MeshConfig
 from gift_jax.rl.algorithms import ALGORITHMS
 from gift_jax.rl.grpo import LUFFY_GAMMA, AggMode, KLKind
-from gift_jax.runtime.config import ModelSection, RunSection, placement_problems, require_at_least
+from gift_jax.runtime.config import (
+    ModelSection,
+    RunSection,
+    placement_problems,
+    require_at_least,
+)
 from gift_jax.runtime.optim import OptimConfig
 
 

@@ -28,7 +28,8 @@ from jax.experimental import multihost_utils
 
 from gift_jax.data import load_tokenizer, read_records
 from gift_jax.data.prompt_stream import PromptStream
-from gift_jax.evaluation.benchmarks import load_benchmark, read_records as read_benchmark_records
+from gift_jax.evaluation.benchmarks import load_benchmark
+from gift_jax.evaluation.benchmarks import read_records as read_benchmark_records
 from gift_jax.evaluation.evaluate import EvalConfig, evaluate_problems
 from gift_jax.parallel import place_global_batch
 from gift_jax.rewards import RewardScorer
@@ -122,7 +123,7 @@ class _RLStep:
     logprob_fn: Any
     sampling: SamplingConfig
 
-    def rollouts(self, params, records: list[dict], step: int, timer: "_Timer"):
+    def rollouts(self, params, records: list[dict], step: int, timer: _Timer):
         """-> (rollouts incl. any expert rows, [B] is_expert or None, [B] rewards, host metrics)."""
         c, tokenizer = self.config, self.tokenizer
         with timer("rollout"):
@@ -139,7 +140,7 @@ class _RLStep:
                        **_rollout_metrics(result, rewards, is_expert, c.rollout.group_size))
         return result, is_expert, rewards, metrics
 
-    def update(self, state, result, is_expert, rewards, records: list[dict], timer: "_Timer"):
+    def update(self, state, result, is_expert, rewards, records: list[dict], timer: _Timer):
         """PPO updates over the step's mini-batches, then the algorithm's own -> (state, device metrics, host metrics)."""
         a, group_size = self.config.algo, self.config.rollout.group_size
         advantages = np.asarray(grpo_advantages(jnp.asarray(rewards), group_size, norm_by_std=a.norm_by_std))

@@ -20,7 +20,11 @@ import optax
 from flax import nnx
 
 from gift_jax.losses import (
-    DEFAULT_CHUNK_SIZE, chunked_token_logprobs, compute_init_loss, loss_needs_old_logprobs, loss_needs_reference,
+    DEFAULT_CHUNK_SIZE,
+    chunked_token_logprobs,
+    compute_init_loss,
+    loss_needs_old_logprobs,
+    loss_needs_reference,
 )
 from gift_jax.runtime.accumulate import accumulate_and_apply
 from gift_jax.runtime.batching import map_micro_batches, split_micro_batches

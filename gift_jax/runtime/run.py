@@ -38,7 +38,6 @@ from gift_jax.runtime.metrics import LaggedTrainMetrics, MetricWriter
 from gift_jax.runtime.train_state import TrainState
 from gift_jax.runtime.workdir import WorkdirLock, check_writable, claim_workdir
 
-
 # Bad configs, inputs and workdirs: the command line reports these as one line when they happen while
 # a run loads (config, data, models, checkpoints), not once training is under way.
 USER_ERRORS = (ConfigError, ValueError, FileNotFoundError, PermissionError, FileExistsError)
@@ -89,7 +88,7 @@ class StageRun:
         self._train_log: LaggedTrainMetrics | None = None
         self._loading = True  # until `resume` returns
 
-    def __enter__(self) -> "StageRun":
+    def __enter__(self) -> StageRun:
         if jax.process_index() == 0:
             with loading_phase():
                 self._lock.acquire()

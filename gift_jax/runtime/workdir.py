@@ -86,7 +86,7 @@ class WorkdirLock:
         self.path = Path(workdir) / "run.lock"
         self._fd: int | None = None
 
-    def acquire(self) -> "WorkdirLock":
+    def acquire(self) -> WorkdirLock:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

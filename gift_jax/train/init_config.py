@@ -10,7 +10,12 @@ import dataclasses
 from gift_jax.losses import DEFAULT_CHUNK_SIZE, INIT_LOSSES, LOSS_NAMES
 from gift_jax.losses.registry import resolve_init_loss_hparams
 from gift_jax.parallel import MeshConfig
-from gift_jax.runtime.config import ModelSection, RunSection, placement_problems, require_at_least
+from gift_jax.runtime.config import (
+    ModelSection,
+    RunSection,
+    placement_problems,
+    require_at_least,
+)
 from gift_jax.runtime.optim import OptimConfig
 
 _GIFT, _PSFT = INIT_LOSSES["gift"].hparam_defaults, INIT_LOSSES["psft"].hparam_defaults

@@ -15,7 +15,12 @@ from jax.experimental import multihost_utils
 from gift_jax.data import make_eval_batches, make_sft_iterator, prepare_tfds
 from gift_jax.parallel import replicated, shard_batch
 from gift_jax.runtime.batching import split_minibatches
-from gift_jax.runtime.demonstrations import DemonstrationStepConfig, demonstration_step, eval_step, policy_logprobs
+from gift_jax.runtime.demonstrations import (
+    DemonstrationStepConfig,
+    demonstration_step,
+    eval_step,
+    policy_logprobs,
+)
 from gift_jax.runtime.optim import make_optimizer
 from gift_jax.runtime.run import StageRun, jit_update, loading_phase, param_shardings
 from gift_jax.runtime.train_state import init_train_state
