@@ -14,6 +14,7 @@ from gift_jax.cli import run_stage_cli
 from gift_jax.train.init_config import InitStageConfig
 from gift_jax.train.init_trainer import run_init_stage
 
+
 def main(argv=None) -> int:
     return run_stage_cli(InitStageConfig, run_init_stage, __doc__, argv)
 

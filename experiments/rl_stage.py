@@ -13,6 +13,7 @@ from gift_jax.cli import run_stage_cli
 from gift_jax.rl.config import RLStageConfig
 from gift_jax.rl.trainer import run_rl_stage
 
+
 def main(argv=None) -> int:
     return run_stage_cli(RLStageConfig, run_rl_stage, __doc__, argv)
 

@@ -135,10 +135,11 @@ class ReLIFT(GRPO):
     def after_update(self, state, records, rewards):
         c, tokenizer = self.ctx.config, self.ctx.tokenizer
         failed = np.asarray(rewards).reshape(-1, c.rollout.group_size).max(axis=1) <= 0
-        self.buffer += [(rec[c.data.prompt_key], rec[c.data.expert_key]) for rec, bad in zip(records, failed) if bad]
+        pairs = [(rec[c.data.prompt_key], rec[c.data.expert_key]) for rec in records]
+        self.buffer += [pair for pair, bad in zip(pairs, failed, strict=True) if bad]
         if len(self.buffer) < c.algo.relift_batch:
             return state, {}
-        pairs, self.buffer = self.buffer[:c.algo.relift_batch], self.buffer[c.algo.relift_batch:]
+        pairs, self.buffer = self.buffer[: c.algo.relift_batch], self.buffer[c.algo.relift_batch :]
         examples = list(build_sft_examples(pairs, tokenizer, max_length=self.max_length))
         if not examples:
             return state, {}

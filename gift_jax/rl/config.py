@@ -43,7 +43,7 @@ class RolloutSection:
 
     def __post_init__(self):
         require_at_least(self, 2, "group_size")
-        require_at_least(self, 1, "max_new_tokens")
+        require_at_least(self, 1, "max_new_tokens", "max_concurrent_rows")
         if not self.temperature > 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
             raise ValueError(f"need temperature > 0, top_p in (0, 1], top_k >= 0; got {self.temperature}, "
                              f"{self.top_p}, {self.top_k}")

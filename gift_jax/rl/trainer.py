@@ -28,8 +28,8 @@ from jax.experimental import multihost_utils
 
 from gift_jax.data import load_tokenizer, read_records
 from gift_jax.data.prompt_stream import PromptStream
-from gift_jax.evaluation.benchmarks import load_benchmark
-from gift_jax.evaluation.benchmarks import read_records as read_benchmark_records
+from gift_jax.data.unknown_tokens import check_record_fields
+from gift_jax.evaluation.benchmarks import load_benchmark, read_benchmark_records
 from gift_jax.evaluation.evaluate import EvalConfig, evaluate_problems
 from gift_jax.parallel import place_global_batch
 from gift_jax.rewards import RewardScorer
@@ -38,7 +38,7 @@ from gift_jax.rl.config import RLStageConfig, validate_rl_config
 from gift_jax.rl.grpo import grpo_advantages
 from gift_jax.rl.rollouts import group_outcomes, update_batch
 from gift_jax.rl.step import RLStepConfig, rl_train_step, rollout_logprobs
-from gift_jax.rollout import SamplingConfig, sample
+from gift_jax.rollout import SamplingConfig, run_engine, slots_for_budget
 from gift_jax.runtime.batching import split_minibatches
 from gift_jax.runtime.optim import make_optimizer
 from gift_jax.runtime.run import StageRun, jit_update, loading_phase, param_shardings
@@ -75,11 +75,12 @@ def _score_once(scorer: RewardScorer, responses: list[str], answers: list[str], 
 def _response_texts(tokenizer, result, is_expert, expert_texts: list[str]) -> list[str]:
     """Decoded completions; an expert row is scored on the expert's full text: one cut at max_new_tokens
     loses its final answer, and a reward of 0 would push the update *away* from the expert trace."""
-    texts = [tokenizer.decode(ids[:n], skip_special_tokens=True) for ids, n in zip(result.completion_ids, result.lengths)]
+    texts = [tokenizer.decode(ids[:n], skip_special_tokens=True)
+             for ids, n in zip(result.completion_ids, result.lengths, strict=True)]
     if is_expert is None:
         return texts
     expert = iter(expert_texts)
-    return [next(expert) if expert_row else text for text, expert_row in zip(texts, is_expert)]
+    return [next(expert) if expert_row else text for text, expert_row in zip(texts, is_expert, strict=True)]
 
 
 def _rollout_metrics(result, rewards, is_expert, group_size: int) -> dict[str, float]:
@@ -128,9 +129,10 @@ class _RLStep:
         c, tokenizer = self.config, self.tokenizer
         with timer("rollout"):
             prompts = [tokenizer.encode_prompt(rec[c.data.prompt_key]) for rec in records]
-            result = sample(nnx.merge(self.graphdef, params), prompts, self.sampling,
-                            jax.random.fold_in(jax.random.key(c.train.seed), step), mesh=self.mesh)
-        metrics = {"rollout_tokens_per_s": int(result.lengths.sum()) / max(timer["time_rollout_s"], 1e-9)}
+            result, engine_stats = run_engine(nnx.merge(self.graphdef, params), prompts, self.sampling,
+                                              jax.random.fold_in(jax.random.key(c.train.seed), step), mesh=self.mesh)
+        metrics = {"rollout_tokens_per_s": int(result.lengths.sum()) / max(timer["time_rollout_s"], 1e-9),
+                   **engine_stats.metrics()}
         result, is_expert, extra = self.algorithm.augment(result, records)
         with timer("reward"):
             responses = _response_texts(tokenizer, result, is_expert, [rec.get(c.data.expert_key) for rec in records])
@@ -141,7 +143,9 @@ class _RLStep:
         return result, is_expert, rewards, metrics
 
     def update(self, state, result, is_expert, rewards, records: list[dict], timer: _Timer):
-        """PPO updates over the step's mini-batches, then the algorithm's own -> (state, device metrics, host metrics)."""
+        """PPO updates over the step's mini-batches, then the algorithm's own.
+
+        Returns `(state, device metrics, host metrics)`."""
         a, group_size = self.config.algo, self.config.rollout.group_size
         advantages = np.asarray(grpo_advantages(jnp.asarray(rewards), group_size, norm_by_std=a.norm_by_std))
         batch = place_global_batch(update_batch(result, advantages, is_expert), self.mesh)
@@ -183,7 +187,8 @@ def _build_step(config: RLStageConfig, run: StageRun, scorer, tokenizer, records
                                            chunk_size=a.chunk_size, num_micro=sizes.mini_batches * sizes.num_micro))
     sampling = SamplingConfig(max_new_tokens=r.max_new_tokens, num_samples=algorithm.samples_per_prompt(r.group_size),
                               temperature=r.temperature, top_k=r.top_k, top_p=r.top_p, stop_ids=tokenizer.stop_ids,
-                              pad_id=tokenizer.pad_id)
+                              pad_id=tokenizer.pad_id,
+                              max_concurrent_rows=r.max_concurrent_rows or slots_for_budget(r.max_new_tokens))
     return state, _RLStep(config, tokenizer, algorithm, scorer, run.mesh, sizes, graphdef, base_params, update_fn,
                           logprob_fn, sampling)
 
@@ -200,10 +205,13 @@ def run_rl_stage(config: RLStageConfig, workdir: str | Path, *, max_steps: int |
     with StageRun(workdir, config, desc=f"rl[{a.method}]", best="max") as run, \
             RewardScorer(num_workers=config.reward.num_workers, timeout_s=config.reward.timeout_s) as scorer:
         tokenizer = load_tokenizer(m.path, m.chat_template)
+        check_record_fields(tokenizer, records, source=str(d.train_file),
+                            keys=[k for k in records[0] if k != d.answer_key])
         stream = PromptStream(records, seed=t.seed)  # the whole batch on every process (module docstring)
         val_problems = _validation_problems(d) if d.val_file else None
         eval_config = EvalConfig(num_samples=t.eval_k, temperature=t.eval_temperature, seed=t.seed,
-                                 max_new_tokens=t.eval_max_new_tokens or r.max_new_tokens)
+                                 max_new_tokens=t.eval_max_new_tokens or r.max_new_tokens,
+                                 max_concurrent_rows=r.max_concurrent_rows)
         state, rl_step = _build_step(config, run, scorer, tokenizer, records, sizes, total_steps)
         state, meta = run.resume(state, stop_at=stop_at)
         if meta:

@@ -19,7 +19,7 @@ def split_micro_batches(batch: dict[str, jax.Array], num_micro: int) -> dict[str
 
 def split_minibatches(batch: dict, n: int) -> list[dict]:
     """A batch -> `n` strided mini-batches, one optimizer update each (PSFT, PPO)."""
-    return [jax.tree.map(lambda x: x[i::n], batch) for i in range(n)]
+    return [jax.tree.map(lambda x, i=i: x[i::n], batch) for i in range(n)]
 
 
 def map_micro_batches(fn, batch: dict[str, jax.Array], num_micro: int):

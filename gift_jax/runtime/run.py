@@ -118,7 +118,9 @@ class StageRun:
         return self.graphdef, params
 
     def load_base(self):
-        """The frozen base (`model.base_path`, else `model.path`) in `model.base_param_dtype` -> `(graphdef, params)`."""
+        """The frozen base (`model.base_path`, else `model.path`) in `model.base_param_dtype`.
+
+        Returns `(graphdef, params)`."""
         m = self.config.model
         base, _ = load_hf(m.base_path or m.path, dtype=m.dtype, param_dtype=m.base_param_dtype or m.param_dtype,
                           mesh=self.mesh)

@@ -81,9 +81,9 @@ def run_init_stage(config: InitStageConfig, workdir: str | Path, *, max_steps: i
         stop_at = min(total_steps, t.max_steps or total_steps, max_steps or total_steps)
         tx = make_optimizer(config.optim, total_steps)
         state = init_train_state(params, tx, run.mesh)
-        step_fn = jit_update(functools.partial(demonstration_step, graphdef=graphdef, base_graphdef=base_graphdef, tx=tx,
-                                               config=step_config, param_shardings=param_shardings(params)),
-                             state, run.mesh, num_inputs=2)
+        step = functools.partial(demonstration_step, graphdef=graphdef, base_graphdef=base_graphdef, tx=tx,
+                                 config=step_config, param_shardings=param_shardings(params))
+        step_fn = jit_update(step, state, run.mesh, num_inputs=2)
         no_grad = dict(graphdef=graphdef, chunk_size=loss.chunk_size, num_micro=sizes.forward_micro)
         eval_fn = jax.jit(functools.partial(eval_step, **no_grad), out_shardings=replicated(run.mesh))
         old_logprobs_fn = jax.jit(functools.partial(policy_logprobs, **no_grad))

@@ -7,23 +7,17 @@ and row instead of scoring garbage.
 """
 import dataclasses
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
+from experiments import pipeline
 from experiments.evaluate import main as evaluate_main
 from gift_jax.evaluation.benchmarks import BenchmarkSpec
 from gift_jax.evaluation.checkpoint_eval import EvalInputError, evaluate_checkpoint, load_eval_model
 from gift_jax.evaluation.evaluate import EvalConfig
 from gift_jax.rewards import RewardScorer
 from gift_jax.toy import write_world
-
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "experiments"))
-
-import pipeline  # noqa: E402
-from toy_presets import PRESETS  # noqa: E402
+from gift_jax.toy.presets import PRESETS
 
 SEED, PROBLEMS = 3, 16
 PRESET = dataclasses.replace(PRESETS["smoke"], eval_problems=PROBLEMS, pass_k_samples=4, avg_k=4)

@@ -7,13 +7,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from experiments import init_stage, prepare_deepmath, rl_stage
 from tests.helpers import make_tiny_model_dir
 
 pytestmark = pytest.mark.slow  # runs the paper configs end to end on tiny inputs
 
 REPO = Path(__file__).resolve().parents[2]
-
-from experiments import init_stage, prepare_deepmath, rl_stage
 
 CONFIGS = REPO / "experiments" / "configs"
 

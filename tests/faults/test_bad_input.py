@@ -1,17 +1,15 @@
 """Malformed configs, data files and model folders: one clear error naming the culprit, exit status 2,
 and nothing already saved in the workdir is touched."""
 import hashlib
-import re
 import json
+import re
 from pathlib import Path
 
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from tests.helpers import init_overrides, make_tiny_model_dir
-
-
 from experiments import init_stage
+from tests.helpers import init_overrides, make_tiny_model_dir
 
 
 def _argv(workdir, overrides):

@@ -15,10 +15,10 @@ import orbax.checkpoint as ocp
 import pytest
 
 from gift_jax.config_io import load_config
-from gift_jax.train.init_config import InitStageConfig
-from gift_jax.train.init_trainer import run_init_stage
 from gift_jax.rl.config import RLStageConfig
 from gift_jax.rl.trainer import run_rl_stage
+from gift_jax.train.init_config import InitStageConfig
+from gift_jax.train.init_trainer import run_init_stage
 from tests.helpers import init_overrides, rl_overrides, write_rl_jsonl
 
 pytestmark = pytest.mark.slow  # kill -9 of subprocess runs, then resumed runs

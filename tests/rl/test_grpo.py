@@ -20,7 +20,6 @@ from gift_jax.rl import (
     ppo_clip_per_token,
 )
 
-
 # ---------------------------------------------------------------- advantages
 
 def test_advantages_subtract_group_mean_only_by_default():

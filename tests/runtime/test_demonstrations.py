@@ -34,7 +34,7 @@ def test_no_grad_forwards_by_micro_batch_equal_one_pass():
     for fn in (policy_logprobs, eval_step):
         whole = jax.jit(functools.partial(fn, graphdef=graphdef, chunk_size=4))(params, batch)
         by_micro = jax.jit(functools.partial(fn, graphdef=graphdef, chunk_size=4, num_micro=2))(params, batch)
-        for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(by_micro)):
+        for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(by_micro), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 

@@ -6,7 +6,8 @@ from gift_jax.runtime.optim import OptimConfig, hold_schedule_position, make_opt
 
 
 def _counts(opt_state):
-    return {path[-1].tuple_name: int(value) for path, value in optax.tree_utils.tree_get_all_with_path(opt_state, "count")}
+    found = optax.tree_utils.tree_get_all_with_path(opt_state, "count")
+    return {path[-1].tuple_name: int(value) for path, value in found}
 
 
 def test_held_update_keeps_the_schedule_count_and_advances_adam():

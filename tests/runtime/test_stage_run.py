@@ -42,7 +42,8 @@ def test_psft_improvement_between_mini_batches_reaches_hf_best(tiny_run_inputs, 
     summary = init_trainer.run_init_stage(config, tmp_path, max_steps=5)  # step 5: inside the third global batch
     val = {line["step"]: line["val/val_loss"] for line in _lines(tmp_path) if "val/val_loss" in line}
     assert sorted(val) == [1, 2, 3, 4, 5]
-    assert summary["best_step"] == min(val, key=val.get) and summary["best_val_loss"] == pytest.approx(min(val.values()))
+    assert summary["best_step"] == min(val, key=val.get)
+    assert summary["best_val_loss"] == pytest.approx(min(val.values()))
     assert (tmp_path / "hf_best" / "config.json").is_file()
 
 
@@ -78,7 +79,8 @@ def test_rl_workdir_numbered_by_optimizer_update_is_refused_for_resume_but_reada
     from gift_jax.run_checkpoints import _checkpoint_numbers
     from gift_jax.runtime import TrainState
 
-    config = load_config(RLStageConfig, None, rl_overrides(tiny_run_inputs["model"], write_rl_jsonl(tmp_path / "rl.jsonl", 8)))
+    prompts = write_rl_jsonl(tmp_path / "rl.jsonl", 8)
+    config = load_config(RLStageConfig, None, rl_overrides(tiny_run_inputs["model"], prompts))
     state = TrainState({"w": jnp.ones(3)}, jnp.zeros(()), jnp.int32(4))
     old = Checkpointer(tmp_path / "run" / "checkpoints")
     old.save(4, state, {"step": 2, "prompt_stream": {}})  # RL step 2 after 4 optimizer updates, as written before

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from gift_jax.train.optim import OptimConfig, learning_rate_schedule
+from gift_jax.runtime.optim import OptimConfig, learning_rate_schedule
 
 LR = 1e-3
 
