@@ -21,6 +21,7 @@ def _lines(workdir):
     return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow  # a stage run
 def test_rl_run_keeps_its_best_validation_step_as_hf_best(tiny_run_inputs, tmp_path):
     overrides = rl_overrides(tiny_run_inputs["model"], write_rl_jsonl(tmp_path / "rl.jsonl", 24), **{
         "data.val_file": write_rl_jsonl(tmp_path / "val.jsonl", 4, seed=1), "train.eval_every": 1,
@@ -35,6 +36,7 @@ def test_rl_run_keeps_its_best_validation_step_as_hf_best(tiny_run_inputs, tmp_p
     checkpointer.close()
 
 
+@pytest.mark.slow  # a stage run
 def test_psft_improvement_between_mini_batches_reaches_hf_best(tiny_run_inputs, tmp_path):
     config = load_config(InitStageConfig, None, init_overrides(tiny_run_inputs, **{
         "loss.name": "psft", "loss.psft_minibatches": 2, "train.eval_every": 1, "train.checkpoint_every": 100,
@@ -47,6 +49,7 @@ def test_psft_improvement_between_mini_batches_reaches_hf_best(tiny_run_inputs, 
     assert (tmp_path / "hf_best" / "config.json").is_file()
 
 
+@pytest.mark.slow  # a stage run
 def test_failed_init_run_closes_everything_and_frees_the_workdir(tiny_run_inputs, tmp_path, monkeypatch):
     config = load_config(InitStageConfig, None, init_overrides(tiny_run_inputs, **{
         "train.eval_every": 2, "train.checkpoint_every": 1}))
