@@ -9,6 +9,8 @@ import dataclasses
 from pathlib import Path
 from typing import Literal
 
+from gift_jax.models.config import ATTENTION_BACKENDS
+
 Dtype = Literal["float32", "bfloat16", "float16"]
 
 
@@ -28,7 +30,12 @@ class ModelSection:
     param_dtype: Dtype = "float32"  # policy master weights
     base_param_dtype: Dtype | None = None  # storage dtype of the frozen base (default: param_dtype)
     remat: bool = False  # gradient checkpointing per decoder layer
+    attention: str = "auto"  # auto | xla | blockwise | splash | cudnn (gift_jax.models.attention)
     chat_template: str | None = None  # None: the model folder's; or "qwen-2.5-math", "llama-3", "plain"
+
+    def __post_init__(self):
+        if self.attention not in ATTENTION_BACKENDS:
+            raise ValueError(f"model.attention={self.attention!r} is not one of {list(ATTENTION_BACKENDS)}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -50,7 +50,9 @@ class DemonstrationStepConfig:
 
 
 def _hidden(model, batch):
-    return model.hidden_states(batch["input_ids"], batch["positions"], batch["attention_mask"])
+    # Packed batches carry `segment_ids` (several demonstrations per row); padded ones do not.
+    return model.hidden_states(batch["input_ids"], batch["positions"], batch["attention_mask"],
+                               batch.get("segment_ids"))
 
 
 def demonstration_micro_loss(params, batch, *, graphdef, loss: DemonstrationStepConfig, base_graphdef=None,

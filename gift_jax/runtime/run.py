@@ -113,7 +113,7 @@ class StageRun:
         """The policy from `model.path` -> `(graphdef, params)`, sharded over the mesh."""
         m = self.config.model
         policy, self.model_config = load_hf(m.path, dtype=m.dtype, param_dtype=m.param_dtype, mesh=self.mesh,
-                                            remat=m.remat)
+                                            remat=m.remat, attention=m.attention)
         self.graphdef, params = nnx.split(policy, nnx.Param)
         return self.graphdef, params
 
@@ -123,7 +123,7 @@ class StageRun:
         Returns `(graphdef, params)`."""
         m = self.config.model
         base, _ = load_hf(m.base_path or m.path, dtype=m.dtype, param_dtype=m.base_param_dtype or m.param_dtype,
-                          mesh=self.mesh)
+                          mesh=self.mesh, attention=m.attention)
         return nnx.split(base, nnx.Param)
 
     # -- restore, log, checkpoint -----------------------------------------------------------------

@@ -31,6 +31,7 @@ class DataSection:
     truncation: str = "right"  # or "error"
     bucket_lengths: tuple[int, ...] = ()  # padded lengths; () = powers of two up to max_length
     num_threads: int = 2  # grain reader threads
+    pack: bool = False  # several demonstrations per row (segment ids), rows of max(bucket_lengths) positions
 
     def __post_init__(self):
         require_at_least(self, 1, "max_length")

@@ -53,7 +53,8 @@ def _validation_loss(eval_fn, params, val_split, config: InitStageConfig, sizes:
     sums = {"nll": 0.0, "tokens": 0.0}
     for batch in make_eval_batches(val_split, batch_size=sizes.local_batch, process_index=jax.process_index(),
                                    process_count=jax.process_count(),
-                                   bucket_lengths=config.data.bucket_lengths or None, num_threads=0):
+                                   bucket_lengths=config.data.bucket_lengths or None, num_threads=0,
+                                   pack=config.data.pack):
         out = eval_fn(params, shard_batch(batch, mesh))
         sums = {k: sums[k] + float(out[k]) for k in sums}
     return sums["nll"] / max(sums["tokens"], 1.0)
@@ -76,7 +77,8 @@ def run_init_stage(config: InitStageConfig, workdir: str | Path, *, max_steps: i
         iterator = make_sft_iterator(
             train_split, batch_size=sizes.local_batch, seed=t.seed, num_epochs=t.epochs,
             process_index=jax.process_index(), process_count=jax.process_count(),
-            bucket_lengths=config.data.bucket_lengths or None, num_threads=config.data.num_threads)
+            bucket_lengths=config.data.bucket_lengths or None, num_threads=config.data.num_threads,
+            pack=config.data.pack)
         total_steps = iterator.num_batches * loss.updates_per_batch
         stop_at = min(total_steps, t.max_steps or total_steps, max_steps or total_steps)
         tx = make_optimizer(config.optim, total_steps)
