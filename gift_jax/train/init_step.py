@@ -9,6 +9,7 @@ devices.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -30,16 +31,31 @@ class TrainState(NamedTuple):
     step: jax.Array  # [] int32, number of updates applied or skipped
 
 
-def init_train_state(params, tx: optax.GradientTransformation, mesh) -> TrainState:
-    """Step 0: optimizer state laid out like the parameters it mirrors (Adam's mu / nu sharded as the
-    weights are), counters replicated. Without explicit out_shardings jit would replicate mu / nu."""
+def optimizer_state_shardings(params, tx: optax.GradientTransformation, mesh):
+    """Shardings of `tx.init(params)`: Adam's mu / nu laid out like the parameters they mirror,
+    counters replicated. `params` may be concrete arrays or `jax.ShapeDtypeStruct`s with shardings."""
     param_shardings = jax.tree.map(lambda x: x.sharding, params)
     replicated = NamedSharding(mesh, PartitionSpec())
-    opt_shardings = optax.tree_map_params(
+    return optax.tree_map_params(
         tx, lambda _, sharding: sharding, jax.eval_shape(tx.init, params), param_shardings,
         transform_non_params=lambda _: replicated, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
-    opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
-    return TrainState(params, opt_state, jax.device_put(jnp.zeros((), jnp.int32), replicated))
+
+
+def init_train_state(params, tx: optax.GradientTransformation, mesh) -> TrainState:
+    """Step 0, with the optimizer state sharded by `optimizer_state_shardings` (without explicit
+    out_shardings jit would replicate mu / nu)."""
+    opt_state = jax.jit(tx.init, out_shardings=optimizer_state_shardings(params, tx, mesh))(params)
+    return TrainState(params, opt_state, jax.device_put(jnp.zeros((), jnp.int32), NamedSharding(mesh, PartitionSpec())))
+
+
+def abstract_train_state(params, tx: optax.GradientTransformation, mesh) -> TrainState:
+    """`init_train_state` as `jax.ShapeDtypeStruct`s with shardings, from abstract `params` (nothing
+    allocated): the input of an ahead-of-time compile of the step."""
+    shardings = optimizer_state_shardings(params, tx, mesh)
+    opt_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                             jax.eval_shape(tx.init, params), shardings)
+    step = jax.ShapeDtypeStruct((), jnp.int32, sharding=NamedSharding(mesh, PartitionSpec()))
+    return TrainState(params, opt_state, step)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +138,16 @@ def train_step(state: TrainState, base_params, batch, *, graphdef, base_graphdef
     metrics.update(tokens=sums["tokens"], grad_norm=optax.global_norm(grads),
                    skipped_updates=skipped_updates(opt_state).astype(jnp.float32))
     return TrainState(params, opt_state, state.step + 1), metrics
+
+
+def jit_train_step(state_shardings, mesh, *, graphdef, base_graphdef, tx: optax.GradientTransformation,
+                   config: StepConfig):
+    """`train_step` jitted as the trainer runs it: state in and out in `state_shardings` (donated),
+    metrics replicated. `(state, base_params, batch)` -> `(state, metrics)`."""
+    return jax.jit(
+        functools.partial(train_step, graphdef=graphdef, base_graphdef=base_graphdef, tx=tx, config=config),
+        in_shardings=(state_shardings, None, None),
+        out_shardings=(state_shardings, NamedSharding(mesh, PartitionSpec())), donate_argnums=(0,))
 
 
 def map_micro_batches(fn, batch: dict[str, jax.Array], num_micro: int):
