@@ -12,7 +12,6 @@ ref_logprobs `[B, N]` (KL penalty).
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +21,10 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from gift_jax.losses import DEFAULT_CHUNK_SIZE, chunked_token_logprobs
 from gift_jax.rl.grpo import aggregate_loss, grpo_loss_terms, loss_denominator
-from gift_jax.train.init_step import TrainState, map_micro_batches, split_micro_batches
+from gift_jax.parallel.activations import activation_sharding, constrain_batch
+from gift_jax.train.init_step import (
+    TrainState, accumulate_gradients, map_micro_batches, split_micro_batches, zero_gradients,
+)
 from gift_jax.train.optim import skipped_updates
 
 
@@ -110,11 +112,10 @@ def rl_train_step(state: TrainState, batch, *, graphdef, tx: optax.GradientTrans
     grad_fn = jax.value_and_grad(_micro_loss, has_aux=True)
 
     def accumulate(grads, mb):
-        (loss, stats), g = grad_fn(state.params, mb, denominator, graphdef, config)
-        return jax.tree.map(lambda a, b: a + b.astype(jnp.float32), grads, g), {"loss": loss, **stats}
+        (loss, stats), g = grad_fn(state.params, constrain_batch(mb), denominator, graphdef, config)
+        return accumulate_gradients(grads, g), {"loss": loss, **stats}
 
-    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
-    grads, per_micro = jax.lax.scan(accumulate, zeros, micro)
+    grads, per_micro = jax.lax.scan(accumulate, zero_gradients(state.params), micro)
     grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -127,6 +128,9 @@ def rl_train_step(state: TrainState, batch, *, graphdef, tx: optax.GradientTrans
 def jit_rl_train_step(state_shardings, mesh, *, graphdef, tx: optax.GradientTransformation, config: RLStepConfig):
     """`rl_train_step` jitted as the trainer runs it: state donated and kept in `state_shardings`,
     metrics replicated. `(state, batch)` -> `(state, metrics)`."""
-    return jax.jit(functools.partial(rl_train_step, graphdef=graphdef, tx=tx, config=config),
-                   in_shardings=(state_shardings, None),
+    def step(state, batch):
+        with activation_sharding(mesh):  # activations split over the batch axes (FSDP)
+            return rl_train_step(state, batch, graphdef=graphdef, tx=tx, config=config)
+
+    return jax.jit(step, in_shardings=(state_shardings, None),
                    out_shardings=(state_shardings, NamedSharding(mesh, PartitionSpec())), donate_argnums=(0,))

@@ -9,7 +9,6 @@ devices.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -20,6 +19,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from gift_jax.losses import compute_init_loss, loss_needs_old_logprobs, loss_needs_reference
 from gift_jax.losses import DEFAULT_CHUNK_SIZE, chunked_token_logprobs
+from gift_jax.parallel.activations import activation_sharding, constrain_batch, constrain_like_params
 from gift_jax.train.optim import skipped_updates
 
 
@@ -115,6 +115,18 @@ def _micro_loss(params, base_params, graphdef, base_graphdef, batch, config: Ste
     return out.loss_sum, out
 
 
+def zero_gradients(params):
+    """The float32 gradient accumulator, sharded like the parameters (never whole on one chip)."""
+    return constrain_like_params(jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params))
+
+
+def accumulate_gradients(total, grads):
+    """`total + grads` in float32, both kept in the parameters' shardings: each micro-batch's
+    gradient is reduce-scattered into the accumulator rather than all-reduced."""
+    return constrain_like_params(jax.tree.map(lambda a, b: a + b.astype(jnp.float32), total,
+                                              constrain_like_params(grads)))
+
+
 def train_step(state: TrainState, base_params, batch, *, graphdef, base_graphdef, tx: optax.GradientTransformation,
                config: StepConfig):
     """One optimizer update on a global batch -> (new state, metrics dict of scalars)."""
@@ -122,12 +134,10 @@ def train_step(state: TrainState, base_params, batch, *, graphdef, base_graphdef
     grad_fn = jax.value_and_grad(_micro_loss, has_aux=True)
 
     def accumulate(grads, mb):
-        (_, out), g = grad_fn(state.params, base_params, graphdef, base_graphdef, mb, config)
-        grads = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), grads, g)
-        return grads, {"loss": out.loss_sum, "tokens": out.token_count, **out.metrics}
+        (_, out), g = grad_fn(state.params, base_params, graphdef, base_graphdef, constrain_batch(mb), config)
+        return accumulate_gradients(grads, g), {"loss": out.loss_sum, "tokens": out.token_count, **out.metrics}
 
-    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
-    grads, per_micro = jax.lax.scan(accumulate, zeros, micro)
+    grads, per_micro = jax.lax.scan(accumulate, zero_gradients(state.params), micro)
     sums = jax.tree.map(jnp.sum, per_micro)  # every statistic is a sum, so micro-batches add
 
     count = jnp.maximum(sums["tokens"], 1.0)
@@ -144,9 +154,13 @@ def jit_train_step(state_shardings, mesh, *, graphdef, base_graphdef, tx: optax.
                    config: StepConfig):
     """`train_step` jitted as the trainer runs it: state in and out in `state_shardings` (donated),
     metrics replicated. `(state, base_params, batch)` -> `(state, metrics)`."""
+    def step(state, base_params, batch):
+        with activation_sharding(mesh):  # activations split over the batch axes (FSDP)
+            return train_step(state, base_params, batch, graphdef=graphdef, base_graphdef=base_graphdef, tx=tx,
+                              config=config)
+
     return jax.jit(
-        functools.partial(train_step, graphdef=graphdef, base_graphdef=base_graphdef, tx=tx, config=config),
-        in_shardings=(state_shardings, None, None),
+        step, in_shardings=(state_shardings, None, None),
         out_shardings=(state_shardings, NamedSharding(mesh, PartitionSpec())), donate_argnums=(0,))
 
 
