@@ -152,7 +152,7 @@ def rl_step_fit(config: RLStageConfig, model_config: ModelConfig, *, topology: s
 
 def rollout_fit(config: RLStageConfig, model_config: ModelConfig, *, topology: str = LOCAL, prompt_length: int = 512,
                 hlo_file=None) -> FitReport:
-    """Compiles the RL stage's sampler (`gift_jax.rollout.generate`) for one step's rollouts:
+    """Compiles the static-batch sampler (`gift_jax.rollout.generate`) for one step's rollouts:
     `train.prompts_per_step` x `rollout.group_size` rows, `prompt_length` + `rollout.max_new_tokens`
     cache slots, parameters in the policy's storage dtype, as the trainer calls it."""
     from gift_jax.rollout.sampler import SamplingConfig, generate
@@ -167,13 +167,13 @@ def rollout_fit(config: RLStageConfig, model_config: ModelConfig, *, topology: s
                               top_k=r.top_k, top_p=r.top_p, stop_ids=(0,), pad_id=0)
     rows = config.train.prompts_per_step * r.group_size
     width, max_new_bucket = sampling.bucket(prompt_length), sampling.bucket(r.max_new_tokens)
-    prompts = abstract_batch({"ids": ((rows, width), jnp.int32), "mask": ((rows, width), jnp.int32)}, mesh)
-    rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype)
+    prompts = abstract_batch({"ids": ((rows, width), jnp.int32), "mask": ((rows, width), jnp.int32),
+                              "budgets": ((rows,), jnp.int32), "keys": ((rows,), jax.random.key(0).dtype)}, mesh)
     jitted = jax.jit(functools.partial(generate, rule=sampling.token_rule(), stop_ids=sampling.stop_ids,
                                        pad_id=sampling.pad_id, max_new_bucket=max_new_bucket, mesh=mesh),
                      static_argnums=0)
     shapes = {"layers": model_config.num_layers, "rows": rows, "prompt_len": width, "max_new_tokens": max_new_bucket,
               "mesh": dict(mesh.shape), "dtype": m.dtype, "param_dtype": m.param_dtype}
-    args = (graphdef, params, prompts["ids"], prompts["mask"], rng, jax.ShapeDtypeStruct((), jnp.int32))
+    args = (graphdef, params, prompts["ids"], prompts["mask"], prompts["keys"], prompts["budgets"])
     return _compile_report(jitted, args, stage="rollout", topology=topology, devices=devices,
                            model_config=model_config, shapes=shapes, hlo_file=hlo_file)
