@@ -23,7 +23,7 @@ from gift_jax.models.attention import causal_attention
 from gift_jax.models.config import ModelConfig
 from gift_jax.models.decode_attention import block_size_for, blocked_decode_attention, write_at
 from gift_jax.models.rope import apply_rope, inverse_frequencies
-from gift_jax.parallel.activations import BATCH, EMBED, HEADS, KV_HEADS, LENGTH, MLP_WIDTH, constrain
+from gift_jax.parallel.activations import BATCH, EMBED, HEADS, KV_HEADS, LENGTH, MLP_WIDTH, constrain, constrain_batch
 
 
 class KVCache(NamedTuple):
@@ -230,7 +230,7 @@ class Transformer(nnx.Module):
             mask, cache_index = self._attention_mask(attention_mask, cache)
         inv_freq = inverse_frequencies(c.head_dim, c.rope_theta, c.rope_scaling)
         if cache is None:
-            mask = constrain(mask, (BATCH, None, None, None))
+            mask = constrain_batch(mask)
         x = constrain(self.embed_tokens(input_ids), (BATCH, LENGTH, EMBED))
         new_k, new_v = [], []
         run = _run_layer_remat if (c.remat and cache is None) else _run_layer
