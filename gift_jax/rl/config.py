@@ -99,11 +99,12 @@ class RLStageConfig:
     mesh: MeshConfig = MeshConfig()
 
 
-def validate_rl_config(config: RLStageConfig, *, num_devices: int) -> dict[str, int]:
+def validate_rl_config(config: RLStageConfig, *, num_devices: int, check_paths: bool = True) -> dict[str, int]:
     """Rejects impossible settings with one message; returns derived sizes.
 
     `num_micro`: micro-batches per PPO mini-batch; `mini_batches`: PPO updates per step and epoch;
-    `relift_micro`: micro-batches of a ReLIFT SFT update.
+    `relift_micro`: micro-batches of a ReLIFT SFT update. `check_paths=False` skips the file and
+    folder checks (a compile-only fit check needs none).
     """
     a, r, t = config.algo, config.rollout, config.train
     counts = {"algo.ppo_epochs": a.ppo_epochs, "algo.mini_batch_prompts": a.mini_batch_prompts,
@@ -142,11 +143,11 @@ def validate_rl_config(config: RLStageConfig, *, num_devices: int) -> dict[str, 
                         f"({t.micro_batch_per_device})")
     if a.method == "relift" and a.relift_batch % (data * fsdp):
         problems.append(f"algo.relift_batch={a.relift_batch} is not divisible by batch devices ({data * fsdp})")
-    for name in ("train_file", "val_file"):
+    for name in ("train_file", "val_file") if check_paths else ():
         path = getattr(config.data, name)
         if path is not None and not Path(path).is_file():
             problems.append(f"data.{name}: {path} does not exist")
-    for name in ("path", "base_path"):
+    for name in ("path", "base_path") if check_paths else ():
         path = getattr(config.model, name)
         if path is not None and not (Path(path) / "config.json").is_file():
             problems.append(f"model.{name}: {path} has no config.json")

@@ -17,10 +17,14 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
 from gift_jax.losses import DEFAULT_CHUNK_SIZE, chunked_token_logprobs
 from gift_jax.rl.grpo import aggregate_loss, grpo_loss_terms, loss_denominator
-from gift_jax.train.init_step import TrainState, map_micro_batches, split_micro_batches
+from gift_jax.parallel.activations import activation_sharding, constrain_batch
+from gift_jax.train.init_step import (
+    TrainState, accumulate_gradients, map_micro_batches, split_micro_batches, zero_gradients,
+)
 from gift_jax.train.optim import skipped_updates
 
 
@@ -41,6 +45,16 @@ class RLStepConfig:
     chunk_size: int = DEFAULT_CHUNK_SIZE
     shaping_gamma: float = 0.1  # LUFFY f(p) = p / (p + gamma) on expert tokens
     use_expert: bool = False  # batch carries is_expert (LUFFY)
+
+
+def rl_step_config(config, sizes: dict[str, int]) -> RLStepConfig:
+    """The update's static settings from an `RLStageConfig` and `validate_rl_config`'s sizes."""
+    a, r = config.algo, config.rollout
+    return RLStepConfig(
+        num_micro=sizes["num_micro"], clip_low=a.clip_low, clip_high=a.clip_high, dual_clip_c=a.dual_clip_c,
+        agg_mode=a.agg_mode, seq_normaliser=float(r.max_new_tokens), kl_coef=a.kl_coef, kl_kind=a.kl_kind,
+        entropy_coef=a.entropy_coef, temperature=r.temperature, chunk_size=a.chunk_size,
+        shaping_gamma=a.luffy_gamma, use_expert=a.method == "luffy")
 
 
 def completion_logprobs(params, batch, *, graphdef, temperature: float = 1.0, chunk_size: int = DEFAULT_CHUNK_SIZE,
@@ -98,11 +112,10 @@ def rl_train_step(state: TrainState, batch, *, graphdef, tx: optax.GradientTrans
     grad_fn = jax.value_and_grad(_micro_loss, has_aux=True)
 
     def accumulate(grads, mb):
-        (loss, stats), g = grad_fn(state.params, mb, denominator, graphdef, config)
-        return jax.tree.map(lambda a, b: a + b.astype(jnp.float32), grads, g), {"loss": loss, **stats}
+        (loss, stats), g = grad_fn(state.params, constrain_batch(mb), denominator, graphdef, config)
+        return accumulate_gradients(grads, g), {"loss": loss, **stats}
 
-    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
-    grads, per_micro = jax.lax.scan(accumulate, zeros, micro)
+    grads, per_micro = jax.lax.scan(accumulate, zero_gradients(state.params), micro)
     grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -110,3 +123,14 @@ def rl_train_step(state: TrainState, batch, *, graphdef, tx: optax.GradientTrans
     metrics.update(loss=jnp.sum(per_micro["loss"]), grad_norm=optax.global_norm(grads),
                    skipped_updates=skipped_updates(opt_state).astype(jnp.float32))
     return TrainState(params, opt_state, state.step + 1), metrics
+
+
+def jit_rl_train_step(state_shardings, mesh, *, graphdef, tx: optax.GradientTransformation, config: RLStepConfig):
+    """`rl_train_step` jitted as the trainer runs it: state donated and kept in `state_shardings`,
+    metrics replicated. `(state, batch)` -> `(state, metrics)`."""
+    def step(state, batch):
+        with activation_sharding(mesh):  # activations split over the batch axes (FSDP)
+            return rl_train_step(state, batch, graphdef=graphdef, tx=tx, config=config)
+
+    return jax.jit(step, in_shardings=(state_shardings, None),
+                   out_shardings=(state_shardings, NamedSharding(mesh, PartitionSpec())), donate_argnums=(0,))

@@ -32,15 +32,15 @@ from gift_jax.data.unknown_tokens import check_record_fields
 from gift_jax.evaluation.benchmarks import load_benchmark, read_benchmark_records
 from gift_jax.evaluation.evaluate import EvalConfig, evaluate_problems
 from gift_jax.models import load_hf, save_hf
-from gift_jax.parallel import make_mesh, place_global_batch, replicated
+from gift_jax.parallel import make_mesh, place_global_batch
 from gift_jax.rewards import RewardScorer
 from gift_jax.rl.config import RLStageConfig, validate_rl_config
 from gift_jax.rl.grpo import grpo_advantages
 from gift_jax.rl.rollouts import completion_arrays, group_outcomes, insert_expert_rows, update_batch
-from gift_jax.rl.step import RLStepConfig, rl_train_step, rollout_logprobs
+from gift_jax.rl.step import jit_rl_train_step, rl_step_config, rollout_logprobs
 from gift_jax.rollout import SamplingConfig, bucket_size, run_engine, slots_for_budget
 from gift_jax.train.checkpoint import Checkpointer, CheckpointWriteError
-from gift_jax.train.init_step import StepConfig, init_train_state, split_minibatches, train_step
+from gift_jax.train.init_step import StepConfig, init_train_state, jit_train_step, split_minibatches
 from gift_jax.train.metrics import MetricWriter
 from gift_jax.train.optim import make_optimizer
 from gift_jax.train.workdir import check_writable, claim_workdir
@@ -105,24 +105,15 @@ def run_rl_stage(config: RLStageConfig, workdir: str | Path, *, max_steps: int |
 
     updates_per_step = sizes["mini_batches"] * a.ppo_epochs
     tx = make_optimizer(config.optim, total_steps * updates_per_step)
-    step_config = RLStepConfig(
-        num_micro=sizes["num_micro"], clip_low=a.clip_low, clip_high=a.clip_high, dual_clip_c=a.dual_clip_c,
-        agg_mode=a.agg_mode, seq_normaliser=float(r.max_new_tokens), kl_coef=a.kl_coef, kl_kind=a.kl_kind,
-        entropy_coef=a.entropy_coef, temperature=r.temperature, chunk_size=a.chunk_size,
-        shaping_gamma=a.luffy_gamma, use_expert=a.method == "luffy")
+    step_config = rl_step_config(config, sizes)
     state = init_train_state(params, tx, mesh)
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
-    update_fn = jax.jit(functools.partial(rl_train_step, graphdef=graphdef, tx=tx, config=step_config),
-                        in_shardings=(state_shardings, None), out_shardings=(state_shardings, replicated(mesh)),
-                        donate_argnums=(0,))
+    update_fn = jit_rl_train_step(state_shardings, mesh, graphdef=graphdef, tx=tx, config=step_config)
     logprob_fn = jax.jit(functools.partial(rollout_logprobs, graphdef=graphdef, temperature=r.temperature,
                                            chunk_size=a.chunk_size,
                                            num_micro=sizes["mini_batches"] * sizes["num_micro"]))
-    sft_fn = jax.jit(functools.partial(train_step, graphdef=graphdef, base_graphdef=graphdef, tx=tx,
-                                       config=StepConfig("sft", num_micro=sizes["relift_micro"],
-                                                         chunk_size=a.chunk_size)),
-                     in_shardings=(state_shardings, None, None), out_shardings=(state_shardings, replicated(mesh)),
-                     donate_argnums=(0,))
+    sft_fn = jit_train_step(state_shardings, mesh, graphdef=graphdef, base_graphdef=graphdef, tx=tx,
+                            config=StepConfig("sft", num_micro=sizes["relift_micro"], chunk_size=a.chunk_size))
 
     checkpointer = Checkpointer(workdir / "checkpoints", max_to_keep=t.max_to_keep)
     relift_buffer: list[tuple[str, str]] = []

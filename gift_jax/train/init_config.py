@@ -7,6 +7,7 @@ from pathlib import Path
 from gift_jax.losses import DEFAULT_CHUNK_SIZE, INIT_LOSSES, LOSS_NAMES
 from gift_jax.models.config import ATTENTION_BACKENDS
 from gift_jax.parallel import MeshConfig
+from gift_jax.train.init_step import StepConfig
 from gift_jax.train.optim import OptimConfig
 
 
@@ -74,12 +75,14 @@ class InitStageConfig:
     mesh: MeshConfig = MeshConfig()
 
 
-def validate_init_config(config: InitStageConfig, *, num_devices: int, process_count: int = 1) -> dict[str, int]:
+def validate_init_config(config: InitStageConfig, *, num_devices: int, process_count: int = 1,
+                         check_paths: bool = True) -> dict[str, int]:
     """Rejects impossible combinations with one clear message; returns derived sizes.
 
     Derived: `batch_parallelism` (devices the batch is split over), `num_micro` (micro-batches per
     update), `forward_micro` (micro-batches per global batch, for the no-grad forwards over a whole
     batch: validation, PSFT's old log-probs), `local_batch` (rows this process loads per step).
+    `check_paths=False` skips the data and model folder checks (a compile-only fit check needs neither).
     """
     t = config.train
     counts = {f"train.{key}": getattr(t, key) for key in ("epochs", "log_every", "max_to_keep", "global_batch",
@@ -115,14 +118,19 @@ def validate_init_config(config: InitStageConfig, *, num_devices: int, process_c
     if config.data.bucket_lengths and max(config.data.bucket_lengths) < config.data.max_length - 1:
         problems.append(f"data.bucket_lengths {config.data.bucket_lengths} cannot hold data.max_length "
                         f"{config.data.max_length}")
-    for name in ("train_file", "val_file"):
+    for name in ("train_file", "val_file") if check_paths else ():
         path = getattr(config.data, name)
         if path is not None and not Path(path).is_file():
             problems.append(f"data.{name}: {path} does not exist")
-    if not (Path(config.model.path) / "config.json").is_file():
+    if check_paths and not (Path(config.model.path) / "config.json").is_file():
         problems.append(f"model.path: {config.model.path} has no config.json")
     if problems:
         raise ValueError("invalid init-stage config:\n  - " + "\n  - ".join(problems))
     updates_per_batch = config.loss.psft_minibatches if config.loss.name == "psft" else 1
     return {"batch_parallelism": parallel, "num_micro": t.global_batch // per_update // updates_per_batch,
             "forward_micro": t.global_batch // per_update, "local_batch": t.global_batch // process_count}
+
+
+def init_step_config(config: InitStageConfig, sizes: dict[str, int]) -> StepConfig:
+    """The static settings of the jitted step, from the config and `validate_init_config`'s sizes."""
+    return StepConfig(config.loss.name, config.loss.hparams(), sizes["num_micro"], config.loss.chunk_size)

@@ -19,6 +19,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from gift_jax.losses import compute_init_loss, loss_needs_old_logprobs, loss_needs_reference
 from gift_jax.losses import DEFAULT_CHUNK_SIZE, chunked_token_logprobs
+from gift_jax.parallel.activations import activation_sharding, constrain_batch, constrain_like_params
 from gift_jax.train.optim import skipped_updates
 
 
@@ -30,16 +31,31 @@ class TrainState(NamedTuple):
     step: jax.Array  # [] int32, number of updates applied or skipped
 
 
-def init_train_state(params, tx: optax.GradientTransformation, mesh) -> TrainState:
-    """Step 0: optimizer state laid out like the parameters it mirrors (Adam's mu / nu sharded as the
-    weights are), counters replicated. Without explicit out_shardings jit would replicate mu / nu."""
+def optimizer_state_shardings(params, tx: optax.GradientTransformation, mesh):
+    """Shardings of `tx.init(params)`: Adam's mu / nu laid out like the parameters they mirror,
+    counters replicated. `params` may be concrete arrays or `jax.ShapeDtypeStruct`s with shardings."""
     param_shardings = jax.tree.map(lambda x: x.sharding, params)
     replicated = NamedSharding(mesh, PartitionSpec())
-    opt_shardings = optax.tree_map_params(
+    return optax.tree_map_params(
         tx, lambda _, sharding: sharding, jax.eval_shape(tx.init, params), param_shardings,
         transform_non_params=lambda _: replicated, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
-    opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
-    return TrainState(params, opt_state, jax.device_put(jnp.zeros((), jnp.int32), replicated))
+
+
+def init_train_state(params, tx: optax.GradientTransformation, mesh) -> TrainState:
+    """Step 0, with the optimizer state sharded by `optimizer_state_shardings` (without explicit
+    out_shardings jit would replicate mu / nu)."""
+    opt_state = jax.jit(tx.init, out_shardings=optimizer_state_shardings(params, tx, mesh))(params)
+    return TrainState(params, opt_state, jax.device_put(jnp.zeros((), jnp.int32), NamedSharding(mesh, PartitionSpec())))
+
+
+def abstract_train_state(params, tx: optax.GradientTransformation, mesh) -> TrainState:
+    """`init_train_state` as `jax.ShapeDtypeStruct`s with shardings, from abstract `params` (nothing
+    allocated): the input of an ahead-of-time compile of the step."""
+    shardings = optimizer_state_shardings(params, tx, mesh)
+    opt_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                             jax.eval_shape(tx.init, params), shardings)
+    step = jax.ShapeDtypeStruct((), jnp.int32, sharding=NamedSharding(mesh, PartitionSpec()))
+    return TrainState(params, opt_state, step)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +115,18 @@ def _micro_loss(params, base_params, graphdef, base_graphdef, batch, config: Ste
     return out.loss_sum, out
 
 
+def zero_gradients(params):
+    """The float32 gradient accumulator, sharded like the parameters (never whole on one chip)."""
+    return constrain_like_params(jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params))
+
+
+def accumulate_gradients(total, grads):
+    """`total + grads` in float32, both kept in the parameters' shardings: each micro-batch's
+    gradient is reduce-scattered into the accumulator rather than all-reduced."""
+    return constrain_like_params(jax.tree.map(lambda a, b: a + b.astype(jnp.float32), total,
+                                              constrain_like_params(grads)))
+
+
 def train_step(state: TrainState, base_params, batch, *, graphdef, base_graphdef, tx: optax.GradientTransformation,
                config: StepConfig):
     """One optimizer update on a global batch -> (new state, metrics dict of scalars)."""
@@ -106,12 +134,10 @@ def train_step(state: TrainState, base_params, batch, *, graphdef, base_graphdef
     grad_fn = jax.value_and_grad(_micro_loss, has_aux=True)
 
     def accumulate(grads, mb):
-        (_, out), g = grad_fn(state.params, base_params, graphdef, base_graphdef, mb, config)
-        grads = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), grads, g)
-        return grads, {"loss": out.loss_sum, "tokens": out.token_count, **out.metrics}
+        (_, out), g = grad_fn(state.params, base_params, graphdef, base_graphdef, constrain_batch(mb), config)
+        return accumulate_gradients(grads, g), {"loss": out.loss_sum, "tokens": out.token_count, **out.metrics}
 
-    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
-    grads, per_micro = jax.lax.scan(accumulate, zeros, micro)
+    grads, per_micro = jax.lax.scan(accumulate, zero_gradients(state.params), micro)
     sums = jax.tree.map(jnp.sum, per_micro)  # every statistic is a sum, so micro-batches add
 
     count = jnp.maximum(sums["tokens"], 1.0)
@@ -122,6 +148,20 @@ def train_step(state: TrainState, base_params, batch, *, graphdef, base_graphdef
     metrics.update(tokens=sums["tokens"], grad_norm=optax.global_norm(grads),
                    skipped_updates=skipped_updates(opt_state).astype(jnp.float32))
     return TrainState(params, opt_state, state.step + 1), metrics
+
+
+def jit_train_step(state_shardings, mesh, *, graphdef, base_graphdef, tx: optax.GradientTransformation,
+                   config: StepConfig):
+    """`train_step` jitted as the trainer runs it: state in and out in `state_shardings` (donated),
+    metrics replicated. `(state, base_params, batch)` -> `(state, metrics)`."""
+    def step(state, base_params, batch):
+        with activation_sharding(mesh):  # activations split over the batch axes (FSDP)
+            return train_step(state, base_params, batch, graphdef=graphdef, base_graphdef=base_graphdef, tx=tx,
+                              config=config)
+
+    return jax.jit(
+        step, in_shardings=(state_shardings, None, None),
+        out_shardings=(state_shardings, NamedSharding(mesh, PartitionSpec())), donate_argnums=(0,))
 
 
 def map_micro_batches(fn, batch: dict[str, jax.Array], num_micro: int):

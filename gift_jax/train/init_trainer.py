@@ -19,9 +19,9 @@ from gift_jax.models import load_hf, save_hf
 from gift_jax.parallel import make_mesh, replicated, shard_batch
 from gift_jax.train.checkpoint import Checkpointer, CheckpointWriteError
 from gift_jax.train.workdir import check_writable, claim_workdir
-from gift_jax.train.init_config import InitStageConfig, validate_init_config
+from gift_jax.train.init_config import InitStageConfig, init_step_config, validate_init_config
 from gift_jax.train.init_step import (
-    StepConfig, eval_step, init_train_state, policy_logprobs, split_minibatches, train_step,
+    eval_step, init_train_state, jit_train_step, policy_logprobs, split_minibatches,
 )
 from gift_jax.train.metrics import LaggedTrainMetrics, MetricWriter
 from gift_jax.train.optim import make_optimizer
@@ -62,7 +62,7 @@ def run_init_stage(config: InitStageConfig, workdir: str | Path, *, max_steps: i
     policy, model_config = load_hf(mc.path, dtype=mc.dtype, param_dtype=mc.param_dtype, mesh=mesh, remat=mc.remat,
                                    attention=mc.attention)
     graphdef, params = nnx.split(policy, nnx.Param)
-    step_config = StepConfig(config.loss.name, config.loss.hparams(), sizes["num_micro"], config.loss.chunk_size)
+    step_config = init_step_config(config, sizes)
     base_graphdef, base_params = graphdef, None
     if step_config.needs_reference:
         base, _ = load_hf(mc.path, dtype=mc.dtype, param_dtype=mc.base_param_dtype or mc.param_dtype, mesh=mesh,
@@ -81,10 +81,8 @@ def run_init_stage(config: InitStageConfig, workdir: str | Path, *, max_steps: i
 
     state = init_train_state(params, tx, mesh)
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
-    step_fn = jax.jit(
-        functools.partial(train_step, graphdef=graphdef, base_graphdef=base_graphdef, tx=tx, config=step_config),
-        in_shardings=(state_shardings, None, None), out_shardings=(state_shardings, replicated(mesh)),
-        donate_argnums=(0,))
+    step_fn = jit_train_step(state_shardings, mesh, graphdef=graphdef, base_graphdef=base_graphdef, tx=tx,
+                             config=step_config)
     no_grad = dict(graphdef=graphdef, chunk_size=config.loss.chunk_size, num_micro=sizes["forward_micro"])
     eval_fn = jax.jit(functools.partial(eval_step, **no_grad), out_shardings=replicated(mesh))
     old_logprobs_fn = jax.jit(functools.partial(policy_logprobs, **no_grad))
