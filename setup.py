@@ -17,4 +17,7 @@ setup(
     packages=find_packages(include=["gift_jax", "gift_jax.*"]),
     python_requires=">=3.10",
     install_requires=requirements,
+    # Compile-only fit checks for TPU slices on any host (experiments/aot_compile.py); the libtpu that
+    # jax[tpu] 0.10.2 pins. Install it in a separate environment: present, it makes jax look for a TPU.
+    extras_require={"tpu": ["libtpu==0.0.42.*"]},
 )

@@ -32,8 +32,7 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_sampler import median_seconds  # noqa: E402  (one warm-up call, then the median of repeats)
+from bench_sampler import median_seconds  # the script's own folder is on sys.path: one warm-up, then the median
 
 
 def long_tailed_budgets(num: int, budget: int, seed: int = 0) -> list[int]:

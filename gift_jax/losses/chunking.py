@@ -20,6 +20,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from gift_jax.parallel.activations import BATCH, EMBED, VOCAB, constrain
+
 PyTree = Any
 
 # Sequence positions per chunk. A chunk holds a few `[B, C, V]` float32 buffers (logits, reference
@@ -138,10 +140,11 @@ def map_logit_chunks(token_fn: Callable[[jax.Array, jax.Array | None, PyTree], P
 
     def chunk_fn(chunk: PyTree) -> PyTree:
         policy_h, ref_h, inputs = chunk
-        logits = project_logits(policy_h, w_out)
+        logits = constrain(project_logits(constrain(policy_h, (BATCH, None, EMBED)), w_out), (BATCH, None, VOCAB))
         ref_logits = None
         if ref_h is not None:
-            ref_logits = jax.lax.stop_gradient(project_logits(ref_h, ref_w_out))
+            ref_logits = jax.lax.stop_gradient(
+                constrain(project_logits(constrain(ref_h, (BATCH, None, EMBED)), ref_w_out), (BATCH, None, VOCAB)))
         return token_fn(logits, ref_logits, inputs)
 
     return scan_token_chunks(chunk_fn, (hidden, ref_hidden, token_inputs), chunk_size=chunk_size)

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from gift_jax.losses.chunking import PyTree, check_head_pair, project_logits, token_chunker
+from gift_jax.parallel.activations import BATCH, EMBED, VOCAB, constrain
 
 # (logits [B, C, V], ref_logits [B, C, V] or None, chunk of token_inputs) -> (loss [B, C], aux)
 TokenLossFn = Callable[[jax.Array, jax.Array | None, PyTree], tuple[jax.Array, PyTree]]
@@ -55,7 +56,8 @@ def fused_head_loss(token_fn: TokenLossFn, hidden: jax.Array, w_out: jax.Array, 
     to_chunks, from_chunks = token_chunker((hidden, weights, token_inputs), chunk_size, "fused_head_loss")
 
     def chunk_loss(logits, ref_h, ref_w, chunk_weights, inputs):
-        ref_logits = None if ref_h is None else jax.lax.stop_gradient(project_logits(ref_h, ref_w))
+        ref_logits = None if ref_h is None else jax.lax.stop_gradient(
+            constrain(project_logits(constrain(ref_h, (BATCH, None, EMBED)), ref_w), (BATCH, None, VOCAB)))
         loss, aux = token_fn(logits, ref_logits, inputs)
         weighted = jnp.where(chunk_weights > 0, chunk_weights * loss, 0.0)
         return jnp.sum(weighted), jax.lax.stop_gradient(aux)
@@ -69,21 +71,27 @@ def fused_head_loss(token_fn: TokenLossFn, hidden: jax.Array, w_out: jax.Array, 
     def loss_and_aux(h, w, ref_h, ref_w, w_tokens, inputs):
         def one_chunk(_, chunk):
             h_c, ref_c, weight_c, inputs_c = chunk
-            return None, chunk_loss(project_logits(h_c, w), ref_c, ref_w, weight_c, inputs_c)
+            logits = constrain(project_logits(constrain(h_c, (BATCH, None, EMBED)), w), (BATCH, None, VOCAB))
+            return None, chunk_loss(logits, ref_c, ref_w, weight_c, inputs_c)
         _, (sums, aux) = jax.lax.scan(one_chunk, None, chunks(h, ref_h, w_tokens, inputs))
         return jnp.sum(sums), jax.tree.map(from_chunks, aux)
 
     def forward_with_gradient(h, w, ref_h, ref_w, w_tokens, inputs):
         def one_chunk(grad_w, chunk):
             h_c, ref_c, weight_c, inputs_c = chunk
+            # Rows stay on their chips (the weight is gathered), and the [d, V] gradient stays
+            # sharded like the weight: partial sums reduce-scatter rather than all-reduce.
+            h_c = constrain(h_c, (BATCH, None, EMBED))
             (loss_sum, aux), grad_logits = jax.value_and_grad(chunk_loss, has_aux=True)(
-                project_logits(h_c, w), ref_c, ref_w, weight_c, inputs_c)
-            grad_logits = grad_logits.astype(w.dtype)
+                constrain(project_logits(h_c, w), (BATCH, None, VOCAB)), ref_c, ref_w, weight_c, inputs_c)
+            grad_logits = constrain(grad_logits.astype(w.dtype), (BATCH, None, VOCAB))
             grad_h = jnp.einsum("bcv,dv->bcd", grad_logits, w, preferred_element_type=jnp.float32)
             grad_w = grad_w + jnp.einsum("bcd,bcv->dv", h_c, grad_logits, preferred_element_type=jnp.float32)
-            return grad_w, (loss_sum, aux, grad_h.astype(h.dtype))
+            grad_w = constrain(grad_w, ("embed", "vocab"))
+            return grad_w, (loss_sum, aux, constrain(grad_h.astype(h.dtype), (BATCH, None, EMBED)))
         grad_w, (sums, aux, grad_h) = jax.lax.scan(
-            one_chunk, jnp.zeros(w.shape, jnp.float32), chunks(h, ref_h, w_tokens, inputs))
+            one_chunk, constrain(jnp.zeros(w.shape, jnp.float32), ("embed", "vocab")),
+            chunks(h, ref_h, w_tokens, inputs))
         outputs = (jnp.sum(sums), jax.tree.map(from_chunks, aux))
         return outputs, (from_chunks(grad_h), grad_w)
 

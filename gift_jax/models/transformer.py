@@ -23,6 +23,7 @@ from gift_jax.models.attention import causal_attention
 from gift_jax.models.config import ModelConfig
 from gift_jax.models.decode_attention import block_size_for, blocked_decode_attention, write_at
 from gift_jax.models.rope import apply_rope, inverse_frequencies
+from gift_jax.parallel.activations import BATCH, EMBED, HEADS, KV_HEADS, LENGTH, MLP_WIDTH, constrain, constrain_batch
 
 
 class KVCache(NamedTuple):
@@ -83,9 +84,9 @@ class Attention(nnx.Module):
         """
         c = self.config
         b, t, _ = x.shape
-        q = self.q_proj(x).reshape(b, t, c.num_heads, c.head_dim)
-        k = self.k_proj(x).reshape(b, t, c.num_kv_heads, c.head_dim)
-        v = self.v_proj(x).reshape(b, t, c.num_kv_heads, c.head_dim)
+        q = constrain(self.q_proj(x).reshape(b, t, c.num_heads, c.head_dim), (BATCH, LENGTH, HEADS, None))
+        k = constrain(self.k_proj(x).reshape(b, t, c.num_kv_heads, c.head_dim), (BATCH, LENGTH, KV_HEADS, None))
+        v = constrain(self.v_proj(x).reshape(b, t, c.num_kv_heads, c.head_dim), (BATCH, LENGTH, KV_HEADS, None))
         q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
         if cache_kv is None:
             out = causal_attention(q, k, v, mask, backend=c.attention)
@@ -96,7 +97,8 @@ class Attention(nnx.Module):
             block = block_size_for(k.shape[2], t)
             out = (_cached_attention(q, k, v, mask) if block is None else
                    blocked_decode_attention(q, k, v, mask, jnp.max(cache_index) + t, block))
-        return self.o_proj(out.reshape(b, t, c.num_heads * c.head_dim)), (k, v)
+        out = constrain(out.reshape(b, t, c.num_heads * c.head_dim), (BATCH, LENGTH, HEADS))
+        return constrain(self.o_proj(out), (BATCH, LENGTH, EMBED)), (k, v)
 
 
 def _cached_attention(q, k, v, mask):
@@ -130,7 +132,9 @@ class MLP(nnx.Module):
         self.down_proj = _linear(f, d, False, config, rngs)
 
     def __call__(self, x):
-        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate = constrain(self.gate_proj(x), (BATCH, LENGTH, MLP_WIDTH))
+        up = constrain(self.up_proj(x), (BATCH, LENGTH, MLP_WIDTH))
+        return constrain(self.down_proj(jax.nn.silu(gate) * up), (BATCH, LENGTH, EMBED))
 
 
 class DecoderLayer(nnx.Module):
@@ -142,8 +146,8 @@ class DecoderLayer(nnx.Module):
 
     def __call__(self, x, positions, mask, inv_freq, cache_kv=None, cache_index=None):
         attn, new_kv = self.self_attn(self.input_layernorm(x), positions, mask, inv_freq, cache_kv, cache_index)
-        x = x + attn
-        return x + self.mlp(self.post_attention_layernorm(x)), new_kv
+        x = constrain(x + attn, (BATCH, LENGTH, EMBED))
+        return constrain(x + self.mlp(self.post_attention_layernorm(x)), (BATCH, LENGTH, EMBED)), new_kv
 
 
 def _run_layer(layer, x, positions, mask, inv_freq, cache_kv, cache_index):
@@ -225,7 +229,9 @@ class Transformer(nnx.Module):
         else:
             mask, cache_index = self._attention_mask(attention_mask, cache)
         inv_freq = inverse_frequencies(c.head_dim, c.rope_theta, c.rope_scaling)
-        x = self.embed_tokens(input_ids)
+        if cache is None:
+            mask = constrain_batch(mask)
+        x = constrain(self.embed_tokens(input_ids), (BATCH, LENGTH, EMBED))
         new_k, new_v = [], []
         run = _run_layer_remat if (c.remat and cache is None) else _run_layer
         for i, layer in enumerate(self.layers):
@@ -233,7 +239,7 @@ class Transformer(nnx.Module):
             x, (k, v) = run(layer, x, positions, mask, inv_freq, cache_kv, cache_index)
             new_k.append(k)
             new_v.append(v)
-        hidden = self.norm(x)
+        hidden = constrain(self.norm(x), (BATCH, LENGTH, EMBED))
         if cache is None:
             return hidden, None
         key_mask = write_at(cache.key_mask, attention_mask, cache_index, axis=1)

@@ -138,10 +138,12 @@ class RLSizes:
     relift_micro: int  # micro-batches of a ReLIFT SFT update
 
 
-def validate_rl_config(config: RLStageConfig, *, num_devices: int) -> RLSizes:
-    """Rejects combinations that cannot run here with one message; returns the derived sizes."""
+def validate_rl_config(config: RLStageConfig, *, num_devices: int, check_paths: bool = True) -> RLSizes:
+    """Rejects combinations that cannot run here with one message; returns the derived sizes.
+
+    `check_paths=False` skips the data and model folder checks (a compile-only fit check needs neither)."""
     a, r, t = config.algo, config.rollout, config.train
-    devices, problems = placement_problems(config, num_devices)
+    devices, problems = placement_problems(config, num_devices, check_paths=check_paths)
     per_update = devices * t.micro_batch_per_device
     rows = a.mini_batch_prompts * r.group_size
     if t.prompts_per_step % a.mini_batch_prompts:

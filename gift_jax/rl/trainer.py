@@ -170,6 +170,20 @@ class _RLStep:
         return state, device_metrics, host_metrics
 
 
+def rl_step_config(config: RLStageConfig, sizes) -> RLStepConfig:
+    """The static settings of the GRPO-family update, from the stage config and its derived sizes."""
+    a, r = config.algo, config.rollout
+    return RLStepConfig(algo=a, num_micro=sizes.num_micro, seq_normaliser=float(r.max_new_tokens),
+                        temperature=r.temperature, use_expert=ALGORITHMS[a.method].expert_rows)
+
+
+def jit_rl_update(step_config: RLStepConfig, state, mesh, *, graphdef, tx):
+    """The RL stage's jitted update `(state, batch) -> (state, metrics)` exactly as the loop runs it;
+    `state` may be abstract (the compile-only fit check compiles this same function)."""
+    return jit_update(functools.partial(rl_train_step, graphdef=graphdef, tx=tx, config=step_config,
+                                        param_shardings=param_shardings(state.params)), state, mesh)
+
+
 def _build_step(config: RLStageConfig, run: StageRun, scorer, tokenizer, records, sizes, total_steps: int):
     """Policy, base, optimizer, algorithm and jitted functions -> (initial state, `_RLStep`)."""
     m, r, a = config.model, config.rollout, config.algo
@@ -179,10 +193,7 @@ def _build_step(config: RLStageConfig, run: StageRun, scorer, tokenizer, records
     state = init_train_state(params, tx, run.mesh)
     algorithm = ALGORITHMS[a.method](RLContext(config, tokenizer, run.mesh, graphdef, tx, state,
                                                param_shardings(params), sizes, records))
-    step_config = RLStepConfig(algo=a, num_micro=sizes.num_micro, seq_normaliser=float(r.max_new_tokens),
-                               temperature=r.temperature, use_expert=algorithm.expert_rows)
-    update_fn = jit_update(functools.partial(rl_train_step, graphdef=graphdef, tx=tx, config=step_config,
-                                             param_shardings=param_shardings(params)), state, run.mesh)
+    update_fn = jit_rl_update(rl_step_config(config, sizes), state, run.mesh, graphdef=graphdef, tx=tx)
     logprob_fn = jax.jit(functools.partial(rollout_logprobs, graphdef=graphdef, temperature=r.temperature,
                                            chunk_size=a.chunk_size, num_micro=sizes.mini_batches * sizes.num_micro))
     sampling = SamplingConfig(max_new_tokens=r.max_new_tokens, num_samples=algorithm.samples_per_prompt(r.group_size),

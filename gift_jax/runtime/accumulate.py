@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from gift_jax.parallel.activations import constrain_batch
 from gift_jax.runtime.optim import skipped_updates
 from gift_jax.runtime.train_state import TrainState
 
@@ -43,7 +44,8 @@ def accumulate_and_apply(state: TrainState, micro_loss: MicroLoss, micro_batches
     grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
 
     def accumulate(grads, mb):
-        (loss, stats), g = grad_fn(state.params, mb)
+        # Each micro-batch split over the batch axes (a no-op outside `activation_sharding`).
+        (loss, stats), g = grad_fn(state.params, constrain_batch(mb))
         grads = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), grads, g)
         return _constrain(grads, param_shardings), {"loss": loss, **stats}
 

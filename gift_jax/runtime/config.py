@@ -54,21 +54,22 @@ class RunSection:
         require_at_least(self, 1, "max_steps", "log_every", "eval_every", "checkpoint_every", "max_to_keep")
 
 
-def placement_problems(config, num_devices: int) -> tuple[int, list[str]]:
+def placement_problems(config, num_devices: int, *, check_paths: bool = True) -> tuple[int, list[str]]:
     """`(devices the batch is split over, problems)` of a stage config: the mesh must fit the devices,
     and the data files (`data.train_file` / `data.val_file`) and model folders (`model.path` /
-    `model.base_path`) must exist. Every problem names its key."""
+    `model.base_path`) must exist. Every problem names its key. `check_paths=False` skips the files
+    and folders (a compile-only fit check needs neither)."""
     problems = []
     try:
         data, fsdp, _ = config.mesh.resolve(num_devices)
     except ValueError as err:
         problems.append(str(err))
         data = fsdp = 1
-    for name in ("train_file", "val_file"):
+    for name in ("train_file", "val_file") if check_paths else ():
         path = getattr(config.data, name)
         if path is not None and not Path(path).is_file():
             problems.append(f"data.{name}: {path} does not exist")
-    for name in ("path", "base_path"):
+    for name in ("path", "base_path") if check_paths else ():
         path = getattr(config.model, name)
         if path is not None and not (Path(path) / "config.json").is_file():
             problems.append(f"model.{name}: {path} has no config.json")

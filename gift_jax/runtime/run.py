@@ -33,6 +33,7 @@ from jax.experimental import multihost_utils
 from gift_jax.config_io import ConfigError
 from gift_jax.models import load_hf, save_hf
 from gift_jax.parallel import make_mesh, replicated
+from gift_jax.parallel.activations import activation_sharding
 from gift_jax.runtime.checkpoint import Checkpointer, CheckpointWriteError
 from gift_jax.runtime.metrics import LaggedTrainMetrics, MetricWriter
 from gift_jax.runtime.train_state import TrainState
@@ -58,9 +59,17 @@ def is_loading_error(err: BaseException) -> bool:
 
 
 def jit_update(update_fn, state: TrainState, mesh, num_inputs: int = 1):
-    """`update_fn(state, *inputs) -> (state, metrics)` jitted with the state donated and kept in its shardings."""
+    """`update_fn(state, *inputs) -> (state, metrics)` jitted with the state donated and kept in its
+    shardings, traced inside `activation_sharding(mesh)` so activations stay split over the batch axes
+    (FSDP gathers weights per layer instead of all-reducing whole-batch activations). `state` may be
+    abstract (`jax.ShapeDtypeStruct`s with shardings), as in a compile-only fit check."""
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
-    return jax.jit(update_fn, in_shardings=(state_shardings,) + (None,) * num_inputs,
+
+    def update(state, *inputs):
+        with activation_sharding(mesh):
+            return update_fn(state, *inputs)
+
+    return jax.jit(update, in_shardings=(state_shardings,) + (None,) * num_inputs,
                    out_shardings=(state_shardings, replicated(mesh)), donate_argnums=(0,))
 
 

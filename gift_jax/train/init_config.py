@@ -105,10 +105,13 @@ class InitSizes:
     local_batch: int  # rows this process loads per global batch
 
 
-def validate_init_config(config: InitStageConfig, *, num_devices: int, process_count: int = 1) -> InitSizes:
-    """Rejects combinations that cannot run here with one clear message; returns the derived sizes."""
+def validate_init_config(config: InitStageConfig, *, num_devices: int, process_count: int = 1,
+                         check_paths: bool = True) -> InitSizes:
+    """Rejects combinations that cannot run here with one clear message; returns the derived sizes.
+
+    `check_paths=False` skips the data and model folder checks (a compile-only fit check needs neither)."""
     t, loss = config.train, config.loss
-    parallel, problems = placement_problems(config, num_devices)
+    parallel, problems = placement_problems(config, num_devices, check_paths=check_paths)
     per_update = parallel * t.micro_batch_per_device
     if t.global_batch % per_update:
         problems.append(f"train.global_batch={t.global_batch} is not divisible by batch devices ({parallel}) x "

@@ -60,6 +60,21 @@ def _validation_loss(eval_fn, params, val_split, config: InitStageConfig, sizes:
     return sums["nll"] / max(sums["tokens"], 1.0)
 
 
+def init_step_config(config: InitStageConfig, sizes: InitSizes) -> DemonstrationStepConfig:
+    """The static settings of the init stage's update, from its config and derived sizes."""
+    loss = config.loss
+    return DemonstrationStepConfig(name=loss.name, hparams=loss.hparams(), chunk_size=loss.chunk_size,
+                                   num_micro=sizes.num_micro)
+
+
+def jit_init_update(step_config: DemonstrationStepConfig, state, mesh, *, graphdef, base_graphdef, tx):
+    """The init stage's jitted update `(state, base_params, batch) -> (state, metrics)` exactly as the
+    loop runs it; `state` may be abstract (the compile-only fit check compiles this same function)."""
+    step = functools.partial(demonstration_step, graphdef=graphdef, base_graphdef=base_graphdef, tx=tx,
+                             config=step_config, param_shardings=param_shardings(state.params))
+    return jit_update(step, state, mesh, num_inputs=2)
+
+
 def run_init_stage(config: InitStageConfig, workdir: str | Path, *, max_steps: int | None = None) -> dict:
     """Trains the init stage in `workdir` (resuming if it holds checkpoints); returns a summary dict.
 
@@ -71,8 +86,7 @@ def run_init_stage(config: InitStageConfig, workdir: str | Path, *, max_steps: i
     with StageRun(workdir, config, desc=f"init[{loss.name}]", best="min") as run:
         prepared, train_split, val_split = _data_splits(config, run.workdir)
         graphdef, params = run.load_policy()
-        step_config = DemonstrationStepConfig(name=loss.name, hparams=loss.hparams(), chunk_size=loss.chunk_size,
-                                 num_micro=sizes.num_micro)
+        step_config = init_step_config(config, sizes)
         base_graphdef, base_params = run.load_base() if step_config.needs_reference else (graphdef, None)
         iterator = make_sft_iterator(
             train_split, batch_size=sizes.local_batch, seed=t.seed, num_epochs=t.epochs,
@@ -83,9 +97,8 @@ def run_init_stage(config: InitStageConfig, workdir: str | Path, *, max_steps: i
         stop_at = min(total_steps, t.max_steps or total_steps, max_steps or total_steps)
         tx = make_optimizer(config.optim, total_steps)
         state = init_train_state(params, tx, run.mesh)
-        step = functools.partial(demonstration_step, graphdef=graphdef, base_graphdef=base_graphdef, tx=tx,
-                                 config=step_config, param_shardings=param_shardings(params))
-        step_fn = jit_update(step, state, run.mesh, num_inputs=2)
+        step_fn = jit_init_update(step_config, state, run.mesh, graphdef=graphdef, base_graphdef=base_graphdef,
+                                  tx=tx)
         no_grad = dict(graphdef=graphdef, chunk_size=loss.chunk_size, num_micro=sizes.forward_micro)
         eval_fn = jax.jit(functools.partial(eval_step, **no_grad), out_shardings=replicated(run.mesh))
         old_logprobs_fn = jax.jit(functools.partial(policy_logprobs, **no_grad))

@@ -3,10 +3,9 @@ import re
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "experiments"))
+from experiments import bench_packing
 
-import bench_packing  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_bench_packing_prints_the_fill_of_both_layouts(monkeypatch, capsys):
