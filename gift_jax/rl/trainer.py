@@ -210,7 +210,7 @@ def run_rl_stage(config: RLStageConfig, workdir: str | Path, *, max_steps: int |
     keys = (d.prompt_key, d.answer_key) + ((d.expert_key,) if ALGORITHMS[a.method].reads_expert else ())
     with loading_phase():
         sizes = validate_rl_config(config, num_devices=jax.device_count())
-        records = read_records(d.train_file, keys)
+        records = read_records(d.train_file, keys, ground_truth_key=d.answer_key, ground_truth_kind=config.reward.kind)
     total_steps = math.ceil(len(records) * t.epochs / t.prompts_per_step)
     stop_at = min(total_steps, t.max_steps or total_steps, max_steps or total_steps)
     with StageRun(workdir, config, desc=f"rl[{a.method}]", best="max") as run, \

@@ -1,5 +1,7 @@
 """RL-stage configs are validated before anything runs: each impossible setting is named."""
+import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -45,3 +47,18 @@ def test_impossible_settings_are_named(overrides, extra, message):
     with pytest.raises(ValueError, match=r"^(invalid RL-stage config|config[.:])") as err:
         validate_rl_config(load_config(RLStageConfig, None, overrides(**extra)), num_devices=8)
     assert re.search(message, str(err.value)), str(err.value)
+
+
+def test_rl_prompts_with_a_malformed_ground_truth_are_refused_naming_file_and_row(tmp_path):
+    """An unterminated `\\boxed{` in the answer column fails when the prompts are read, not mid-scoring."""
+    from gift_jax.rl.trainer import run_rl_stage
+
+    toy_base = Path(__file__).resolve().parents[2] / "experiments" / "toy_base"
+    rows = [{"prompt": f"{i}+{i}=?", "answer": str(2 * i)} for i in range(1, 8)]
+    rows[3]["answer"] = "\\boxed{8"
+    train = tmp_path / "rl.jsonl"
+    train.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    config = load_config(RLStageConfig, None, rl_overrides(toy_base, train))
+    with pytest.raises(ValueError, match=rf"{train}.*row 3"):
+        run_rl_stage(config, tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists()
