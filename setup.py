@@ -1,4 +1,5 @@
 """Installs gift_jax: `pip install -e .` (runtime deps from requirements.txt)."""
+
 from pathlib import Path
 
 from setuptools import find_packages, setup

@@ -14,6 +14,7 @@ and PYTHONPATH=DIR for this command only (installed into the main environment, l
 jax look for a TPU in every process). `--topology local` compiles for the default backend.
 Iterate with `--model-set num_layers=4`; a 28-layer 7B step takes minutes and GiBs of host RAM.
 """
+
 import argparse
 import sys
 from pathlib import Path
@@ -26,7 +27,7 @@ from gift_jax.models import config_from_hf, read_config
 from gift_jax.rl.config import RLStageConfig
 from gift_jax.train.init_config import InitStageConfig
 
-GIB = 1024 ** 3
+GIB = 1024**3
 
 
 def _model_config(model_path: str, model_config_file: str | None, model_set: list[str]):
@@ -37,8 +38,9 @@ def _model_config(model_path: str, model_config_file: str | None, model_set: lis
     elif source.is_file():
         config = config_from_hf(yaml.safe_load(source.read_text()), source=str(source))
     else:
-        raise ConfigError(f"no model shapes: {source} is neither a model folder nor a config.json "
-                          "(pass --model-config FILE)")
+        raise ConfigError(
+            f"no model shapes: {source} is neither a model folder nor a config.json (pass --model-config FILE)"
+        )
     changes = {}
     for item in model_set:
         key, sep, raw = item.partition("=")
@@ -51,14 +53,18 @@ def _model_config(model_path: str, model_config_file: str | None, model_set: lis
 def _print(report) -> None:
     gib = lambda b: "?" if b is None else f"{b / GIB:.2f} GiB"  # noqa: E731
     print(f"{report.stage} step on {report.topology} ({report.chips} chips), shapes {report.shapes}")
-    print(f"  per chip: arguments {gib(report.argument_bytes)}, outputs {gib(report.output_bytes)}, "
-          f"temp {gib(report.temp_bytes)}, peak {gib(report.peak_bytes_per_chip)} of HBM {gib(report.hbm_bytes_per_chip)}"
-          f" -> {'fits' if report.fits else 'DOES NOT FIT'}")
+    print(
+        f"  per chip: arguments {gib(report.argument_bytes)}, outputs {gib(report.output_bytes)}, "
+        f"temp {gib(report.temp_bytes)}, peak {gib(report.peak_bytes_per_chip)} of HBM {gib(report.hbm_bytes_per_chip)}"
+        f" -> {'fits' if report.fits else 'DOES NOT FIT'}"
+    )
     if report.error:
         print(f"  compiler: {report.error}")
     if report.flops is not None:
-        print(f"  HLO FLOPs per chip: {report.flops:.3e}; model copy ({report.shapes['dtype']}): "
-              f"{gib(report.model_bytes)}")
+        print(
+            f"  HLO FLOPs per chip: {report.flops:.3e}; model copy ({report.shapes['dtype']}): "
+            f"{gib(report.model_bytes)}"
+        )
     total = sum(report.collective_bytes.values())
     if report.collective_bytes:
         kinds = ", ".join(f"{k} {gib(v)}" for k, v in report.collective_bytes.items() if v)
@@ -72,8 +78,13 @@ def main(argv=None) -> int:
     parser.add_argument("--stage", default="init", choices=STAGES)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="stage-config override")
     parser.add_argument("--model-config", default=None, help="HF config.json (or folder) giving the shapes")
-    parser.add_argument("--model-set", action="append", default=[], metavar="FIELD=VALUE",
-                        help="architecture override, e.g. num_layers=4")
+    parser.add_argument(
+        "--model-set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="architecture override, e.g. num_layers=4",
+    )
     parser.add_argument("--seq-len", type=int, default=None, help="init: row length (default data.max_length)")
     parser.add_argument("--prompt-length", type=int, default=512, help="rl / rollout: prompt tokens per row")
     parser.add_argument("--json", default=None, help="write the report here")
@@ -83,12 +94,14 @@ def main(argv=None) -> int:
         config = load_config(InitStageConfig if args.stage == "init" else RLStageConfig, args.config, args.set)
         model_config = _model_config(config.model.path, args.model_config, args.model_set)
         if args.stage == "init":
-            report = init_step_fit(config, model_config, topology=args.topology, seq_len=args.seq_len,
-                                   hlo_file=args.hlo)
+            report = init_step_fit(
+                config, model_config, topology=args.topology, seq_len=args.seq_len, hlo_file=args.hlo
+            )
         else:
             fit = rl_step_fit if args.stage == "rl" else rollout_fit
-            report = fit(config, model_config, topology=args.topology, prompt_length=args.prompt_length,
-                         hlo_file=args.hlo)
+            report = fit(
+                config, model_config, topology=args.topology, prompt_length=args.prompt_length, hlo_file=args.hlo
+            )
     except (ConfigError, ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -10,6 +10,7 @@ step time, tokens/s, model FLOPs per step (6 N + attention per token, plus GIFT'
 the compiled step's HLO FLOPs (loop bodies counted once, so a lower bound), MFU against the
 chip's peak bf16 rate, and peak device memory; then decode tokens/s of the sampler.
 """
+
 import argparse
 import json
 import time
@@ -29,17 +30,58 @@ from gift_jax.runtime.train_state import init_train_state
 from gift_jax.train.init_trainer import jit_init_update
 
 # Dense bf16 peak FLOP/s per device (datasheets), by `device_kind` prefix; unknown devices get no MFU.
-PEAK_BF16 = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5": 459e12, "TPU v6": 918e12,
-             "NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA A100": 312e12}
+PEAK_BF16 = {
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5": 459e12,
+    "TPU v6": 918e12,
+    "NVIDIA H100": 989e12,
+    "NVIDIA H200": 989e12,
+    "NVIDIA A100": 312e12,
+}
 PRESETS = {
     # Qwen2.5-1.5B's shapes.
-    "1.5b": dict(config=ModelConfig(family="qwen2", vocab_size=151936, hidden_size=1536, intermediate_size=8960,
-                                    num_layers=28, num_heads=12, num_kv_heads=2, head_dim=128, qkv_bias=True,
-                                    tie_word_embeddings=True, rope_theta=1e6, max_position_embeddings=32768),
-                 seq_len=8192, rows_per_device=1, chunk_size=512, decode_rows=64, prompt_len=512, decode_tokens=512),
-    "tiny": dict(config=ModelConfig(family="qwen2", vocab_size=512, hidden_size=64, intermediate_size=128,
-                                    num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16, qkv_bias=True),
-                 seq_len=64, rows_per_device=1, chunk_size=32, decode_rows=8, prompt_len=8, decode_tokens=8),
+    "1.5b": dict(
+        config=ModelConfig(
+            family="qwen2",
+            vocab_size=151936,
+            hidden_size=1536,
+            intermediate_size=8960,
+            num_layers=28,
+            num_heads=12,
+            num_kv_heads=2,
+            head_dim=128,
+            qkv_bias=True,
+            tie_word_embeddings=True,
+            rope_theta=1e6,
+            max_position_embeddings=32768,
+        ),
+        seq_len=8192,
+        rows_per_device=1,
+        chunk_size=512,
+        decode_rows=64,
+        prompt_len=512,
+        decode_tokens=512,
+    ),
+    "tiny": dict(
+        config=ModelConfig(
+            family="qwen2",
+            vocab_size=512,
+            hidden_size=64,
+            intermediate_size=128,
+            num_layers=2,
+            num_heads=4,
+            num_kv_heads=2,
+            head_dim=16,
+            qkv_bias=True,
+        ),
+        seq_len=64,
+        rows_per_device=1,
+        chunk_size=32,
+        decode_rows=8,
+        prompt_len=8,
+        decode_tokens=8,
+    ),
 }
 
 
@@ -81,9 +123,16 @@ def bench_train(config: ModelConfig, mesh, args, repeats: int) -> dict:
     tx = make_optimizer(OptimConfig(lr=1e-5), total_steps=100)
     rng = np.random.RandomState(0)
     ids = rng.randint(0, config.vocab_size, (rows, length)).astype(np.int32)
-    batch = shard_batch({"input_ids": ids, "target_ids": np.roll(ids, -1, 1),
-                         "loss_mask": np.ones(ids.shape, np.float32), "attention_mask": np.ones(ids.shape, np.int32),
-                         "positions": np.tile(np.arange(length, dtype=np.int32), (rows, 1))}, mesh)
+    batch = shard_batch(
+        {
+            "input_ids": ids,
+            "target_ids": np.roll(ids, -1, 1),
+            "loss_mask": np.ones(ids.shape, np.float32),
+            "attention_mask": np.ones(ids.shape, np.int32),
+            "positions": np.tile(np.arange(length, dtype=np.int32), (rows, 1)),
+        },
+        mesh,
+    )
     results = {}
     peak = peak_flops(devices[0])
     for name in ("sft", "gift"):
@@ -107,10 +156,14 @@ def bench_train(config: ModelConfig, mesh, args, repeats: int) -> dict:
         tokens = rows * length
         flops = model_flops_per_token(config, length, base_forward=name == "gift") * tokens
         results[name] = {
-            "step_s": seconds, "tokens_per_s": tokens / seconds, "model_flops": flops,
+            "step_s": seconds,
+            "tokens_per_s": tokens / seconds,
+            "model_flops": flops,
             "hlo_flops_per_device": float(cost.get("flops", 0.0)) if cost else None,
             "mfu": flops / seconds / (peak * len(devices)) if peak else None,
-            "loss": float(metrics["loss"]), "peak_memory_bytes": peak_memory_bytes(devices)}
+            "loss": float(metrics["loss"]),
+            "peak_memory_bytes": peak_memory_bytes(devices),
+        }
         del state
     return results
 
@@ -130,9 +183,14 @@ def bench_decode(config: ModelConfig, mesh, args, repeats: int) -> dict:
         samples.append(time.perf_counter() - started)
     seconds = float(np.median(samples))
     new_tokens = int(out.lengths.sum())
-    return {"rows": len(prompts), "prompt_len": args["prompt_len"], "new_tokens_per_row": args["decode_tokens"],
-            "seconds": seconds, "tokens_per_s": new_tokens / seconds, "peak_memory_bytes": peak_memory_bytes(
-                mesh.devices.flatten())}
+    return {
+        "rows": len(prompts),
+        "prompt_len": args["prompt_len"],
+        "new_tokens_per_row": args["decode_tokens"],
+        "seconds": seconds,
+        "tokens_per_s": new_tokens / seconds,
+        "peak_memory_bytes": peak_memory_bytes(mesh.devices.flatten()),
+    }
 
 
 def main(argv=None) -> dict:
@@ -148,21 +206,32 @@ def main(argv=None) -> dict:
     config = preset.pop("config")
     mesh = make_mesh(MeshConfig(fsdp=-1))
     device = jax.devices()[0]
-    print(f"{config.num_params() / 1e9:.2f}B params, {len(jax.devices())} x {device.device_kind}, "
-          f"T = {preset['seq_len']}, {preset['rows_per_device']} row(s) per device, bf16, remat")
-    report = {"preset": args.preset, "devices": len(jax.devices()), "device_kind": device.device_kind,
-              "seq_len": preset["seq_len"], "rows_per_device": preset["rows_per_device"],
-              "train": bench_train(config, mesh, preset, args.repeats), "decode": bench_decode(config, mesh, preset,
-                                                                                           args.repeats)}
+    print(
+        f"{config.num_params() / 1e9:.2f}B params, {len(jax.devices())} x {device.device_kind}, "
+        f"T = {preset['seq_len']}, {preset['rows_per_device']} row(s) per device, bf16, remat"
+    )
+    report = {
+        "preset": args.preset,
+        "devices": len(jax.devices()),
+        "device_kind": device.device_kind,
+        "seq_len": preset["seq_len"],
+        "rows_per_device": preset["rows_per_device"],
+        "train": bench_train(config, mesh, preset, args.repeats),
+        "decode": bench_decode(config, mesh, preset, args.repeats),
+    }
     for name, r in report["train"].items():
         mfu = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
-        print(f"{name:5s} step {r['step_s'] * 1e3:9.1f} ms  {r['tokens_per_s']:10.0f} tokens/s  MFU {mfu}  "
-              f"model {r['model_flops']:.3e} FLOPs, HLO {r['hlo_flops_per_device'] or 0:.3e} per device")
+        print(
+            f"{name:5s} step {r['step_s'] * 1e3:9.1f} ms  {r['tokens_per_s']:10.0f} tokens/s  MFU {mfu}  "
+            f"model {r['model_flops']:.3e} FLOPs, HLO {r['hlo_flops_per_device'] or 0:.3e} per device"
+        )
     sft, gift = report["train"]["sft"], report["train"]["gift"]
     print(f"GIFT / SFT step time: {gift['step_s'] / sft['step_s']:.3f}x")
     d = report["decode"]
-    print(f"decode: {d['rows']} rows x {d['new_tokens_per_row']} new tokens after {d['prompt_len']}: "
-          f"{d['tokens_per_s']:.0f} tokens/s")
+    print(
+        f"decode: {d['rows']} rows x {d['new_tokens_per_row']} new tokens after {d['prompt_len']}: "
+        f"{d['tokens_per_s']:.0f} tokens/s"
+    )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)

@@ -6,6 +6,7 @@ GIFT adds one no-grad forward of the frozen base (about +1/3 of an SFT step's FL
 limit is 4/3; the goal is <= 1.35x. Both steps are the project's jitted `demonstration_step` (chunked loss from
 hidden states, AdamW, clipping, non-finite skipping), timed as medians after compilation.
 """
+
 import argparse
 import functools
 import time
@@ -27,24 +28,47 @@ def main(argv=None) -> None:
     parser.add_argument("--length", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args(argv)
-    config = ModelConfig(family="qwen2", vocab_size=8192, hidden_size=256, intermediate_size=768, num_layers=4,
-                         num_heads=8, num_kv_heads=2, head_dim=32, qkv_bias=True)
+    config = ModelConfig(
+        family="qwen2",
+        vocab_size=8192,
+        hidden_size=256,
+        intermediate_size=768,
+        num_layers=4,
+        num_heads=8,
+        num_kv_heads=2,
+        head_dim=32,
+        qkv_bias=True,
+    )
     graphdef, params = nnx.split(Transformer(config, rngs=nnx.Rngs(0)), nnx.Param)
     base_params = jax.tree.map(jnp.copy, params)
     tx = make_optimizer(OptimConfig(lr=1e-5), total_steps=100)
     rng = np.random.RandomState(0)
     ids = rng.randint(0, config.vocab_size, (args.batch, args.length)).astype(np.int32)
-    batch = {"input_ids": ids, "target_ids": np.roll(ids, -1, 1), "loss_mask": np.ones(ids.shape, np.float32),
-             "attention_mask": np.ones(ids.shape, np.int32),
-             "positions": np.tile(np.arange(args.length, dtype=np.int32), (args.batch, 1))}
-    print(f"model {config.num_params() / 1e6:.1f}M params, batch {args.batch} x {args.length} tokens, "
-          f"median of {args.repeats}, {jax.devices()[0].platform}")
+    batch = {
+        "input_ids": ids,
+        "target_ids": np.roll(ids, -1, 1),
+        "loss_mask": np.ones(ids.shape, np.float32),
+        "attention_mask": np.ones(ids.shape, np.int32),
+        "positions": np.tile(np.arange(args.length, dtype=np.int32), (args.batch, 1)),
+    }
+    print(
+        f"model {config.num_params() / 1e6:.1f}M params, batch {args.batch} x {args.length} tokens, "
+        f"median of {args.repeats}, {jax.devices()[0].platform}"
+    )
     times = {}
     for name in ("sft", "gift"):
-        step = jax.jit(functools.partial(demonstration_step, graphdef=graphdef, base_graphdef=graphdef, tx=tx,
-                                         config=DemonstrationStepConfig(name, (("beta", 20.0), ("smooth_lambda", 0.0))
-                                                           if name == "gift" else ())),
-                       donate_argnums=(0,))
+        step = jax.jit(
+            functools.partial(
+                demonstration_step,
+                graphdef=graphdef,
+                base_graphdef=graphdef,
+                tx=tx,
+                config=DemonstrationStepConfig(
+                    name, (("beta", 20.0), ("smooth_lambda", 0.0)) if name == "gift" else ()
+                ),
+            ),
+            donate_argnums=(0,),
+        )
         state = TrainState(jax.tree.map(jnp.copy, params), tx.init(params), jnp.zeros((), jnp.int32))
         state, metrics = step(state, base_params, batch)
         jax.block_until_ready(metrics)

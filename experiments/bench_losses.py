@@ -12,6 +12,7 @@ Takes 35-50 s on 2 CPU cores and about 3 GB of RAM.
     `gift_loss_from_hidden` against logits-level GIFT on whole-sequence logits; memory only
     (lowered and compiled, never run).
 """
+
 from __future__ import annotations
 
 import statistics
@@ -61,30 +62,37 @@ def bench_logits_level() -> None:
     ref_logits = jnp.asarray(3.0 * rng.standard_normal((TOKENS_A, VOCAB), np.float32))
     labels = jnp.asarray(rng.integers(0, VOCAB, TOKENS_A), jnp.int32)
     candidates = {
-        "cross-entropy (optax)": (
-            lambda z, r, y: optax.softmax_cross_entropy_with_integer_labels(z, y).mean()),
+        "cross-entropy (optax)": (lambda z, r, y: optax.softmax_cross_entropy_with_integer_labels(z, y).mean()),
         "GIFT (gift_token_loss)": lambda z, r, y: gift_token_loss(z, r, y, beta=BETA).mean(),
         "GIFT direct port": lambda z, r, y: direct_port_gift(z, r, y).mean(),
     }
     buffer_mib = TOKENS_A * VOCAB * 4 / MIB
-    print(f"(a) loss + grad wrt logits, N={TOKENS_A}, V={VOCAB} (one [N, V] f32 buffer = "
-          f"{buffer_mib:.0f} MiB), median of {TIMED_RUNS} runs")
+    print(
+        f"(a) loss + grad wrt logits, N={TOKENS_A}, V={VOCAB} (one [N, V] f32 buffer = "
+        f"{buffer_mib:.0f} MiB), median of {TIMED_RUNS} runs"
+    )
     print(f"    {'':24s} {'time [s]':>9s} {'x CE':>6s} {'temp [MiB]':>11s} {'+ buffers vs CE':>16s}")
     baseline = None
     for name, loss in candidates.items():
         compiled = jax.jit(jax.value_and_grad(loss)).lower(logits, ref_logits, labels).compile()
         seconds, memory = median_seconds(compiled, logits, ref_logits, labels), temp_mib(compiled)
         baseline = baseline or (seconds, memory)
-        print(f"    {name:24s} {seconds:9.3f} {seconds / baseline[0]:6.2f} {memory:11.1f} "
-              f"{(memory - baseline[1]) / buffer_mib:16.3f}")
+        print(
+            f"    {name:24s} {seconds:9.3f} {seconds / baseline[0]:6.2f} {memory:11.1f} "
+            f"{(memory - baseline[1]) / buffer_mib:16.3f}"
+        )
         del compiled
 
 
 def bench_from_hidden() -> None:
-    print(f"(b) loss + grad wrt hidden and w_out, d={HIDDEN_B}, V={VOCAB}, "
-          f"chunk={DEFAULT_CHUNK_SIZE} positions (temp memory, compiled only)")
-    print(f"    {'tokens':>6s} {'fused [MiB]':>12s} {'logits-level [MiB]':>19s} {'ratio':>6s} "
-          f"{'fused / quarter [N, V] buffer':>29s}")
+    print(
+        f"(b) loss + grad wrt hidden and w_out, d={HIDDEN_B}, V={VOCAB}, "
+        f"chunk={DEFAULT_CHUNK_SIZE} positions (temp memory, compiled only)"
+    )
+    print(
+        f"    {'tokens':>6s} {'fused [MiB]':>12s} {'logits-level [MiB]':>19s} {'ratio':>6s} "
+        f"{'fused / quarter [N, V] buffer':>29s}"
+    )
     fused_by_tokens = {}
     for tokens in TOKENS_B:
         hidden = jax.ShapeDtypeStruct((1, tokens, HIDDEN_B), jnp.float32)
@@ -105,8 +113,10 @@ def bench_from_hidden() -> None:
             memory[name] = temp_mib(grad.lower(hidden, w_out, hidden, w_out, labels, mask).compile())
         fused_by_tokens[tokens] = memory["fused"]
         quarter = tokens * VOCAB * 4 / 4 / MIB
-        print(f"    {tokens:6d} {memory['fused']:12.1f} {memory['logits']:19.1f} "
-              f"{memory['fused'] / memory['logits']:6.3f} {memory['fused'] / quarter:29.3f}")
+        print(
+            f"    {tokens:6d} {memory['fused']:12.1f} {memory['logits']:19.1f} "
+            f"{memory['fused'] / memory['logits']:6.3f} {memory['fused'] / quarter:29.3f}"
+        )
     short, long = (fused_by_tokens[t] for t in TOKENS_B)
     print(f"    fused growth {TOKENS_B[0]} -> {TOKENS_B[1]} tokens: x{long / short:.3f}")
 

@@ -11,6 +11,7 @@ positions), real tokens and demonstrations per row and per step. A step's cost i
 positions (rows x L), so the fill ratio is the throughput ratio of real tokens per second at equal
 step time. Runs in seconds, numpy only.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,10 +39,16 @@ def epoch_figures(plan, num_tokens: np.ndarray, global_batch: int) -> dict[str, 
     real = sum(int((num_tokens[r] - 1).sum()) for r in real_rows)
     demos = sum(len(r) for r in real_rows)
     steps = len(rows) // global_batch
-    return {"steps per epoch": steps, "rows per epoch": len(rows), "positions (M)": positions / 1e6,
-            "fill fraction": real / positions, "real tokens / row": real / len(rows),
-            "demonstrations / row": demos / len(rows), "real tokens / step": real / steps,
-            "mean L per step": positions / len(rows)}
+    return {
+        "steps per epoch": steps,
+        "rows per epoch": len(rows),
+        "positions (M)": positions / 1e6,
+        "fill fraction": real / positions,
+        "real tokens / row": real / len(rows),
+        "demonstrations / row": demos / len(rows),
+        "real tokens / step": real / steps,
+        "mean L per step": positions / len(rows),
+    }
 
 
 def main() -> None:
@@ -56,23 +63,34 @@ def main() -> None:
 
     num_tokens = sample_lengths(args.num, args.mean, args.sigma, args.max_length, args.seed)
     buckets = default_bucket_lengths(args.max_length)
-    config = dict(batch_size=args.global_batch, seed=args.seed, num_epochs=1, process_index=0, process_count=1,
-                  bucket_lengths=buckets)
+    config = dict(
+        batch_size=args.global_batch,
+        seed=args.seed,
+        num_epochs=1,
+        process_index=0,
+        process_count=1,
+        bucket_lengths=buckets,
+    )
     padded = epoch_figures(ShardedEpochPlan(num_tokens, BatchPlanConfig(**config)), num_tokens, args.global_batch)
-    packed = epoch_figures(PackedEpochPlan(num_tokens, BatchPlanConfig(**config, pack=True)), num_tokens,
-                           args.global_batch)
+    packed = epoch_figures(
+        PackedEpochPlan(num_tokens, BatchPlanConfig(**config, pack=True)), num_tokens, args.global_batch
+    )
 
-    print(f"{args.num} demonstrations, log-normal mean {args.mean:.0f} sigma {args.sigma} capped at "
-          f"{args.max_length}: mean {num_tokens.mean():.0f}, median {np.median(num_tokens):.0f}, "
-          f"{(num_tokens == args.max_length).mean():.1%} at the cap; global batch {args.global_batch} rows, "
-          f"buckets {buckets}")
+    print(
+        f"{args.num} demonstrations, log-normal mean {args.mean:.0f} sigma {args.sigma} capped at "
+        f"{args.max_length}: mean {num_tokens.mean():.0f}, median {np.median(num_tokens):.0f}, "
+        f"{(num_tokens == args.max_length).mean():.1%} at the cap; global batch {args.global_batch} rows, "
+        f"buckets {buckets}"
+    )
     print(f"{'':24s}{'padded':>12s}{'packed':>12s}{'packed/padded':>15s}")
     for key in padded:
         a, b = padded[key], packed[key]
         print(f"{key:24s}{a:12.3f}{b:12.3f}{b / a:15.3f}")
-    print(f"real-token throughput at equal step time: {packed['fill fraction'] / padded['fill fraction']:.2f}x "
-          f"(fill {padded['fill fraction']:.1%} -> {packed['fill fraction']:.1%}); an epoch computes "
-          f"{padded['positions (M)'] / packed['positions (M)']:.2f}x fewer positions packed")
+    print(
+        f"real-token throughput at equal step time: {packed['fill fraction'] / padded['fill fraction']:.2f}x "
+        f"(fill {padded['fill fraction']:.1%} -> {packed['fill fraction']:.1%}); an epoch computes "
+        f"{padded['positions (M)'] / packed['positions (M)']:.2f}x fewer positions packed"
+    )
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ reward's misses there: answers not in a box, boxes separated by words, labelled 
 (`x_1 = ..., x_2 = ...` against bare values); its 2 false positives are the MATH grader's
 ordered reading of `10, 4, -2` (here, as in math-verify, an unordered list of solutions).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,8 +75,10 @@ def score_math_reward(cases: list[dict], timeout_s: float) -> tuple[list[int], f
         scores = scorer.score([c["response"] for c in cases], [c["reference"] for c in cases])
         elapsed = time.perf_counter() - start
     if scores.timed_out or scores.crashed:
-        print(f"math_reward: {scores.timed_out} items timed out (limit {timeout_s} s), "
-              f"{scores.crashed} crashed; they score 0")
+        print(
+            f"math_reward: {scores.timed_out} items timed out (limit {timeout_s} s), "
+            f"{scores.crashed} crashed; they score 0"
+        )
     return [int(score) for score in scores.scores], elapsed
 
 
@@ -106,25 +109,30 @@ def _counts(cases: list[dict], verdicts: list[int]) -> tuple[int, int, int, int]
 def _row(name: str, cases: list[dict], ours: list[int], theirs: list[int]) -> str:
     n, agree_a, fp_a, fn_a = _counts(cases, ours)
     _, agree_b, fp_b, fn_b = _counts(cases, theirs)
-    return (f"{name:36s} {n:5d} | {agree_a:4d} {agree_a / n:6.1%} {fp_a:4d} {fn_a:4d} | "
-            f"{agree_b:4d} {agree_b / n:6.1%} {fp_b:4d} {fn_b:4d}")
+    return (
+        f"{name:36s} {n:5d} | {agree_a:4d} {agree_a / n:6.1%} {fp_a:4d} {fn_a:4d} | "
+        f"{agree_b:4d} {agree_b / n:6.1%} {fp_b:4d} {fn_b:4d}"
+    )
 
 
 def main() -> None:
     arguments = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     arguments.add_argument("--cases", type=Path, default=DEFAULT_CASES)
-    arguments.add_argument("--timeout-s", type=float, default=5.0,
-                           help="math_reward's time limit per item (the RewardScorer default)")
-    arguments.add_argument("--show-misses", action="store_true",
-                           help="print every case on which a grader disagrees with `expected`")
+    arguments.add_argument(
+        "--timeout-s", type=float, default=5.0, help="math_reward's time limit per item (the RewardScorer default)"
+    )
+    arguments.add_argument(
+        "--show-misses", action="store_true", help="print every case on which a grader disagrees with `expected`"
+    )
     options = arguments.parse_args()
     cases = load_cases(options.cases)
     ours, ours_s = score_math_reward(cases, options.timeout_s)
     theirs, theirs_s = score_math_verify(cases)
 
     print(f"{len(cases)} cases from {options.cases}")
-    print(f"{'source':36s} {'items':>5s} | {'math_reward: agree':>18s}   FP   FN | "
-          f"{'math-verify: agree':>18s}   FP   FN")
+    print(
+        f"{'source':36s} {'items':>5s} | {'math_reward: agree':>18s}   FP   FN | {'math-verify: agree':>18s}   FP   FN"
+    )
     by_source = collections.defaultdict(list)
     for index, case in enumerate(cases):
         by_source[case["source"].split(":")[0]].append(index)
@@ -132,22 +140,33 @@ def main() -> None:
         subset = [cases[i] for i in indices]
         print(_row(source, subset, [ours[i] for i in indices], [theirs[i] for i in indices]))
     published = [i for i, c in enumerate(cases) if not c["source"].startswith(OWN_SOURCE)]
-    print(_row("published suites (all but gift-jax)", [cases[i] for i in published],
-               [ours[i] for i in published], [theirs[i] for i in published]))
+    print(
+        _row(
+            "published suites (all but gift-jax)",
+            [cases[i] for i in published],
+            [ours[i] for i in published],
+            [theirs[i] for i in published],
+        )
+    )
     print(_row("all", cases, ours, theirs))
-    near_miss = [i for i, c in enumerate(cases)
-                 if c["source"].startswith(OWN_SOURCE) and c["expected"] == 0]
-    print(f"near-miss cases (expected 0): {len(near_miss)}; false positives: math_reward "
-          f"{sum(ours[i] for i in near_miss)}, math-verify {sum(theirs[i] for i in near_miss)}")
-    print(f"seconds per item: math_reward {ours_s / len(cases):.4f} (batch, 2 workers), "
-          f"math-verify {theirs_s / len(cases):.4f} (in process); "
-          f"ratio {ours_s / max(theirs_s, 1e-9):.2f}x")
+    near_miss = [i for i, c in enumerate(cases) if c["source"].startswith(OWN_SOURCE) and c["expected"] == 0]
+    print(
+        f"near-miss cases (expected 0): {len(near_miss)}; false positives: math_reward "
+        f"{sum(ours[i] for i in near_miss)}, math-verify {sum(theirs[i] for i in near_miss)}"
+    )
+    print(
+        f"seconds per item: math_reward {ours_s / len(cases):.4f} (batch, 2 workers), "
+        f"math-verify {theirs_s / len(cases):.4f} (in process); "
+        f"ratio {ours_s / max(theirs_s, 1e-9):.2f}x"
+    )
     if options.show_misses:
         for index, case in enumerate(cases):
             if ours[index] != case["expected"] or theirs[index] != case["expected"]:
-                print(f"expected {case['expected']} math_reward {ours[index]} math-verify "
-                      f"{theirs[index]}  {case['response'][-80:]!r} vs {case['reference'][:60]!r}"
-                      f"  [{case['source']}]")
+                print(
+                    f"expected {case['expected']} math_reward {ours[index]} math-verify "
+                    f"{theirs[index]}  {case['response'][-80:]!r} vs {case['reference'][:60]!r}"
+                    f"  [{case['source']}]"
+                )
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ Three side-by-side figures, same random Qwen2 checkpoint (built as in `bench_sam
 
 Each timing is the median of `--repeats` runs after one warm-up run (compilation excluded).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,7 +32,6 @@ import tempfile
 import time
 
 import numpy as np
-
 from bench_sampler import median_seconds  # the script's own folder is on sys.path: one warm-up, then the median
 
 
@@ -39,7 +39,7 @@ def long_tailed_budgets(num: int, budget: int, seed: int = 0) -> list[int]:
     """Log-normal lengths with mean ~budget / 4 (sigma 1), 5% of requests at the budget."""
     rng = np.random.RandomState(seed)
     sigma = 1.0
-    lengths = rng.lognormal(np.log(budget / 4) - sigma ** 2 / 2, sigma, num)
+    lengths = rng.lognormal(np.log(budget / 4) - sigma**2 / 2, sigma, num)
     lengths = np.clip(np.round(lengths), 1, budget).astype(int)
     lengths[rng.choice(num, max(1, round(0.05 * num)), replace=False)] = budget
     return lengths.tolist()
@@ -51,22 +51,31 @@ def figure_a(model, args):
     from gift_jax.rollout import SamplingConfig, run_engine, sample
 
     rng = np.random.RandomState(1)
-    prompts = [rng.randint(1, args.vocab, rng.randint(args.prompt_len // 2, args.prompt_len + 1)).tolist()
-               for _ in range(args.requests)]
+    prompts = [
+        rng.randint(1, args.vocab, rng.randint(args.prompt_len // 2, args.prompt_len + 1)).tolist()
+        for _ in range(args.requests)
+    ]
     budgets = long_tailed_budgets(args.requests, args.budget)
     config = SamplingConfig(max_new_tokens=args.budget, temperature=1.0, decode_steps_per_call=args.k)
     useful = sum(budgets)
 
     def static():
-        outs = [sample(model, prompts[i:i + args.slots], config, jax.random.key(0),
-                       budgets=budgets[i:i + args.slots]) for i in range(0, len(prompts), args.slots)]
+        outs = [
+            sample(model, prompts[i : i + args.slots], config, jax.random.key(0), budgets=budgets[i : i + args.slots])
+            for i in range(0, len(prompts), args.slots)
+        ]
         return sum(int(o.lengths.sum()) for o in outs)
 
     stats = []
 
     def engine():
-        result, st = run_engine(model, prompts, dataclasses.replace(config, max_concurrent_rows=args.slots),
-                                jax.random.key(0), budgets=budgets)
+        result, st = run_engine(
+            model,
+            prompts,
+            dataclasses.replace(config, max_concurrent_rows=args.slots),
+            jax.random.key(0),
+            budgets=budgets,
+        )
         stats.append(st)
         return int(result.lengths.sum())
 
@@ -74,13 +83,17 @@ def figure_a(model, args):
     engine_s, engine_tokens = median_seconds(engine, args.repeats)
     assert static_tokens == engine_tokens == useful, (static_tokens, engine_tokens, useful)
     st = stats[-1]
-    print(f"(a) {args.requests} requests, budgets log-normal mean {np.mean(budgets):.0f} of {args.budget} "
-          f"({np.mean(np.asarray(budgets) == args.budget):.0%} at the budget), {args.slots} slots = static "
-          f"chunks of {args.slots} rows (equal cache memory)")
+    print(
+        f"(a) {args.requests} requests, budgets log-normal mean {np.mean(budgets):.0f} of {args.budget} "
+        f"({np.mean(np.asarray(budgets) == args.budget):.0%} at the budget), {args.slots} slots = static "
+        f"chunks of {args.slots} rows (equal cache memory)"
+    )
     print(f"    static sampler : {static_s:7.2f} s  {useful / static_s:8.0f} useful tokens/s")
-    print(f"    engine         : {engine_s:7.2f} s  {useful / engine_s:8.0f} useful tokens/s  "
-          f"(slot occupancy {st.slot_occupancy:.0%}, padding share {st.padding_share:.0%}, "
-          f"{st.decode_steps} decode steps)")
+    print(
+        f"    engine         : {engine_s:7.2f} s  {useful / engine_s:8.0f} useful tokens/s  "
+        f"(slot occupancy {st.slot_occupancy:.0%}, padding share {st.padding_share:.0%}, "
+        f"{st.decode_steps} decode steps)"
+    )
     print(f"    engine / static: {static_s / engine_s:.2f}x  (goal >= 2x)")
 
 
@@ -93,24 +106,39 @@ def figure_b(args):
     from gift_jax.rollout.engine import EngineShape, decode_k_steps, init_state
     from gift_jax.rollout.token_sampling import TokenRule
 
-    config = ModelConfig(family="qwen2", vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2,
-                         num_heads=4, num_kv_heads=4, head_dim=16, qkv_bias=True)
+    config = ModelConfig(
+        family="qwen2",
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=128,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=4,
+        head_dim=16,
+        qkv_bias=True,
+    )
     graphdef, params = nnx.split(Transformer(config, rngs=nnx.Rngs(0)))
-    shape = EngineShape(slots=args.fill_slots, max_len=args.fill_len, rows=args.fill_slots,
-                        max_new_bucket=args.fill_len)
+    shape = EngineShape(
+        slots=args.fill_slots, max_len=args.fill_len, rows=args.fill_slots, max_new_bucket=args.fill_len
+    )
     steps = 8
-    decode = jax.jit(lambda g, p, s: decode_k_steps(g, p, s, steps=steps, rule=TokenRule(0.0), stop_ids=(), pad_id=0),
-                     static_argnums=0)
+    decode = jax.jit(
+        lambda g, p, s: decode_k_steps(g, p, s, steps=steps, rule=TokenRule(0.0), stop_ids=(), pad_id=0),
+        static_argnums=0,
+    )
     times = {}
     for fraction in (0.1, 0.5, 1.0):
         filled = int(fraction * args.fill_len) - steps
         state = jax.jit(lambda: init_state(config, shape, 0))()
         state = state._replace(
-            cache=state.cache._replace(index=jnp.full((shape.slots,), filled, jnp.int32),
-                                       key_mask=jnp.broadcast_to(jnp.arange(shape.max_len) < filled,
-                                                                 (shape.slots, shape.max_len))),
-            alive=jnp.ones((shape.slots,), bool), budget=jnp.full((shape.slots,), steps, jnp.int32),
-            row=jnp.arange(shape.slots, dtype=jnp.int32))
+            cache=state.cache._replace(
+                index=jnp.full((shape.slots,), filled, jnp.int32),
+                key_mask=jnp.broadcast_to(jnp.arange(shape.max_len) < filled, (shape.slots, shape.max_len)),
+            ),
+            alive=jnp.ones((shape.slots,), bool),
+            budget=jnp.full((shape.slots,), steps, jnp.int32),
+            row=jnp.arange(shape.slots, dtype=jnp.int32),
+        )
 
         def run(state=state):  # not donating the state, so every repeat starts from the same fill
             return jax.block_until_ready(decode(graphdef, params, state).tokens)
@@ -122,11 +150,15 @@ def figure_b(args):
             run()
             samples.append(time.perf_counter() - start)
         times[fraction] = statistics.median(samples) / steps
-    print(f"(b) decode step, {args.fill_slots} slots x {args.fill_len} cache, hidden 64, 2 layers "
-          f"(attention-dominated), median of {args.repeats} x {steps} steps")
+    print(
+        f"(b) decode step, {args.fill_slots} slots x {args.fill_len} cache, hidden 64, 2 layers "
+        f"(attention-dominated), median of {args.repeats} x {steps} steps"
+    )
     for fraction, seconds in times.items():
-        print(f"    fill {fraction:4.0%}: {seconds * 1e3:7.2f} ms/step  {seconds / times[1.0]:.2f}x of full "
-              f"(goal at 10%: <= 0.5x)")
+        print(
+            f"    fill {fraction:4.0%}: {seconds * 1e3:7.2f} ms/step  {seconds / times[1.0]:.2f}x of full "
+            f"(goal at 10%: <= 0.5x)"
+        )
 
 
 def figure_c(torch_model, folder, args):
@@ -142,15 +174,22 @@ def figure_c(torch_model, folder, args):
         for new_tokens in (64, 256):
             ns = argparse.Namespace(**{**vars(args), "batch": batch, "new_tokens": new_tokens})
             rng = np.random.RandomState(0)
-            prompts = [rng.randint(1, args.vocab, n).tolist()
-                       for n in np.linspace(args.prompt_len // 2, args.prompt_len, batch).astype(int)]
-            config = SamplingConfig(max_new_tokens=new_tokens, temperature=0.0, max_concurrent_rows=batch,
-                                    decode_steps_per_call=args.k)
+            prompts = [
+                rng.randint(1, args.vocab, n).tolist()
+                for n in np.linspace(args.prompt_len // 2, args.prompt_len, batch).astype(int)
+            ]
+            config = SamplingConfig(
+                max_new_tokens=new_tokens, temperature=0.0, max_concurrent_rows=batch, decode_steps_per_call=args.k
+            )
             hf_s, _ = median_seconds(prepare_transformers(torch_model, prompts, ns), args.repeats)
-            ours_s, _ = median_seconds(lambda prompts=prompts, config=config: sample(model, prompts, config, jax.random.key(0)), args.repeats)
+            ours_s, _ = median_seconds(
+                lambda prompts=prompts, config=config: sample(model, prompts, config, jax.random.key(0)), args.repeats
+            )
             tokens = batch * new_tokens
-            print(f"    batch {batch:2d}, {new_tokens:3d} new: engine {tokens / ours_s:7.0f} tok/s, "
-                  f"transformers {tokens / hf_s:7.0f} tok/s, {hf_s / ours_s:.2f}x (goal >= 4x)")
+            print(
+                f"    batch {batch:2d}, {new_tokens:3d} new: engine {tokens / ours_s:7.0f} tok/s, "
+                f"transformers {tokens / hf_s:7.0f} tok/s, {hf_s / ours_s:.2f}x (goal >= 4x)"
+            )
 
 
 def figure_d(model, args):
@@ -160,16 +199,19 @@ def figure_d(model, args):
 
     rng = np.random.RandomState(2)
     prompts = [rng.randint(1, args.vocab, args.prompt_len).tolist() for _ in range(args.slots)]
-    config = SamplingConfig(max_new_tokens=args.budget, temperature=0.0, max_concurrent_rows=args.slots,
-                            decode_steps_per_call=args.k)
+    config = SamplingConfig(
+        max_new_tokens=args.budget, temperature=0.0, max_concurrent_rows=args.slots, decode_steps_per_call=args.k
+    )
     f32 = sample(model, prompts, config, jax.random.key(0))
     bf16 = sample(model, prompts, dataclasses.replace(config, cache_dtype="bfloat16"), jax.random.key(0))
     same = f32.completion_ids == bf16.completion_ids
     before_first_diff = np.cumprod(same, axis=1).astype(bool)
     drift = np.abs(f32.logprobs - bf16.logprobs)[before_first_diff]
-    print(f"(d) bf16 vs float32 cache, greedy, {args.slots} rows x {args.budget} tokens: identical tokens "
-          f"{same.mean():.1%}; log-prob drift before a row's first differing token: mean {drift.mean():.2e}, "
-          f"max {drift.max():.2e} (over {drift.size} tokens)")
+    print(
+        f"(d) bf16 vs float32 cache, greedy, {args.slots} rows x {args.budget} tokens: identical tokens "
+        f"{same.mean():.1%}; log-prob drift before a row's first differing token: mean {drift.mean():.2e}, "
+        f"max {drift.max():.2e} (over {drift.size} tokens)"
+    )
 
 
 def figure_e(args):
@@ -202,8 +244,9 @@ for name, model in (("training (fsdp)", training), ("decoding", decoding_layout(
     print(f"    {{name:16s}}: {{total / 1024:8.1f}} KiB per decode step ({{total / {args.slots}:.0f}} B per token), "
           + ", ".join(f"{{op}} x{{n}} ({{b / 1024:.1f}} KiB)" for op, (n, b) in sorted(found.items())))
 """
-    print(f"(e) collectives per decode step ({args.slots} slots = tokens), compiled HLO, mesh data 1 x fsdp 4 x "
-          "tensor 2:")
+    print(
+        f"(e) collectives per decode step ({args.slots} slots = tokens), compiled HLO, mesh data 1 x fsdp 4 x tensor 2:"
+    )
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
     env.pop("XLA_FLAGS", None)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
@@ -227,9 +270,11 @@ def main():
     parser.add_argument("--only", default="abcde", help="which figures to run, e.g. 'ab'")
     args = parser.parse_args()
     if args.threads:  # before the jax import, as in bench_sampler.py
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen="
-                                   f"{'true' if args.threads > 1 else 'false'} "
-                                   f"intra_op_parallelism_threads={args.threads}")
+        os.environ["XLA_FLAGS"] = (
+            os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen="
+            f"{'true' if args.threads > 1 else 'false'} "
+            f"intra_op_parallelism_threads={args.threads}"
+        )
     import jax
     import torch
     from bench_sampler import build_checkpoint
@@ -238,8 +283,10 @@ def main():
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"jax {jax.__version__} on {jax.default_backend()}, threads {args.threads or 'default'}, "
-          f"median of {args.repeats}")
+    print(
+        f"jax {jax.__version__} on {jax.default_backend()}, threads {args.threads or 'default'}, "
+        f"median of {args.repeats}"
+    )
     with tempfile.TemporaryDirectory() as folder:
         torch_model = build_checkpoint(folder, args)
         print(f"model: Qwen2 {sum(p.numel() for p in torch_model.parameters()) / 1e6:.1f}M params")

@@ -6,11 +6,13 @@ Builds a random tiny Qwen2 checkpoint with transformers (hidden 256, 4 layers, v
 about 7M parameters), loads it into our `Transformer` through `load_hf`, and decodes the same
 left-padded batch greedily in both stacks for exactly `--new-tokens` tokens (no stop tokens here,
 `min_new_tokens` there). Each side is warmed up once (our compilation, torch's first-call setup),
-then timed `--repeats` times (transformers first, then ours); the medians are reported, with tokens/s = batch * new tokens / time.
+then timed `--repeats` times (transformers first, then ours); the medians are reported, with
+tokens/s = batch * new tokens / time.
 Both run on `--threads` CPU threads (default 1, see `main`).
 Greedy paths of two float32 implementations agree until a near-tie flips an argmax, so the share of
 identical tokens is printed as a sanity check.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,9 +31,16 @@ def build_checkpoint(folder: str, args) -> object:
 
     torch.manual_seed(0)
     config = transformers.Qwen2Config(
-        vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=4 * args.hidden,
-        num_hidden_layers=args.layers, num_attention_heads=args.hidden // 64, num_key_value_heads=2,
-        max_position_embeddings=1024, tie_word_embeddings=False, rope_theta=10000.0)
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        intermediate_size=4 * args.hidden,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.hidden // 64,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=False,
+        rope_theta=10000.0,
+    )
     model = transformers.Qwen2ForCausalLM(config)
     with torch.no_grad():  # wider weights than the 0.02 init, so greedy paths are not all one token
         for p in model.parameters():
@@ -68,14 +77,20 @@ def prepare_transformers(torch_model, prompts, args):
     ids = torch.zeros((len(prompts), width), dtype=torch.long)
     mask = torch.zeros_like(ids)
     for row, prompt in enumerate(prompts):
-        ids[row, width - len(prompt):] = torch.tensor(prompt)
-        mask[row, width - len(prompt):] = 1
+        ids[row, width - len(prompt) :] = torch.tensor(prompt)
+        mask[row, width - len(prompt) :] = 1
 
     def run():
         with torch.no_grad():
             out = torch_model.generate(
-                input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=args.new_tokens,
-                min_new_tokens=args.new_tokens, pad_token_id=0, use_cache=True)
+                input_ids=ids,
+                attention_mask=mask,
+                do_sample=False,
+                max_new_tokens=args.new_tokens,
+                min_new_tokens=args.new_tokens,
+                pad_token_id=0,
+                use_cache=True,
+            )
         return out[:, width:].numpy()
 
     return run
@@ -101,16 +116,17 @@ def main():
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--vocab", type=int, default=8192)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="CPU threads for each library (0: library defaults)")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads for each library (0: library defaults)")
     args = parser.parse_args()
 
     if args.threads:
         # Must precede the jax import. Fixed, equal thread counts keep a shared machine's background
         # load from skewing one side: torch's OpenMP pool slows down many-fold when oversubscribed.
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen="
-                                   f"{'true' if args.threads > 1 else 'false'} "
-                                   f"intra_op_parallelism_threads={args.threads}")
+        os.environ["XLA_FLAGS"] = (
+            os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen="
+            f"{'true' if args.threads > 1 else 'false'} "
+            f"intra_op_parallelism_threads={args.threads}"
+        )
     import jax
     import torch
 
@@ -126,14 +142,18 @@ def main():
         ours_s, ours_tokens = median_seconds(prepare_ours(folder, prompts, args), args.repeats)
 
     tokens = args.batch * args.new_tokens
-    print(f"model: Qwen2 {num_params / 1e6:.1f}M params, batch {args.batch}, prompts "
-          f"{args.prompt_len // 2}-{args.prompt_len} tokens, {args.new_tokens} new tokens, "
-          f"median of {args.repeats}, threads {args.threads or 'default'}, jax {jax.default_backend()}")
+    print(
+        f"model: Qwen2 {num_params / 1e6:.1f}M params, batch {args.batch}, prompts "
+        f"{args.prompt_len // 2}-{args.prompt_len} tokens, {args.new_tokens} new tokens, "
+        f"median of {args.repeats}, threads {args.threads or 'default'}, jax {jax.default_backend()}"
+    )
     print(f"gift_jax sampler        : {ours_s:7.3f} s  {tokens / ours_s:9.0f} tokens/s")
     print(f"transformers generate   : {hf_s:7.3f} s  {tokens / hf_s:9.0f} tokens/s")
     print(f"speed-up                : {hf_s / ours_s:.2f}x")
-    print(f"identical greedy tokens : {np.mean(ours_tokens == hf_tokens):.1%} "
-          f"(first 8 tokens: {np.mean(ours_tokens[:, :8] == hf_tokens[:, :8]):.1%})")
+    print(
+        f"identical greedy tokens : {np.mean(ours_tokens == hf_tokens):.1%} "
+        f"(first 8 tokens: {np.mean(ours_tokens[:, :8] == hf_tokens[:, :8]):.1%})"
+    )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ The probe file holds `{"text": ...}` or `{"prompt": ..., "response": ...}` recor
 Without `--benchmarks` no rollouts are sampled. The end-to-end CPU test on tiny checkpoints
 (`tests/evaluation/test_diagnostics.py`) takes about 20 s.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,8 +50,13 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoints", required=True, nargs="+", metavar="NAME=DIR")
     parser.add_argument("--probe", required=True, type=Path, help="probe texts (.jsonl / .json / .parquet)")
     parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--benchmarks", nargs="*", default=[], metavar="NAME=PATH[:instruction=TEXT]",
-                        help="as in experiments/evaluate.py (TEXT: paper (default), none, or the instruction)")
+    parser.add_argument(
+        "--benchmarks",
+        nargs="*",
+        default=[],
+        metavar="NAME=PATH[:instruction=TEXT]",
+        help="as in experiments/evaluate.py (TEXT: paper (default), none, or the instruction)",
+    )
     parser.add_argument("--k", type=int, default=8, help="samples per problem for pass@k")
     parser.add_argument("--temperature", type=float, default=0.6)
     parser.add_argument("--max-new-tokens", type=int, default=8192)
@@ -90,43 +96,61 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--benchmarks: {err}")
     if BASE in checkpoints:
         parser.error(f"--checkpoints: the name {BASE!r} is reserved for --base")
-    mesh = (make_mesh(MeshConfig(data=args.data, fsdp=args.fsdp, tensor=args.tensor))
-            if jax.device_count() > 1 else None)
+    mesh = make_mesh(MeshConfig(data=args.data, fsdp=args.fsdp, tensor=args.tensor)) if jax.device_count() > 1 else None
     tokenizer = load_tokenizer(args.base, chat_template=args.chat_template)
     for name, folder in checkpoints.items():
         check_same_tokenizer(tokenizer.fingerprint, name, folder, args.chat_template)
     probe = read_probe(args.probe, tokenizer, max_len=args.probe_max_len)
     benchmarks = {spec.name: spec.load() for spec in specs}
-    eval_config = EvalConfig(num_samples=args.k, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
-                             problems_per_batch=args.problems_per_batch, seed=args.seed)
+    eval_config = EvalConfig(
+        num_samples=args.k,
+        temperature=args.temperature,
+        max_new_tokens=args.max_new_tokens,
+        problems_per_batch=args.problems_per_batch,
+        seed=args.seed,
+    )
 
     base, _ = load_hf(args.base, dtype=args.dtype, mesh=mesh)
     base_params = last_layer_params(base)
-    report = {"checkpoints": {BASE: str(args.base), **{n: str(f) for n, f in checkpoints.items()}},
-              "top_k": args.top_k, "probe": {}, "rollouts": {}, "geometry": []}
+    report = {
+        "checkpoints": {BASE: str(args.base), **{n: str(f) for n, f in checkpoints.items()}},
+        "top_k": args.top_k,
+        "probe": {},
+        "rollouts": {},
+        "geometry": [],
+    }
     previous_name, previous_params = BASE, base_params
     with RewardScorer() as scorer:
         for name, folder in [(BASE, args.base), *checkpoints.items()]:
             print(f"[diagnose] {name}: {folder}", file=sys.stderr)
             model = base if name == BASE else load_hf(folder, dtype=args.dtype, mesh=mesh)[0]
-            report["probe"][name] = probe_divergence(model, base, probe, top_k=args.top_k,
-                                                     batch_size=args.probe_batch_size, mesh=mesh)
+            report["probe"][name] = probe_divergence(
+                model, base, probe, top_k=args.top_k, batch_size=args.probe_batch_size, mesh=mesh
+            )
             if benchmarks:
-                results = evaluate_benchmarks(model, tokenizer, benchmarks, eval_config, scorer=scorer, mesh=mesh,
-                                              progress=not args.no_progress)
+                results = evaluate_benchmarks(
+                    model, tokenizer, benchmarks, eval_config, scorer=scorer, mesh=mesh, progress=not args.no_progress
+                )
                 report["rollouts"][name] = {b: r.metrics() for b, r in results.items()}
             if name != BASE:
                 params = last_layer_params(model)
-                report["geometry"].append({"from": previous_name, "to": name,
-                                           **parameter_geometry(previous_params, params)})
+                report["geometry"].append(
+                    {"from": previous_name, "to": name, **parameter_geometry(previous_params, params)}
+                )
                 if previous_name != BASE:
                     report["geometry"].append({"from": BASE, "to": name, **parameter_geometry(base_params, params)})
                 previous_name, previous_params = name, params
             del model
     benchmark_info = {spec.name: {"path": str(spec.path), "instruction": spec.instruction} for spec in specs}
-    report["run"] = {"probe": str(args.probe), "benchmarks": benchmark_info,
-                     "eval_config": dataclasses.asdict(eval_config), "dtype": args.dtype, "limit": args.limit,
-                     "probe_max_len": args.probe_max_len, "devices": jax.device_count()}
+    report["run"] = {
+        "probe": str(args.probe),
+        "benchmarks": benchmark_info,
+        "eval_config": dataclasses.asdict(eval_config),
+        "dtype": args.dtype,
+        "limit": args.limit,
+        "probe_max_len": args.probe_max_len,
+        "devices": jax.device_count(),
+    }
     write_diagnostics(report, args.out)
     print(diagnostics_markdown(report))
     print(f"wrote {args.out}/diagnostics.md, diagnostics.json and plots", file=sys.stderr)

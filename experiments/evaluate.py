@@ -27,6 +27,7 @@ the same checkpoint, file, instruction, --k, --temperature, --max-new-tokens, --
 its numbers. Runtime is dominated by decoding (problems x k x max-new-tokens); the end-to-end CPU
 test on a tiny checkpoint (`tests/evaluation/test_evaluate.py`) takes about 20 s.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,12 +47,26 @@ from gift_jax.run_checkpoints import CHECKPOINT_KINDS
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, type=Path,
-                        help="Hugging Face model folder, or a stage workdir (then --step / --kind pick the checkpoint)")
-    parser.add_argument("--step", type=int, default=None, help="workdir: loop step of the checkpoint (RL step / init update; default: newest)")
+    parser.add_argument(
+        "--model",
+        required=True,
+        type=Path,
+        help="Hugging Face model folder, or a stage workdir (then --step / --kind pick the checkpoint)",
+    )
+    parser.add_argument(
+        "--step",
+        type=int,
+        default=None,
+        help="workdir: loop step of the checkpoint (RL step / init update; default: newest)",
+    )
     parser.add_argument("--kind", choices=CHECKPOINT_KINDS, default="periodic", help="workdir: checkpoint kind")
-    parser.add_argument("--benchmarks", required=True, nargs="+", metavar="NAME=PATH[:instruction=TEXT]",
-                        help="benchmark files; TEXT: paper (default), none, or the instruction itself (see above)")
+    parser.add_argument(
+        "--benchmarks",
+        required=True,
+        nargs="+",
+        metavar="NAME=PATH[:instruction=TEXT]",
+        help="benchmark files; TEXT: paper (default), none, or the instruction itself (see above)",
+    )
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--k", type=int, default=4, help="samples per problem")
     parser.add_argument("--temperature", type=float, default=0.6)
@@ -61,8 +76,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--limit", type=int, default=None, help="first N problems of each benchmark")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--chat-template", default=None, help="built-in template name instead of the folder's")
-    parser.add_argument("--dtype", default="bfloat16",
-                        help="compute dtype (float32 for exact checks and to match the toy pipeline)")
+    parser.add_argument(
+        "--dtype", default="bfloat16", help="compute dtype (float32 for exact checks and to match the toy pipeline)"
+    )
     parser.add_argument("--data", type=int, default=-1)
     parser.add_argument("--fsdp", type=int, default=1)
     parser.add_argument("--tensor", type=int, default=1)
@@ -78,23 +94,42 @@ def main(argv: list[str] | None = None) -> None:
         specs = parse_benchmark_specs(args.benchmarks, limit=args.limit)
     except ValueError as err:
         parser.error(f"--benchmarks: {err}")
-    config = EvalConfig(num_samples=args.k, temperature=args.temperature, top_p=args.top_p,
-                        max_new_tokens=args.max_new_tokens, problems_per_batch=args.problems_per_batch,
-                        seed=args.seed)
-    mesh = (make_mesh(MeshConfig(data=args.data, fsdp=args.fsdp, tensor=args.tensor))
-            if jax.device_count() > 1 else None)
+    config = EvalConfig(
+        num_samples=args.k,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens,
+        problems_per_batch=args.problems_per_batch,
+        seed=args.seed,
+    )
+    mesh = make_mesh(MeshConfig(data=args.data, fsdp=args.fsdp, tensor=args.tensor)) if jax.device_count() > 1 else None
     try:
-        evaluation = evaluate_checkpoint(args.model, specs, config, step=args.step, kind=args.kind, dtype=args.dtype,
-                                         chat_template=args.chat_template, mesh=mesh,
-                                         keep_responses=args.save_samples, progress=not args.no_progress)
+        evaluation = evaluate_checkpoint(
+            args.model,
+            specs,
+            config,
+            step=args.step,
+            kind=args.kind,
+            dtype=args.dtype,
+            chat_template=args.chat_template,
+            mesh=mesh,
+            keep_responses=args.save_samples,
+            progress=not args.no_progress,
+        )
     except (EvalInputError, DataFormatError) as err:
         parser.error(f"--model {args.model} / --benchmarks: {err}")
     if evaluation.checkpoint is not None:
         print(f"{args.model}: {args.kind} checkpoint of step {evaluation.checkpoint['step']}", file=sys.stderr)
-    run_info = {"model": str(args.model), "checkpoint": evaluation.checkpoint,
-                "benchmarks": {spec.name: {"path": str(spec.path), "instruction": spec.instruction} for spec in specs},
-                "eval_config": dataclasses.asdict(config), "dtype": args.dtype, "limit": args.limit,
-                "chat_template": evaluation.chat_template, "devices": jax.device_count()}
+    run_info = {
+        "model": str(args.model),
+        "checkpoint": evaluation.checkpoint,
+        "benchmarks": {spec.name: {"path": str(spec.path), "instruction": spec.instruction} for spec in specs},
+        "eval_config": dataclasses.asdict(config),
+        "dtype": args.dtype,
+        "limit": args.limit,
+        "chat_template": evaluation.chat_template,
+        "devices": jax.device_count(),
+    }
     write_results(evaluation.results, args.out, run_info=run_info, save_samples=args.save_samples)
     print(results_markdown(evaluation.results))
     print(f"wrote {args.out / 'results.md'} and {args.out / 'results.json'}", file=sys.stderr)

@@ -7,6 +7,7 @@
 the newest step of `--kind` (periodic or best) is exported. The tokenizer comes from
 the run's starting model folder. An existing non-empty `--out` is refused unless `--overwrite`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,13 +23,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="the HF folder to write")
     parser.add_argument("--step", type=int, default=None, help="loop step (RL step / init update) of the checkpoint")
     parser.add_argument("--kind", choices=CHECKPOINT_KINDS, default="periodic")
-    parser.add_argument("--dtype", default=None, choices=sorted(DTYPES),
-                        help="weight dtype of the export (default: as trained)")
+    parser.add_argument(
+        "--dtype", default=None, choices=sorted(DTYPES), help="weight dtype of the export (default: as trained)"
+    )
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
     try:
-        out = export_run_checkpoint(args.workdir, args.out, step=args.step, kind=args.kind, dtype=args.dtype,
-                                    overwrite=args.overwrite)
+        out = export_run_checkpoint(
+            args.workdir, args.out, step=args.step, kind=args.kind, dtype=args.dtype, overwrite=args.overwrite
+        )
     except (FileNotFoundError, FileExistsError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

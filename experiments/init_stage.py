@@ -8,6 +8,7 @@ saved as WORKDIR/config.json; metrics go to WORKDIR/metrics.jsonl and WORKDIR/te
 validation NLL) and final policies are exported as HF folders WORKDIR/hf_best and WORKDIR/hf_final.
 Multi-host: see launch/ (every process calls jax.distributed.initialize()).
 """
+
 import sys
 
 from gift_jax.cli import run_stage_cli

@@ -16,6 +16,7 @@ Steps, for every (world variant, seed, init method):
 Outputs: WORKDIR/results.json (`{"rows": [...]}`), WORKDIR/results.md (mean +- std over seeds) and PNG
 plots. Finished runs are skipped when the command is repeated with the same workdir (resume).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,22 +76,35 @@ def init_label(init: str, beta: float | None) -> str:
     return f"{init}_beta{beta:g}" if beta is not None else init
 
 
-def init_stage_config(preset: Preset, files: dict, base: Path, init: str, beta: float | None, seed: int,
-                      num_devices: int) -> InitStageConfig:
+def init_stage_config(
+    preset: Preset, files: dict, base: Path, init: str, beta: float | None, seed: int, num_devices: int
+) -> InitStageConfig:
     """The init-stage config of one (init method, seed) run of `preset` on `num_devices` devices."""
     loss = {"name": init, **({"beta": beta} if beta is not None else {}), **preset.baseline_hparams, "chunk_size": 64}
     # PSFT splits each global batch into psft_minibatches updates; each must still hold whole micro-batches.
     updates_per_batch = from_dict(LossSection, loss).updates_per_batch
-    return from_dict(InitStageConfig, {
-        "model": {"path": str(base)},
-        "data": {"train_file": str(files["expert"]), "val_file": str(files["expert_val"]), "max_length": 64,
-                 "bucket_lengths": [64], "num_threads": 0},
-        "loss": loss,
-        "optim": {"lr": preset.init_lr, "schedule": "constant"},
-        "train": {"global_batch": preset.init_batch,
-                  "micro_batch_per_device": max(preset.init_batch // num_devices // updates_per_batch, 1),
-                  "epochs": preset.init_epochs, "seed": seed, "log_every": 50},
-    })
+    return from_dict(
+        InitStageConfig,
+        {
+            "model": {"path": str(base)},
+            "data": {
+                "train_file": str(files["expert"]),
+                "val_file": str(files["expert_val"]),
+                "max_length": 64,
+                "bucket_lengths": [64],
+                "num_threads": 0,
+            },
+            "loss": loss,
+            "optim": {"lr": preset.init_lr, "schedule": "constant"},
+            "train": {
+                "global_batch": preset.init_batch,
+                "micro_batch_per_device": max(preset.init_batch // num_devices // updates_per_batch, 1),
+                "epochs": preset.init_epochs,
+                "seed": seed,
+                "log_every": 50,
+            },
+        },
+    )
 
 
 def run_init(preset: Preset, files: dict, base: Path, init: str, beta: float | None, seed: int, out: Path) -> Path:
@@ -102,19 +116,31 @@ def run_init(preset: Preset, files: dict, base: Path, init: str, beta: float | N
 
 def run_rl(preset: Preset, files: dict, model: Path, base: Path, seed: int, out: Path) -> tuple[Path, Path]:
     group = preset.rl_group_size
-    config = from_dict(RLStageConfig, {
-        "model": {"path": str(model), "base_path": str(base)},
-        "data": {"train_file": str(files["rl_prompts"]), "val_file": str(files["eval"]) if preset.rl_eval_every else None,
-                 "val_limit": preset.eval_problems},
-        "rollout": {"group_size": group, "temperature": 1.0, "max_new_tokens": preset.rl_max_new_tokens},
-        "algo": {"mini_batch_prompts": preset.rl_prompts_per_step // 2, "chunk_size": 64},
-        "reward": {"num_workers": 1},
-        "optim": {"lr": preset.rl_lr, "b2": 0.95},  # the toy's RL uses the init stage's AdamW betas
-        "train": {"prompts_per_step": preset.rl_prompts_per_step, "max_steps": preset.rl_steps, "seed": seed,
-                  "micro_batch_per_device": max(preset.rl_prompts_per_step // 2 * group // jax.device_count(), 1),
-                  "eval_every": preset.rl_eval_every or None, "eval_k": preset.avg_k,
-                  "checkpoint_every": max(preset.rl_steps // 2, 1), "log_every": 5},
-    })
+    config = from_dict(
+        RLStageConfig,
+        {
+            "model": {"path": str(model), "base_path": str(base)},
+            "data": {
+                "train_file": str(files["rl_prompts"]),
+                "val_file": str(files["eval"]) if preset.rl_eval_every else None,
+                "val_limit": preset.eval_problems,
+            },
+            "rollout": {"group_size": group, "temperature": 1.0, "max_new_tokens": preset.rl_max_new_tokens},
+            "algo": {"mini_batch_prompts": preset.rl_prompts_per_step // 2, "chunk_size": 64},
+            "reward": {"num_workers": 1},
+            "optim": {"lr": preset.rl_lr, "b2": 0.95},  # the toy's RL uses the init stage's AdamW betas
+            "train": {
+                "prompts_per_step": preset.rl_prompts_per_step,
+                "max_steps": preset.rl_steps,
+                "seed": seed,
+                "micro_batch_per_device": max(preset.rl_prompts_per_step // 2 * group // jax.device_count(), 1),
+                "eval_every": preset.rl_eval_every or None,
+                "eval_k": preset.avg_k,
+                "checkpoint_every": max(preset.rl_steps // 2, 1),
+                "log_every": 5,
+            },
+        },
+    )
     summary = run_rl_stage(config, out)
     return Path(summary["hf_final"]), out / "metrics.jsonl"
 
@@ -124,18 +150,32 @@ def evaluate(model_dir: Path, spec: BenchmarkSpec, preset: Preset, seed: int, sc
 
     Both through `evaluate_checkpoint`, as `experiments/evaluate.py` (`--dtype float32 --seed SEED`)."""
     budget = preset.rl_max_new_tokens
-    explore = evaluate_checkpoint(model_dir, [spec], EvalConfig(num_samples=preset.pass_k_samples, temperature=1.0,
-                                  max_new_tokens=budget, seed=seed), scorer=scorer, keep_responses=True,
-                                  progress=False).results[spec.name]
-    protocol = evaluate_checkpoint(model_dir, [spec], EvalConfig(num_samples=preset.avg_k, temperature=0.6,
-                                   max_new_tokens=budget, seed=seed), scorer=scorer, progress=False).results[spec.name]
+    explore = evaluate_checkpoint(
+        model_dir,
+        [spec],
+        EvalConfig(num_samples=preset.pass_k_samples, temperature=1.0, max_new_tokens=budget, seed=seed),
+        scorer=scorer,
+        keep_responses=True,
+        progress=False,
+    ).results[spec.name]
+    protocol = evaluate_checkpoint(
+        model_dir,
+        [spec],
+        EvalConfig(num_samples=preset.avg_k, temperature=0.6, max_new_tokens=budget, seed=seed),
+        scorer=scorer,
+        progress=False,
+    ).results[spec.name]
     responses = [r for sample in explore.samples for r in sample["responses"]]
     styles = Counter(classify_style(r) for r in responses)
     metrics = {k: v for k, v in explore.metrics().items() if k.startswith("pass@")}
-    metrics.update({f"avg@{preset.avg_k}": protocol.metrics()[f"avg@{preset.avg_k}"],
-                    "boxed_rate": sum(BOXED_PREFIX in r for r in responses) / len(responses),
-                    "mean_token_entropy": explore.metrics()["mean_token_entropy"],
-                    **{f"style_{s}": n / len(responses) for s, n in sorted(styles.items())}})
+    metrics.update(
+        {
+            f"avg@{preset.avg_k}": protocol.metrics()[f"avg@{preset.avg_k}"],
+            "boxed_rate": sum(BOXED_PREFIX in r for r in responses) / len(responses),
+            "mean_token_entropy": explore.metrics()["mean_token_entropy"],
+            **{f"style_{s}": n / len(responses) for s, n in sorted(styles.items())},
+        }
+    )
     return metrics
 
 
@@ -147,14 +187,16 @@ def style_skill(model_dir: Path, problems, budget: int) -> dict[str, float]:
     """
     model, _ = load_hf(model_dir)
     tokenizer = load_tokenizer(model_dir)
-    config = SamplingConfig(max_new_tokens=budget, temperature=0.0, stop_ids=tokenizer.stop_ids,
-                            pad_id=tokenizer.pad_id)
+    config = SamplingConfig(
+        max_new_tokens=budget, temperature=0.0, stop_ids=tokenizer.stop_ids, pad_id=tokenizer.pad_id
+    )
     skill = {}
     for style, header in STYLE_HEADERS.items():
         prompts = [tokenizer.encode_prompt(p.prompt) + tokenizer.encode(header) for p in problems]
         result = sample(model, prompts, config, jax.random.key(0))
-        texts = [tokenizer.decode(ids[:n], skip_special_tokens=True) for ids, n in zip(result.completion_ids,
-                                                                                         result.lengths)]
+        texts = [
+            tokenizer.decode(ids[:n], skip_special_tokens=True) for ids, n in zip(result.completion_ids, result.lengths)
+        ]
         final = [re.findall(r"\d+", text)[-1:] for text in texts]
         skill[f"greedy_acc_{style}"] = sum(f == [p.answer] for f, p in zip(final, problems)) / len(problems)
     return skill
@@ -183,14 +225,18 @@ def run_pipeline(preset_name: str, workdir: str | Path) -> dict:
             manifest = json.loads(paths["manifest"].read_text())
             base = ensure_base(workdir, manifest)
             sizes = preset.world_sizes
-            files = {name: subset_jsonl(paths[name], world_dir / f"{name}_{sizes[name]}.jsonl", sizes[name])
-                     for name in ("expert", "expert_val", "rl_prompts", "eval")}
+            files = {
+                name: subset_jsonl(paths[name], world_dir / f"{name}_{sizes[name]}.jsonl", sizes[name])
+                for name in ("expert", "expert_val", "rl_prompts", "eval")
+            }
             # The toy prompts carry no instruction: the toy tokenizer knows no English.
             spec = BenchmarkSpec("toy_eval", files["eval"], instruction=None, limit=preset.eval_problems)
             problems = spec.load()
             if variant not in floors:  # the base's own floors: reward-based pass@k and per-style skill
-                floors[variant] = {**evaluate(base, spec, preset, 0, scorer),
-                                   **style_skill(base, problems, preset.rl_max_new_tokens)}
+                floors[variant] = {
+                    **evaluate(base, spec, preset, 0, scorer),
+                    **style_skill(base, problems, preset.rl_max_new_tokens),
+                }
                 _write_results(workdir, rows, floors)
             for seed in preset.seeds:
                 for init, beta in preset.inits:
@@ -203,8 +249,17 @@ def run_pipeline(preset_name: str, workdir: str | Path) -> dict:
                     pre_rl = evaluate(init_model, spec, preset, seed, scorer)
                     rl_model, rl_metrics = run_rl(preset, files, init_model, base, seed, run_dir / "rl")
                     post_rl = evaluate(rl_model, spec, preset, seed, scorer)
-                    rows.append({"variant": variant, "init": init, "beta": beta, "seed": seed, "pre_rl": pre_rl,
-                                 "post_rl": post_rl, "rl_metrics": str(rl_metrics.relative_to(workdir))})
+                    rows.append(
+                        {
+                            "variant": variant,
+                            "init": init,
+                            "beta": beta,
+                            "seed": seed,
+                            "pre_rl": pre_rl,
+                            "post_rl": post_rl,
+                            "rl_metrics": str(rl_metrics.relative_to(workdir)),
+                        }
+                    )
                     _write_results(workdir, rows, floors)
                     shutil.rmtree(run_dir / "init" / "data", ignore_errors=True)  # tokenized copies: rebuildable
     finally:

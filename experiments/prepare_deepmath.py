@@ -11,6 +11,7 @@ Reads every *.parquet under --source (columns `question`, `final_answer`, `r1_so
 Rows without a question, answer or solution are skipped (counted). Existing output files are never
 overwritten: pick a fresh --out.
 """
+
 import argparse
 import sys
 from pathlib import Path
@@ -73,10 +74,14 @@ def main(argv=None) -> int:
     init, rl, val = np.split(order[:need], [args.init, args.init + args.rl])
     pick = lambda idx, key: [rows[i][key] for i in idx]  # noqa: E731
     args.out.mkdir(parents=True, exist_ok=True)
-    write(outputs[0], {"sft_prompt": pick(init, "question"), "solution": pick(init, "solution"),
-                       "answer": pick(init, "answer")})
-    write(outputs[1], {"sft_prompt": pick(val, "question"), "solution": pick(val, "solution"),
-                       "answer": pick(val, "answer")})
+    write(
+        outputs[0],
+        {"sft_prompt": pick(init, "question"), "solution": pick(init, "solution"), "answer": pick(init, "answer")},
+    )
+    write(
+        outputs[1],
+        {"sft_prompt": pick(val, "question"), "solution": pick(val, "solution"), "answer": pick(val, "answer")},
+    )
     write(outputs[2], {"prompt": pick(rl, "question"), "answer": pick(rl, "answer"), "solution": pick(rl, "solution")})
     write(outputs[3], {"problem": pick(val, "question"), "answer": pick(val, "answer")})
     return 0

@@ -4,6 +4,7 @@
 
 See `gift_jax.toy.base_pretraining` for what is trained and how the pipeline decides to retrain.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -7,6 +7,7 @@ Re-running with the same --workdir resumes (parameters, optimizer, prompt order,
 Metrics: WORKDIR/metrics.jsonl and WORKDIR/tensorboard; the best (by validation avg@k) and final
 policies: WORKDIR/hf_best and WORKDIR/hf_final.
 """
+
 import sys
 
 from gift_jax.cli import run_stage_cli

@@ -4,6 +4,7 @@ A bad config, input file, model folder or workdir found while the run loads ends
 line and exit status 2, before anything is written over existing checkpoints or results. An error once
 training is under way (a shape, a sharding, a device) keeps its full traceback.
 """
+
 from __future__ import annotations
 
 import argparse

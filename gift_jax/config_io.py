@@ -3,6 +3,7 @@
 Unknown keys, wrong types and missing required values are rejected with the key's full dotted name
 before anything compiles; the resolved config is written into the workdir as JSON.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -84,8 +85,11 @@ def from_dict(cls, data: dict[str, Any], *, where: str = "config"):
         if isinstance(value, dict) and dataclasses.is_dataclass(default) and not isinstance(default, type):
             data = {**data, name: {**dataclasses.asdict(default), **value}}
     kwargs = {name: _coerce(value, hints[name], f"{where}.{name}") for name, value in data.items()}
-    missing = [name for name, f in fields.items() if name not in kwargs
-               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [
+        name
+        for name, f in fields.items()
+        if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
     if missing:
         raise ConfigError(f"{where}: missing required key(s) {[f'{where}.{m}' for m in missing]}")
     try:

@@ -11,6 +11,7 @@ and `hf_final`; this reaches every step in between.
     model, model_config, tokenizer_dir, step = load_run_checkpoint("runs/gift", kind="best")
     export_run_checkpoint("runs/gift", "runs/gift/hf_step40", step=40)
 """
+
 from __future__ import annotations
 
 import json
@@ -61,8 +62,9 @@ def _checkpoint_numbers(checkpointer: Checkpointer, kind: str) -> dict[int, int]
     return {checkpointer.meta(number, kind).get("step", number): number for number in checkpointer.steps(kind)}
 
 
-def load_run_checkpoint(workdir: str | os.PathLike, *, step: int | None = None, kind: str = "periodic",
-                        dtype: str | None = None, mesh=None) -> tuple[Transformer, ModelConfig, Path, int]:
+def load_run_checkpoint(
+    workdir: str | os.PathLike, *, step: int | None = None, kind: str = "periodic", dtype: str | None = None, mesh=None
+) -> tuple[Transformer, ModelConfig, Path, int]:
     """The policy of one step of a run -> `(model, model_config, tokenizer_dir, step)`.
 
     step: None for the newest step of `kind` ("periodic" or "best").
@@ -84,19 +86,30 @@ def load_run_checkpoint(workdir: str | os.PathLike, *, step: int | None = None, 
         mesh = mesh if mesh is not None else make_mesh(MeshConfig())
         # The run's starting folder gives the architecture; the template is abstract (nothing allocated)
         # and only the parameters are read, so peak memory is one copy of the weights.
-        model_config = read_config(config.model.path, dtype=dtype or config.model.dtype,
-                                   param_dtype=config.model.param_dtype)
+        model_config = read_config(
+            config.model.path, dtype=dtype or config.model.dtype, param_dtype=config.model.param_dtype
+        )
         graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Transformer(model_config, rngs=nnx.Rngs(0))), nnx.Param)
-        target = jax.tree.map(lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                              abstract, state_shardings(abstract, mesh))
+        target = jax.tree.map(
+            lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+            abstract,
+            state_shardings(abstract, mesh),
+        )
         params = checkpointer.restore_params(numbers[step], target, kind=kind)
     finally:
         checkpointer.close()
     return nnx.merge(graphdef, params), model_config, Path(config.model.path), step
 
 
-def export_run_checkpoint(workdir: str | os.PathLike, out: str | os.PathLike, *, step: int | None = None,
-                          kind: str = "periodic", dtype: str | None = None, overwrite: bool = False) -> Path:
+def export_run_checkpoint(
+    workdir: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    step: int | None = None,
+    kind: str = "periodic",
+    dtype: str | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Writes one step of a run as an HF folder (weights in `dtype`, default as trained) with its tokenizer."""
     model, model_config, tokenizer_dir, _ = load_run_checkpoint(workdir, step=step, kind=kind)
     return save_hf(model, model_config, out, dtype=dtype, tokenizer_dir=tokenizer_dir, overwrite=overwrite)

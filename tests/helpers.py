@@ -1,14 +1,23 @@
 """Tiny real Hugging Face checkpoints built with transformers + CPU torch (no downloads)."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
-TINY_DIMS = dict(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+TINY_DIMS = dict(
+    vocab_size=96,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+)
 
 
-def make_tiny_hf(path, family: str = "qwen2", *, tied: bool = False, llama3_scaling: bool = False,
-                 seed: int = 0, **overrides):
+def make_tiny_hf(
+    path, family: str = "qwen2", *, tied: bool = False, llama3_scaling: bool = False, seed: int = 0, **overrides
+):
     """Saves a random tiny `Qwen2ForCausalLM` / `LlamaForCausalLM` to `path`; returns the torch model."""
     import torch
     import transformers
@@ -21,8 +30,13 @@ def make_tiny_hf(path, family: str = "qwen2", *, tied: bool = False, llama3_scal
     elif family == "llama":
         extra = {}
         if llama3_scaling:
-            extra["rope_scaling"] = dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
-                                         high_freq_factor=4.0, original_max_position_embeddings=32)
+            extra["rope_scaling"] = dict(
+                rope_type="llama3",
+                factor=8.0,
+                low_freq_factor=1.0,
+                high_freq_factor=4.0,
+                original_max_position_embeddings=32,
+            )
         config = transformers.LlamaConfig(tie_word_embeddings=tied, rope_theta=500000.0, **extra, **dims)
         model = transformers.LlamaForCausalLM(config)
     else:
@@ -59,14 +73,20 @@ def make_tiny_model_dir(path, family: str = "qwen2", *, seed: int = 0, **overrid
     tokenizer = train_tiny_tokenizer()
     model = make_tiny_hf(path, family, seed=seed, **{"vocab_size": tokenizer.get_vocab_size(), **overrides})
     tokenizer.save(str(path / "tokenizer.json"))
-    (path / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
-        "chat_template": QWEN_STYLE_TEMPLATE}))
+    (path / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "PreTrainedTokenizerFast",
+                "eos_token": "<|endoftext|>",
+                "pad_token": "<|endoftext|>",
+                "chat_template": QWEN_STYLE_TEMPLATE,
+            }
+        )
+    )
     return model
 
 
-def write_sft_jsonl(path, num: int, *, seed: int = 0, prompt_key: str = "sft_prompt",
-                    response_key: str = "solution"):
+def write_sft_jsonl(path, num: int, *, seed: int = 0, prompt_key: str = "sft_prompt", response_key: str = "solution"):
     """`num` tiny arithmetic demonstrations `{prompt_key: "What is a + b?", response_key: "... \\boxed{c}"}`."""
     import json
     import random
@@ -75,18 +95,35 @@ def write_sft_jsonl(path, num: int, *, seed: int = 0, prompt_key: str = "sft_pro
     with open(path, "w") as f:
         for _ in range(num):
             a, b = rng.randint(1, 9), rng.randint(1, 9)
-            f.write(json.dumps({prompt_key: f"What is {a} + {b}?",
-                                response_key: f"First add the numbers: {a} + {b} = {a + b}. "
-                                              f"The answer is \\boxed{{{a + b}}}."}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        prompt_key: f"What is {a} + {b}?",
+                        response_key: f"First add the numbers: {a} + {b} = {a + b}. The answer is \\boxed{{{a + b}}}.",
+                    }
+                )
+                + "\n"
+            )
     return path
 
 
 def init_overrides(inputs, **extra):
     """Overrides for a seconds-long init-stage run on the tiny inputs."""
-    base = {"model.path": inputs["model"], "data.train_file": inputs["train"], "data.val_file": inputs["val"],
-            "data.max_length": 96, "data.bucket_lengths": "[96]", "data.num_threads": 0,
-            "train.global_batch": 16, "train.micro_batch_per_device": 1, "train.epochs": 2,
-            "train.export_hf": False, "optim.lr": 3e-3, "loss.chunk_size": 64, "loss.beta": 5.0}
+    base = {
+        "model.path": inputs["model"],
+        "data.train_file": inputs["train"],
+        "data.val_file": inputs["val"],
+        "data.max_length": 96,
+        "data.bucket_lengths": "[96]",
+        "data.num_threads": 0,
+        "train.global_batch": 16,
+        "train.micro_batch_per_device": 1,
+        "train.epochs": 2,
+        "train.export_hf": False,
+        "optim.lr": 3e-3,
+        "loss.chunk_size": 64,
+        "loss.beta": 5.0,
+    }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
 
@@ -100,16 +137,35 @@ def write_rl_jsonl(path, num: int, *, seed: int = 0):
     with open(path, "w") as f:
         for _ in range(num):
             a, b = rng.randint(1, 9), rng.randint(1, 9)
-            f.write(json.dumps({"prompt": f"What is {a} + {b}?", "answer": str(a + b),
-                                "solution": f"{a} + {b} = {a + b}. The answer is \\boxed{{{a + b}}}."}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "prompt": f"What is {a} + {b}?",
+                        "answer": str(a + b),
+                        "solution": f"{a} + {b} = {a + b}. The answer is \\boxed{{{a + b}}}.",
+                    }
+                )
+                + "\n"
+            )
     return path
 
 
 def rl_overrides(model_dir, train_file, **extra):
     """Overrides for a seconds-long RL run on tiny inputs."""
-    base = {"model.path": model_dir, "data.train_file": train_file, "rollout.group_size": 4,
-            "rollout.max_new_tokens": 16, "algo.mini_batch_prompts": 4, "algo.chunk_size": 16,
-            "train.prompts_per_step": 8, "train.micro_batch_per_device": 1, "train.eval_every": None,
-            "train.checkpoint_every": 1, "train.export_hf": False, "optim.lr": 1e-3, "reward.num_workers": 1}
+    base = {
+        "model.path": model_dir,
+        "data.train_file": train_file,
+        "rollout.group_size": 4,
+        "rollout.max_new_tokens": 16,
+        "algo.mini_batch_prompts": 4,
+        "algo.chunk_size": 16,
+        "train.prompts_per_step": 8,
+        "train.micro_batch_per_device": 1,
+        "train.eval_every": None,
+        "train.checkpoint_every": 1,
+        "train.export_hf": False,
+        "optim.lr": 1e-3,
+        "reward.num_workers": 1,
+    }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]

@@ -1,4 +1,5 @@
 """Typed configs: defaults of configured sections survive overrides, and bad values are named."""
+
 import pytest
 
 from gift_jax.config_io import ConfigError, apply_overrides, from_dict, load_config

@@ -1,4 +1,5 @@
 """Any orbax step of a run restores as a model and exports as an HF folder, equal to the trainer's own exports."""
+
 import json
 
 import numpy as np
@@ -62,9 +63,25 @@ def test_missing_steps_and_non_runs_are_named(run, tmp_path, capsys):
 def test_evaluate_accepts_a_run_workdir(run, tmp_path):
     workdir, _ = run
     (tmp_path / "bench.jsonl").write_text(json.dumps({"problem": "What is 1 + 1?", "answer": "2"}) + "\n")
-    evaluate_main(["--model", str(workdir), "--step", "3", "--benchmarks", f"toy={tmp_path / 'bench.jsonl'}",
-                   "--out", str(tmp_path / "eval"), "--k", "2", "--max-new-tokens", "4", "--dtype", "float32",
-                   "--no-progress"])
+    evaluate_main(
+        [
+            "--model",
+            str(workdir),
+            "--step",
+            "3",
+            "--benchmarks",
+            f"toy={tmp_path / 'bench.jsonl'}",
+            "--out",
+            str(tmp_path / "eval"),
+            "--k",
+            "2",
+            "--max-new-tokens",
+            "4",
+            "--dtype",
+            "float32",
+            "--no-progress",
+        ]
+    )
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert results["run"]["checkpoint"] == {"kind": "periodic", "step": 3} and "avg@2" in results["benchmarks"]["toy"]
 
@@ -74,8 +91,11 @@ def test_an_rl_run_exports_too(tiny_run_inputs, tmp_path):
     from gift_jax.rl.trainer import run_rl_stage
     from tests.helpers import rl_overrides, write_rl_jsonl
 
-    overrides = rl_overrides(tiny_run_inputs["model"], write_rl_jsonl(tmp_path / "rl.jsonl", 16),
-                             **{"algo.method": "luffy", "train.export_hf": True})
+    overrides = rl_overrides(
+        tiny_run_inputs["model"],
+        write_rl_jsonl(tmp_path / "rl.jsonl", 16),
+        **{"algo.method": "luffy", "train.export_hf": True},
+    )
     summary = run_rl_stage(load_config(RLStageConfig, None, overrides), tmp_path / "rl", max_steps=2)
     assert export_main(["--workdir", str(tmp_path / "rl"), "--out", str(tmp_path / "last")]) == 0
     got, want = _tensors(tmp_path / "last"), _tensors(tmp_path / "rl" / summary["hf_final"])

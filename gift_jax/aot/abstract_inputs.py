@@ -3,6 +3,7 @@
 Built exactly as the trainers lay out their real inputs: parameters sharded by the logical-axis
 rules, optimizer state like the parameters, batch rows over the batch axes.
 """
+
 from __future__ import annotations
 
 import jax
@@ -26,8 +27,10 @@ def abstract_model(config: ModelConfig, mesh) -> tuple[nnx.GraphDef, nnx.State]:
 
 def abstract_batch(spec: dict[str, tuple[tuple[int, ...], jnp.dtype]], mesh) -> dict[str, jax.ShapeDtypeStruct]:
     """`{key: (shape, dtype)}` -> batch-sharded `ShapeDtypeStruct`s (leading dim over the batch axes)."""
-    return {key: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding(mesh, len(shape)))
-            for key, (shape, dtype) in spec.items()}
+    return {
+        key: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding(mesh, len(shape)))
+        for key, (shape, dtype) in spec.items()
+    }
 
 
 def init_batch_spec(rows: int, length: int, *, old_logprobs: bool) -> dict:

@@ -1,6 +1,7 @@
 """Figures read from a compiled step: collective traffic in its optimized HLO, and the memory an
 out-of-memory compile error asked for.
 """
+
 from __future__ import annotations
 
 import math
@@ -8,15 +9,33 @@ import re
 
 COLLECTIVE_KINDS = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
 
-_DTYPE_BYTES = {"pred": 1, "s4": 0.5, "u4": 0.5, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f8e5m2": 1, "s16": 2, "u16": 2,
-                "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8,
-                "c128": 16}
+_DTYPE_BYTES = {
+    "pred": 1,
+    "s4": 0.5,
+    "u4": 0.5,
+    "s8": 1,
+    "u8": 1,
+    "f8e4m3fn": 1,
+    "f8e5m2": 1,
+    "s16": 2,
+    "u16": 2,
+    "f16": 2,
+    "bf16": 2,
+    "s32": 4,
+    "u32": 4,
+    "f32": 4,
+    "s64": 8,
+    "u64": 8,
+    "f64": 8,
+    "c64": 8,
+    "c128": 16,
+}
 _ARRAY = re.compile(r"\b([a-z][a-z0-9]*)\[([0-9,]*)\]")
 # `%name = <shape> <opcode>(<operands>)...`; the shape may be a tuple `(bf16[..], f32[..])`.
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*?)\s+([a-z][\w\-]*)\((.*)$")
 _COMPUTATION = re.compile(r"^\s*(?:ENTRY\s+)?%?([\w.\-]+)\s*\(.*\)\s*->.*\{\s*$")
 _OPERAND = re.compile(r"%([\w.\-]+)")
-_UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
+_UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
 
 def shape_bytes(shape_text: str, *, skip_scalars: bool = False) -> int:
@@ -80,9 +99,11 @@ def required_bytes_from_error(message: str) -> tuple[int, str] | None:
     (128.00G) exceeds available HBM (15.75G)" (temporaries only) and "Used 99.50G of 95.74G hbm"
     (everything). None when the message has neither.
     """
-    for pattern, what in ((r"memory required for HLO temporaries \(([\d.]+)([KMGT]?)B?\)", "temp"),
-                          (r"memory required for [^(]*\(([\d.]+)([KMGT]?)B?\)", "total"),
-                          (r"Used ([\d.]+)([KMGT]?)B? of", "total")):
+    for pattern, what in (
+        (r"memory required for HLO temporaries \(([\d.]+)([KMGT]?)B?\)", "temp"),
+        (r"memory required for [^(]*\(([\d.]+)([KMGT]?)B?\)", "total"),
+        (r"Used ([\d.]+)([KMGT]?)B? of", "total"),
+    ):
         m = re.search(pattern, message)
         if m:
             return int(float(m.group(1)) * _UNITS[m.group(2)]), what

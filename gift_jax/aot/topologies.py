@@ -5,6 +5,7 @@ A TPU target needs libtpu importable (the `tpu` extra); no TPU has to be attache
 Names follow Cloud TPU accelerator types: `v4-N` and `v5p-N` count TensorCores (2 per chip),
 `v5e-N` and `v6e-N` count chips.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -12,7 +13,7 @@ import os
 
 import jax
 
-GIB = 1024 ** 3
+GIB = 1024**3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +45,8 @@ _SHAPES = {
 }
 TOPOLOGIES: dict[str, Topology] = {
     f"{family}-{size}": Topology(f"{family}-{size}", f"{prefix}:{shape}", chip_config, _HBM[family])
-    for family, (prefix, chip_config, shapes) in _SHAPES.items() for size, shape in shapes.items()
+    for family, (prefix, chip_config, shapes) in _SHAPES.items()
+    for size, shape in shapes.items()
 }
 LOCAL = "local"
 
@@ -59,13 +61,19 @@ def topology_devices(name: str) -> list:
     try:
         import libtpu  # noqa: F401  (only to give a clear error: jax loads it itself)
     except ImportError:
-        raise RuntimeError(f"topology {name}: compiling for TPU needs libtpu (pip install -e '.[tpu]', "
-                           "or libtpu on PYTHONPATH)") from None
+        raise RuntimeError(
+            f"topology {name}: compiling for TPU needs libtpu (pip install -e '.[tpu]', or libtpu on PYTHONPATH)"
+        ) from None
     from jax.experimental import topologies
 
     desc = topologies.get_topology_desc(
-        platform="tpu", topology_name=topology.topology_name, chip_config_name=topology.chip_config_name,
-        chips_per_host_bounds=(2, 2, 1), num_slices=1, wrap=(False, False, False))
+        platform="tpu",
+        topology_name=topology.topology_name,
+        chip_config_name=topology.chip_config_name,
+        chips_per_host_bounds=(2, 2, 1),
+        num_slices=1,
+        wrap=(False, False, False),
+    )
     return list(desc.devices)
 
 

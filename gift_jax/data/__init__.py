@@ -6,6 +6,7 @@ tokenize, mask, EOS, truncate) -> `prepare_tfds` (ArrayRecord dataset, cached by
 epoch, shard per process, pad to bucket lengths, resumable state) -> numpy batches of the contract
 in `gift_jax.data.batching`.
 """
+
 from gift_jax.data.batching import (
     BATCH_KEYS,
     PACKED_BATCH_KEYS,

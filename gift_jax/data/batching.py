@@ -14,6 +14,7 @@ Packed batches (`collate_packed_batch`) hold several samples per row, one after 
 with `positions` restarting at 0 for every sample (0 on padding) and `attention_mask` = segment > 0.
 Each sample's targets and loss mask are its own, so no position predicts the next sample's token.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence

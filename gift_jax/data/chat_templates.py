@@ -19,6 +19,7 @@ Named templates, for model folders without one (pass the name as `chat_template`
 - `plain`: the tokenizer's BOS token (if it has one), then the message contents joined by newlines,
   then one newline as the generation prompt. No role markers: for base models prompted with raw text.
 """
+
 from __future__ import annotations
 
 import functools

@@ -6,6 +6,7 @@ lengths of reasoning traces this fills rows almost completely (see `experiments/
 The batch side (segment ids, per-example positions) is `gift_jax.data.batching.collate_packed_batch`;
 the model keeps attention inside each example (`Transformer.hidden_states(..., segment_ids=...)`).
 """
+
 from __future__ import annotations
 
 import numpy as np

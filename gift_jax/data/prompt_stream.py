@@ -2,6 +2,7 @@
 
 The order is a pure function of `(seed, epoch)`, so `{"epoch", "position"}` is the whole state.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -32,18 +33,19 @@ class PromptStream(Generic[T]):
         chosen: list[int] = []
         while len(chosen) < global_size:
             order = self._order(self.epoch)
-            take = order[self.position:self.position + global_size - len(chosen)]
+            take = order[self.position : self.position + global_size - len(chosen)]
             chosen.extend(int(i) for i in take)
             self.position += len(take)
             if self.position >= len(order):
                 self.epoch, self.position = self.epoch + 1, 0
-        return [self.records[i] for i in chosen[self.process_index::self.process_count]]
+        return [self.records[i] for i in chosen[self.process_index :: self.process_count]]
 
     def get_state(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "position": self.position, "num_records": len(self.records), "seed": self.seed}
 
     def set_state(self, state: dict[str, Any]) -> None:
         if state.get("num_records") != len(self.records) or state.get("seed") != self.seed:
-            raise ValueError(f"prompt-stream state {state} does not match {len(self.records)} records / "
-                             f"seed {self.seed}")
+            raise ValueError(
+                f"prompt-stream state {state} does not match {len(self.records)} records / seed {self.seed}"
+            )
         self.epoch, self.position = int(state["epoch"]), int(state["position"])

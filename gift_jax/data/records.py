@@ -5,6 +5,7 @@ Both the SFT data (official columns `sft_prompt` / `solution`) and the RL / eval
 Every problem with the input is reported as `DataFormatError` naming the file and the key, row or
 line, so a bad file is fixed at its source instead of being debugged inside the trainer.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,7 +35,10 @@ class PromptAnswer:
 
 
 def read_records(
-    path: str | os.PathLike, keys: Sequence[str], *, ground_truth_key: str | None = None,
+    path: str | os.PathLike,
+    keys: Sequence[str],
+    *,
+    ground_truth_key: str | None = None,
     ground_truth_kind: str = "math",
 ) -> list[dict[str, str]]:
     """Reads the string columns `keys` of a `.parquet` or `.jsonl` file.
@@ -85,15 +89,17 @@ def _check_ground_truths(path: Path, records: list[dict[str, str]], key: str, ki
 
 
 def read_prompt_answer_records(
-    path: str | os.PathLike, *, prompt_key: str = "prompt", answer_key: str = "answer",
+    path: str | os.PathLike,
+    *,
+    prompt_key: str = "prompt",
+    answer_key: str = "answer",
     answer_kind: str = "math",
 ) -> list[PromptAnswer]:
     """Reads RL / evaluation problems (prompt + reference answer) from a parquet or jsonl file.
 
     Every answer is checked as a ground truth of `answer_kind` ("math" or "multiple_choice").
     """
-    records = read_records(path, (prompt_key, answer_key), ground_truth_key=answer_key,
-                           ground_truth_kind=answer_kind)
+    records = read_records(path, (prompt_key, answer_key), ground_truth_key=answer_key, ground_truth_kind=answer_kind)
     return [
         PromptAnswer(prompt=record[prompt_key], answer=record[answer_key], row=row)
         for row, record in enumerate(records)

@@ -7,6 +7,7 @@ otherwise glue the first response characters onto the generation prompt, which m
 prompt/response boundary and makes the training prefix differ from the ids the model is given at
 sampling time (`ChatTokenizer.encode_prompt`). Separate tokenization keeps the prefix identical.
 """
+
 from __future__ import annotations
 
 import dataclasses

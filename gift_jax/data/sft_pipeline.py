@@ -20,6 +20,7 @@ Resumption. The plan above is a pure function of its arguments, so a position in
 of batches read) is the whole iterator state; `get_state()` returns it as a small JSON-friendly dict
 for the checkpoint, and `set_state()` continues with exactly the batch that would have come next.
 """
+
 from __future__ import annotations
 
 import dataclasses

@@ -1,4 +1,5 @@
 """A tokenized SFT split: random-access records plus their lengths."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -40,7 +41,7 @@ class SFTSplit:
         return len(self.num_tokens)
 
     @classmethod
-    def from_examples(cls, examples: Sequence[SFTExample], *, pad_id: int, max_length: int) -> "SFTSplit":
+    def from_examples(cls, examples: Sequence[SFTExample], *, pad_id: int, max_length: int) -> SFTSplit:
         """An in-memory split (small data, tests, toy tasks) from `build_sft_examples` output."""
         return cls(
             source=[{"token_ids": e.token_ids, "loss_mask": e.loss_mask} for e in examples],

@@ -14,6 +14,7 @@ local disk) before the others read.
 
 Without TensorFlow installed, read back with `as_data_source` (done here), not `as_dataset`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -178,7 +179,7 @@ def prepare_tfds(
     fingerprint = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
     config = SFTDatasetConfig(
         name=f"sft_{fingerprint}",
-        description=f"Tokenized from {({split: str(path) for split, path in split_files.items()})} with {model_dir}",
+        description=f"Tokenized from { ({split: str(path) for split, path in split_files.items()}) } with {model_dir}",
         split_files=tuple((split, str(path)) for split, path in sorted(split_files.items())),
         model_dir=str(model_dir),
         chat_template=chat_template,

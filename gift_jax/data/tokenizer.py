@@ -14,6 +14,7 @@ present (what `tokenizer.eos_token` is in transformers, and what SFT trainers ap
 first `eos_token_id` of `generation_config.json`, else of `config.json`. PAD falls back the same
 way and finally to EOS (padding is always masked, so any valid id works).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,7 +31,13 @@ from gift_jax.data.chat_templates import NAMED_CHAT_TEMPLATES, render_chat
 
 # The named special tokens transformers passes to chat templates (SPECIAL_TOKENS_ATTRIBUTES).
 TEMPLATE_SPECIAL_TOKEN_NAMES = (
-    "bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token",
+    "bos_token",
+    "eos_token",
+    "unk_token",
+    "sep_token",
+    "pad_token",
+    "cls_token",
+    "mask_token",
 )
 
 

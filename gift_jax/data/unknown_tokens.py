@@ -6,6 +6,7 @@ goes on silently on garbage. Byte-level tokenizers (Qwen, Llama 3) have no unkno
 the check costs one dictionary lookup. Every reader that turns user text into ids (SFT examples,
 RL prompts, evaluation benchmarks) calls `check_known_tokens`.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -38,9 +39,16 @@ def unknown_pieces(tokenizer: ChatTokenizer, text: str) -> list[str]:
     return [text[start:end] for (start, end), i in zip(encoding.offsets, encoding.ids, strict=True) if i == unk]
 
 
-def check_known_tokens(tokenizer: ChatTokenizer, texts: Sequence[str], *, source: str,
-                       rows: Sequence[int] | None = None, what: str = "text",
-                       token_ids: Sequence[Sequence[int]] | None = None, hint: str = "") -> None:
+def check_known_tokens(
+    tokenizer: ChatTokenizer,
+    texts: Sequence[str],
+    *,
+    source: str,
+    rows: Sequence[int] | None = None,
+    what: str = "text",
+    token_ids: Sequence[Sequence[int]] | None = None,
+    hint: str = "",
+) -> None:
     """Raises `UnknownTokenError` if any of `texts` encodes to the unknown token.
 
     Args:
@@ -64,11 +72,13 @@ def check_known_tokens(tokenizer: ChatTokenizer, texts: Sequence[str], *, source
     raise UnknownTokenError(
         f"{source}: row {rows[bad[0]]}, {what}: the tokenizer encodes {unknown_pieces(tokenizer, texts[bad[0]])!r} "
         f"as its unknown token {token!r}; {len(bad)} of {len(texts)} rows hold unknown tokens (rows {listed})"
-        + (f". {hint}" if hint else ""))
+        + (f". {hint}" if hint else "")
+    )
 
 
-def check_record_fields(tokenizer: ChatTokenizer, records: Sequence[Mapping[str, str]], *, source: str,
-                        keys: Sequence[str] | None = None) -> None:
+def check_record_fields(
+    tokenizer: ChatTokenizer, records: Sequence[Mapping[str, str]], *, source: str, keys: Sequence[str] | None = None
+) -> None:
     """`check_known_tokens` on every string field `keys` (default: all of the first record's) of `records`."""
     if not records:
         return

@@ -1,4 +1,5 @@
 """gift_jax.evaluation: benchmark readers and sampling metrics (pass@k, avg@k, result tables)."""
+
 from gift_jax.evaluation.benchmarks import (
     BenchmarkProblem,
     BenchmarkSpec,

@@ -18,6 +18,7 @@ shuffled with a permutation derived from the question text and `shuffle_seed`, s
 the same on every machine and run. Other layouts go through `problem_field` / `answer_field`
 (and `choices_field` for multiple choice).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -40,8 +41,9 @@ ProblemKind = Literal["math", "multiple_choice"]
 # Qwen's standard math instruction; the reward reads the last \boxed{} of the response.
 DEFAULT_MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 # The multiple-choice reward takes the last standalone option letter of the response.
-DEFAULT_CHOICE_INSTRUCTION = ("Think step by step, then finish your response with the letter of "
-                              "the correct option ({first}-{last}) on its own.")
+DEFAULT_CHOICE_INSTRUCTION = (
+    "Think step by step, then finish your response with the letter of the correct option ({first}-{last}) on its own."
+)
 LETTERS = string.ascii_uppercase
 GPQA_INCORRECT_KEYS = ("incorrect answer 1", "incorrect answer 2", "incorrect answer 3")
 _BOXED_OPEN = "\\boxed{"
@@ -61,6 +63,7 @@ class BenchmarkProblem:
     meta: benchmark name, source file, row, layout; for multiple choice `options` and
       `answer_index`; `fields` holds the record's other scalar fields (ids, subject, level, ...).
     """
+
     prompt: str
     answer: str
     kind: ProblemKind
@@ -70,6 +73,7 @@ class BenchmarkProblem:
 @dataclasses.dataclass(frozen=True)
 class _Fields:
     """Which keys of a record hold what, for one layout."""
+
     layout: str
     question: str
     answer: str
@@ -100,11 +104,11 @@ def read_benchmark_records(path: str | Path) -> list[dict]:
     elif path.suffix == ".json":
         records = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(records, list):
-            raise DataFormatError(f"{path}: expected a JSON list of records, got "
-                             f"{type(records).__name__}")
+            raise DataFormatError(f"{path}: expected a JSON list of records, got {type(records).__name__}")
     else:
-        raise DataFormatError(f"{path}: unsupported benchmark format {path.suffix!r} "
-                         f"(expected .jsonl, .json or .parquet)")
+        raise DataFormatError(
+            f"{path}: unsupported benchmark format {path.suffix!r} (expected .jsonl, .json or .parquet)"
+        )
     if not records:
         raise DataFormatError(f"{path} holds no records")
     for row, record in enumerate(records):
@@ -208,8 +212,10 @@ def _choice_index(answer, num_options: int, labels: list[str] | None) -> int:
     elif isinstance(answer, str) and len(answer.strip()) == 1 and answer.strip().isalpha():
         index = LETTERS.index(answer.strip().upper())
     else:
-        raise ValueError(f"cannot read answer {answer!r} as an option letter or index"
-                         + (f" or one of the labels {labels}" if labels else ""))
+        raise ValueError(
+            f"cannot read answer {answer!r} as an option letter or index"
+            + (f" or one of the labels {labels}" if labels else "")
+        )
     if not 0 <= index < num_options:
         raise ValueError(f"answer {answer!r} points outside the {num_options} options")
     return index
@@ -226,8 +232,7 @@ def _gpqa_options(record: Mapping, fields: _Fields, shuffle_seed: int) -> tuple[
     return [answers[i] for i in order], int(np.flatnonzero(order == 0)[0])
 
 
-def format_multiple_choice(question: str, options: list[str],
-                           instruction: str = DEFAULT_CHOICE_INSTRUCTION) -> str:
+def format_multiple_choice(question: str, options: list[str], instruction: str = DEFAULT_CHOICE_INSTRUCTION) -> str:
     """Question, lettered options ("A. ..."), then `instruction` ({first}/{last}: the letters)."""
     lines = [question, ""] + [f"{LETTERS[i]}. {option}" for i, option in enumerate(options)]
     if instruction:
@@ -242,12 +247,22 @@ def format_math(question: str, instruction: str | None = DEFAULT_MATH_INSTRUCTIO
 
 def _scalar_fields(record: Mapping, used: set[str]) -> dict:
     """The record's other scalar fields (ids, subject, level, unit, ...), for `BenchmarkProblem.meta`."""
-    return {key: value for key, value in record.items()
-            if key not in used and (value is None or isinstance(value, (str, int, float, bool)))}
+    return {
+        key: value
+        for key, value in record.items()
+        if key not in used and (value is None or isinstance(value, (str, int, float, bool)))
+    }
 
 
-def _to_problem(record: Mapping, fields: _Fields, *, shuffle_seed: int,
-                math_instruction: str | None, choice_instruction: str, meta: dict) -> BenchmarkProblem:
+def _to_problem(
+    record: Mapping,
+    fields: _Fields,
+    *,
+    shuffle_seed: int,
+    math_instruction: str | None,
+    choice_instruction: str,
+    meta: dict,
+) -> BenchmarkProblem:
     """One record -> BenchmarkProblem, following `fields.layout`."""
     question = _text(record[fields.question], f"question field {fields.question!r}")
     used = {fields.question, fields.answer, fields.choices}
@@ -260,18 +275,26 @@ def _to_problem(record: Mapping, fields: _Fields, *, shuffle_seed: int,
     else:
         parse = {"gsm8k": _gsm8k_answer, "boxed": _boxed_answer}.get(fields.layout, _math_answer)
         meta["fields"] = _scalar_fields(record, used)
-        return BenchmarkProblem(format_math(question, math_instruction), parse(record[fields.answer]),
-                       "math", meta)
+        return BenchmarkProblem(format_math(question, math_instruction), parse(record[fields.answer]), "math", meta)
     meta.update(options=options, answer_index=answer_index, fields=_scalar_fields(record, used))
-    return BenchmarkProblem(format_multiple_choice(question, options, choice_instruction),
-                   LETTERS[answer_index], "multiple_choice", meta)
+    return BenchmarkProblem(
+        format_multiple_choice(question, options, choice_instruction), LETTERS[answer_index], "multiple_choice", meta
+    )
 
 
-def load_benchmark(path: str | Path, *, name: str | None = None, problem_field: str | None = None,
-                   answer_field: str | None = None, choices_field: str | None = None,
-                   offset: int = 0, limit: int | None = None, shuffle_seed: int = 0,
-                   math_instruction: str | None = DEFAULT_MATH_INSTRUCTION,
-                   choice_instruction: str = DEFAULT_CHOICE_INSTRUCTION) -> list[BenchmarkProblem]:
+def load_benchmark(
+    path: str | Path,
+    *,
+    name: str | None = None,
+    problem_field: str | None = None,
+    answer_field: str | None = None,
+    choices_field: str | None = None,
+    offset: int = 0,
+    limit: int | None = None,
+    shuffle_seed: int = 0,
+    math_instruction: str | None = DEFAULT_MATH_INSTRUCTION,
+    choice_instruction: str = DEFAULT_CHOICE_INSTRUCTION,
+) -> list[BenchmarkProblem]:
     """Reads a benchmark file into `BenchmarkProblem`s (see the module docstring for the layouts).
 
     Args:
@@ -297,22 +320,29 @@ def load_benchmark(path: str | Path, *, name: str | None = None, problem_field: 
     else:
         fields = _detect_fields(records[0])
         if fields is None:
-            raise ValueError(f"{path}: unknown benchmark layout; its records have keys "
-                             f"{sorted(records[0])}. Pass problem_field / answer_field "
-                             f"(and choices_field for multiple choice).")
+            raise ValueError(
+                f"{path}: unknown benchmark layout; its records have keys "
+                f"{sorted(records[0])}. Pass problem_field / answer_field "
+                f"(and choices_field for multiple choice)."
+            )
     stop = None if limit is None else offset + limit
     problems = []
     for row, record in list(enumerate(records))[offset:stop]:
-        missing = [key for key in (fields.question, fields.answer, fields.choices)
-                   if key is not None and key not in record]
+        missing = [
+            key for key in (fields.question, fields.answer, fields.choices) if key is not None and key not in record
+        ]
         if missing:
             raise ValueError(f"{path} row {row}: missing {missing}; it has keys {sorted(record)}")
-        meta = {"benchmark": name or path.stem, "source": str(path), "row": row,
-                "layout": fields.layout}
+        meta = {"benchmark": name or path.stem, "source": str(path), "row": row, "layout": fields.layout}
         try:
-            problem = _to_problem(record, fields, shuffle_seed=shuffle_seed,
-                                  math_instruction=math_instruction,
-                                  choice_instruction=choice_instruction, meta=meta)
+            problem = _to_problem(
+                record,
+                fields,
+                shuffle_seed=shuffle_seed,
+                math_instruction=math_instruction,
+                choice_instruction=choice_instruction,
+                meta=meta,
+            )
             if problem.kind == "math":  # scorable by the reward, checked before any run
                 check_ground_truth(problem.answer, where="ground truth")
             problems.append(problem)
@@ -363,8 +393,13 @@ class BenchmarkSpec:
     def load(self) -> list[BenchmarkProblem]:
         """The problems, their prompts ending in this spec's instruction (`meta["instruction"]`)."""
         math_instruction, choice_instruction = self.instructions()
-        problems = load_benchmark(self.path, name=self.name, limit=self.limit, math_instruction=math_instruction,
-                                  choice_instruction=choice_instruction)
+        problems = load_benchmark(
+            self.path,
+            name=self.name,
+            limit=self.limit,
+            math_instruction=math_instruction,
+            choice_instruction=choice_instruction,
+        )
         for problem in problems:
             problem.meta["instruction"] = self.instruction
         return problems

@@ -8,6 +8,7 @@ the same weights and compute dtype, the same chat template, the same prompts, th
                                  EvalConfig(num_samples=4, temperature=0.6, max_new_tokens=48))
     result.results["toy"].metrics()["avg@4"]
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -52,9 +53,15 @@ class CheckpointEvaluation:
     chat_template: str | None
 
 
-def load_eval_model(model_path: str | os.PathLike, *, step: int | None = None, kind: str = "periodic",
-                    dtype: str | None = None, chat_template: str | None = None,
-                    mesh: Mesh | None = None) -> EvalModel:
+def load_eval_model(
+    model_path: str | os.PathLike,
+    *,
+    step: int | None = None,
+    kind: str = "periodic",
+    dtype: str | None = None,
+    chat_template: str | None = None,
+    mesh: Mesh | None = None,
+) -> EvalModel:
     """Loads an HF folder, or one checkpoint of a stage workdir, with the tokenizer it was trained with.
 
     step / kind: which orbax checkpoint of a workdir (newest `periodic` by default); refused for an
@@ -64,25 +71,37 @@ def load_eval_model(model_path: str | os.PathLike, *, step: int | None = None, k
     """
     model_path = Path(model_path)
     if is_run_workdir(model_path):
-        model, _, tokenizer_dir, found_step = load_run_checkpoint(model_path, step=step, kind=kind, dtype=dtype,
-                                                                  mesh=mesh)
+        model, _, tokenizer_dir, found_step = load_run_checkpoint(
+            model_path, step=step, kind=kind, dtype=dtype, mesh=mesh
+        )
         # Prompts formatted as in training: the run's built-in template unless one is given here.
         chat_template = chat_template or run_chat_template(read_run_config(model_path))
         checkpoint = {"kind": kind, "step": found_step}
     else:
         if step is not None or kind != "periodic":
-            raise ValueError(f"{model_path} is a model folder, not a stage workdir with checkpoints "
-                             f"(step / kind apply to workdirs only)")
+            raise ValueError(
+                f"{model_path} is a model folder, not a stage workdir with checkpoints "
+                f"(step / kind apply to workdirs only)"
+            )
         model, _ = load_hf(model_path, dtype=dtype, mesh=mesh)
         tokenizer_dir, checkpoint = model_path, None
     return EvalModel(model, load_tokenizer(tokenizer_dir, chat_template=chat_template), checkpoint, chat_template)
 
 
-def evaluate_checkpoint(model_path: str | os.PathLike, benchmarks: Sequence[BenchmarkSpec], config: EvalConfig,
-                        *, step: int | None = None, kind: str = "periodic", dtype: str | None = None,
-                        chat_template: str | None = None, mesh: Mesh | None = None,
-                        scorer: RewardScorer | None = None, keep_responses: bool = False,
-                        progress: bool = True) -> CheckpointEvaluation:
+def evaluate_checkpoint(
+    model_path: str | os.PathLike,
+    benchmarks: Sequence[BenchmarkSpec],
+    config: EvalConfig,
+    *,
+    step: int | None = None,
+    kind: str = "periodic",
+    dtype: str | None = None,
+    chat_template: str | None = None,
+    mesh: Mesh | None = None,
+    scorer: RewardScorer | None = None,
+    keep_responses: bool = False,
+    progress: bool = True,
+) -> CheckpointEvaluation:
     """Reads every benchmark spec, loads the model (`load_eval_model`) and evaluates it on each.
 
     The benchmarks are read before the model is loaded, so a bad file fails in seconds; reading and
@@ -92,10 +111,17 @@ def evaluate_checkpoint(model_path: str | os.PathLike, benchmarks: Sequence[Benc
     """
     try:
         problems = {spec.name: spec.load() for spec in benchmarks}
-        loaded = load_eval_model(model_path, step=step, kind=kind, dtype=dtype, chat_template=chat_template,
-                                 mesh=mesh)
+        loaded = load_eval_model(model_path, step=step, kind=kind, dtype=dtype, chat_template=chat_template, mesh=mesh)
     except (FileNotFoundError, ValueError) as err:
         raise EvalInputError(str(err)) from err
-    results = evaluate_benchmarks(loaded.model, loaded.tokenizer, problems, config, scorer=scorer, mesh=mesh,
-                                  keep_responses=keep_responses, progress=progress)
+    results = evaluate_benchmarks(
+        loaded.model,
+        loaded.tokenizer,
+        problems,
+        config,
+        scorer=scorer,
+        mesh=mesh,
+        keep_responses=keep_responses,
+        progress=progress,
+    )
     return CheckpointEvaluation(results, loaded.checkpoint, loaded.chat_template)

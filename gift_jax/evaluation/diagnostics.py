@@ -17,6 +17,7 @@ Three kinds of measurement, following the paper's analyses (method notes, sectio
 Functions under `jit` are pure (`probe_token_sums`); loading checkpoints is the caller's job
 (`experiments/diagnose.py`), so the RL loop can also track probe divergence from the base.
 """
+
 from __future__ import annotations
 
 import functools
@@ -95,12 +96,15 @@ def read_probe(path: str | Path, tokenizer: ChatTokenizer, *, max_len: int = 102
         else:
             ids, scored = [], []
         if not ids:
-            raise ValueError(f"{path} row {row}: a probe record needs a non-empty 'text' string, or 'prompt' "
-                             f"and 'response' strings; got keys {sorted(record)}")
+            raise ValueError(
+                f"{path} row {row}: a probe record needs a non-empty 'text' string, or 'prompt' "
+                f"and 'response' strings; got keys {sorted(record)}"
+            )
         ids, scored = ids[:max_len], scored[:max_len]
         if sum(scored) == 0:
-            raise ValueError(f"{path} row {row}: no token left to score (empty text, or the prompt fills "
-                             f"max_len={max_len})")
+            raise ValueError(
+                f"{path} row {row}: no token left to score (empty text, or the prompt fills max_len={max_len})"
+            )
         sequences.append(ProbeSequence(ids, scored))
     return sequences
 
@@ -108,7 +112,7 @@ def read_probe(path: str | Path, tokenizer: ChatTokenizer, *, max_len: int = 102
 def probe_batches(sequences: Sequence[ProbeSequence], batch_size: int, *, multiple: int = 1) -> Iterator[ProbeBatch]:
     """Right-padded batches; widths bucketed (few compilations), rows padded to `multiple`."""
     for start in range(0, len(sequences), batch_size):
-        chunk = sequences[start:start + batch_size]
+        chunk = sequences[start : start + batch_size]
         rows = -(-len(chunk) // multiple) * multiple
         width = bucket_size(max(len(s.ids) for s in chunk))
         ids, mask, targets = (np.zeros((rows, width), np.int32) for _ in range(3))
@@ -116,13 +120,14 @@ def probe_batches(sequences: Sequence[ProbeSequence], batch_size: int, *, multip
             n = len(sequence.ids)
             ids[row, :n], mask[row, :n] = sequence.ids, 1
             # Position t predicts token t + 1: a scored token moves its flag one step left.
-            targets[row, :n - 1] = sequence.scored[1:]
+            targets[row, : n - 1] = sequence.scored[1:]
         yield ProbeBatch(ids, mask, targets)
 
 
 @functools.partial(jax.jit, static_argnames=("top_k",))
-def probe_token_sums(graphdef, state, base_graphdef, base_state, ids: jax.Array, mask: jax.Array,
-                     targets: jax.Array, *, top_k: int) -> ProbeSums:
+def probe_token_sums(
+    graphdef, state, base_graphdef, base_state, ids: jax.Array, mask: jax.Array, targets: jax.Array, *, top_k: int
+) -> ProbeSums:
     """Teacher-forced comparison of a model with the base on one probe batch.
 
     Args:
@@ -154,18 +159,28 @@ def probe_token_sums(graphdef, state, base_graphdef, base_state, ids: jax.Array,
     def row_sum(x):
         return jnp.sum(x * weight, axis=-1)
 
-    return ProbeSums(jnp.sum(weight, axis=-1), row_sum(kl), row_sum(overlap), row_sum(entropy),
-                     row_sum(cosine), row_sum(l2))
+    return ProbeSums(
+        jnp.sum(weight, axis=-1), row_sum(kl), row_sum(overlap), row_sum(entropy), row_sum(cosine), row_sum(l2)
+    )
 
 
-def probe_divergence(model: Transformer, base: Transformer, sequences: Sequence[ProbeSequence], *,
-                     top_k: int = 10, batch_size: int = 8, mesh: Mesh | None = None) -> dict[str, float]:
+def probe_divergence(
+    model: Transformer,
+    base: Transformer,
+    sequences: Sequence[ProbeSequence],
+    *,
+    top_k: int = 10,
+    batch_size: int = 8,
+    mesh: Mesh | None = None,
+) -> dict[str, float]:
     """Means over all scored probe positions of the `ProbeSums` quantities (keys `PROBE_METRICS`),
     plus `tokens`, the number of scored positions."""
     if model.config.vocab_size != base.config.vocab_size or model.config.hidden_size != base.config.hidden_size:
-        raise ValueError(f"probe_divergence: model (vocab {model.config.vocab_size}, hidden "
-                         f"{model.config.hidden_size}) and base (vocab {base.config.vocab_size}, hidden "
-                         f"{base.config.hidden_size}) are not comparable")
+        raise ValueError(
+            f"probe_divergence: model (vocab {model.config.vocab_size}, hidden "
+            f"{model.config.hidden_size}) and base (vocab {base.config.vocab_size}, hidden "
+            f"{base.config.hidden_size}) are not comparable"
+        )
     multiple = batch_parallelism(mesh) if mesh is not None else 1
     totals = dict.fromkeys(("count", *PROBE_METRICS), 0.0)
     split, base_split = nnx.split(model), nnx.split(base)
@@ -228,14 +243,17 @@ def diagnostics_markdown(report: Mapping) -> str:
                 row["mean tokens"] = metrics["mean_response_tokens"]
                 rows.append(row)
         columns = list(dict.fromkeys(k for row in rows for k in row))
-        sections.append("## Rollouts (accuracy %, entropy in nats per generated token)\n\n"
-                        + markdown_table(rows, columns))
+        sections.append(
+            "## Rollouts (accuracy %, entropy in nats per generated token)\n\n" + markdown_table(rows, columns)
+        )
     probe = report.get("probe") or {}
     if probe:
         rows = [{"checkpoint": name, **metrics} for name, metrics in probe.items()]
-        sections.append(f"## Probe set vs base (teacher-forced, means over scored tokens; "
-                        f"top-{report.get('top_k', '?')} overlap; last-layer hidden states)\n\n"
-                        + markdown_table(rows, ["checkpoint", *PROBE_METRICS], precision=4))
+        sections.append(
+            f"## Probe set vs base (teacher-forced, means over scored tokens; "
+            f"top-{report.get('top_k', '?')} overlap; last-layer hidden states)\n\n"
+            + markdown_table(rows, ["checkpoint", *PROBE_METRICS], precision=4)
+        )
     geometry = report.get("geometry") or []
     if geometry:
         columns = ["from", "to", *[k for k in geometry[0] if k not in ("from", "to")]]
@@ -255,8 +273,9 @@ def plot_pass_at_k(rollouts: Mapping[str, Mapping[str, Mapping[str, float]]], ou
                 ks = sorted(int(k[5:]) for k in per_benchmark[benchmark] if k.startswith("pass@"))
                 axes.plot(ks, [100 * per_benchmark[benchmark][f"pass@{k}"] for k in ks], marker="o", label=checkpoint)
         axes.set_xscale("log", base=2)
-        all_ks = sorted({int(k[5:]) for per in rollouts.values() for k in per.get(benchmark, {})
-                         if k.startswith("pass@")})
+        all_ks = sorted(
+            {int(k[5:]) for per in rollouts.values() for k in per.get(benchmark, {}) if k.startswith("pass@")}
+        )
         axes.set_xticks(all_ks, [str(k) for k in all_ks])
         axes.set(xlabel="k", ylabel="pass@k (%)", title=benchmark)
         axes.grid(alpha=0.3)
@@ -271,8 +290,9 @@ def plot_probe(probe: Mapping[str, Mapping[str, float]], top_k: int, out_dir: Pa
     """`probe_vs_base.png`: KL from the base and top-K overlap with it, a bar per checkpoint."""
     figure = Figure(figsize=(8, 3.2))
     names = list(probe)
-    for i, (key, label) in enumerate((("kl", "KL(pi || pi_base) (nats/token)"),
-                                      ("overlap", f"top-{top_k} overlap with base"))):
+    for i, (key, label) in enumerate(
+        (("kl", "KL(pi || pi_base) (nats/token)"), ("overlap", f"top-{top_k} overlap with base"))
+    ):
         axes = figure.add_subplot(1, 2, i + 1)
         axes.bar(names, [probe[name][key] for name in names])
         axes.set(ylabel=label)

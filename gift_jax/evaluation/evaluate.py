@@ -7,6 +7,7 @@ and the unbiased pass@k for k = 1, 2, 4, 8, ... up to the number of samples.
 `evaluate_problems` takes an already-loaded model, so the RL loop can call it for periodic
 validation; `experiments/evaluate.py` is the command-line front end that loads a checkpoint.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -56,10 +57,16 @@ class EvalConfig:
             raise ValueError(f"problems_per_batch must be >= 1, got {self.problems_per_batch}")
 
     def sampling_config(self, tokenizer: ChatTokenizer) -> SamplingConfig:
-        return SamplingConfig(max_new_tokens=self.max_new_tokens, num_samples=self.num_samples,
-                              temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
-                              stop_ids=tokenizer.stop_ids, pad_id=tokenizer.pad_id,
-                              max_concurrent_rows=self.max_concurrent_rows or slots_for_budget(self.max_new_tokens))
+        return SamplingConfig(
+            max_new_tokens=self.max_new_tokens,
+            num_samples=self.num_samples,
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            stop_ids=tokenizer.stop_ids,
+            pad_id=tokenizer.pad_id,
+            max_concurrent_rows=self.max_concurrent_rows or slots_for_budget(self.max_new_tokens),
+        )
 
 
 @dataclasses.dataclass
@@ -111,7 +118,7 @@ def parse_named_paths(items: Sequence[str]) -> dict[str, Path]:
 
 def pass_ks(n: int) -> list[int]:
     """1, 2, 4, ... up to n."""
-    return [2 ** i for i in range(n.bit_length()) if 2 ** i <= n]
+    return [2**i for i in range(n.bit_length()) if 2**i <= n]
 
 
 def response_texts(result: SampleResult, tokenizer: ChatTokenizer) -> list[str]:
@@ -127,12 +134,13 @@ def _answer_kind(problem: BenchmarkProblem) -> tuple[str, str]:
     """(scorer kind, option letters): multiple choice is checked against its own options only."""
     if problem.kind == "multiple_choice":
         options = problem.meta.get("options")
-        return problem.kind, string.ascii_uppercase[:len(options)] if options else "ABCDE"
+        return problem.kind, string.ascii_uppercase[: len(options)] if options else "ABCDE"
     return problem.kind, ""
 
 
-def score_responses(scorer: RewardScorer, problems: Sequence[BenchmarkProblem], responses: Sequence[str],
-                    num_samples: int) -> tuple[np.ndarray, int]:
+def score_responses(
+    scorer: RewardScorer, problems: Sequence[BenchmarkProblem], responses: Sequence[str], num_samples: int
+) -> tuple[np.ndarray, int]:
     """Scores rows grouped by problem (`num_samples` rows each) -> (`[P, n]` bool, failures)."""
     groups: dict[tuple[str, str], list[int]] = defaultdict(list)
     for index, problem in enumerate(problems):
@@ -149,23 +157,35 @@ def score_responses(scorer: RewardScorer, problems: Sequence[BenchmarkProblem], 
     return correct, failures
 
 
-def encode_problem_prompts(tokenizer: ChatTokenizer, problems: Sequence[BenchmarkProblem],
-                           name: str) -> list[list[int]]:
+def encode_problem_prompts(
+    tokenizer: ChatTokenizer, problems: Sequence[BenchmarkProblem], name: str
+) -> list[list[int]]:
     """Chat-templated prompt ids of every problem; `UnknownTokenError` names the file and row of
     a prompt the tokenizer cannot represent (often an instruction in a language it does not know)."""
-    check_known_tokens(tokenizer, [problem.prompt for problem in problems],
-                       source=str(problems[0].meta.get("source", name)) if problems else name,
-                       rows=[problem.meta.get("row", i) for i, problem in enumerate(problems)],
-                       what=f"prompt of benchmark {name!r}",
-                       hint="Prompts end in the benchmark's instruction; set it in the benchmark spec "
-                            "(NAME=PATH:instruction=none or other text).")
+    check_known_tokens(
+        tokenizer,
+        [problem.prompt for problem in problems],
+        source=str(problems[0].meta.get("source", name)) if problems else name,
+        rows=[problem.meta.get("row", i) for i, problem in enumerate(problems)],
+        what=f"prompt of benchmark {name!r}",
+        hint="Prompts end in the benchmark's instruction; set it in the benchmark spec "
+        "(NAME=PATH:instruction=none or other text).",
+    )
     return [tokenizer.encode_prompt(problem.prompt) for problem in problems]
 
 
-def evaluate_problems(model: Transformer, tokenizer: ChatTokenizer, problems: Sequence[BenchmarkProblem],
-                      config: EvalConfig, scorer: RewardScorer, *, name: str = "benchmark",
-                      mesh: Mesh | None = None, keep_responses: bool = False,
-                      progress: bool = True) -> BenchmarkResult:
+def evaluate_problems(
+    model: Transformer,
+    tokenizer: ChatTokenizer,
+    problems: Sequence[BenchmarkProblem],
+    config: EvalConfig,
+    scorer: RewardScorer,
+    *,
+    name: str = "benchmark",
+    mesh: Mesh | None = None,
+    keep_responses: bool = False,
+    progress: bool = True,
+) -> BenchmarkResult:
     """Samples `config.num_samples` responses per problem with the sampler and scores them.
 
     Args:
@@ -185,9 +205,9 @@ def evaluate_problems(model: Transformer, tokenizer: ChatTokenizer, problems: Se
     entropy_sum, failures = 0.0, 0
     with tqdm(total=len(problems), desc=name, unit="problem", disable=not progress) as bar:
         for batch, start in enumerate(range(0, len(problems), config.problems_per_batch)):
-            chunk = problems[start:start + config.problems_per_batch]
+            chunk = problems[start : start + config.problems_per_batch]
             rng = jax.random.fold_in(jax.random.key(config.seed), batch)
-            result = sample(model, prompt_ids[start:start + len(chunk)], sampling, rng, mesh=mesh)
+            result = sample(model, prompt_ids[start : start + len(chunk)], sampling, rng, mesh=mesh)
             texts = response_texts(result, tokenizer)
             batch_correct, batch_failures = score_responses(scorer, chunk, texts, n)
             correct.append(batch_correct)
@@ -196,27 +216,57 @@ def evaluate_problems(model: Transformer, tokenizer: ChatTokenizer, problems: Se
             entropy_sum += float((result.entropies * result.completion_mask).sum())
             failures += batch_failures
             if keep_responses:
-                samples += [{"prompt": problem.prompt, "answer": problem.answer,
-                             "responses": texts[i * n:(i + 1) * n], "correct": batch_correct[i].tolist()}
-                            for i, problem in enumerate(chunk)]
+                samples += [
+                    {
+                        "prompt": problem.prompt,
+                        "answer": problem.answer,
+                        "responses": texts[i * n : (i + 1) * n],
+                        "correct": batch_correct[i].tolist(),
+                    }
+                    for i, problem in enumerate(chunk)
+                ]
             bar.update(len(chunk))
             bar.set_postfix(accuracy=f"{np.concatenate(correct).mean():.3f}")
-    return BenchmarkResult(name=name, correct=np.concatenate(correct), lengths=np.concatenate(lengths),
-                           truncated=np.concatenate(truncated), entropy_sum=entropy_sum,
-                           score_failures=failures, samples=samples if keep_responses else None)
+    return BenchmarkResult(
+        name=name,
+        correct=np.concatenate(correct),
+        lengths=np.concatenate(lengths),
+        truncated=np.concatenate(truncated),
+        entropy_sum=entropy_sum,
+        score_failures=failures,
+        samples=samples if keep_responses else None,
+    )
 
 
-def evaluate_benchmarks(model: Transformer, tokenizer: ChatTokenizer,
-                        benchmarks: Mapping[str, Sequence[BenchmarkProblem]], config: EvalConfig, *,
-                        scorer: RewardScorer | None = None, mesh: Mesh | None = None,
-                        keep_responses: bool = False, progress: bool = True) -> dict[str, BenchmarkResult]:
+def evaluate_benchmarks(
+    model: Transformer,
+    tokenizer: ChatTokenizer,
+    benchmarks: Mapping[str, Sequence[BenchmarkProblem]],
+    config: EvalConfig,
+    *,
+    scorer: RewardScorer | None = None,
+    mesh: Mesh | None = None,
+    keep_responses: bool = False,
+    progress: bool = True,
+) -> dict[str, BenchmarkResult]:
     """`evaluate_problems` for each named benchmark (one scorer shared; created if not given)."""
     own_scorer = scorer is None
     scorer = RewardScorer() if own_scorer else scorer
     try:
-        return {name: evaluate_problems(model, tokenizer, problems, config, scorer, name=name, mesh=mesh,
-                                        keep_responses=keep_responses, progress=progress)
-                for name, problems in benchmarks.items()}
+        return {
+            name: evaluate_problems(
+                model,
+                tokenizer,
+                problems,
+                config,
+                scorer,
+                name=name,
+                mesh=mesh,
+                keep_responses=keep_responses,
+                progress=progress,
+            )
+            for name, problems in benchmarks.items()
+        }
     finally:
         if own_scorer:
             scorer.close()
@@ -229,9 +279,14 @@ def results_markdown(results: Mapping[str, BenchmarkResult]) -> str:
         metrics = result.metrics()
         row = {"benchmark": name, "problems": str(metrics["num_problems"])}
         row.update({key: 100.0 * value for key, value in metrics.items() if key.startswith(("avg@", "pass@"))})
-        row.update({"mean tokens": metrics["mean_response_tokens"],
-                    "truncated %": 100.0 * metrics["truncated_fraction"],
-                    "entropy": metrics["mean_token_entropy"], "check failures": str(metrics["score_failures"])})
+        row.update(
+            {
+                "mean tokens": metrics["mean_response_tokens"],
+                "truncated %": 100.0 * metrics["truncated_fraction"],
+                "entropy": metrics["mean_token_entropy"],
+                "check failures": str(metrics["score_failures"]),
+            }
+        )
         rows.append(row)
     columns = list(dict.fromkeys(key for row in rows for key in row))
     if len(rows) > 1:
@@ -240,8 +295,13 @@ def results_markdown(results: Mapping[str, BenchmarkResult]) -> str:
     return markdown_table(rows, columns)
 
 
-def write_results(results: Mapping[str, BenchmarkResult], out_dir: str | Path, *,
-                  run_info: Mapping | None = None, save_samples: bool = False) -> Path:
+def write_results(
+    results: Mapping[str, BenchmarkResult],
+    out_dir: str | Path,
+    *,
+    run_info: Mapping | None = None,
+    save_samples: bool = False,
+) -> Path:
     """Writes `results.md`, `results.json` (metrics + `run_info`) and, if asked,
     `samples_<benchmark>.jsonl` (one line per problem, from `BenchmarkResult.samples`)."""
     out_dir = Path(out_dir)

@@ -1,4 +1,5 @@
 """Sampling metrics (unbiased pass@k, avg@k) and seed summaries / markdown tables for results."""
+
 from collections.abc import Iterable, Mapping, Sequence
 from numbers import Real
 
@@ -25,8 +26,7 @@ def _as_correctness_matrix(correct: np.ndarray) -> np.ndarray:
     """Validates `correct` as a non-empty `[num_problems, n]` matrix of booleans (or 0/1)."""
     correct = np.asarray(correct)
     if correct.ndim != 2 or correct.size == 0:
-        raise ValueError(f"correct must be a non-empty [num_problems, n] array, "
-                         f"got shape {correct.shape}")
+        raise ValueError(f"correct must be a non-empty [num_problems, n] array, got shape {correct.shape}")
     if not np.isin(correct, (0, 1)).all():
         raise ValueError("correct must hold booleans or 0/1 values")
     return correct.astype(bool)
@@ -44,8 +44,7 @@ def mean_pass_at_k(correct: np.ndarray, ks: Iterable[int]) -> dict[str, float]:
     correct = _as_correctness_matrix(correct)
     n = correct.shape[1]
     num_correct = correct.sum(axis=1)
-    return {f"pass@{k}": float(np.mean([pass_at_k(n, int(c), k) for c in num_correct]))
-            for k in ks if k <= n}
+    return {f"pass@{k}": float(np.mean([pass_at_k(n, int(c), k) for c in num_correct])) for k in ks if k <= n}
 
 
 def avg_at_k(correct: np.ndarray) -> float:
@@ -57,8 +56,7 @@ def summarise_seeds(values: Sequence[float]) -> tuple[float, float]:
     """`(mean, std)` of one result across seeds; std is the sample std (ddof=1), 0 for one seed."""
     values = np.asarray(values, dtype=np.float64)
     if values.ndim != 1 or values.size == 0:
-        raise ValueError(f"summarise_seeds: need a non-empty list of numbers, got shape "
-                         f"{values.shape}")
+        raise ValueError(f"summarise_seeds: need a non-empty list of numbers, got shape {values.shape}")
     std = float(values.std(ddof=1)) if values.size > 1 else 0.0
     return float(values.mean()), std
 
@@ -77,8 +75,7 @@ def _format_cell(value, precision: int) -> str:
     raise TypeError(f"cannot format table cell {value!r} of type {type(value).__name__}")
 
 
-def markdown_table(rows: Sequence[Mapping[str, object]], columns: Sequence[str], *,
-                   precision: int = 2) -> str:
+def markdown_table(rows: Sequence[Mapping[str, object]], columns: Sequence[str], *, precision: int = 2) -> str:
     """Formats results as a GitHub markdown table.
 
     Args:

@@ -11,13 +11,17 @@
 All map logits `[..., V]` (and `labels [...]`) to float32 losses `[...]` and are differentiated by
 JAX autodiff; the chunked driver (`chunking.py`) bounds the memory that costs.
 """
+
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
 from gift_jax.losses.token_stats import (
-    check_logits_inputs, entropy, kl_divergence, label_log_prob,
+    check_logits_inputs,
+    entropy,
+    kl_divergence,
+    label_log_prob,
 )
 
 # PSFT ratios are exp(log_ratio); above e^20 the ratio is clipped anyway (zero gradient), and the
@@ -44,15 +48,15 @@ def dft_token_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return -jax.lax.stop_gradient(jnp.exp(log_prob)) * log_prob
 
 
-def asft_token_loss(logits: jax.Array, ref_logits: jax.Array, labels: jax.Array, *,
-                    gamma: float) -> jax.Array:
+def asft_token_loss(logits: jax.Array, ref_logits: jax.Array, labels: jax.Array, *, gamma: float) -> jax.Array:
     """Anchored SFT: DFT plus `gamma` times the exact full-vocabulary KL(pi || pi_base)."""
     check_logits_inputs(logits, labels, "asft_token_loss", ref_logits)
     return dft_token_loss(logits, labels) + gamma * kl_divergence(logits, ref_logits)
 
 
-def psft_token_loss(logits: jax.Array, labels: jax.Array, old_logprobs: jax.Array, *,
-                    clip_eps: float = 0.2) -> jax.Array:
+def psft_token_loss(
+    logits: jax.Array, labels: jax.Array, old_logprobs: jax.Array, *, clip_eps: float = 0.2
+) -> jax.Array:
     """Proximal SFT: the PPO clipped surrogate with advantage 1 on the expert token.
 
     Args:
@@ -63,8 +67,9 @@ def psft_token_loss(logits: jax.Array, labels: jax.Array, old_logprobs: jax.Arra
     """
     check_logits_inputs(logits, labels, "psft_token_loss")
     if old_logprobs.shape != labels.shape:
-        raise ValueError(f"psft_token_loss: old_logprobs must have the labels' shape "
-                         f"{labels.shape}, got {old_logprobs.shape}")
+        raise ValueError(
+            f"psft_token_loss: old_logprobs must have the labels' shape {labels.shape}, got {old_logprobs.shape}"
+        )
     log_ratio = label_log_prob(logits, labels) - jax.lax.stop_gradient(old_logprobs)
     ratio = jnp.exp(jnp.minimum(log_ratio, MAX_LOG_RATIO))
     return -jnp.minimum(ratio, jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps))

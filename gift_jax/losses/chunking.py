@@ -13,9 +13,11 @@ The chunks run along `T` and each covers all `B` rows: with the batch sharded ov
 parallel / FSDP), every device works on its own rows in every step, and the batch sharding of the
 inputs carries through the reshapes unchanged.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -31,8 +33,7 @@ PyTree = Any
 DEFAULT_CHUNK_SIZE = 256
 
 
-def scan_token_chunks(chunk_fn: Callable[[PyTree], PyTree], token_arrays: PyTree, *,
-                      chunk_size: int) -> PyTree:
+def scan_token_chunks(chunk_fn: Callable[[PyTree], PyTree], token_arrays: PyTree, *, chunk_size: int) -> PyTree:
     """Maps `chunk_fn` over chunks of `chunk_size` sequence positions, rematerialised in backward.
 
     Args:
@@ -50,8 +51,9 @@ def scan_token_chunks(chunk_fn: Callable[[PyTree], PyTree], token_arrays: PyTree
     return jax.tree.map(from_chunks, per_chunk)
 
 
-def token_chunker(token_arrays: PyTree, chunk_size: int, what: str
-                  ) -> tuple[Callable[[jax.Array], jax.Array], Callable[[jax.Array], jax.Array]]:
+def token_chunker(
+    token_arrays: PyTree, chunk_size: int, what: str
+) -> tuple[Callable[[jax.Array], jax.Array], Callable[[jax.Array], jax.Array]]:
     """Validated `(to_chunks, from_chunks)` for token arrays `[B, T, ...]` sharing `B` and `T`.
 
     `to_chunks`: `[B, T, ...] -> [num_chunks, B, C, ...]`, zero-padding `T` up to a multiple of
@@ -66,8 +68,10 @@ def token_chunker(token_arrays: PyTree, chunk_size: int, what: str
     batch, length = leaves[0].shape[:2]
     for leaf in leaves:
         if leaf.shape[:2] != (batch, length):
-            raise ValueError(f"{what}: every token array must start with [B, T]="
-                             f"{(batch, length)}, got an array of shape {leaf.shape}")
+            raise ValueError(
+                f"{what}: every token array must start with [B, T]="
+                f"{(batch, length)}, got an array of shape {leaf.shape}"
+            )
     chunk = min(chunk_size, length)
     num_chunks = -(-length // chunk)
     padding = num_chunks * chunk - length
@@ -97,12 +101,12 @@ def check_head_inputs(hidden: jax.Array, w_out: jax.Array, what: str) -> None:
     if hidden.ndim != 3:
         raise ValueError(f"{what}: hidden states must be [B, T, d], got shape {hidden.shape}")
     if w_out.ndim != 2 or w_out.shape[0] != hidden.shape[-1]:
-        raise ValueError(f"{what}: output projection must be [d, V] with d={hidden.shape[-1]}, "
-                         f"got shape {w_out.shape}")
+        raise ValueError(f"{what}: output projection must be [d, V] with d={hidden.shape[-1]}, got shape {w_out.shape}")
 
 
-def check_head_pair(hidden: jax.Array, w_out: jax.Array, ref_hidden: jax.Array | None,
-                    ref_w_out: jax.Array | None) -> None:
+def check_head_pair(
+    hidden: jax.Array, w_out: jax.Array, ref_hidden: jax.Array | None, ref_w_out: jax.Array | None
+) -> None:
     """Validates a policy head and an optional reference head over the same tokens and vocabulary."""
     check_head_inputs(hidden, w_out, "policy")
     if (ref_hidden is None) != (ref_w_out is None):
@@ -110,17 +114,25 @@ def check_head_pair(hidden: jax.Array, w_out: jax.Array, ref_hidden: jax.Array |
     if ref_hidden is not None:
         check_head_inputs(ref_hidden, ref_w_out, "reference")
         if ref_hidden.shape[:2] != hidden.shape[:2]:
-            raise ValueError(f"reference hidden states cover [B, T]={ref_hidden.shape[:2]}, the "
-                             f"policy's cover {hidden.shape[:2]}")
+            raise ValueError(
+                f"reference hidden states cover [B, T]={ref_hidden.shape[:2]}, the policy's cover {hidden.shape[:2]}"
+            )
         if ref_w_out.shape[1] != w_out.shape[1]:
-            raise ValueError(f"reference vocabulary V={ref_w_out.shape[1]} differs from the "
-                             f"policy's V={w_out.shape[1]}")
+            raise ValueError(
+                f"reference vocabulary V={ref_w_out.shape[1]} differs from the policy's V={w_out.shape[1]}"
+            )
 
 
-def map_logit_chunks(token_fn: Callable[[jax.Array, jax.Array | None, PyTree], PyTree],
-                     hidden: jax.Array, w_out: jax.Array, token_inputs: PyTree, *,
-                     ref_hidden: jax.Array | None = None, ref_w_out: jax.Array | None = None,
-                     chunk_size: int) -> PyTree:
+def map_logit_chunks(
+    token_fn: Callable[[jax.Array, jax.Array | None, PyTree], PyTree],
+    hidden: jax.Array,
+    w_out: jax.Array,
+    token_inputs: PyTree,
+    *,
+    ref_hidden: jax.Array | None = None,
+    ref_w_out: jax.Array | None = None,
+    chunk_size: int,
+) -> PyTree:
     """Applies `token_fn(logits, ref_logits, inputs)` chunk by chunk over the sequence.
 
     Args:
@@ -144,7 +156,8 @@ def map_logit_chunks(token_fn: Callable[[jax.Array, jax.Array | None, PyTree], P
         ref_logits = None
         if ref_h is not None:
             ref_logits = jax.lax.stop_gradient(
-                constrain(project_logits(constrain(ref_h, (BATCH, None, EMBED)), ref_w_out), (BATCH, None, VOCAB)))
+                constrain(project_logits(constrain(ref_h, (BATCH, None, EMBED)), ref_w_out), (BATCH, None, VOCAB))
+            )
         return token_fn(logits, ref_logits, inputs)
 
     return scan_token_chunks(chunk_fn, (hidden, ref_hidden, token_inputs), chunk_size=chunk_size)

@@ -16,9 +16,10 @@ six, and three instead of four without one; no `[tokens, V]` buffer exists in ei
 same technique as the fused linear cross-entropy of Liger-Kernel). Called without
 differentiation it runs the forward only and forms no gradient.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -30,9 +31,17 @@ from gift_jax.parallel.activations import BATCH, EMBED, VOCAB, constrain
 TokenLossFn = Callable[[jax.Array, jax.Array | None, PyTree], tuple[jax.Array, PyTree]]
 
 
-def fused_head_loss(token_fn: TokenLossFn, hidden: jax.Array, w_out: jax.Array, weights: jax.Array,
-                    token_inputs: PyTree, *, ref_hidden: jax.Array | None = None,
-                    ref_w_out: jax.Array | None = None, chunk_size: int) -> tuple[jax.Array, PyTree]:
+def fused_head_loss(
+    token_fn: TokenLossFn,
+    hidden: jax.Array,
+    w_out: jax.Array,
+    weights: jax.Array,
+    token_inputs: PyTree,
+    *,
+    ref_hidden: jax.Array | None = None,
+    ref_w_out: jax.Array | None = None,
+    chunk_size: int,
+) -> tuple[jax.Array, PyTree]:
     """`sum_t weights_t * loss_t` and the per-token `aux` of `token_fn`, chunked over the sequence.
 
     Args:
@@ -56,8 +65,13 @@ def fused_head_loss(token_fn: TokenLossFn, hidden: jax.Array, w_out: jax.Array, 
     to_chunks, from_chunks = token_chunker((hidden, weights, token_inputs), chunk_size, "fused_head_loss")
 
     def chunk_loss(logits, ref_h, ref_w, chunk_weights, inputs):
-        ref_logits = None if ref_h is None else jax.lax.stop_gradient(
-            constrain(project_logits(constrain(ref_h, (BATCH, None, EMBED)), ref_w), (BATCH, None, VOCAB)))
+        ref_logits = (
+            None
+            if ref_h is None
+            else jax.lax.stop_gradient(
+                constrain(project_logits(constrain(ref_h, (BATCH, None, EMBED)), ref_w), (BATCH, None, VOCAB))
+            )
+        )
         loss, aux = token_fn(logits, ref_logits, inputs)
         weighted = jnp.where(chunk_weights > 0, chunk_weights * loss, 0.0)
         return jnp.sum(weighted), jax.lax.stop_gradient(aux)
@@ -73,6 +87,7 @@ def fused_head_loss(token_fn: TokenLossFn, hidden: jax.Array, w_out: jax.Array, 
             h_c, ref_c, weight_c, inputs_c = chunk
             logits = constrain(project_logits(constrain(h_c, (BATCH, None, EMBED)), w), (BATCH, None, VOCAB))
             return None, chunk_loss(logits, ref_c, ref_w, weight_c, inputs_c)
+
         _, (sums, aux) = jax.lax.scan(one_chunk, None, chunks(h, ref_h, w_tokens, inputs))
         return jnp.sum(sums), jax.tree.map(from_chunks, aux)
 
@@ -83,23 +98,33 @@ def fused_head_loss(token_fn: TokenLossFn, hidden: jax.Array, w_out: jax.Array, 
             # sharded like the weight: partial sums reduce-scatter rather than all-reduce.
             h_c = constrain(h_c, (BATCH, None, EMBED))
             (loss_sum, aux), grad_logits = jax.value_and_grad(chunk_loss, has_aux=True)(
-                constrain(project_logits(h_c, w), (BATCH, None, VOCAB)), ref_c, ref_w, weight_c, inputs_c)
+                constrain(project_logits(h_c, w), (BATCH, None, VOCAB)), ref_c, ref_w, weight_c, inputs_c
+            )
             grad_logits = constrain(grad_logits.astype(w.dtype), (BATCH, None, VOCAB))
             grad_h = jnp.einsum("bcv,dv->bcd", grad_logits, w, preferred_element_type=jnp.float32)
             grad_w = grad_w + jnp.einsum("bcd,bcv->dv", h_c, grad_logits, preferred_element_type=jnp.float32)
             grad_w = constrain(grad_w, ("embed", "vocab"))
             return grad_w, (loss_sum, aux, constrain(grad_h.astype(h.dtype), (BATCH, None, EMBED)))
+
         grad_w, (sums, aux, grad_h) = jax.lax.scan(
-            one_chunk, constrain(jnp.zeros(w.shape, jnp.float32), ("embed", "vocab")),
-            chunks(h, ref_h, w_tokens, inputs))
+            one_chunk,
+            constrain(jnp.zeros(w.shape, jnp.float32), ("embed", "vocab")),
+            chunks(h, ref_h, w_tokens, inputs),
+        )
         outputs = (jnp.sum(sums), jax.tree.map(from_chunks, aux))
         return outputs, (from_chunks(grad_h), grad_w)
 
     def scale_gradient(residuals, cotangents):
         grad_h, grad_w = residuals
         loss_cotangent = cotangents[0]  # aux is a statistic: its cotangent is ignored
-        return ((loss_cotangent * grad_h).astype(grad_h.dtype), (loss_cotangent * grad_w).astype(w_out.dtype),
-                None, None, None, None)
+        return (
+            (loss_cotangent * grad_h).astype(grad_h.dtype),
+            (loss_cotangent * grad_w).astype(w_out.dtype),
+            None,
+            None,
+            None,
+            None,
+        )
 
     loss_and_aux.defvjp(forward_with_gradient, scale_gradient)
     return loss_and_aux(hidden, w_out, ref_hidden, ref_w_out, weights, token_inputs)

@@ -23,6 +23,7 @@ two logits arrays: the forward pass is two streamed multi-operand reductions (`v
 and the gradient `g (softmax(z) - q)` is one fused elementwise pass (a custom VJP) that rebuilds
 `q` on the fly from the reference logits and four per-token scalars.
 """
+
 from __future__ import annotations
 
 from functools import partial
@@ -37,8 +38,9 @@ from gift_jax.losses.vocab_reductions import vocab_maxes, vocab_sums
 LOG_FLOOR = 1e-10
 
 
-def gift_token_loss(logits: jax.Array, ref_logits: jax.Array, labels: jax.Array, *,
-                    beta: float, smooth_lambda: float = 0.0) -> jax.Array:
+def gift_token_loss(
+    logits: jax.Array, ref_logits: jax.Array, labels: jax.Array, *, beta: float, smooth_lambda: float = 0.0
+) -> jax.Array:
     """Per-token GIFT loss (module docstring), exact to float32 rounding.
 
     Args:
@@ -73,13 +75,13 @@ def _gift_forward(logits, ref_logits, labels, beta, smooth_lambda):
     max_logit, ref_max_logit = vocab_maxes(z, r)
     shifted = z - max_logit[..., None]  # <= 0
     ref_exp = jnp.exp(r - ref_max_logit[..., None])
-    (other_exp_sum, ref_exp_sum, ref_other_exp_sum, ref_weighted_shifted,
-     other_shifted_sum) = vocab_sums(
+    (other_exp_sum, ref_exp_sum, ref_other_exp_sum, ref_weighted_shifted, other_shifted_sum) = vocab_sums(
         jnp.where(at_label, 0.0, jnp.exp(shifted)),
         ref_exp,
         jnp.where(at_label, 0.0, ref_exp),
         jnp.where(at_label, 0.0, ref_exp * shifted),
-        jnp.where(at_label, 0.0, shifted))
+        jnp.where(at_label, 0.0, shifted),
+    )
 
     # log-sum-exp over the non-label tokens; -inf when they all underflow (then log pi_y = 0).
     other_logsumexp = max_logit + jnp.log(other_exp_sum)
@@ -91,9 +93,11 @@ def _gift_forward(logits, ref_logits, labels, beta, smooth_lambda):
     # A = sum_{k != y} a_k, summed directly (not 1 + V c - a_y, which cancels when p_ref(y) ~ 1).
     other_mass = (1.0 - smooth_lambda) * ref_other_exp_sum / ref_exp_sum + (vocab - 1) * uniform_mass
     # sum_{k != y} a_k log pi_k = sum_{k != y} a_k (z_k - m) - A (logsumexp - m); both terms <= 0.
-    other_weighted_log_prob = ((1.0 - smooth_lambda) * ref_weighted_shifted / ref_exp_sum
-                               + uniform_mass * other_shifted_sum
-                               - other_mass * (logsumexp - max_logit))
+    other_weighted_log_prob = (
+        (1.0 - smooth_lambda) * ref_weighted_shifted / ref_exp_sum
+        + uniform_mass * other_shifted_sum
+        - other_mass * (logsumexp - max_logit)
+    )
 
     target_log_odds = jnp.log(label_mass) + beta - jnp.log(other_mass)
     q_label = jax.nn.sigmoid(target_log_odds)

@@ -3,6 +3,7 @@
 `token_metrics` is for logging only: it takes no gradient and streams over the vocabulary
 (`vocab_reductions`), so computing it next to a loss adds no `[..., V]` buffers.
 """
+
 from __future__ import annotations
 
 import jax
@@ -12,8 +13,7 @@ from gift_jax.losses.token_stats import index_mask
 from gift_jax.losses.vocab_reductions import vocab_max_argmax, vocab_sums
 
 
-def token_metrics(logits: jax.Array, ref_logits: jax.Array | None,
-                  labels: jax.Array) -> dict[str, jax.Array]:
+def token_metrics(logits: jax.Array, ref_logits: jax.Array | None, labels: jax.Array) -> dict[str, jax.Array]:
     """Per-token statistics of the policy, and of its distance to the base when given.
 
     Args:
@@ -36,13 +36,14 @@ def token_metrics(logits: jax.Array, ref_logits: jax.Array | None,
     label_logit = jnp.take_along_axis(shifted, labels[..., None].astype(jnp.int32), -1)[..., 0]
     # Sums leave out the argmax (whose term is exactly 1) so that log S = log1p(rest) keeps its
     # precision for peaked distributions, and the label so that -log pi_y does too.
-    terms = [jnp.where(index_mask(z, argmax), 0.0, policy_exp),
-             jnp.where(index_mask(z, labels), 0.0, policy_exp),
-             policy_exp * shifted]
+    terms = [
+        jnp.where(index_mask(z, argmax), 0.0, policy_exp),
+        jnp.where(index_mask(z, labels), 0.0, policy_exp),
+        policy_exp * shifted,
+    ]
     if r is not None:
         ref_shifted = r - ref_max_logit[..., None]
-        terms += [jnp.where(index_mask(r, ref_argmax), 0.0, jnp.exp(ref_shifted)),
-                  policy_exp * (shifted - ref_shifted)]
+        terms += [jnp.where(index_mask(r, ref_argmax), 0.0, jnp.exp(ref_shifted)), policy_exp * (shifted - ref_shifted)]
     sums = vocab_sums(*terms)
 
     non_max_exp_sum, non_label_exp_sum, weighted_shifted = sums[:3]
@@ -56,7 +57,8 @@ def token_metrics(logits: jax.Array, ref_logits: jax.Array | None,
     if ref_logits is not None:
         ref_non_max_exp_sum, weighted_log_ratio = sums[3:]
         # KL = sum_k pi_k [(z_k - m) - (r_k - m_ref)] - (log S - log S_ref)
-        metrics["kl_to_base"] = (weighted_log_ratio / (1.0 + non_max_exp_sum)
-                                 - (log_exp_sum - jnp.log1p(ref_non_max_exp_sum)))
+        metrics["kl_to_base"] = weighted_log_ratio / (1.0 + non_max_exp_sum) - (
+            log_exp_sum - jnp.log1p(ref_non_max_exp_sum)
+        )
         metrics["top1_agree"] = (argmax == ref_argmax).astype(jnp.float32)
     return metrics

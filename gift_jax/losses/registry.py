@@ -14,18 +14,24 @@ dividing once gives exactly the token mean of the whole batch, whatever the accu
     asft          gamma (required)                  reference model
     psft          clip_eps (0.2)                    old_logprobs (pre-update policy)
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Callable, Mapping, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from gift_jax.losses.baselines import (
-    asft_token_loss, dft_token_loss, psft_token_loss, sft_entropy_token_loss, sft_token_loss,
+    asft_token_loss,
+    dft_token_loss,
+    psft_token_loss,
+    sft_entropy_token_loss,
+    sft_token_loss,
 )
 from gift_jax.losses.chunking import DEFAULT_CHUNK_SIZE
 from gift_jax.losses.fused_head import fused_head_loss
@@ -41,6 +47,7 @@ class LossOutput(NamedTuple):
     metrics: scalar float32 sums `sum_t mask_t * metric_t` (no gradient): `entropy`, `nll`, and,
       when the reference model was given, `kl_to_base` and `top1_agree`.
     """
+
     loss_sum: jax.Array
     token_count: jax.Array
     metrics: dict[str, jax.Array]
@@ -48,6 +55,7 @@ class LossOutput(NamedTuple):
 
 class TokenChunk(NamedTuple):
     """One chunk's inputs to a per-token loss; every array is `[B, C]` or `[B, C, V]`."""
+
     logits: jax.Array
     ref_logits: jax.Array | None
     labels: jax.Array
@@ -57,47 +65,55 @@ class TokenChunk(NamedTuple):
 @dataclasses.dataclass(frozen=True)
 class InitLoss:
     """A registered loss: `token_loss(chunk, **hparams) -> [B, C]` and what it needs."""
+
     token_loss: Callable[..., jax.Array]
     hparam_defaults: Mapping[str, float | None]  # None marks a required hyperparameter
     needs_reference: bool = False
     needs_old_logprobs: bool = False
 
 
-INIT_LOSSES: Mapping[str, InitLoss] = MappingProxyType({
-    "gift": InitLoss(
-        lambda c, **hp: gift_token_loss(c.logits, c.ref_logits, c.labels, **hp),
-        {"beta": 20.0, "smooth_lambda": 0.0}, needs_reference=True),
-    "sft": InitLoss(lambda c: sft_token_loss(c.logits, c.labels), {}),
-    "sft_entropy": InitLoss(lambda c, **hp: sft_entropy_token_loss(c.logits, c.labels, **hp),
-                            {"alpha": None}),
-    "dft": InitLoss(lambda c: dft_token_loss(c.logits, c.labels), {}),
-    "asft": InitLoss(
-        lambda c, **hp: asft_token_loss(c.logits, c.ref_logits, c.labels, **hp),
-        {"gamma": None}, needs_reference=True),
-    "psft": InitLoss(
-        lambda c, **hp: psft_token_loss(c.logits, c.labels, c.old_logprobs, **hp),
-        {"clip_eps": 0.2}, needs_old_logprobs=True),
-})
+INIT_LOSSES: Mapping[str, InitLoss] = MappingProxyType(
+    {
+        "gift": InitLoss(
+            lambda c, **hp: gift_token_loss(c.logits, c.ref_logits, c.labels, **hp),
+            {"beta": 20.0, "smooth_lambda": 0.0},
+            needs_reference=True,
+        ),
+        "sft": InitLoss(lambda c: sft_token_loss(c.logits, c.labels), {}),
+        "sft_entropy": InitLoss(lambda c, **hp: sft_entropy_token_loss(c.logits, c.labels, **hp), {"alpha": None}),
+        "dft": InitLoss(lambda c: dft_token_loss(c.logits, c.labels), {}),
+        "asft": InitLoss(
+            lambda c, **hp: asft_token_loss(c.logits, c.ref_logits, c.labels, **hp),
+            {"gamma": None},
+            needs_reference=True,
+        ),
+        "psft": InitLoss(
+            lambda c, **hp: psft_token_loss(c.logits, c.labels, c.old_logprobs, **hp),
+            {"clip_eps": 0.2},
+            needs_old_logprobs=True,
+        ),
+    }
+)
 LOSS_NAMES = tuple(INIT_LOSSES)
 LOSS_NEEDS_REFERENCE = frozenset(n for n, spec in INIT_LOSSES.items() if spec.needs_reference)
-LOSS_NEEDS_OLD_LOGPROBS = frozenset(
-    n for n, spec in INIT_LOSSES.items() if spec.needs_old_logprobs)
+LOSS_NEEDS_OLD_LOGPROBS = frozenset(n for n, spec in INIT_LOSSES.items() if spec.needs_old_logprobs)
 
 # Allowed range of each hyperparameter: (predicate, description).
-_HPARAM_RANGES: Mapping[str, tuple[Callable[[float], bool], str]] = MappingProxyType({
-    "beta": (lambda v: v >= 0.0, ">= 0"),
-    "smooth_lambda": (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
-    "alpha": (lambda v: True, "finite"),
-    "gamma": (lambda v: v >= 0.0, ">= 0"),
-    "clip_eps": (lambda v: 0.0 < v < 1.0, "in (0, 1)"),
-})
+_HPARAM_RANGES: Mapping[str, tuple[Callable[[float], bool], str]] = MappingProxyType(
+    {
+        "beta": (lambda v: v >= 0.0, ">= 0"),
+        "smooth_lambda": (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+        "alpha": (lambda v: True, "finite"),
+        "gamma": (lambda v: v >= 0.0, ">= 0"),
+        "clip_eps": (lambda v: 0.0 < v < 1.0, "in (0, 1)"),
+    }
+)
 
 
 def init_loss_spec(name: str) -> InitLoss:
     """The registered loss `name`; a ValueError lists the known names otherwise."""
     if name not in INIT_LOSSES:
-        raise ValueError(f"unknown initialization loss {name!r}; known losses: "
-                         f"{', '.join(LOSS_NAMES)}")
+        raise ValueError(f"unknown initialization loss {name!r}; known losses: {', '.join(LOSS_NAMES)}")
     return INIT_LOSSES[name]
 
 
@@ -121,20 +137,20 @@ def resolve_init_loss_hparams(name: str, hparams: Mapping[str, object]) -> dict[
     unknown = sorted(set(hparams) - set(defaults))
     if unknown:
         accepted = ", ".join(defaults) or "none"
-        raise ValueError(f"loss {name!r} got unknown hyperparameter(s) {', '.join(unknown)}; "
-                         f"it accepts: {accepted}")
+        raise ValueError(f"loss {name!r} got unknown hyperparameter(s) {', '.join(unknown)}; it accepts: {accepted}")
     resolved = {}
     for key, default in defaults.items():
         value = hparams.get(key, default)
         if value is None:
             raise ValueError(f"loss {name!r} needs hyperparameter {key!r} (no default)")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"loss {name!r}: hyperparameter {key!r} must be a Python number "
-                             f"(static), got {type(value).__name__} {value!r}")
+            raise ValueError(
+                f"loss {name!r}: hyperparameter {key!r} must be a Python number "
+                f"(static), got {type(value).__name__} {value!r}"
+            )
         in_range, description = _HPARAM_RANGES[key]
         if not math.isfinite(value) or not in_range(float(value)):
-            raise ValueError(f"loss {name!r}: hyperparameter {key}={value!r} must be finite and "
-                             f"{description}")
+            raise ValueError(f"loss {name!r}: hyperparameter {key}={value!r} must be finite and {description}")
         resolved[key] = float(value)
     return resolved
 
@@ -144,11 +160,19 @@ def _check_token_array(array: jax.Array | None, shape: tuple[int, ...], what: st
         raise ValueError(f"compute_init_loss: {what} must be [B, T]={shape}, got {array.shape}")
 
 
-def compute_init_loss(name: str, hidden: jax.Array, w_out: jax.Array, labels: jax.Array,
-                      mask: jax.Array, *, ref_hidden: jax.Array | None = None,
-                      ref_w_out: jax.Array | None = None,
-                      old_logprobs: jax.Array | None = None,
-                      chunk_size: int = DEFAULT_CHUNK_SIZE, **hparams: float) -> LossOutput:
+def compute_init_loss(
+    name: str,
+    hidden: jax.Array,
+    w_out: jax.Array,
+    labels: jax.Array,
+    mask: jax.Array,
+    *,
+    ref_hidden: jax.Array | None = None,
+    ref_w_out: jax.Array | None = None,
+    old_logprobs: jax.Array | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    **hparams: float,
+) -> LossOutput:
     """Loss sum, supervised-token count and metric sums of one micro-batch, in one chunked pass.
 
     Args:
@@ -173,9 +197,14 @@ def compute_init_loss(name: str, hidden: jax.Array, w_out: jax.Array, labels: ja
     if spec.needs_reference and (ref_hidden is None or ref_w_out is None):
         raise ValueError(f"loss {name!r} needs the base model: pass ref_hidden and ref_w_out")
     if spec.needs_old_logprobs != (old_logprobs is not None):
-        raise ValueError(f"loss {name!r} " + ("needs old_logprobs (pre-update policy)"
-                                              if spec.needs_old_logprobs else
-                                              "does not use old_logprobs; do not compute them"))
+        raise ValueError(
+            f"loss {name!r} "
+            + (
+                "needs old_logprobs (pre-update policy)"
+                if spec.needs_old_logprobs
+                else "does not use old_logprobs; do not compute them"
+            )
+        )
     token_shape = hidden.shape[:2]
     _check_token_array(labels, token_shape, "labels")
     _check_token_array(mask, token_shape, "mask")
@@ -193,12 +222,18 @@ def compute_init_loss(name: str, hidden: jax.Array, w_out: jax.Array, labels: ja
     def token_fn(logits, ref_logits, inputs):
         chunk_labels, chunk_old_logprobs = inputs
         chunk = TokenChunk(logits, ref_logits, chunk_labels, chunk_old_logprobs)
-        return (spec.token_loss(chunk, **resolved),
-                token_metrics(logits, ref_logits, chunk_labels))
+        return (spec.token_loss(chunk, **resolved), token_metrics(logits, ref_logits, chunk_labels))
 
     loss_sum, metrics = fused_head_loss(
-        token_fn, hidden, w_out, weights, (safe_labels, safe_old_logprobs),
-        ref_hidden=ref_hidden, ref_w_out=ref_w_out, chunk_size=chunk_size)
+        token_fn,
+        hidden,
+        w_out,
+        weights,
+        (safe_labels, safe_old_logprobs),
+        ref_hidden=ref_hidden,
+        ref_w_out=ref_w_out,
+        chunk_size=chunk_size,
+    )
 
     def supervised_sum(values: jax.Array) -> jax.Array:
         return jnp.sum(jnp.where(supervised, weights * values, 0.0))
@@ -210,10 +245,18 @@ def compute_init_loss(name: str, hidden: jax.Array, w_out: jax.Array, labels: ja
     )
 
 
-def gift_loss_from_hidden(hidden: jax.Array, w_out: jax.Array, ref_hidden: jax.Array,
-                          ref_w_out: jax.Array, labels: jax.Array, mask: jax.Array, *,
-                          beta: float, smooth_lambda: float = 0.0,
-                          chunk_size: int = DEFAULT_CHUNK_SIZE) -> jax.Array:
+def gift_loss_from_hidden(
+    hidden: jax.Array,
+    w_out: jax.Array,
+    ref_hidden: jax.Array,
+    ref_w_out: jax.Array,
+    labels: jax.Array,
+    mask: jax.Array,
+    *,
+    beta: float,
+    smooth_lambda: float = 0.0,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> jax.Array:
     """Token-mean GIFT loss straight from final hidden states, never holding `[B, T, V]` logits.
 
     Args:
@@ -226,7 +269,16 @@ def gift_loss_from_hidden(hidden: jax.Array, w_out: jax.Array, ref_hidden: jax.A
       Scalar float32 `sum(mask * loss) / max(sum(mask), 1)`; gradients reach `hidden` and `w_out`,
       never the reference side.
     """
-    out = compute_init_loss("gift", hidden, w_out, labels, mask, ref_hidden=ref_hidden,
-                            ref_w_out=ref_w_out, chunk_size=chunk_size, beta=beta,
-                            smooth_lambda=smooth_lambda)
+    out = compute_init_loss(
+        "gift",
+        hidden,
+        w_out,
+        labels,
+        mask,
+        ref_hidden=ref_hidden,
+        ref_w_out=ref_w_out,
+        chunk_size=chunk_size,
+        beta=beta,
+        smooth_lambda=smooth_lambda,
+    )
     return out.loss_sum / jnp.maximum(out.token_count, 1.0)

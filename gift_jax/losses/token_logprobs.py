@@ -4,6 +4,7 @@ The GRPO loss needs `log pi(y_t | s_t)` of the sampled tokens, differentiably, f
 of thousands of tokens; it never needs the `[B, T, V]` logits themselves. `chunked_token_logprobs`
 runs the lm head chunk by chunk (`chunking.py`) and keeps only the per-token results.
 """
+
 from __future__ import annotations
 
 import jax
@@ -14,9 +15,15 @@ from gift_jax.losses.metrics import token_metrics
 from gift_jax.losses.token_stats import entropy, label_log_prob
 
 
-def chunked_token_logprobs(hidden: jax.Array, w_out: jax.Array, labels: jax.Array, *,
-                           chunk_size: int = DEFAULT_CHUNK_SIZE, temperature: float = 1.0,
-                           entropy_gradient: bool = False) -> tuple[jax.Array, jax.Array]:
+def chunked_token_logprobs(
+    hidden: jax.Array,
+    w_out: jax.Array,
+    labels: jax.Array,
+    *,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    temperature: float = 1.0,
+    entropy_gradient: bool = False,
+) -> tuple[jax.Array, jax.Array]:
     """Per-token `log softmax(logits / temperature)[label]` and entropy, chunked over the sequence.
 
     Args:
@@ -33,8 +40,9 @@ def chunked_token_logprobs(hidden: jax.Array, w_out: jax.Array, labels: jax.Arra
       and `w_out`.
     """
     if labels.shape != hidden.shape[:2] or not jnp.issubdtype(labels.dtype, jnp.integer):
-        raise ValueError(f"chunked_token_logprobs: labels must be int [B, T]={hidden.shape[:2]}, "
-                         f"got {labels.dtype} {labels.shape}")
+        raise ValueError(
+            f"chunked_token_logprobs: labels must be int [B, T]={hidden.shape[:2]}, got {labels.dtype} {labels.shape}"
+        )
     if not temperature > 0:
         raise ValueError(f"chunked_token_logprobs: temperature must be > 0, got {temperature!r}")
 

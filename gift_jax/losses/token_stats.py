@@ -3,25 +3,26 @@
 Written with plain `jnp` reductions so that JAX autodiff applies (the baselines and the RL
 log-probabilities train through them). Results are float32.
 """
+
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
 
-def check_logits_inputs(logits: jax.Array, labels: jax.Array, what: str,
-                        ref_logits: jax.Array | None = None) -> None:
+def check_logits_inputs(logits: jax.Array, labels: jax.Array, what: str, ref_logits: jax.Array | None = None) -> None:
     """Raises a ValueError naming `what` unless logits are `[..., V]` (V >= 2) matching labels."""
     if logits.ndim < 1 or logits.shape[-1] < 2:
         raise ValueError(f"{what}: logits must be [..., V] with V >= 2, got shape {logits.shape}")
     if labels.shape != logits.shape[:-1]:
-        raise ValueError(f"{what}: labels must have shape {logits.shape[:-1]} (logits without the "
-                         f"vocabulary axis), got {labels.shape}")
+        raise ValueError(
+            f"{what}: labels must have shape {logits.shape[:-1]} (logits without the "
+            f"vocabulary axis), got {labels.shape}"
+        )
     if not jnp.issubdtype(labels.dtype, jnp.integer):
         raise ValueError(f"{what}: labels must be integer token ids, got dtype {labels.dtype}")
     if ref_logits is not None and ref_logits.shape != logits.shape:
-        raise ValueError(f"{what}: ref_logits must have the logits' shape {logits.shape}, "
-                         f"got {ref_logits.shape}")
+        raise ValueError(f"{what}: ref_logits must have the logits' shape {logits.shape}, got {ref_logits.shape}")
 
 
 def index_mask(logits: jax.Array, index: jax.Array) -> jax.Array:

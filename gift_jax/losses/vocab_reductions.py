@@ -11,25 +11,28 @@ are the logits themselves. GPU and TPU backends fuse either form.
 These are for forward passes (losses with a custom VJP, metrics under `stop_gradient`): JAX has no
 differentiation rule for a general variadic reduce.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 
 
-def _reduce_vocab(operands: Sequence[jax.Array], init_values: Sequence[float],
-                  combine: Callable) -> tuple[jax.Array, ...]:
+def _reduce_vocab(
+    operands: Sequence[jax.Array], init_values: Sequence[float], combine: Callable
+) -> tuple[jax.Array, ...]:
     """One fused pass over the last axis of several same-shaped arrays `[..., V]` -> `[...]` each."""
     if len(operands) < 2:
-        raise ValueError("a vocabulary reduction needs at least two operands (a single-operand "
-                         "reduce loses its fusion on XLA:CPU; see the module docstring)")
+        raise ValueError(
+            "a vocabulary reduction needs at least two operands (a single-operand "
+            "reduce loses its fusion on XLA:CPU; see the module docstring)"
+        )
     shape = operands[0].shape
     for operand in operands:
         if operand.shape != shape:
-            raise ValueError(f"vocabulary reduction operands differ in shape: {shape} vs "
-                             f"{operand.shape}")
+            raise ValueError(f"vocabulary reduction operands differ in shape: {shape} vs {operand.shape}")
     inits = tuple(jnp.asarray(init, operand.dtype) for init, operand in zip(init_values, operands))
     return tuple(jax.lax.reduce(tuple(operands), inits, combine, (len(shape) - 1,)))
 
@@ -37,15 +40,13 @@ def _reduce_vocab(operands: Sequence[jax.Array], init_values: Sequence[float],
 def vocab_sums(*terms: jax.Array) -> tuple[jax.Array, ...]:
     """`sum(term, axis=-1)` for each of >= 2 float32 terms `[..., V]`, in one pass."""
     terms = tuple(term.astype(jnp.float32) for term in terms)
-    return _reduce_vocab(terms, [0.0] * len(terms),
-                         lambda acc, new: tuple(a + b for a, b in zip(acc, new)))
+    return _reduce_vocab(terms, [0.0] * len(terms), lambda acc, new: tuple(a + b for a, b in zip(acc, new)))
 
 
 def vocab_maxes(*xs: jax.Array) -> tuple[jax.Array, ...]:
     """`max(x, axis=-1)` for each of >= 2 float32 arrays `[..., V]`, in one pass."""
     xs = tuple(x.astype(jnp.float32) for x in xs)
-    return _reduce_vocab(xs, [-jnp.inf] * len(xs),
-                         lambda acc, new: tuple(jnp.maximum(a, b) for a, b in zip(acc, new)))
+    return _reduce_vocab(xs, [-jnp.inf] * len(xs), lambda acc, new: tuple(jnp.maximum(a, b) for a, b in zip(acc, new)))
 
 
 def vocab_max_argmax(*xs: jax.Array) -> tuple[tuple[jax.Array, jax.Array], ...] | tuple[jax.Array, jax.Array]:
@@ -60,7 +61,7 @@ def vocab_max_argmax(*xs: jax.Array) -> tuple[tuple[jax.Array, jax.Array], ...] 
     def combine(acc, new):
         out = []
         for i in range(0, len(acc), 2):
-            (acc_value, acc_index), (new_value, new_index) = acc[i:i + 2], new[i:i + 2]
+            (acc_value, acc_index), (new_value, new_index) = acc[i : i + 2], new[i : i + 2]
             keep = (acc_value > new_value) | ((acc_value == new_value) & (acc_index < new_index))
             out += [jnp.where(keep, acc_value, new_value), jnp.where(keep, acc_index, new_index)]
         return tuple(out)

@@ -21,6 +21,7 @@ Backends (`ModelConfig.attention`):
 - `auto`: splash on TPU, cudnn on GPU (bf16 / f16 only: cuDNN has no f32 flash attention), blockwise
   elsewhere; the choice is logged once.
 """
+
 from __future__ import annotations
 
 import functools
@@ -62,8 +63,9 @@ def causal_attention(q, k, v, segment_ids, *, backend: str = "xla", block_size: 
     if backend == "xla":
         return jax.nn.dot_product_attention(q, k, v, mask=segment_mask(segment_ids)[:, None])
     if backend == "cudnn":
-        return jax.nn.dot_product_attention(q, k, v, mask=segment_mask(segment_ids)[:, None], is_causal=True,
-                                            implementation="cudnn")
+        return jax.nn.dot_product_attention(
+            q, k, v, mask=segment_mask(segment_ids)[:, None], is_causal=True, implementation="cudnn"
+        )
     if backend == "blockwise":
         return blockwise_attention(q, k, v, segment_ids, block_size=block_size)
     return splash_attention(q, k, v, segment_ids, block_size=block_size)
@@ -87,6 +89,7 @@ def segment_mask(segment_ids):
 
 # -- blockwise (flash-style, pure JAX) ------------------------------------------------------------
 
+
 def blockwise_attention(q, k, v, segment_ids, *, block_size: int = DEFAULT_BLOCK_SIZE):
     """`causal_attention` in O(T x block) memory per head, forward and backward.
 
@@ -101,7 +104,7 @@ def blockwise_attention(q, k, v, segment_ids, *, block_size: int = DEFAULT_BLOCK
         q, k, v = jnp.pad(q, pad), jnp.pad(k, pad), jnp.pad(v, pad)
         segment_ids = jnp.pad(segment_ids, ((0, 0), (0, padded - t)))
     # [B, K, G, T, D] queries (pre-scaled), [B, K, T, D] keys / values: heads lead, tokens next.
-    qg = (q * jnp.asarray(d ** -0.5, q.dtype)).reshape(b, padded, kv_heads, h // kv_heads, d).transpose(0, 2, 3, 1, 4)
+    qg = (q * jnp.asarray(d**-0.5, q.dtype)).reshape(b, padded, kv_heads, h // kv_heads, d).transpose(0, 2, 3, 1, 4)
     out = _flash(qg, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), segment_ids.astype(jnp.int32), block)
     return out.transpose(0, 3, 1, 2, 4).reshape(b, padded, h, d)[:, :t]
 
@@ -137,8 +140,11 @@ def _flash_forward(q, k, v, seg, block):
             return m_new, denom * correction + jnp.sum(p, axis=-1), acc * correction[..., None] + pv
 
         stats = q_i.shape[:-1]
-        init = (jnp.full(stats, -jnp.inf, jnp.float32), jnp.zeros(stats, jnp.float32),
-                jnp.zeros(q_i.shape, jnp.float32))
+        init = (
+            jnp.full(stats, -jnp.inf, jnp.float32),
+            jnp.zeros(stats, jnp.float32),
+            jnp.zeros(q_i.shape, jnp.float32),
+        )
         m, denom, acc = jax.lax.fori_loop(0, i + 1, key_block, init)  # causal: blocks above the diagonal skipped
         return (acc / denom[..., None]).astype(q.dtype), m + jnp.log(denom)
 
@@ -196,6 +202,7 @@ _flash.defvjp(_flash_fwd, _flash_bwd)
 
 # -- splash (TPU Pallas kernel) -------------------------------------------------------------------
 
+
 @functools.lru_cache(maxsize=16)
 def _splash_kernel(num_heads: int, length: int, block: int, interpret: bool):
     """A causal multi-head splash kernel for `[H, T, D]` queries and `[K, T, D]` keys (built once)."""
@@ -205,12 +212,18 @@ def _splash_kernel(num_heads: int, length: int, block: int, interpret: bool):
     )
 
     mask = mask_lib.MultiHeadMask([mask_lib.CausalMask((length, length)) for _ in range(num_heads)])
-    sizes = kernel_lib.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
-                                  block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block,
-                                  block_kv_dq=block)
+    sizes = kernel_lib.BlockSizes(
+        block_q=block,
+        block_kv=block,
+        block_kv_compute=block,
+        block_q_dkv=block,
+        block_kv_dkv=block,
+        block_kv_dkv_compute=block,
+        block_q_dq=block,
+        block_kv_dq=block,
+    )
     with jax.ensure_compile_time_eval():  # the mask tables are constants, not tracers of the first caller
-        return kernel_lib.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1,
-                                          interpret=interpret)
+        return kernel_lib.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
 
 
 def splash_attention(q, k, v, segment_ids, *, block_size: int = DEFAULT_BLOCK_SIZE, interpret: bool = False):
@@ -241,10 +254,17 @@ def splash_attention(q, k, v, segment_ids, *, block_size: int = DEFAULT_BLOCK_SI
     if axes:
         spec = PartitionSpec(axes)
         run = jax.shard_map(run, mesh=mesh, in_specs=(spec, spec, spec, spec), out_specs=spec, check_vma=False)
-    scaled = (q * jnp.asarray(d ** -0.5, q.dtype)).swapaxes(1, 2)
+    scaled = (q * jnp.asarray(d**-0.5, q.dtype)).swapaxes(1, 2)
     out = run(scaled, k.swapaxes(1, 2), v.swapaxes(1, 2), segment_ids.astype(jnp.int32))
     return out.swapaxes(1, 2)[:, :t].astype(q.dtype)
 
 
-__all__ = ["ATTENTION_BACKENDS", "DEFAULT_BLOCK_SIZE", "blockwise_attention", "causal_attention",
-           "resolve_backend", "segment_mask", "splash_attention"]
+__all__ = [
+    "ATTENTION_BACKENDS",
+    "DEFAULT_BLOCK_SIZE",
+    "blockwise_attention",
+    "causal_attention",
+    "resolve_backend",
+    "segment_mask",
+    "splash_attention",
+]

@@ -4,6 +4,7 @@ One frozen dataclass covers both supported families:
 - `qwen2`  (`Qwen2ForCausalLM`: Qwen2 / Qwen2.5, biases on q/k/v)
 - `llama`  (`LlamaForCausalLM`: Llama 3.x, optional `llama3` rope scaling)
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,7 +21,7 @@ ATTENTION_BACKENDS = ("auto", "xla", "blockwise", "splash", "cudnn")
 
 
 def dtype_name(value: Any) -> str:
-    """"float32" / "bfloat16" / "float16" from that name or a JAX / NumPy dtype (`jnp.bfloat16`, ...)."""
+    """ "float32" / "bfloat16" / "float16" from that name or a JAX / NumPy dtype (`jnp.bfloat16`, ...)."""
     if isinstance(value, str):
         name = value
     else:
@@ -139,8 +140,7 @@ def config_from_hf(hf: dict[str, Any], *, source: str = "config.json", **overrid
     family = next((ARCHITECTURES[a] for a in archs if a in ARCHITECTURES), None)
     if family is None:
         raise ValueError(
-            f"{source}: unsupported architecture {archs or hf.get('model_type')!r}; "
-            f"supported: {sorted(ARCHITECTURES)}"
+            f"{source}: unsupported architecture {archs or hf.get('model_type')!r}; supported: {sorted(ARCHITECTURES)}"
         )
     try:
         num_heads = int(hf["num_attention_heads"])
@@ -176,8 +176,7 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
     """The HF `config.json` dict (transformers 5.x layout: rope settings in `rope_parameters`)."""
     rope: dict[str, Any] = {"rope_type": "default", "rope_theta": config.rope_theta}
     if config.rope_scaling is not None:
-        rope = {"rope_type": "llama3", "rope_theta": config.rope_theta,
-                **dataclasses.asdict(config.rope_scaling)}
+        rope = {"rope_type": "llama3", "rope_theta": config.rope_theta, **dataclasses.asdict(config.rope_scaling)}
     eos = list(config.eos_token_id) if isinstance(config.eos_token_id, tuple) else config.eos_token_id
     hf = {
         "architectures": [FAMILY_TO_ARCHITECTURE[config.family]],

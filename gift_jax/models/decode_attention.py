@@ -12,6 +12,7 @@ The cache index may be shared (`[]`, every row writes at the same slot: the stat
 left-padded batch) or per row (`[B]`: the continuous-batching engine, whose slots hold sequences
 of different lengths); `write_at` handles both.
 """
+
 from __future__ import annotations
 
 import jax
@@ -32,8 +33,9 @@ def write_at(buffer: jax.Array, update: jax.Array, index: jax.Array, axis: int) 
     return jax.vmap(lambda b, u, i: jax.lax.dynamic_update_slice_in_dim(b, u, i, axis - 1))(buffer, update, index)
 
 
-def block_size_for(slots: int, queries: int, block: int = DECODE_BLOCK,
-                   min_block: int = MIN_DECODE_BLOCK) -> int | None:
+def block_size_for(
+    slots: int, queries: int, block: int = DECODE_BLOCK, min_block: int = MIN_DECODE_BLOCK
+) -> int | None:
     """The block length blocked attention uses for a `slots`-long cache, or None to attend densely.
 
     Only single-token decode steps are blocked (a prefill touches the whole prompt anyway), and only
@@ -46,8 +48,9 @@ def block_size_for(slots: int, queries: int, block: int = DECODE_BLOCK,
     return block if block >= min_block else None
 
 
-def blocked_decode_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, filled: jax.Array,
-                             block: int) -> jax.Array:
+def blocked_decode_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, filled: jax.Array, block: int
+) -> jax.Array:
     """Grouped-query attention of q `[B, T, H, D]` over cache k, v `[B, K, S, D]`, blocks below `filled`.
 
     mask: `[B, 1, T, S]` bool (True = may attend). filled: `[]` int32, no row attends to a slot
@@ -57,7 +60,7 @@ def blocked_decode_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax
     kv_heads, slots = k.shape[1], k.shape[2]
     groups = h // kv_heads
     q = q.reshape(b, t, kv_heads, groups, d).transpose(0, 2, 3, 1, 4).reshape(b, kv_heads, groups * t, d)
-    scale = d ** -0.5
+    scale = d**-0.5
     num_blocks = jnp.minimum((filled + block - 1) // block, slots // block)
 
     def visit(carry):
@@ -67,8 +70,9 @@ def blocked_decode_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax
         v_block = jax.lax.dynamic_slice_in_dim(v, start, block, axis=2).astype(q.dtype)
         m_block = jax.lax.dynamic_slice_in_dim(mask, start, block, axis=3)  # [B, 1, T, blk]
         # Cache as the left operand, as in the dense path (XLA:CPU reads the [blk, D] rows directly).
-        scores = jax.lax.dot_general(k_block, q, (((3,), (3,)), ((0, 1), (0, 1))),
-                                     preferred_element_type=jnp.float32)  # [B, K, blk, G*T]
+        scores = jax.lax.dot_general(
+            k_block, q, (((3,), (3,)), ((0, 1), (0, 1))), preferred_element_type=jnp.float32
+        )  # [B, K, blk, G*T]
         scores = scores.reshape(b, kv_heads, block, groups, t).transpose(0, 1, 3, 4, 2)  # [B, K, G, T, blk]
         scores = jnp.where(m_block[:, :, None], scores * scale, -jnp.inf)
         new_max = jnp.maximum(running_max, jnp.max(scores, axis=-1))
@@ -77,13 +81,18 @@ def blocked_decode_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax
         probs = jnp.exp(scores - shift[..., None])
         rescale = jnp.exp(running_max - shift)
         normaliser = normaliser * rescale + jnp.sum(probs, axis=-1)
-        acc = acc * rescale[..., None] + jnp.einsum("bkgts,bksd->bkgtd", probs.astype(q.dtype), v_block,
-                                                    preferred_element_type=jnp.float32)
+        acc = acc * rescale[..., None] + jnp.einsum(
+            "bkgts,bksd->bkgtd", probs.astype(q.dtype), v_block, preferred_element_type=jnp.float32
+        )
         return i + 1, new_max, normaliser, acc
 
     stats = (b, kv_heads, groups, t)
-    start = (jnp.zeros((), jnp.int32), jnp.full(stats, -jnp.inf, jnp.float32), jnp.zeros(stats, jnp.float32),
-             jnp.zeros((*stats, d), jnp.float32))
+    start = (
+        jnp.zeros((), jnp.int32),
+        jnp.full(stats, -jnp.inf, jnp.float32),
+        jnp.zeros(stats, jnp.float32),
+        jnp.zeros((*stats, d), jnp.float32),
+    )
     _, _, normaliser, acc = jax.lax.while_loop(lambda c: c[0] < num_blocks, visit, start)
     out = (acc / normaliser[..., None]).astype(q.dtype)  # every query sees at least itself: normaliser > 0
     return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)

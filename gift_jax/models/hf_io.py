@@ -4,6 +4,7 @@ One name table per family maps HF tensor names to our parameter paths. Loading r
 lazily from the safetensors files and, given a mesh, builds every array shard by shard with
 `jax.make_array_from_callback`, so no device ever holds a full copy of a sharded weight.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,14 +37,26 @@ _COMMON = (
 )
 _QKV_BIAS = (("model.layers.{layer}.self_attn.{qkv}.bias", "layers/{layer}/self_attn/{qkv}/bias", False),)
 HF_NAME_TABLES = {"llama": _COMMON + _QKV_BIAS, "qwen2": _COMMON + _QKV_BIAS}
-_FIELDS = {"layer": r"\d+", "attn": "q_proj|k_proj|v_proj|o_proj", "qkv": "q_proj|k_proj|v_proj",
-           "ffn": "gate_proj|up_proj|down_proj", "norm": "input_layernorm|post_attention_layernorm"}
+_FIELDS = {
+    "layer": r"\d+",
+    "attn": "q_proj|k_proj|v_proj|o_proj",
+    "qkv": "q_proj|k_proj|v_proj",
+    "ffn": "gate_proj|up_proj|down_proj",
+    "norm": "input_layernorm|post_attention_layernorm",
+}
 
 # Tensors some exporters include that carry no parameters of ours.
 _IGNORED = re.compile(r".*rotary_emb\.inv_freq$")
 SAFETENSORS_INDEX = "model.safetensors.index.json"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "generation_config.json", "chat_template.jinja", "vocab.json", "merges.txt")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+    "chat_template.jinja",
+    "vocab.json",
+    "merges.txt",
+)
 
 
 class CheckpointError(ValueError):
@@ -104,9 +117,15 @@ def _open(file: Path):
         raise CheckpointError(f"{file}: unreadable safetensors file ({err})") from None
 
 
-def load_hf(path: str | os.PathLike, *, dtype: str | jnp.dtype | None = None,
-            param_dtype: str | jnp.dtype | None = None, mesh: jax.sharding.Mesh | None = None,
-            remat: bool = False, attention: str = "xla") -> tuple[Transformer, ModelConfig]:
+def load_hf(
+    path: str | os.PathLike,
+    *,
+    dtype: str | jnp.dtype | None = None,
+    param_dtype: str | jnp.dtype | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    remat: bool = False,
+    attention: str = "xla",
+) -> tuple[Transformer, ModelConfig]:
     """Loads a HF `Qwen2ForCausalLM` / `LlamaForCausalLM` folder -> `(model, config)`.
 
     dtype: compute dtype; param_dtype: storage dtype (default: float32 master weights); each a name
@@ -147,8 +166,7 @@ def load_hf(path: str | os.PathLike, *, dtype: str | jnp.dtype | None = None,
         shape = hf_shape[::-1] if transpose else hf_shape
         if shape != tuple(abstract_leaf.shape):
             want = tuple(abstract_leaf.shape)[::-1] if transpose else tuple(abstract_leaf.shape)
-            raise CheckpointError(f"{file}: tensor {hf_name!r} has shape {hf_shape}, expected {want} "
-                                  f"from config.json")
+            raise CheckpointError(f"{file}: tensor {hf_name!r} has shape {hf_shape}, expected {want} from config.json")
         host = tensor_slice[:]
         host = host.T if transpose else host
         host = host.astype(abstract_leaf.dtype)
@@ -166,21 +184,30 @@ def load_hf(path: str | os.PathLike, *, dtype: str | jnp.dtype | None = None,
             handle.__exit__(None, None, None)
     if expected:  # tensors no parameter asked for, e.g. biases under a config without them
         hf_name = next(iter(expected.values()))[0]
-        raise CheckpointError(f"{files[hf_name]}: unexpected tensor {hf_name!r} for this config.json "
-                              f"({len(expected)} unused in total)")
+        raise CheckpointError(
+            f"{files[hf_name]}: unexpected tensor {hf_name!r} for this config.json ({len(expected)} unused in total)"
+        )
     return nnx.merge(graphdef, loaded), config
 
 
 def _host_array(x: jax.Array) -> np.ndarray:
     if jax.process_count() > 1 and not x.is_fully_addressable:
         from jax.experimental import multihost_utils
+
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(jax.device_get(x))
 
 
-def save_hf(model: Transformer, config: ModelConfig, path: str | os.PathLike, *,
-            max_shard_bytes: int = 5 * 2**30, dtype: str | None = None,
-            tokenizer_dir: str | os.PathLike | None = None, overwrite: bool = False) -> Path:
+def save_hf(
+    model: Transformer,
+    config: ModelConfig,
+    path: str | os.PathLike,
+    *,
+    max_shard_bytes: int = 5 * 2**30,
+    dtype: str | None = None,
+    tokenizer_dir: str | os.PathLike | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Writes `model` as a HF folder that `transformers.AutoModelForCausalLM.from_pretrained` loads.
 
     Tensors are split over several files with a `model.safetensors.index.json` above
@@ -227,7 +254,8 @@ def save_hf(model: Transformer, config: ModelConfig, path: str | os.PathLike, *,
                 weight_map.update({name: fname for name in shard})
             total = sum(t.nbytes for t in tensors.values())
             (tmp / SAFETENSORS_INDEX).write_text(
-                json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+                json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
+            )
         for fname in TOKENIZER_FILES if tokenizer_dir is not None else ():
             if (Path(tokenizer_dir) / fname).exists():
                 shutil.copy2(Path(tokenizer_dir) / fname, tmp / fname)

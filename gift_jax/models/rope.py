@@ -1,4 +1,5 @@
 """Rotary position embeddings in the Hugging Face "rotate half" convention (Llama / Qwen2)."""
+
 from __future__ import annotations
 
 import math
@@ -22,8 +23,7 @@ def inverse_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None
         high_wavelen = old_len / scaling.high_freq_factor
         wavelen = 2 * math.pi / inv_freq
         scaled = np.where(wavelen > low_wavelen, inv_freq / scaling.factor, inv_freq)
-        smooth = (old_len / wavelen - scaling.low_freq_factor) / (
-            scaling.high_freq_factor - scaling.low_freq_factor)
+        smooth = (old_len / wavelen - scaling.low_freq_factor) / (scaling.high_freq_factor - scaling.low_freq_factor)
         smoothed = (1 - smooth) * scaled / scaling.factor + smooth * scaled
         is_medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
         inv_freq = np.where(is_medium, smoothed, scaled)

@@ -11,6 +11,7 @@ is `config.attention` (see `gift_jax.models.attention`). Without a cache a
 query attends to earlier keys of the same call; with a cache (`KVCache`) the new keys are written at
 slots `[cache.index, cache.index + T)` and queries attend to every earlier valid slot.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -64,8 +65,15 @@ class RMSNorm(nnx.Module):
 
 
 def _linear(din: int, dout: int, bias: bool, config: ModelConfig, rngs: nnx.Rngs) -> nnx.Linear:
-    return nnx.Linear(din, dout, use_bias=bias, dtype=config.jnp_dtype, param_dtype=config.jnp_param_dtype,
-                      kernel_init=nnx.initializers.normal(0.02), rngs=rngs)
+    return nnx.Linear(
+        din,
+        dout,
+        use_bias=bias,
+        dtype=config.jnp_dtype,
+        param_dtype=config.jnp_param_dtype,
+        kernel_init=nnx.initializers.normal(0.02),
+        rngs=rngs,
+    )
 
 
 class Attention(nnx.Module):
@@ -95,8 +103,11 @@ class Attention(nnx.Module):
             k = write_at(k_all, k.swapaxes(1, 2).astype(k_all.dtype), cache_index, axis=2)
             v = write_at(v_all, v.swapaxes(1, 2).astype(v_all.dtype), cache_index, axis=2)
             block = block_size_for(k.shape[2], t)
-            out = (_cached_attention(q, k, v, mask) if block is None else
-                   blocked_decode_attention(q, k, v, mask, jnp.max(cache_index) + t, block))
+            out = (
+                _cached_attention(q, k, v, mask)
+                if block is None
+                else blocked_decode_attention(q, k, v, mask, jnp.max(cache_index) + t, block)
+            )
         out = constrain(out.reshape(b, t, c.num_heads * c.head_dim), (BATCH, LENGTH, HEADS))
         return constrain(self.o_proj(out), (BATCH, LENGTH, EMBED)), (k, v)
 
@@ -113,10 +124,11 @@ def _cached_attention(q, k, v, mask):
     # The cache as the left operand ("bksd,bkmd->bksm"): the form XLA:CPU runs straight from the
     # [S, D] cache rows. Written the other way round it transposed the whole cache in every layer of
     # every decode step (scores 2.3x slower at S = 2048). GPU / TPU compilers pick their own layouts.
-    scores = jax.lax.dot_general(k.astype(q.dtype), q, (((3,), (3,)), ((0, 1), (0, 1))),
-                                 preferred_element_type=jnp.float32)  # [B, K, S, G*T]
+    scores = jax.lax.dot_general(
+        k.astype(q.dtype), q, (((3,), (3,)), ((0, 1), (0, 1))), preferred_element_type=jnp.float32
+    )  # [B, K, S, G*T]
     scores = scores.reshape(b, kv_heads, slots, groups, t).transpose(0, 1, 3, 4, 2)  # [B, K, G, T, S]
-    scores = jnp.where(mask[:, :, None], scores * (d ** -0.5), -jnp.inf)
+    scores = jnp.where(mask[:, :, None], scores * (d**-0.5), -jnp.inf)
     probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
     out = jnp.einsum("bkgts,bksd->bkgtd", probs, v.astype(q.dtype))
     return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
@@ -174,9 +186,14 @@ class Transformer(nnx.Module):
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         self.config = config
-        self.embed_tokens = nnx.Embed(config.vocab_size, config.hidden_size, dtype=config.jnp_dtype,
-                                      param_dtype=config.jnp_param_dtype,
-                                      embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
+        self.embed_tokens = nnx.Embed(
+            config.vocab_size,
+            config.hidden_size,
+            dtype=config.jnp_dtype,
+            param_dtype=config.jnp_param_dtype,
+            embedding_init=nnx.initializers.normal(0.02),
+            rngs=rngs,
+        )
         self.layers = nnx.List([DecoderLayer(config, rngs) for _ in range(config.num_layers)])
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, config)
         if not config.tie_word_embeddings:

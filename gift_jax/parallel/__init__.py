@@ -1,4 +1,5 @@
 """Device mesh, logical-axis sharding rules and batch placement."""
+
 from gift_jax.parallel.mesh import BATCH_AXES, MESH_AXES, MeshConfig, batch_parallelism, make_mesh
 from gift_jax.parallel.sharding import (
     LOGICAL_RULES,
@@ -12,6 +13,19 @@ from gift_jax.parallel.sharding import (
     state_shardings,
 )
 
-__all__ = ["BATCH_AXES", "LOGICAL_RULES", "MESH_AXES", "MeshConfig", "batch_parallelism", "batch_sharding",
-           "fetch_global", "logical_to_spec", "make_mesh", "place_global_batch", "replicated",
-           "shard_batch", "shard_model", "state_shardings"]
+__all__ = [
+    "BATCH_AXES",
+    "LOGICAL_RULES",
+    "MESH_AXES",
+    "MeshConfig",
+    "batch_parallelism",
+    "batch_sharding",
+    "fetch_global",
+    "logical_to_spec",
+    "make_mesh",
+    "place_global_batch",
+    "replicated",
+    "shard_batch",
+    "shard_model",
+    "state_shardings",
+]

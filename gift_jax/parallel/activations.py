@@ -9,6 +9,7 @@ instead, as FSDP / ZeRO-3 intends; `tensor` still splits heads, MLP width and vo
 The constraints apply inside `activation_sharding(mesh)` (the jitted steps enter it) and are no-ops
 elsewhere, so model code stays usable without a mesh.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -67,5 +68,16 @@ def constrain_like_params(tree):
     return jax.tree_util.tree_map_with_path(one, tree)
 
 
-__all__ = ["BATCH", "EMBED", "HEADS", "KV_HEADS", "LENGTH", "MLP_WIDTH", "VOCAB", "activation_sharding",
-           "constrain", "constrain_batch", "constrain_like_params"]
+__all__ = [
+    "BATCH",
+    "EMBED",
+    "HEADS",
+    "KV_HEADS",
+    "LENGTH",
+    "MLP_WIDTH",
+    "VOCAB",
+    "activation_sharding",
+    "constrain",
+    "constrain_batch",
+    "constrain_like_params",
+]

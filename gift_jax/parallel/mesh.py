@@ -11,6 +11,7 @@ a host's ICI neighbourhood; `jax.make_mesh` orders devices by physical topology.
 `fsdp=8`, or `fsdp=4, tensor=2` when activations dominate; across GPU hosts keep `tensor` within a
 host (NVLink) and put hosts on `data` / `fsdp`.
 """
+
 from __future__ import annotations
 
 import dataclasses

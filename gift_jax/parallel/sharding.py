@@ -4,6 +4,7 @@ A parameter's logical axes come from a regex table over its path (`layers/3/mlp/
 `LOGICAL_RULES` maps logical names to mesh axes. A mesh axis that does not divide a dimension is
 dropped for that dimension (replicated), so tiny test models run on any mesh.
 """
+
 from __future__ import annotations
 
 import re
@@ -100,6 +101,7 @@ def shard_batch(batch, mesh: Mesh):
     On one process the arrays are the whole batch; on several, each process passes its own rows
     (`jax.make_array_from_process_local_data` assembles the global array without gathering).
     """
+
     def one(x):
         x = np.asarray(x)
         return jax.make_array_from_process_local_data(batch_sharding(mesh, x.ndim), x)
@@ -114,6 +116,7 @@ def place_global_batch(batch, mesh: Mesh):
     and scores the same gathered rollouts): each process copies in only the rows its own devices
     hold. On one process this is `shard_batch`.
     """
+
     def one(x):
         x = np.asarray(x)
         return jax.make_array_from_callback(x.shape, batch_sharding(mesh, x.ndim), lambda index: x[index])
@@ -123,6 +126,7 @@ def place_global_batch(batch, mesh: Mesh):
 
 def fetch_global(tree):
     """Host numpy copies of (possibly multi-process) global arrays: the whole arrays, on every process."""
+
     def one(x):
         if not isinstance(x, jax.Array) or x.is_fully_addressable:  # always so on one process
             return jax.device_get(x)  # already whole here (gathering it would stack one copy per process)

@@ -4,6 +4,7 @@ Model text is never executed, and every check is bounded in time: the symbolic m
 in killable worker processes (see `scorer.py`, `worker_pool.py`). Importing this package is
 light (no JAX, no sympy) so that workers start fast and trainers do not pay for sympy.
 """
+
 from gift_jax.rewards.boxed import final_boxed_answers, last_boxed_answer
 from gift_jax.rewards.ground_truth import check_ground_truth
 from gift_jax.rewards.multiple_choice import extract_choice, multiple_choice_reward

@@ -8,6 +8,7 @@ notation before comparison (`join_boxes`). Lists of plain numbers are compared h
 element with the exact rule of `numeric.py`, so a near-miss inside a list is not rescued by a
 looser checker; other lists go to the symbolic check. Plain string work, linear in the length.
 """
+
 from fractions import Fraction
 from typing import NamedTuple
 
@@ -96,8 +97,11 @@ def number_list(text: str) -> NumberList | None:
 
 def _elements_match(answer: NumberList, i: int, reference: NumberList, j: int) -> bool:
     return numbers_match(
-        answer.values[i], reference.values[j], answer_places=answer.places[i],
-        reference_places=reference.places[j], accept_percent=False,
+        answer.values[i],
+        reference.values[j],
+        answer_places=answer.places[i],
+        reference_places=reference.places[j],
+        accept_percent=False,
     )
 
 

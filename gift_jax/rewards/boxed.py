@@ -12,6 +12,7 @@ split over several boxes.
 Everything here is linear in the length of the text, so it is safe on megabyte-long or deeply
 nested adversarial responses.
 """
+
 import re
 
 # A command name followed by a letter (say `\\boxedanswer`) is another macro, and one followed by
@@ -35,7 +36,7 @@ _MAX_SEPARATOR_CHARS = 200
 def _last_box_command(text: str, end: int | None = None) -> re.Match | None:
     """The last `\\boxed` / `\\fbox` command starting before `end` (default: anywhere), or None."""
     last = None
-    for last in _BOX_COMMAND.finditer(text, 0, len(text) if end is None else end):
+    for last in _BOX_COMMAND.finditer(text, 0, len(text) if end is None else end):  # noqa: B007  (keeps the last)
         pass
     return last
 

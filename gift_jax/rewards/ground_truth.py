@@ -6,6 +6,7 @@ that no answer could be compared with). A multiple-choice ground truth must name
 option letters. Readers call `check_ground_truth` per row and add the file and row to the error.
 Light: no sympy, no workers.
 """
+
 from gift_jax.rewards.math_answer import reference_answer
 from gift_jax.rewards.multiple_choice import DEFAULT_CHOICES, reference_choice
 
@@ -29,7 +30,10 @@ def _unbalanced_brace(text: str) -> str | None:
 
 
 def check_ground_truth(
-    ground_truth: str, *, kind: str = "math", choices: str = DEFAULT_CHOICES,
+    ground_truth: str,
+    *,
+    kind: str = "math",
+    choices: str = DEFAULT_CHOICES,
     where: str = "ground_truth",
 ) -> None:
     """Raise ValueError naming `where` when `ground_truth` cannot be scored as `kind`.

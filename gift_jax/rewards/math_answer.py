@@ -8,6 +8,7 @@ numbers and lists of them (compared by the exact rule of `numeric.py`, percentag
 Only pairs it leaves open (`None`) need the symbolic check in `symbolic.py`, which runs in worker
 processes because sympy can be slow on adversarial input.
 """
+
 import re
 from typing import NamedTuple
 
@@ -121,7 +122,9 @@ def quick_math_verdict(item: MathItem) -> bool | None:
         return None
     if len(answer_numbers.values) == len(reference_numbers.values) == 1:
         return numbers_match(
-            answer_numbers.values[0], reference_numbers.values[0],
-            answer_places=answer_numbers.places[0], reference_places=reference_numbers.places[0],
+            answer_numbers.values[0],
+            reference_numbers.values[0],
+            answer_places=answer_numbers.places[0],
+            reference_places=reference_numbers.places[0],
         )
     return number_lists_verdict(answer_numbers, reference_numbers)

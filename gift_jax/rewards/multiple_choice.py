@@ -9,6 +9,7 @@ The first two guard the paper's rule against a stray capital after the final ans
 
 Everything is a linear regex scan, cheap enough to run in the trainer process.
 """
+
 import re
 from functools import lru_cache
 
@@ -27,15 +28,13 @@ def _letter_patterns(choices: str) -> tuple[re.Pattern, re.Pattern]:
     # Not part of a word, a number or a LaTeX command (`\Delta`, `\mathbb{C}` stays a letter).
     standalone = re.compile(rf"(?<![A-Za-z0-9_\\])({letter_class})(?![A-Za-z0-9_])")
     # Only the words are case-insensitive: "the answer is a bit long" names no option.
-    statement = re.compile(
-        rf"(?i:answer\s*(?:is|:)\s*(?:option\s*)?)[(\[{{]?\s*\**\s*({letter_class})(?![A-Za-z0-9_])"
-    )
+    statement = re.compile(rf"(?i:answer\s*(?:is|:)\s*(?:option\s*)?)[(\[{{]?\s*\**\s*({letter_class})(?![A-Za-z0-9_])")
     return standalone, statement
 
 
 def _last_group(pattern: re.Pattern, text: str) -> str | None:
     last = None
-    for last in pattern.finditer(text):
+    for last in pattern.finditer(text):  # noqa: B007  (keeps the last)
         pass
     return None if last is None else last.group(1)
 
@@ -54,24 +53,18 @@ def extract_choice(response: str, choices: str = DEFAULT_CHOICES) -> str | None:
     return _last_group(standalone, response)
 
 
-def reference_choice(
-    ground_truth: str, choices: str = DEFAULT_CHOICES, *, where: str = "ground_truth"
-) -> str:
+def reference_choice(ground_truth: str, choices: str = DEFAULT_CHOICES, *, where: str = "ground_truth") -> str:
     """The option letter of a ground truth such as `C`, `(C)` or `\\boxed{C}`.
 
     Raises ValueError naming `where` when it holds no letter from `choices`.
     """
     letter = extract_choice(ground_truth, choices)
     if letter is None:
-        raise ValueError(
-            f"{where}: no option letter from {choices!r} in ground truth {ground_truth!r}"
-        )
+        raise ValueError(f"{where}: no option letter from {choices!r} in ground truth {ground_truth!r}")
     return letter
 
 
-def multiple_choice_reward(
-    response: str, ground_truth: str, *, choices: str = DEFAULT_CHOICES
-) -> float:
+def multiple_choice_reward(response: str, ground_truth: str, *, choices: str = DEFAULT_CHOICES) -> float:
     """1.0 if the response's option letter equals the ground truth's, else 0.0.
 
     `choices` lists the valid option letters: "ABCDE" as in the paper, "ABCDEFGHIJ" for

@@ -7,17 +7,40 @@ a comma between groups of exactly three digits with no space after it: `1,000` i
 `32, 349` is a list and `56,01,78` is not a number. Every rule is a plain string or regex pass
 without nested quantifiers, so normalisation is linear in the length of the answer.
 """
+
 import re
 
 # Typesetting that never changes a value: sizing, thin spaces, display style.
 _DROPPED_TOKENS = (
-    "\\left", "\\right", "\\displaystyle", "\\!", "\\,", "\\;", "\\:", "\\ ",
-    "^{\\circ}", "^\\circ", "°", "\\$", "$", "\\%", "%", "\\(", "\\)", "\\mathbf",
+    "\\left",
+    "\\right",
+    "\\displaystyle",
+    "\\!",
+    "\\,",
+    "\\;",
+    "\\:",
+    "\\ ",
+    "^{\\circ}",
+    "^\\circ",
+    "°",
+    "\\$",
+    "$",
+    "\\%",
+    "%",
+    "\\(",
+    "\\)",
+    "\\mathbf",
 )
 _SYNONYMS = (
-    ("\\tfrac", "\\frac"), ("\\dfrac", "\\frac"), ("\\neq", "\\ne"), ("\\leq", "\\le"),
-    ("\\geq", "\\ge"), ("bmatrix", "pmatrix"), ("\\emptyset", "\\varnothing"),
-    ("\\infinity", "\\infty"), ("{,}", ","),
+    ("\\tfrac", "\\frac"),
+    ("\\dfrac", "\\frac"),
+    ("\\neq", "\\ne"),
+    ("\\leq", "\\le"),
+    ("\\geq", "\\ge"),
+    ("bmatrix", "pmatrix"),
+    ("\\emptyset", "\\varnothing"),
+    ("\\infinity", "\\infty"),
+    ("{,}", ","),
 )
 _TRAILING_TEXT_UNIT = re.compile(r"\\(?:text|mbox|mathrm)\{[^{}]*\}$")
 _TEXT_WRAPPER = re.compile(r"\\(?:text|mbox|mathrm|textbf|mathcal)\{([^{}]*)\}")
@@ -35,9 +58,7 @@ _BARE_DECIMAL = re.compile(r"(^|[^\d])\.(\d)")
 
 def _expand_short_frac(match: re.Match) -> str:
     """`\\frac12` -> `\\frac{1}{2}`, `\\frac1{x}` -> `\\frac{1}{x}`, `\\frac{x}2` -> `\\frac{x}{2}`."""
-    numerator_digit, denominator_digit, lone_numerator, braced_numerator, lone_denominator = (
-        match.groups()
-    )
+    numerator_digit, denominator_digit, lone_numerator, braced_numerator, lone_denominator = match.groups()
     if numerator_digit is not None:
         return f"\\frac{{{numerator_digit}}}{{{denominator_digit}}}"
     if lone_numerator is not None:

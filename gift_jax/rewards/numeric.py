@@ -15,6 +15,7 @@ The comparison rule (`numbers_match`, and `decimal_approximates` for the symboli
   not `0.3334`, not `1.5709`, and not the coarse `0.33` or `0.333`.
 - A percentage may stand for its fraction and back (`50` for `0.5`, `0.5` for `50\\%`), exactly.
 """
+
 import math
 import re
 from fractions import Fraction

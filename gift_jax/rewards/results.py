@@ -1,4 +1,5 @@
 """What scoring a batch returns: per-item scores and statuses, and the failure counts."""
+
 import enum
 from collections.abc import Sequence
 from typing import NamedTuple

@@ -11,11 +11,12 @@ Usage across RL steps:
         for batch in batches:
             rewards = scorer.score(batch.responses, batch.answers).scores   # [N] float32
 """
+
 import functools
 import os
 import threading
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from gift_jax.rewards.math_answer import prepare_math_item, quick_math_verdict
 from gift_jax.rewards.multiple_choice import DEFAULT_CHOICES, extract_choice, reference_choice
@@ -35,9 +36,7 @@ def _check_batch(responses: Sequence[str], ground_truths: Sequence[str], kind: s
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if len(responses) != len(ground_truths):
-        raise ValueError(
-            f"responses has {len(responses)} items but ground_truths has {len(ground_truths)}"
-        )
+        raise ValueError(f"responses has {len(responses)} items but ground_truths has {len(ground_truths)}")
     for name, texts in (("responses", responses), ("ground_truths", ground_truths)):
         for index, text in enumerate(texts):
             if not isinstance(text, str):
@@ -151,17 +150,12 @@ class RewardScorer:
         return BatchScores.from_items(correct, statuses)
 
     @staticmethod
-    def _score_multiple_choice(
-        responses: Sequence[str], ground_truths: Sequence[str], choices: str
-    ) -> BatchScores:
+    def _score_multiple_choice(responses: Sequence[str], ground_truths: Sequence[str], choices: str) -> BatchScores:
         references = [
             reference_choice(ground_truth, choices, where=f"ground_truths[{index}]")
             for index, ground_truth in enumerate(ground_truths)
         ]
-        correct = [
-            extract_choice(response, choices) == reference
-            for response, reference in zip(responses, references)
-        ]
+        correct = [extract_choice(response, choices) == reference for response, reference in zip(responses, references)]
         return BatchScores.from_items(correct, [ItemStatus.OK] * len(correct))
 
 
@@ -180,9 +174,7 @@ def score_batch(
     Prefer a long-lived `RewardScorer` in a loop: starting workers costs about a second.
     """
     with RewardScorer(num_workers=num_workers, timeout_s=timeout_s) as scorer:
-        return scorer.score(
-            responses, ground_truths, kind=kind, batch_timeout_s=batch_timeout_s, choices=choices
-        )
+        return scorer.score(responses, ground_truths, kind=kind, batch_timeout_s=batch_timeout_s, choices=choices)
 
 
 @functools.cache

@@ -17,14 +17,13 @@ the LaTeX grammar (no evaluation). Parsed trees are evaluated only after `is_eva
 approves them. math-verify's own timeouts (signal.alarm, main thread only) are switched off:
 the caller bounds time by killing the worker process.
 """
+
 import logging
 import re
 from fractions import Fraction
 
 import sympy
-from math_verify import LatexExtractionConfig
-from math_verify import parse as math_verify_parse
-from math_verify import verify as math_verify_verify
+from math_verify import LatexExtractionConfig, parse as math_verify_parse, verify as math_verify_verify
 from sympy.parsing.sympy_parser import (
     auto_number,
     convert_xor,
@@ -60,15 +59,30 @@ _NUMBER_LITERAL = re.compile(r"\d+\.\d*|\.\d+|\d+")
 _IDENTIFIER = re.compile(r"[A-Za-z]+")
 _PLAIN_FUNCTIONS = {
     name: getattr(sympy, name)
-    for name in ("sqrt", "exp", "log", "sin", "cos", "tan", "cot", "sec", "csc",
-                 "asin", "acos", "atan", "sinh", "cosh", "tanh", "Abs")
+    for name in (
+        "sqrt",
+        "exp",
+        "log",
+        "sin",
+        "cos",
+        "tan",
+        "cot",
+        "sec",
+        "csc",
+        "asin",
+        "acos",
+        "atan",
+        "sinh",
+        "cosh",
+        "tanh",
+        "Abs",
+    )
 }
 _PLAIN_NAMES = {**_PLAIN_FUNCTIONS, "ln": sympy.log, "pi": sympy.pi}
 # What the generated code refers to, and nothing else: in particular no builtins.
 _PARSE_GLOBALS = {
     "__builtins__": {},
-    **{name: getattr(sympy, name)
-       for name in ("Add", "Mul", "Pow", "Integer", "Float", "Rational", "Symbol")},
+    **{name: getattr(sympy, name) for name in ("Add", "Mul", "Pow", "Integer", "Float", "Rational", "Symbol")},
     **_PLAIN_NAMES,
 }
 _PARSE_TRANSFORMATIONS = (auto_number, convert_xor, implicit_multiplication_application)
@@ -104,9 +118,7 @@ def parse_latex_answer(text: str) -> list:
     Uses only the LaTeX grammar (never math-verify's plain-expression extractor, which calls
     `parse_expr` on raw text) and leaves the tree unevaluated.
     """
-    return math_verify_parse(
-        "\\boxed{" + text + "}", extraction_config=_LATEX_EXTRACTION, parsing_timeout=None
-    )
+    return math_verify_parse("\\boxed{" + text + "}", extraction_config=_LATEX_EXTRACTION, parsing_timeout=None)
 
 
 def _as_sympy(answer: str, latex_parsed: list) -> sympy.Basic | None:

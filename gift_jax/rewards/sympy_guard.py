@@ -6,6 +6,7 @@ evaluation we bound, for every node of the unevaluated tree, the number of decim
 value, and refuse trees that exceed `MAX_DIGITS` anywhere. Symbols count as 1 digit: for a
 symbolic base the bound is on the work of expanding powers, not on a value.
 """
+
 import math
 
 import sympy
@@ -17,11 +18,25 @@ _LOG10_2 = math.log10(2)
 # An exponent bound above 10**15 digits is infinite for our purposes (and would overflow float).
 _MAX_EXPONENT_LOG10 = 15.0
 # Functions whose exact value grows faster than exponentially in their argument.
-_FAST_GROWING_FUNCTIONS = frozenset({
-    "factorial", "factorial2", "subfactorial", "gamma", "binomial", "RisingFactorial",
-    "FallingFactorial", "fibonacci", "lucas", "tribonacci", "catalan", "bell", "primorial",
-    "multinomial", "Product",
-})
+_FAST_GROWING_FUNCTIONS = frozenset(
+    {
+        "factorial",
+        "factorial2",
+        "subfactorial",
+        "gamma",
+        "binomial",
+        "RisingFactorial",
+        "FallingFactorial",
+        "fibonacci",
+        "lucas",
+        "tribonacci",
+        "catalan",
+        "bell",
+        "primorial",
+        "multinomial",
+        "Product",
+    }
+)
 
 
 def _integer_digits(value: int) -> float:

@@ -13,6 +13,7 @@ Test-only hooks: with `TEST_HOOKS_ENV=1` in the environment (see `worker_protoco
 answers `HANG_ANSWER` and `CRASH_ANSWER` make the worker hang or die, so tests can exercise
 timeout and crash handling deterministically. Without it they are ordinary (wrong) answers.
 """
+
 import argparse
 import json
 import os
@@ -75,8 +76,9 @@ def _serve(test_hooks: bool) -> None:
 
 def main() -> None:
     arguments = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    arguments.add_argument("--memory-limit-bytes", type=int, default=0,
-                           help="address-space limit (RLIMIT_AS); 0 keeps the inherited limit")
+    arguments.add_argument(
+        "--memory-limit-bytes", type=int, default=0, help="address-space limit (RLIMIT_AS); 0 keeps the inherited limit"
+    )
     options = arguments.parse_args()
     if options.memory_limit_bytes > 0:
         # sympy can allocate without bound on adversarial input; fail with MemoryError instead.

@@ -9,6 +9,7 @@ worker that dies mid-item is replaced too. Its item is reported TIMED_OUT or CRA
 
 POSIX only (selectors on pipes, RLIMIT_AS). Not thread-safe: one `check` call at a time.
 """
+
 import collections
 import contextlib
 import dataclasses
@@ -21,8 +22,8 @@ import subprocess
 import sys
 import time
 import weakref
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from gift_jax.rewards.results import ItemStatus
 from gift_jax.rewards.worker_protocol import TEST_HOOKS_ENV, WORKER_MODULE
@@ -83,9 +84,7 @@ class WorkerPool:
             self._command += ["--memory-limit-bytes", str(memory_limit_bytes)]
         self._env = dict(os.environ)
         # Workers must import this very package even when it is not installed.
-        self._env["PYTHONPATH"] = os.pathsep.join(
-            filter(None, [_PACKAGE_ROOT, os.environ.get("PYTHONPATH")])
-        )
+        self._env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, os.environ.get("PYTHONPATH")]))
         self._env.pop(TEST_HOOKS_ENV, None)
         if enable_test_hooks:
             self._env[TEST_HOOKS_ENV] = "1"
@@ -138,9 +137,7 @@ class WorkerPool:
         return results
 
     def _start_worker(self) -> _Worker:
-        process = subprocess.Popen(
-            self._command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=self._env
-        )
+        process = subprocess.Popen(self._command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=self._env)
         worker = _Worker(process, startup_deadline=time.monotonic() + self._startup_timeout_s)
         self._workers.append(worker)
         self._processes.append(process)
@@ -166,8 +163,9 @@ class WorkerPool:
         results[worker.item] = (status, correct)
         worker.item, worker.item_deadline = None, math.inf
 
-    def _dispatch(self, pending: collections.deque, requests: Sequence[tuple[str, str]], results: list,
-                  item_deadline: float) -> None:
+    def _dispatch(
+        self, pending: collections.deque, requests: Sequence[tuple[str, str]], results: list, item_deadline: float
+    ) -> None:
         for worker in list(self._workers):
             if not pending:
                 return

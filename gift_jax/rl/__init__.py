@@ -1,4 +1,5 @@
 """gift_jax.rl: pure GRPO pieces (advantages, policy losses, KL estimators, loss aggregation)."""
+
 from gift_jax.rl.grpo import (
     AGG_MODES,
     KL_KINDS,

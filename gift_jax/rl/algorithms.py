@@ -7,6 +7,7 @@ runs after the step's updates (ReLIFT buffers questions whose rollouts all faile
 state (ReLIFT's buffer) lives in the algorithm object and travels in the checkpoint metadata.
 Adding an algorithm is one class here with `@register`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -104,8 +105,16 @@ class LUFFY(GRPO):
 
 def _sft_update(state: TrainState, batch, *, graphdef, tx, config: DemonstrationStepConfig, param_shardings):
     """An SFT update that leaves the learning-rate schedule where it was (it is sized for the RL updates)."""
-    new_state, metrics = demonstration_step(state, None, batch, graphdef=graphdef, base_graphdef=graphdef, tx=tx,
-                                            config=config, param_shardings=param_shardings)
+    new_state, metrics = demonstration_step(
+        state,
+        None,
+        batch,
+        graphdef=graphdef,
+        base_graphdef=graphdef,
+        tx=tx,
+        config=config,
+        param_shardings=param_shardings,
+    )
     return new_state._replace(opt_state=hold_schedule_position(new_state.opt_state, state.opt_state)), metrics
 
 
@@ -126,11 +135,18 @@ class ReLIFT(GRPO):
         super().__init__(ctx)
         c = ctx.config
         self.buffer: list[tuple[str, str]] = []
-        self.max_length = max(len(ctx.tokenizer.encode_prompt(rec[c.data.prompt_key])) for rec in ctx.records) \
+        self.max_length = (
+            max(len(ctx.tokenizer.encode_prompt(rec[c.data.prompt_key])) for rec in ctx.records)
             + c.rollout.max_new_tokens
+        )
         step_config = DemonstrationStepConfig("sft", chunk_size=c.algo.chunk_size, num_micro=ctx.sizes.relift_micro)
-        self.sft_fn = jit_update(functools.partial(_sft_update, graphdef=ctx.graphdef, tx=ctx.tx, config=step_config,
-                                                   param_shardings=ctx.param_shardings), ctx.state, ctx.mesh)
+        self.sft_fn = jit_update(
+            functools.partial(
+                _sft_update, graphdef=ctx.graphdef, tx=ctx.tx, config=step_config, param_shardings=ctx.param_shardings
+            ),
+            ctx.state,
+            ctx.mesh,
+        )
 
     def after_update(self, state, records, rewards):
         c, tokenizer = self.ctx.config, self.ctx.tokenizer
@@ -147,8 +163,9 @@ class ReLIFT(GRPO):
         # bucketed to limit recompiles.
         rows = [(e.token_ids, e.loss_mask) for e in examples] + [None] * (len(pairs) - len(examples))
         width = bucket_size(max(len(e.token_ids) for e in examples) - 1, minimum=64)
-        state, metrics = self.sft_fn(state, place_global_batch(collate_sft_batch(rows, width, tokenizer.pad_id),
-                                                               self.ctx.mesh))
+        state, metrics = self.sft_fn(
+            state, place_global_batch(collate_sft_batch(rows, width, tokenizer.pad_id), self.ctx.mesh)
+        )
         return state, {"relift_sft_nll": float(metrics["nll"])}
 
     def state_dict(self):

@@ -3,6 +3,7 @@
 Section ranges are checked when the config is loaded; `validate_rl_config` adds the checks that need
 the device count or the file system and returns the derived sizes.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -45,8 +46,9 @@ class RolloutSection:
         require_at_least(self, 2, "group_size")
         require_at_least(self, 1, "max_new_tokens", "max_concurrent_rows")
         if not self.temperature > 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
-            raise ValueError(f"need temperature > 0, top_p in (0, 1], top_k >= 0; got {self.temperature}, "
-                             f"{self.top_p}, {self.top_k}")
+            raise ValueError(
+                f"need temperature > 0, top_p in (0, 1], top_k >= 0; got {self.temperature}, {self.top_p}, {self.top_k}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,8 +75,11 @@ class AlgoSection:
         if self.method not in ALGORITHMS:
             raise ValueError(f"algo.method={self.method!r} is not one of {sorted(ALGORITHMS)}")
         require_at_least(self, 1, "ppo_epochs", "mini_batch_prompts", "relift_batch", "chunk_size")
-        problems = [f"{name} must be >= 0, got {getattr(self, name)}" for name in ("clip_low", "clip_high", "kl_coef")
-                    if getattr(self, name) < 0]
+        problems = [
+            f"{name} must be >= 0, got {getattr(self, name)}"
+            for name in ("clip_low", "clip_high", "kl_coef")
+            if getattr(self, name) < 0
+        ]
         if not self.clip_low < 1:
             problems.append(f"clip_low must be < 1, got {self.clip_low}")
         if self.dual_clip_c is not None and self.dual_clip_c <= 1:
@@ -109,8 +114,9 @@ class RLTrainSection(RunSection):
 
     def __post_init__(self):
         super().__post_init__()
-        require_at_least(self, 1, "prompts_per_step", "epochs", "micro_batch_per_device", "eval_k",
-                         "eval_max_new_tokens")
+        require_at_least(
+            self, 1, "prompts_per_step", "epochs", "micro_batch_per_device", "eval_k", "eval_max_new_tokens"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,21 +153,30 @@ def validate_rl_config(config: RLStageConfig, *, num_devices: int, check_paths: 
     per_update = devices * t.micro_batch_per_device
     rows = a.mini_batch_prompts * r.group_size
     if t.prompts_per_step % a.mini_batch_prompts:
-        problems.append(f"train.prompts_per_step={t.prompts_per_step} is not divisible by "
-                        f"algo.mini_batch_prompts={a.mini_batch_prompts}")
+        problems.append(
+            f"train.prompts_per_step={t.prompts_per_step} is not divisible by "
+            f"algo.mini_batch_prompts={a.mini_batch_prompts}"
+        )
     if rows % per_update:
-        problems.append(f"a mini-batch of {a.mini_batch_prompts} prompts x {r.group_size} rollouts = {rows} rows "
-                        f"is not divisible by batch devices ({devices}) x train.micro_batch_per_device "
-                        f"({t.micro_batch_per_device})")
+        problems.append(
+            f"a mini-batch of {a.mini_batch_prompts} prompts x {r.group_size} rollouts = {rows} rows "
+            f"is not divisible by batch devices ({devices}) x train.micro_batch_per_device "
+            f"({t.micro_batch_per_device})"
+        )
     problems += ALGORITHMS[a.method].size_problems(a, batch_devices=devices)
     if problems:
         raise ValueError("invalid RL-stage config:\n  - " + "\n  - ".join(problems))
-    return RLSizes(num_micro=rows // per_update, mini_batches=t.prompts_per_step // a.mini_batch_prompts,
-                   relift_micro=_fewest_micro_batches(max(a.relift_batch // (devices), 1),
-                                                      t.micro_batch_per_device))
+    return RLSizes(
+        num_micro=rows // per_update,
+        mini_batches=t.prompts_per_step // a.mini_batch_prompts,
+        relift_micro=_fewest_micro_batches(max(a.relift_batch // (devices), 1), t.micro_batch_per_device),
+    )
 
 
 def _fewest_micro_batches(rows_per_device: int, max_rows_per_micro: int) -> int:
     """The fewest micro-batches that split `rows_per_device` evenly into at most `max_rows_per_micro` each."""
-    return next(n for n in range(1, rows_per_device + 1)
-                if rows_per_device % n == 0 and rows_per_device // n <= max_rows_per_micro)
+    return next(
+        n
+        for n in range(1, rows_per_device + 1)
+        if rows_per_device % n == 0 and rows_per_device // n <= max_rows_per_micro
+    )

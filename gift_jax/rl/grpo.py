@@ -11,6 +11,7 @@ mini-batch's denominator once with `loss_denominator`, passes it to each micro-b
 `global_denominator`, and sums the micro-batch losses. The result equals the loss of the whole
 mini-batch computed in one piece, whatever the micro-batch size.
 """
+
 from typing import Literal
 
 import jax
@@ -30,8 +31,7 @@ K3_CLAMP = 10.0
 LUFFY_GAMMA = 0.1
 
 
-def grpo_advantages(rewards: jax.Array, group_size: int, *, norm_by_std: bool = False,
-                    eps: float = 1e-6) -> jax.Array:
+def grpo_advantages(rewards: jax.Array, group_size: int, *, norm_by_std: bool = False, eps: float = 1e-6) -> jax.Array:
     """Group-relative advantages: each reward minus the mean reward of its prompt's group.
 
     Args:
@@ -44,14 +44,14 @@ def grpo_advantages(rewards: jax.Array, group_size: int, *, norm_by_std: bool = 
       `[num_prompts * group_size]` float32 advantages.
     """
     if rewards.ndim != 1:
-        raise ValueError(f"grpo_advantages: rewards must be flat [num_prompts * group_size], "
-                         f"got shape {rewards.shape}")
+        raise ValueError(f"grpo_advantages: rewards must be flat [num_prompts * group_size], got shape {rewards.shape}")
     if group_size < 2:
-        raise ValueError(f"grpo_advantages: group_size must be >= 2 (a single rollout has no "
-                         f"group to compare against), got {group_size}")
+        raise ValueError(
+            f"grpo_advantages: group_size must be >= 2 (a single rollout has no "
+            f"group to compare against), got {group_size}"
+        )
     if rewards.shape[0] % group_size:
-        raise ValueError(f"grpo_advantages: {rewards.shape[0]} rewards do not split into groups "
-                         f"of {group_size}")
+        raise ValueError(f"grpo_advantages: {rewards.shape[0]} rewards do not split into groups of {group_size}")
     grouped = rewards.astype(jnp.float32).reshape(-1, group_size)
     centred = grouped - grouped.mean(axis=1, keepdims=True)
     if norm_by_std:
@@ -65,8 +65,7 @@ def per_sequence_to_tokens(values: jax.Array, like: jax.Array, name: str) -> jax
         return values
     if values.shape == like.shape[:1]:
         return jnp.broadcast_to(values[:, None], like.shape)
-    raise ValueError(f"{name} must have shape [B]={like.shape[:1]} or [B, T]={like.shape}, "
-                     f"got {values.shape}")
+    raise ValueError(f"{name} must have shape [B]={like.shape[:1]} or [B, T]={like.shape}, got {values.shape}")
 
 
 def log_ratio(logprobs: jax.Array, old_logprobs: jax.Array) -> jax.Array:
@@ -74,9 +73,15 @@ def log_ratio(logprobs: jax.Array, old_logprobs: jax.Array) -> jax.Array:
     return jnp.clip(logprobs - old_logprobs, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
 
 
-def ppo_clip_per_token(logprobs: jax.Array, old_logprobs: jax.Array, advantages: jax.Array, *,
-                       clip_low: float = 0.2, clip_high: float = 0.2,
-                       dual_clip_c: float | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+def ppo_clip_per_token(
+    logprobs: jax.Array,
+    old_logprobs: jax.Array,
+    advantages: jax.Array,
+    *,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    dual_clip_c: float | None = None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Token-level PPO clipped surrogate (loss to minimise), with optional dual clip.
 
     `loss = max(-A r, -A clip(r, 1 - clip_low, 1 + clip_high))`, `r = exp(logp - logp_old)`.
@@ -94,8 +99,9 @@ def ppo_clip_per_token(logprobs: jax.Array, old_logprobs: jax.Array, advantages:
       cap is active.
     """
     if dual_clip_c is not None and dual_clip_c <= 1.0:
-        raise ValueError(f"dual_clip_c must be > 1 (it caps the ratio of negative-advantage "
-                         f"tokens from above), got {dual_clip_c}")
+        raise ValueError(
+            f"dual_clip_c must be > 1 (it caps the ratio of negative-advantage tokens from above), got {dual_clip_c}"
+        )
     advantages = per_sequence_to_tokens(advantages, logprobs, "advantages")
     ratio = jnp.exp(log_ratio(logprobs, old_logprobs))
     unclipped_loss = -advantages * ratio
@@ -109,8 +115,7 @@ def ppo_clip_per_token(logprobs: jax.Array, old_logprobs: jax.Array, advantages:
     return jnp.where(dual_clipped, cap, loss), clipped, dual_clipped
 
 
-def luffy_shaped_per_token(logprobs: jax.Array, advantages: jax.Array, *,
-                           gamma: float = LUFFY_GAMMA) -> jax.Array:
+def luffy_shaped_per_token(logprobs: jax.Array, advantages: jax.Array, *, gamma: float = LUFFY_GAMMA) -> jax.Array:
     """LUFFY's policy-shaped objective for off-policy (expert) tokens, as a loss to minimise.
 
     Yan et al. 2025, "Learning to Reason under Off-Policy Guidance" (LUFFY): expert tokens were
@@ -159,8 +164,7 @@ def _sequence_has_tokens(mask: jax.Array) -> jax.Array:
     return (mask.sum(axis=-1) > 0).astype(jnp.float32)
 
 
-def loss_denominator(mask: jax.Array, agg_mode: AggMode, *,
-                     seq_normaliser: float | None = None) -> jax.Array:
+def loss_denominator(mask: jax.Array, agg_mode: AggMode, *, seq_normaliser: float | None = None) -> jax.Array:
     """The count a loss over `mask` (`[B, T]`) is divided by, as a float32 scalar.
 
     token-mean:              number of masked tokens.
@@ -182,8 +186,9 @@ def loss_denominator(mask: jax.Array, agg_mode: AggMode, *,
     raise ValueError(f"unknown agg_mode {agg_mode!r}; expected one of {AGG_MODES}")
 
 
-def aggregate(per_token_loss: jax.Array, mask: jax.Array, agg_mode: AggMode, *,
-              seq_normaliser: float | None = None) -> tuple[jax.Array, jax.Array]:
+def aggregate(
+    per_token_loss: jax.Array, mask: jax.Array, agg_mode: AggMode, *, seq_normaliser: float | None = None
+) -> tuple[jax.Array, jax.Array]:
     """Splits a masked `[B, T]` loss into `(numerator, denominator)` scalars; loss = num / den.
 
     token-mean:              num = sum of masked token losses,         den = number of tokens.
@@ -210,17 +215,21 @@ def aggregate(per_token_loss: jax.Array, mask: jax.Array, agg_mode: AggMode, *,
     return numerator, loss_denominator(mask, agg_mode, seq_normaliser=seq_normaliser)
 
 
-def aggregate_loss(per_token_loss: jax.Array, mask: jax.Array, agg_mode: AggMode, *,
-                   seq_normaliser: float | None = None,
-                   global_denominator: jax.Array | None = None) -> jax.Array:
+def aggregate_loss(
+    per_token_loss: jax.Array,
+    mask: jax.Array,
+    agg_mode: AggMode,
+    *,
+    seq_normaliser: float | None = None,
+    global_denominator: jax.Array | None = None,
+) -> jax.Array:
     """Scalar loss: `aggregate`'s numerator over `global_denominator` (default: its own).
 
     A micro-batch passes the mini-batch's `loss_denominator` as `global_denominator`; summing the
     micro-batch losses then gives exactly the mini-batch loss. The denominator is floored at 1 so
     an all-padding batch gives 0 instead of nan.
     """
-    numerator, denominator = aggregate(per_token_loss, mask, agg_mode,
-                                       seq_normaliser=seq_normaliser)
+    numerator, denominator = aggregate(per_token_loss, mask, agg_mode, seq_normaliser=seq_normaliser)
     if global_denominator is not None:
         denominator = global_denominator
     return numerator / jnp.maximum(denominator, 1.0)
@@ -232,8 +241,9 @@ def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
     return (values * mask).sum() / jnp.maximum(mask.sum(), 1.0)
 
 
-def policy_stats(logprobs: jax.Array, old_logprobs: jax.Array, mask: jax.Array,
-                 clipped: jax.Array, dual_clipped: jax.Array) -> dict[str, jax.Array]:
+def policy_stats(
+    logprobs: jax.Array, old_logprobs: jax.Array, mask: jax.Array, clipped: jax.Array, dual_clipped: jax.Array
+) -> dict[str, jax.Array]:
     """Diagnostics of one policy update, token means over `mask` (all inputs `[B, T]`).
 
     clip_frac / dual_clip_frac: share of tokens whose gradient the (dual) clip removed.
@@ -253,12 +263,19 @@ def policy_stats(logprobs: jax.Array, old_logprobs: jax.Array, mask: jax.Array,
     }
 
 
-def policy_loss(logprobs: jax.Array, old_logprobs: jax.Array, advantages: jax.Array,
-                mask: jax.Array, *, clip_low: float = 0.2, clip_high: float = 0.2,
-                agg_mode: AggMode = "token-mean", dual_clip_c: float | None = None,
-                seq_normaliser: float | None = None,
-                global_denominator: jax.Array | None = None
-                ) -> tuple[jax.Array, dict[str, jax.Array]]:
+def policy_loss(
+    logprobs: jax.Array,
+    old_logprobs: jax.Array,
+    advantages: jax.Array,
+    mask: jax.Array,
+    *,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    agg_mode: AggMode = "token-mean",
+    dual_clip_c: float | None = None,
+    seq_normaliser: float | None = None,
+    global_denominator: jax.Array | None = None,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Aggregated PPO-clip policy loss of a batch (`ppo_clip_per_token` + `aggregate_loss`).
 
     Args:
@@ -269,22 +286,33 @@ def policy_loss(logprobs: jax.Array, old_logprobs: jax.Array, advantages: jax.Ar
       `(loss [], metrics)`; metrics are `policy_stats` plus `pg_loss`.
     """
     per_token, clipped, dual_clipped = ppo_clip_per_token(
-        logprobs, old_logprobs, advantages, clip_low=clip_low, clip_high=clip_high,
-        dual_clip_c=dual_clip_c)
-    loss = aggregate_loss(per_token, mask, agg_mode, seq_normaliser=seq_normaliser,
-                          global_denominator=global_denominator)
+        logprobs, old_logprobs, advantages, clip_low=clip_low, clip_high=clip_high, dual_clip_c=dual_clip_c
+    )
+    loss = aggregate_loss(
+        per_token, mask, agg_mode, seq_normaliser=seq_normaliser, global_denominator=global_denominator
+    )
     metrics = policy_stats(logprobs, old_logprobs, mask, clipped, dual_clipped)
     metrics["pg_loss"] = loss
     return loss, metrics
 
 
-def grpo_loss_terms(logprobs: jax.Array, old_logprobs: jax.Array, advantages: jax.Array,
-                    mask: jax.Array, *, clip_low: float = 0.2, clip_high: float = 0.2,
-                    dual_clip_c: float | None = None, is_expert: jax.Array | None = None,
-                    shaping_gamma: float = LUFFY_GAMMA,
-                    ref_logprobs: jax.Array | None = None, kl_coef: float = 0.0,
-                    kl_kind: KLKind = "k3", entropy: jax.Array | None = None,
-                    entropy_coef: float = 0.0) -> tuple[jax.Array, dict[str, jax.Array]]:
+def grpo_loss_terms(
+    logprobs: jax.Array,
+    old_logprobs: jax.Array,
+    advantages: jax.Array,
+    mask: jax.Array,
+    *,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    dual_clip_c: float | None = None,
+    is_expert: jax.Array | None = None,
+    shaping_gamma: float = LUFFY_GAMMA,
+    ref_logprobs: jax.Array | None = None,
+    kl_coef: float = 0.0,
+    kl_kind: KLKind = "k3",
+    entropy: jax.Array | None = None,
+    entropy_coef: float = 0.0,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Per-token GRPO loss with every optional term, ready for `aggregate` / `aggregate_loss`.
 
         loss_t = pg_t + kl_coef * KL_t - entropy_coef * H_t
@@ -304,8 +332,8 @@ def grpo_loss_terms(logprobs: jax.Array, old_logprobs: jax.Array, advantages: ja
     """
     mask = mask.astype(jnp.float32)
     per_token, clipped, dual_clipped = ppo_clip_per_token(
-        logprobs, old_logprobs, advantages, clip_low=clip_low, clip_high=clip_high,
-        dual_clip_c=dual_clip_c)
+        logprobs, old_logprobs, advantages, clip_low=clip_low, clip_high=clip_high, dual_clip_c=dual_clip_c
+    )
     on_policy_mask = mask
     stats = {}
     if is_expert is not None:

@@ -3,6 +3,7 @@
 Rows are grouped by prompt (prompt i's rollouts at rows i*G ... i*G+G-1), as `grpo_advantages`
 expects. All arrays are numpy; the loop shards them onto the mesh.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -18,14 +19,18 @@ def completion_arrays(completions: Sequence[Sequence[int]], width: int, pad_id: 
     mask = np.zeros((len(completions), width), np.int32)
     for row, tokens in enumerate(completions):
         tokens = list(tokens)[:width]
-        ids[row, :len(tokens)] = tokens
-        mask[row, :len(tokens)] = 1
+        ids[row, : len(tokens)] = tokens
+        mask[row, : len(tokens)] = 1
     return ids, mask
 
 
-def insert_expert_rows(result: SampleResult, expert_ids: np.ndarray, expert_mask: np.ndarray,
-                       samples_per_prompt: int, expert_truncated: np.ndarray | None = None
-                       ) -> tuple[SampleResult, np.ndarray]:
+def insert_expert_rows(
+    result: SampleResult,
+    expert_ids: np.ndarray,
+    expert_mask: np.ndarray,
+    samples_per_prompt: int,
+    expert_truncated: np.ndarray | None = None,
+) -> tuple[SampleResult, np.ndarray]:
     """LUFFY groups: after each prompt's `samples_per_prompt` rollouts, append its expert completion.
 
     Returns the enlarged result (group size `samples_per_prompt + 1`; expert rows get log-prob 0 and
@@ -43,10 +48,12 @@ def insert_expert_rows(result: SampleResult, expert_ids: np.ndarray, expert_mask
     expert_rows = {
         "prompt_ids": result.prompt_ids.reshape(num_prompts, g, -1)[:, 0],
         "prompt_mask": result.prompt_mask.reshape(num_prompts, g, -1)[:, 0],
-        "completion_ids": expert_ids, "completion_mask": expert_mask,
+        "completion_ids": expert_ids,
+        "completion_mask": expert_mask,
         "lengths": expert_mask.sum(axis=1).astype(np.int32),
         "truncated": np.zeros(num_prompts, bool) if expert_truncated is None else np.asarray(expert_truncated, bool),
-        "logprobs": zeros, "entropies": zeros,  # not sampled: recomputed by the training forward
+        "logprobs": zeros,
+        "entropies": zeros,  # not sampled: recomputed by the training forward
     }
     merged = SampleResult(**{name: grouped(getattr(result, name), expert_rows[name]) for name in SampleResult._fields})
     is_expert = np.tile(np.arange(g + 1) == g, num_prompts)
@@ -73,5 +80,7 @@ def update_batch(result: SampleResult, advantages: np.ndarray, is_expert: np.nda
 def group_outcomes(rewards: np.ndarray, group_size: int) -> dict[str, float]:
     """Share of prompts whose rollouts were all correct / all wrong (no learning signal either way)."""
     grouped = np.asarray(rewards).reshape(-1, group_size)
-    return {"groups_all_correct": float(np.mean(grouped.min(axis=1) >= 1.0)),
-            "groups_all_wrong": float(np.mean(grouped.max(axis=1) <= 0.0))}
+    return {
+        "groups_all_correct": float(np.mean(grouped.min(axis=1) >= 1.0)),
+        "groups_all_wrong": float(np.mean(grouped.max(axis=1) <= 0.0)),
+    }

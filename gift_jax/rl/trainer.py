@@ -11,6 +11,7 @@ host data. All draw the same prompts, the sampler runs sharded over the global m
 process all rollouts, process 0 scores them and sends the rewards to the others, and each process places
 its own rows of the update batch. Only process 0 writes metrics; all take part in checkpoints.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -50,12 +51,14 @@ def _validation_problems(d) -> list:
     records = read_benchmark_records(d.val_file)
     same_layout = bool(records) and {d.prompt_key, d.answer_key} <= set(records[0])
     fields = dict(problem_field=d.prompt_key, answer_field=d.answer_key) if same_layout else {}
-    return load_benchmark(d.val_file, name="validation", limit=d.val_limit, math_instruction=d.val_instruction,
-                          **fields)
+    return load_benchmark(
+        d.val_file, name="validation", limit=d.val_limit, math_instruction=d.val_instruction, **fields
+    )
 
 
-def _score_once(scorer: RewardScorer, responses: list[str], answers: list[str], kind: str
-                ) -> tuple[np.ndarray, int, int]:
+def _score_once(
+    scorer: RewardScorer, responses: list[str], answers: list[str], kind: str
+) -> tuple[np.ndarray, int, int]:
     """`([B] float32 rewards, timed-out count, crashed count)`, identical on every process.
 
     Process 0 scores and sends the result: the per-item time limits are wall-clock, so processes
@@ -75,8 +78,10 @@ def _score_once(scorer: RewardScorer, responses: list[str], answers: list[str], 
 def _response_texts(tokenizer, result, is_expert, expert_texts: list[str]) -> list[str]:
     """Decoded completions; an expert row is scored on the expert's full text: one cut at max_new_tokens
     loses its final answer, and a reward of 0 would push the update *away* from the expert trace."""
-    texts = [tokenizer.decode(ids[:n], skip_special_tokens=True)
-             for ids, n in zip(result.completion_ids, result.lengths, strict=True)]
+    texts = [
+        tokenizer.decode(ids[:n], skip_special_tokens=True)
+        for ids, n in zip(result.completion_ids, result.lengths, strict=True)
+    ]
     if is_expert is None:
         return texts
     expert = iter(expert_texts)
@@ -87,9 +92,14 @@ def _rollout_metrics(result, rewards, is_expert, group_size: int) -> dict[str, f
     """Reward and length statistics of the on-policy rows."""
     on_policy = ~is_expert if is_expert is not None else np.ones(len(rewards), bool)
     lengths = result.lengths[on_policy]
-    return dict(reward_mean=float(rewards[on_policy].mean()), accuracy=float((rewards[on_policy] > 0).mean()),
-                response_length_mean=float(lengths.mean()), response_length_max=float(lengths.max()),
-                truncated_frac=float(result.truncated[on_policy].mean()), **group_outcomes(rewards, group_size))
+    return dict(
+        reward_mean=float(rewards[on_policy].mean()),
+        accuracy=float((rewards[on_policy] > 0).mean()),
+        response_length_mean=float(lengths.mean()),
+        response_length_max=float(lengths.max()),
+        truncated_frac=float(result.truncated[on_policy].mean()),
+        **group_outcomes(rewards, group_size),
+    )
 
 
 class _Timer(dict):
@@ -129,17 +139,28 @@ class _RLStep:
         c, tokenizer = self.config, self.tokenizer
         with timer("rollout"):
             prompts = [tokenizer.encode_prompt(rec[c.data.prompt_key]) for rec in records]
-            result, engine_stats = run_engine(nnx.merge(self.graphdef, params), prompts, self.sampling,
-                                              jax.random.fold_in(jax.random.key(c.train.seed), step), mesh=self.mesh)
-        metrics = {"rollout_tokens_per_s": int(result.lengths.sum()) / max(timer["time_rollout_s"], 1e-9),
-                   **engine_stats.metrics()}
+            result, engine_stats = run_engine(
+                nnx.merge(self.graphdef, params),
+                prompts,
+                self.sampling,
+                jax.random.fold_in(jax.random.key(c.train.seed), step),
+                mesh=self.mesh,
+            )
+        metrics = {
+            "rollout_tokens_per_s": int(result.lengths.sum()) / max(timer["time_rollout_s"], 1e-9),
+            **engine_stats.metrics(),
+        }
         result, is_expert, extra = self.algorithm.augment(result, records)
         with timer("reward"):
             responses = _response_texts(tokenizer, result, is_expert, [rec.get(c.data.expert_key) for rec in records])
             answers = [rec[c.data.answer_key] for rec in records for _ in range(c.rollout.group_size)]
             rewards, timed_out, crashed = _score_once(self.scorer, responses, answers, c.reward.kind)
-        metrics.update(extra, reward_timed_out=float(timed_out), reward_crashed=float(crashed),
-                       **_rollout_metrics(result, rewards, is_expert, c.rollout.group_size))
+        metrics.update(
+            extra,
+            reward_timed_out=float(timed_out),
+            reward_crashed=float(crashed),
+            **_rollout_metrics(result, rewards, is_expert, c.rollout.group_size),
+        )
         return result, is_expert, rewards, metrics
 
     def update(self, state, result, is_expert, rewards, records: list[dict], timer: _Timer):
@@ -155,8 +176,9 @@ class _RLStep:
             if self.base_params is not None:
                 batch["ref_logprobs"], _ = self.logprob_fn(self.base_params, batch)
                 on_policy = batch["completion_mask"] * (~batch["is_expert"])[:, None]
-                device_metrics["kl_to_base"] = jnp.sum((batch["old_logprobs"] - batch["ref_logprobs"]) * on_policy) \
-                    / jnp.maximum(jnp.sum(on_policy), 1.0)
+                device_metrics["kl_to_base"] = jnp.sum(
+                    (batch["old_logprobs"] - batch["ref_logprobs"]) * on_policy
+                ) / jnp.maximum(jnp.sum(on_policy), 1.0)
             outs = []
             for _ in range(a.ppo_epochs):
                 for minibatch in split_minibatches(batch, self.sizes.mini_batches):
@@ -165,23 +187,34 @@ class _RLStep:
             state, host_metrics = self.algorithm.after_update(state, records, rewards)
             jax.block_until_ready(state.params)
         device_metrics.update({k: jnp.mean(jnp.stack([out[k] for out in outs])) for k in outs[0]})
-        host_metrics["update_tokens_per_s"] = float(np.sum(result.completion_mask)) * a.ppo_epochs \
-            / max(timer["time_update_s"], 1e-9)
+        host_metrics["update_tokens_per_s"] = (
+            float(np.sum(result.completion_mask)) * a.ppo_epochs / max(timer["time_update_s"], 1e-9)
+        )
         return state, device_metrics, host_metrics
 
 
 def rl_step_config(config: RLStageConfig, sizes) -> RLStepConfig:
     """The static settings of the GRPO-family update, from the stage config and its derived sizes."""
     a, r = config.algo, config.rollout
-    return RLStepConfig(algo=a, num_micro=sizes.num_micro, seq_normaliser=float(r.max_new_tokens),
-                        temperature=r.temperature, use_expert=ALGORITHMS[a.method].expert_rows)
+    return RLStepConfig(
+        algo=a,
+        num_micro=sizes.num_micro,
+        seq_normaliser=float(r.max_new_tokens),
+        temperature=r.temperature,
+        use_expert=ALGORITHMS[a.method].expert_rows,
+    )
 
 
 def jit_rl_update(step_config: RLStepConfig, state, mesh, *, graphdef, tx):
     """The RL stage's jitted update `(state, batch) -> (state, metrics)` exactly as the loop runs it;
     `state` may be abstract (the compile-only fit check compiles this same function)."""
-    return jit_update(functools.partial(rl_train_step, graphdef=graphdef, tx=tx, config=step_config,
-                                        param_shardings=param_shardings(state.params)), state, mesh)
+    return jit_update(
+        functools.partial(
+            rl_train_step, graphdef=graphdef, tx=tx, config=step_config, param_shardings=param_shardings(state.params)
+        ),
+        state,
+        mesh,
+    )
 
 
 def _build_step(config: RLStageConfig, run: StageRun, scorer, tokenizer, records, sizes, total_steps: int):
@@ -191,17 +224,32 @@ def _build_step(config: RLStageConfig, run: StageRun, scorer, tokenizer, records
     base_params = run.load_base()[1] if m.base_path and (a.kl_coef or a.track_kl_to_base) else None
     tx = make_optimizer(config.optim, total_steps * sizes.mini_batches * a.ppo_epochs)
     state = init_train_state(params, tx, run.mesh)
-    algorithm = ALGORITHMS[a.method](RLContext(config, tokenizer, run.mesh, graphdef, tx, state,
-                                               param_shardings(params), sizes, records))
+    algorithm = ALGORITHMS[a.method](
+        RLContext(config, tokenizer, run.mesh, graphdef, tx, state, param_shardings(params), sizes, records)
+    )
     update_fn = jit_rl_update(rl_step_config(config, sizes), state, run.mesh, graphdef=graphdef, tx=tx)
-    logprob_fn = jax.jit(functools.partial(rollout_logprobs, graphdef=graphdef, temperature=r.temperature,
-                                           chunk_size=a.chunk_size, num_micro=sizes.mini_batches * sizes.num_micro))
-    sampling = SamplingConfig(max_new_tokens=r.max_new_tokens, num_samples=algorithm.samples_per_prompt(r.group_size),
-                              temperature=r.temperature, top_k=r.top_k, top_p=r.top_p, stop_ids=tokenizer.stop_ids,
-                              pad_id=tokenizer.pad_id,
-                              max_concurrent_rows=r.max_concurrent_rows or slots_for_budget(r.max_new_tokens))
-    return state, _RLStep(config, tokenizer, algorithm, scorer, run.mesh, sizes, graphdef, base_params, update_fn,
-                          logprob_fn, sampling)
+    logprob_fn = jax.jit(
+        functools.partial(
+            rollout_logprobs,
+            graphdef=graphdef,
+            temperature=r.temperature,
+            chunk_size=a.chunk_size,
+            num_micro=sizes.mini_batches * sizes.num_micro,
+        )
+    )
+    sampling = SamplingConfig(
+        max_new_tokens=r.max_new_tokens,
+        num_samples=algorithm.samples_per_prompt(r.group_size),
+        temperature=r.temperature,
+        top_k=r.top_k,
+        top_p=r.top_p,
+        stop_ids=tokenizer.stop_ids,
+        pad_id=tokenizer.pad_id,
+        max_concurrent_rows=r.max_concurrent_rows or slots_for_budget(r.max_new_tokens),
+    )
+    return state, _RLStep(
+        config, tokenizer, algorithm, scorer, run.mesh, sizes, graphdef, base_params, update_fn, logprob_fn, sampling
+    )
 
 
 def run_rl_stage(config: RLStageConfig, workdir: str | Path, *, max_steps: int | None = None) -> dict:
@@ -213,16 +261,23 @@ def run_rl_stage(config: RLStageConfig, workdir: str | Path, *, max_steps: int |
         records = read_records(d.train_file, keys, ground_truth_key=d.answer_key, ground_truth_kind=config.reward.kind)
     total_steps = math.ceil(len(records) * t.epochs / t.prompts_per_step)
     stop_at = min(total_steps, t.max_steps or total_steps, max_steps or total_steps)
-    with StageRun(workdir, config, desc=f"rl[{a.method}]", best="max") as run, \
-            RewardScorer(num_workers=config.reward.num_workers, timeout_s=config.reward.timeout_s) as scorer:
+    with (
+        StageRun(workdir, config, desc=f"rl[{a.method}]", best="max") as run,
+        RewardScorer(num_workers=config.reward.num_workers, timeout_s=config.reward.timeout_s) as scorer,
+    ):
         tokenizer = load_tokenizer(m.path, m.chat_template)
-        check_record_fields(tokenizer, records, source=str(d.train_file),
-                            keys=[k for k in records[0] if k != d.answer_key])
+        check_record_fields(
+            tokenizer, records, source=str(d.train_file), keys=[k for k in records[0] if k != d.answer_key]
+        )
         stream = PromptStream(records, seed=t.seed)  # the whole batch on every process (module docstring)
         val_problems = _validation_problems(d) if d.val_file else None
-        eval_config = EvalConfig(num_samples=t.eval_k, temperature=t.eval_temperature, seed=t.seed,
-                                 max_new_tokens=t.eval_max_new_tokens or r.max_new_tokens,
-                                 max_concurrent_rows=r.max_concurrent_rows)
+        eval_config = EvalConfig(
+            num_samples=t.eval_k,
+            temperature=t.eval_temperature,
+            seed=t.seed,
+            max_new_tokens=t.eval_max_new_tokens or r.max_new_tokens,
+            max_concurrent_rows=r.max_concurrent_rows,
+        )
         state, rl_step = _build_step(config, run, scorer, tokenizer, records, sizes, total_steps)
         state, meta = run.resume(state, stop_at=stop_at)
         if meta:
@@ -231,19 +286,32 @@ def run_rl_stage(config: RLStageConfig, workdir: str | Path, *, max_steps: int |
         while run.step < stop_at:
             timer, batch_records = _Timer(), stream.next_batch(t.prompts_per_step)
             result, is_expert, rewards, rollout_metrics = rl_step.rollouts(state.params, batch_records, run.step, timer)
-            state, device_metrics, update_metrics = rl_step.update(state, result, is_expert, rewards, batch_records,
-                                                                   timer)
+            state, device_metrics, update_metrics = rl_step.update(
+                state, result, is_expert, rewards, batch_records, timer
+            )
             run.step += 1
             run.log(device_metrics, **rollout_metrics, **update_metrics, **timer)
             score = None
             if val_problems is not None and (t.eval_every and run.step % t.eval_every == 0 or run.step == stop_at):
                 with run.host_work():
                     model = nnx.merge(rl_step.graphdef, state.params)
-                    val = evaluate_problems(model, tokenizer, val_problems, eval_config, scorer, name="validation",
-                                            mesh=run.mesh, progress=False).metrics()
+                    val = evaluate_problems(
+                        model,
+                        tokenizer,
+                        val_problems,
+                        eval_config,
+                        scorer,
+                        name="validation",
+                        mesh=run.mesh,
+                        progress=False,
+                    ).metrics()
                 run.write(val, prefix="val/")
                 score = val[f"avg@{t.eval_k}"]
             periodic = bool(t.checkpoint_every and run.step % t.checkpoint_every == 0) or run.step == stop_at
-            run.checkpoint(state, {"prompt_stream": stream.get_state(), **rl_step.algorithm.state_dict()}, score=score,
-                           periodic=periodic)
+            run.checkpoint(
+                state,
+                {"prompt_stream": stream.get_state(), **rl_step.algorithm.state_dict()},
+                score=score,
+                periodic=periodic,
+            )
         return run.finish(state, {f"best_val_avg@{t.eval_k}": run.best_score})

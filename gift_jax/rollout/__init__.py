@@ -1,13 +1,14 @@
 """Rollouts: KV-cache sampling from the policy, as one static batch (`sampler.py`) or on the
 continuous-batching engine (`engine.py`)."""
+
 from gift_jax.rollout.bucketing import bucket_size
 from gift_jax.rollout.engine import (
-                                     EngineShape,
-                                     EngineStats,
-                                     abstract_decode_inputs,
-                                     run_engine,
-                                     sample_continuous,
-                                     slots_for_budget,
+    EngineShape,
+    EngineStats,
+    abstract_decode_inputs,
+    run_engine,
+    sample_continuous,
+    slots_for_budget,
 )
 from gift_jax.rollout.sampler import Generation, SampleResult, SamplingConfig, generate, left_pad, sample, sample_static
 from gift_jax.rollout.token_sampling import TokenChoice, TokenRule, choose_tokens, first_argmax

@@ -5,6 +5,7 @@ width, generation length and row count are therefore rounded up: to a power of t
 (at most 2x padding, where it costs little), then to a multiple of `granularity` (bounded absolute
 padding for long prompts and generations).
 """
+
 from __future__ import annotations
 
 
@@ -18,8 +19,10 @@ def bucket_size(size: int, *, minimum: int = 16, granularity: int = 512, multipl
     if size < 1:
         raise ValueError(f"bucket_size: size must be >= 1, got {size}")
     if minimum < 1 or granularity < minimum or multiple < 1:
-        raise ValueError(f"bucket_size: need 1 <= minimum <= granularity and multiple >= 1, got "
-                         f"minimum={minimum}, granularity={granularity}, multiple={multiple}")
+        raise ValueError(
+            f"bucket_size: need 1 <= minimum <= granularity and multiple >= 1, got "
+            f"minimum={minimum}, granularity={granularity}, multiple={multiple}"
+        )
     if size <= granularity:
         bucket = minimum
         while bucket < size:

@@ -21,6 +21,7 @@ engine returns what `sample_static` returns, up to float rounding of the logits.
 Outputs are written straight into `[rows, N_b]` buffers indexed by request row (never by slot),
 so nothing is gathered per finished row and the result comes back in request order.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -119,11 +120,15 @@ class EngineStats:
         return self.generated_tokens / max(self.seconds, 1e-9)
 
     def metrics(self) -> dict[str, float]:
-        return {"rollout_slot_occupancy": self.slot_occupancy, "rollout_padding_share": self.padding_share,
-                "rollout_slots": float(self.slots), "rollout_decode_steps": float(self.decode_steps)}
+        return {
+            "rollout_slot_occupancy": self.slot_occupancy,
+            "rollout_padding_share": self.padding_share,
+            "rollout_slots": float(self.slots),
+            "rollout_decode_steps": float(self.decode_steps),
+        }
 
 
-DEFAULT_CACHE_TOKENS = 2 ** 20  # generated tokens the default slot count holds (~57 GB of bf16 cache at 7B)
+DEFAULT_CACHE_TOKENS = 2**20  # generated tokens the default slot count holds (~57 GB of bf16 cache at 7B)
 
 
 def slots_for_budget(max_new_tokens: int, cache_tokens: int = DEFAULT_CACHE_TOKENS) -> int:
@@ -143,13 +148,20 @@ def init_state(model_config: ModelConfig, shape: EngineShape, pad_id: int, mesh:
     if mesh is not None:
         cache = constrain_cache(cache, mesh)
     return SlotState(
-        cache=cache, feed=jnp.full((s,), pad_id, jnp.int32), keys=jax.random.split(jax.random.key(0), s),
-        row=jnp.full((s,), r, jnp.int32), count=jnp.zeros((s,), jnp.int32), budget=jnp.zeros((s,), jnp.int32),
-        alive=jnp.zeros((s,), bool), tokens=jnp.full((r, shape.max_new_bucket), pad_id, jnp.int32),
+        cache=cache,
+        feed=jnp.full((s,), pad_id, jnp.int32),
+        keys=jax.random.split(jax.random.key(0), s),
+        row=jnp.full((s,), r, jnp.int32),
+        count=jnp.zeros((s,), jnp.int32),
+        budget=jnp.zeros((s,), jnp.int32),
+        alive=jnp.zeros((s,), bool),
+        tokens=jnp.full((r, shape.max_new_bucket), pad_id, jnp.int32),
         logprobs=jnp.zeros((r, shape.max_new_bucket), jnp.float32),
         entropies=jnp.zeros((r, shape.max_new_bucket), jnp.float32),
-        lengths=jnp.zeros((r,), jnp.int32), stopped=jnp.zeros((r,), bool),
-        busy_slot_steps=jnp.zeros((), jnp.int32))
+        lengths=jnp.zeros((r,), jnp.int32),
+        stopped=jnp.zeros((r,), bool),
+        busy_slot_steps=jnp.zeros((), jnp.int32),
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("model_config", "shape", "pad_id", "mesh"))
@@ -158,8 +170,19 @@ def _init_state_jit(*, model_config, shape, pad_id, mesh):
 
 
 @functools.partial(jax.jit, donate_argnames=("state",))
-def insert(graphdef, params, state: SlotState, prefix_ids: jax.Array, prefix_mask: jax.Array, source: jax.Array,
-           slot: jax.Array, last_token: jax.Array, keys: jax.Array, row: jax.Array, budget: jax.Array) -> SlotState:
+def insert(
+    graphdef,
+    params,
+    state: SlotState,
+    prefix_ids: jax.Array,
+    prefix_mask: jax.Array,
+    source: jax.Array,
+    slot: jax.Array,
+    last_token: jax.Array,
+    keys: jax.Array,
+    row: jax.Array,
+    budget: jax.Array,
+) -> SlotState:
     """Prefills U prompts once and places M rows copied from them into free slots.
 
     Args:
@@ -181,20 +204,30 @@ def insert(graphdef, params, state: SlotState, prefix_ids: jax.Array, prefix_mas
     k = tuple(c.at[slot, :, :width].set(p[source], mode="drop") for c, p in zip(cache.k, prefill.k, strict=True))
     v = tuple(c.at[slot, :, :width].set(p[source], mode="drop") for c, p in zip(cache.v, prefill.v, strict=True))
     fresh_mask = jnp.pad(prefill.key_mask[source], ((0, 0), (0, slots - width)))
-    cache = KVCache(k, v, cache.key_mask.at[slot].set(fresh_mask, mode="drop"),
-                    cache.index.at[slot].set(jnp.sum(prefix_mask, axis=1)[source], mode="drop"))
+    cache = KVCache(
+        k,
+        v,
+        cache.key_mask.at[slot].set(fresh_mask, mode="drop"),
+        cache.index.at[slot].set(jnp.sum(prefix_mask, axis=1)[source], mode="drop"),
+    )
 
     def put(x, values):
         return x.at[slot].set(values, mode="drop")
 
     return state._replace(
-        cache=cache, feed=put(state.feed, last_token), keys=put(state.keys, keys), row=put(state.row, row),
-        count=put(state.count, jnp.zeros_like(row)), budget=put(state.budget, budget),
-        alive=put(state.alive, budget > 0))
+        cache=cache,
+        feed=put(state.feed, last_token),
+        keys=put(state.keys, keys),
+        row=put(state.row, row),
+        count=put(state.count, jnp.zeros_like(row)),
+        budget=put(state.budget, budget),
+        alive=put(state.alive, budget > 0),
+    )
 
 
-def decode_k_steps(graphdef, params, state: SlotState, *, steps: int, rule: TokenRule, stop_ids: tuple[int, ...],
-                   pad_id: int) -> SlotState:
+def decode_k_steps(
+    graphdef, params, state: SlotState, *, steps: int, rule: TokenRule, stop_ids: tuple[int, ...], pad_id: int
+) -> SlotState:
     """`steps` decode steps for every slot; rows that stop or reach their budget go idle.
 
     Pure function of arrays + static options (`decode_k_steps_jit` is its jitted, state-donating
@@ -215,20 +248,25 @@ def decode_k_steps(graphdef, params, state: SlotState, *, steps: int, rule: Toke
         # Idle slots keep index 0, so they do not widen the span decode attention visits.
         index = jnp.where(alive & ~finished, cache.index, 0)
         return s._replace(
-            cache=cache._replace(index=index), feed=tokens, count=count, alive=alive & ~finished,
+            cache=cache._replace(index=index),
+            feed=tokens,
+            count=count,
+            alive=alive & ~finished,
             row=jnp.where(finished, num_rows, s.row),
             tokens=s.tokens.at[out_row, s.count].set(tokens, mode="drop"),
             logprobs=s.logprobs.at[out_row, s.count].set(choice.logprobs, mode="drop"),
             entropies=s.entropies.at[out_row, s.count].set(choice.entropies, mode="drop"),
             lengths=s.lengths.at[out_row].set(count, mode="drop"),
             stopped=s.stopped.at[out_row].set(hit_stop, mode="drop"),
-            busy_slot_steps=s.busy_slot_steps + jnp.sum(alive, dtype=jnp.int32))
+            busy_slot_steps=s.busy_slot_steps + jnp.sum(alive, dtype=jnp.int32),
+        )
 
     return jax.lax.fori_loop(0, steps, one_step, state)
 
 
-decode_k_steps_jit = jax.jit(decode_k_steps, static_argnames=("steps", "rule", "stop_ids", "pad_id"),
-                             donate_argnames=("state",))
+decode_k_steps_jit = jax.jit(
+    decode_k_steps, static_argnames=("steps", "rule", "stop_ids", "pad_id"), donate_argnames=("state",)
+)
 
 
 def abstract_decode_inputs(model: Transformer, shape: EngineShape, pad_id: int = 0, mesh: Mesh | None = None):
@@ -240,7 +278,8 @@ def abstract_decode_inputs(model: Transformer, shape: EngineShape, pad_id: int =
     """
     graphdef, params = nnx.split(model)
     abstract_params = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), params)
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), params
+    )
     state = jax.eval_shape(lambda: init_state(model.config, shape, pad_id, mesh))
     return graphdef, abstract_params, state
 
@@ -251,8 +290,15 @@ def default_slots(num_rows: int, mesh: Mesh | None = None) -> int:
     return -(-num_rows // multiple) * multiple
 
 
-def run_engine(model: Transformer, prompts: Sequence[Sequence[int]], config: SamplingConfig, rng: jax.Array,
-               *, mesh: Mesh | None = None, budgets: Sequence[int] | None = None) -> tuple[SampleResult, EngineStats]:
+def run_engine(
+    model: Transformer,
+    prompts: Sequence[Sequence[int]],
+    config: SamplingConfig,
+    rng: jax.Array,
+    *,
+    mesh: Mesh | None = None,
+    budgets: Sequence[int] | None = None,
+) -> tuple[SampleResult, EngineStats]:
     """`sample` on the engine with `config.max_concurrent_rows` slots -> (result, run statistics)."""
     started = time.perf_counter()
     prompt_budgets = check_request(model.config, prompts, config, budgets)
@@ -263,15 +309,26 @@ def run_engine(model: Transformer, prompts: Sequence[Sequence[int]], config: Sam
     multiple = batch_parallelism(mesh) if mesh is not None else 1
     slots = -(-min(config.max_concurrent_rows or len(rows), len(rows)) // multiple) * multiple
     prefix_bucket = config.bucket(max(max(len(p) - 1 for p in prompts), 1))
-    shape = EngineShape(slots=slots, max_len=prefix_bucket + config.bucket(config.max_new_tokens),
-                        rows=len(rows), max_new_bucket=config.bucket(config.max_new_tokens),
-                        cache_dtype=config.cache_dtype)
+    shape = EngineShape(
+        slots=slots,
+        max_len=prefix_bucket + config.bucket(config.max_new_tokens),
+        rows=len(rows),
+        max_new_bucket=config.bucket(config.max_new_tokens),
+        cache_dtype=config.cache_dtype,
+    )
     requests, samples = request_indices(len(prompts), n)
     keys = row_keys(rng, requests, samples)  # [R]
     graphdef, params = nnx.split(model)
     state = _init_state_jit(model_config=model.config, shape=shape, pad_id=config.pad_id, mesh=mesh)
-    decode = functools.partial(decode_k_steps_jit, graphdef, params, steps=config.decode_steps_per_call,
-                               rule=config.token_rule(), stop_ids=config.stop_ids, pad_id=config.pad_id)
+    decode = functools.partial(
+        decode_k_steps_jit,
+        graphdef,
+        params,
+        steps=config.decode_steps_per_call,
+        rule=config.token_rule(),
+        stop_ids=config.stop_ids,
+        pad_id=config.pad_id,
+    )
 
     pending = deque(range(len(rows)))
     free = list(range(slots))
@@ -282,8 +339,9 @@ def run_engine(model: Transformer, prompts: Sequence[Sequence[int]], config: Sam
             batch = [pending.popleft() for _ in range(min(len(free), len(pending)))]
             targets = [free.pop(0) for _ in batch]
             occupied[targets] = True
-            state = _insert_rows(graphdef, params, state, batch, targets, prompts, n, keys, prompt_budgets,
-                                 config, slots)
+            state = _insert_rows(
+                graphdef, params, state, batch, targets, prompts, n, keys, prompt_budgets, config, slots
+            )
             prefilled += len({r // n for r in batch})
         if not occupied.any():
             break
@@ -294,14 +352,20 @@ def run_engine(model: Transformer, prompts: Sequence[Sequence[int]], config: Sam
         occupied[finished] = False
         free.extend(int(s) for s in finished)
 
-    out = fetch_global((state.tokens, state.logprobs, state.entropies, state.lengths, state.stopped,
-                        state.busy_slot_steps))
+    out = fetch_global(
+        (state.tokens, state.logprobs, state.entropies, state.lengths, state.stopped, state.busy_slot_steps)
+    )
     tokens, logprobs, entropies, lengths, stopped, busy = out
     row_budgets = np.repeat(np.asarray(prompt_budgets, np.int32), n)
     result = assemble_result(rows, config, tokens, logprobs, entropies, lengths, stopped, row_budgets)
-    stats = EngineStats(decode_steps=decode_calls * config.decode_steps_per_call,
-                        generated_tokens=int(result.lengths.sum()), slots=slots, busy_slot_steps=int(busy),
-                        prefilled_prompts=prefilled, seconds=time.perf_counter() - started)
+    stats = EngineStats(
+        decode_steps=decode_calls * config.decode_steps_per_call,
+        generated_tokens=int(result.lengths.sum()),
+        slots=slots,
+        busy_slot_steps=int(busy),
+        prefilled_prompts=prefilled,
+        seconds=time.perf_counter() - started,
+    )
     return result, stats
 
 
@@ -315,7 +379,7 @@ def _insert_rows(graphdef, params, state, batch, targets, prompts, n, keys, prom
     prefix_mask = np.zeros((num_unique, width), np.int32)
     for i, p in enumerate(unique):
         prefix = prompts[p][:-1]
-        prefix_ids[i, :len(prefix)], prefix_mask[i, :len(prefix)] = prefix, 1
+        prefix_ids[i, : len(prefix)], prefix_mask[i, : len(prefix)] = prefix, 1
     m = bucket_size(len(batch), minimum=1, granularity=config.bucket_granularity)
     pad = m - len(batch)
     source = np.array([position[r // n] for r in batch] + [0] * pad, np.int32)
@@ -326,8 +390,14 @@ def _insert_rows(graphdef, params, state, batch, targets, prompts, n, keys, prom
     return insert(graphdef, params, state, prefix_ids, prefix_mask, source, slot, last, keys[row], row, budget)
 
 
-def sample_continuous(model: Transformer, prompts: Sequence[Sequence[int]], config: SamplingConfig,
-                      rng: jax.Array, *, mesh: Mesh | None = None,
-                      budgets: Sequence[int] | None = None) -> SampleResult:
+def sample_continuous(
+    model: Transformer,
+    prompts: Sequence[Sequence[int]],
+    config: SamplingConfig,
+    rng: jax.Array,
+    *,
+    mesh: Mesh | None = None,
+    budgets: Sequence[int] | None = None,
+) -> SampleResult:
     """`sample` on the engine (`config.max_concurrent_rows` slots); see `run_engine`."""
     return run_engine(model, prompts, config, rng, mesh=mesh, budgets=budgets)[0]

@@ -7,6 +7,7 @@ tensor-parallel collectives of its activations; the training-layout parameters a
 and the copy is dropped when the rollout phase ends (the training layout is therefore "restored"
 at no cost, at the price of one replicated-over-batch copy of the weights while sampling).
 """
+
 from __future__ import annotations
 
 import jax
@@ -37,8 +38,10 @@ def collective_bytes(hlo_text: str) -> dict[str, tuple[int, int]]:
 
     sizes = {"f32": 4, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "s8": 1, "u8": 1, "pred": 1, "f64": 8, "s64": 8}
     found: dict[str, tuple[int, int]] = {}
-    pattern = re.compile(r"=\s*(\(?[^=]*?\)?)\s+(all-gather|all-reduce|reduce-scatter|all-to-all|collective-permute)"
-                         r"(-start)?\(")
+    pattern = re.compile(
+        r"=\s*(\(?[^=]*?\)?)\s+(all-gather|all-reduce|reduce-scatter|all-to-all|collective-permute)"
+        r"(-start)?\("
+    )
     for line in hlo_text.splitlines():
         match = pattern.search(line)
         if not match:

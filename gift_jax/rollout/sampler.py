@@ -17,6 +17,7 @@ XLA updates it in place and frees it on return; no cache buffer crosses the call
 effect of donating it, without a cache argument). The model state is not donated: the caller keeps
 using it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -89,8 +90,7 @@ class SamplingConfig:
         return TokenRule(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
 
     def bucket(self, size: int, multiple: int = 1) -> int:
-        return bucket_size(size, minimum=self.min_bucket, granularity=self.bucket_granularity,
-                           multiple=multiple)
+        return bucket_size(size, minimum=self.min_bucket, granularity=self.bucket_granularity, multiple=multiple)
 
 
 class SampleResult(NamedTuple):
@@ -156,18 +156,34 @@ def is_stop(tokens: jax.Array, stop_ids: tuple[int, ...]) -> jax.Array:
 
 def constrain_cache(cache: KVCache, mesh: Mesh) -> KVCache:
     """Rows of the cache on the mesh's batch axes, kv heads on `tensor` (where they divide)."""
+
     def place(x, logical):
         return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, logical_to_spec(logical, x.shape, mesh)))
 
     kv_axes = ("batch", "kv_heads", None, None)
-    return KVCache(tuple(place(k, kv_axes) for k in cache.k), tuple(place(v, kv_axes) for v in cache.v),
-                   place(cache.key_mask, ("batch", None)), cache.index)
+    return KVCache(
+        tuple(place(k, kv_axes) for k in cache.k),
+        tuple(place(v, kv_axes) for v in cache.v),
+        place(cache.key_mask, ("batch", None)),
+        cache.index,
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("rule", "stop_ids", "pad_id", "max_new_bucket", "mesh"))
-def generate(graphdef, state, prompt_ids: jax.Array, prompt_mask: jax.Array, keys: jax.Array,
-             budgets: jax.Array, *, rule: TokenRule, stop_ids: tuple[int, ...], pad_id: int,
-             max_new_bucket: int, mesh: Mesh | None = None) -> Generation:
+def generate(
+    graphdef,
+    state,
+    prompt_ids: jax.Array,
+    prompt_mask: jax.Array,
+    keys: jax.Array,
+    budgets: jax.Array,
+    *,
+    rule: TokenRule,
+    stop_ids: tuple[int, ...],
+    pad_id: int,
+    max_new_bucket: int,
+    mesh: Mesh | None = None,
+) -> Generation:
     """Prefill the left-padded prompts, then decode up to `max_new_tokens` tokens per row.
 
     Args:
@@ -244,13 +260,14 @@ def left_pad(sequences: Sequence[Sequence[int]], width: int, pad_id: int) -> tup
     mask = np.zeros((len(sequences), width), np.int32)
     for row, sequence in enumerate(sequences):
         if sequence:
-            ids[row, width - len(sequence):] = sequence
-            mask[row, width - len(sequence):] = 1
+            ids[row, width - len(sequence) :] = sequence
+            mask[row, width - len(sequence) :] = 1
     return ids, mask
 
 
-def check_request(model_config, prompts: Sequence[Sequence[int]], config: SamplingConfig,
-                  budgets: Sequence[int] | None) -> list[int]:
+def check_request(
+    model_config, prompts: Sequence[Sequence[int]], config: SamplingConfig, budgets: Sequence[int] | None
+) -> list[int]:
     """Validates prompts, stop / pad ids and per-prompt budgets -> the budget of each prompt."""
     if not prompts:
         raise ValueError("sample: no prompts given")
@@ -259,12 +276,15 @@ def check_request(model_config, prompts: Sequence[Sequence[int]], config: Sampli
             raise ValueError(f"sample: prompt {row} is empty (every prompt needs at least one token)")
         low, high = min(prompt), max(prompt)
         if low < 0 or high >= model_config.vocab_size:
-            raise ValueError(f"sample: prompt {row} holds token id {low if low < 0 else high}, outside "
-                             f"the model's vocabulary [0, {model_config.vocab_size})")
+            raise ValueError(
+                f"sample: prompt {row} holds token id {low if low < 0 else high}, outside "
+                f"the model's vocabulary [0, {model_config.vocab_size})"
+            )
     for stop_id in (*config.stop_ids, config.pad_id):
         if not 0 <= stop_id < model_config.vocab_size:
-            raise ValueError(f"sample: stop / pad id {stop_id} is outside the vocabulary "
-                             f"[0, {model_config.vocab_size})")
+            raise ValueError(
+                f"sample: stop / pad id {stop_id} is outside the vocabulary [0, {model_config.vocab_size})"
+            )
     if budgets is None:
         return [config.max_new_tokens] * len(prompts)
     budgets = [int(b) for b in budgets]
@@ -272,20 +292,30 @@ def check_request(model_config, prompts: Sequence[Sequence[int]], config: Sampli
         raise ValueError(f"sample: {len(budgets)} budgets for {len(prompts)} prompts")
     for row, budget in enumerate(budgets):
         if not 1 <= budget <= config.max_new_tokens:
-            raise ValueError(f"sample: budget {budget} of prompt {row} is outside [1, max_new_tokens = "
-                             f"{config.max_new_tokens}]")
+            raise ValueError(
+                f"sample: budget {budget} of prompt {row} is outside [1, max_new_tokens = {config.max_new_tokens}]"
+            )
     return budgets
 
 
 def request_indices(num_prompts: int, num_samples: int) -> tuple[np.ndarray, np.ndarray]:
     """`[num_prompts * num_samples]` (prompt index, sample index) of each row, grouped by prompt."""
-    return (np.repeat(np.arange(num_prompts, dtype=np.int32), num_samples),
-            np.tile(np.arange(num_samples, dtype=np.int32), num_prompts))
+    return (
+        np.repeat(np.arange(num_prompts, dtype=np.int32), num_samples),
+        np.tile(np.arange(num_samples, dtype=np.int32), num_prompts),
+    )
 
 
-def assemble_result(rows: Sequence[Sequence[int]], config: SamplingConfig, tokens: np.ndarray,
-                    logprobs: np.ndarray, entropies: np.ndarray, lengths: np.ndarray,
-                    stopped: np.ndarray, budgets: np.ndarray) -> SampleResult:
+def assemble_result(
+    rows: Sequence[Sequence[int]],
+    config: SamplingConfig,
+    tokens: np.ndarray,
+    logprobs: np.ndarray,
+    entropies: np.ndarray,
+    lengths: np.ndarray,
+    stopped: np.ndarray,
+    budgets: np.ndarray,
+) -> SampleResult:
     """Host arrays of the real rows (`[R, >= max_new_tokens]`, request order) -> `SampleResult`.
 
     budgets: `[R]` each row's generation budget (a row that reached it without stopping is truncated).
@@ -306,8 +336,15 @@ def assemble_result(rows: Sequence[Sequence[int]], config: SamplingConfig, token
     )
 
 
-def sample(model: Transformer, prompts: Sequence[Sequence[int]], config: SamplingConfig, rng: jax.Array,
-           *, mesh: Mesh | None = None, budgets: Sequence[int] | None = None) -> SampleResult:
+def sample(
+    model: Transformer,
+    prompts: Sequence[Sequence[int]],
+    config: SamplingConfig,
+    rng: jax.Array,
+    *,
+    mesh: Mesh | None = None,
+    budgets: Sequence[int] | None = None,
+) -> SampleResult:
     """Samples `config.num_samples` completions for each prompt.
 
     Runs the continuous-batching engine when `config.max_concurrent_rows` is set, else one static
@@ -334,8 +371,15 @@ def sample(model: Transformer, prompts: Sequence[Sequence[int]], config: Samplin
     return sample_static(model, prompts, config, rng, mesh=mesh, budgets=budgets)
 
 
-def sample_static(model: Transformer, prompts: Sequence[Sequence[int]], config: SamplingConfig, rng: jax.Array,
-                  *, mesh: Mesh | None = None, budgets: Sequence[int] | None = None) -> SampleResult:
+def sample_static(
+    model: Transformer,
+    prompts: Sequence[Sequence[int]],
+    config: SamplingConfig,
+    rng: jax.Array,
+    *,
+    mesh: Mesh | None = None,
+    budgets: Sequence[int] | None = None,
+) -> SampleResult:
     """`sample` as one static batch: every row's cache allocated up front, decoded in lockstep."""
     prompt_budgets = check_request(model.config, prompts, config, budgets)
     rows = [list(prompt) for prompt in prompts for _ in range(config.num_samples)]
@@ -353,10 +397,28 @@ def sample_static(model: Transformer, prompts: Sequence[Sequence[int]], config: 
 
     host = (ids, mask, requests, samples, row_budgets)
     device_ids, device_mask, requests, samples, device_budgets = (
-        host if mesh is None else place_global_batch(host, mesh))
-    out = generate(*nnx.split(model), device_ids, device_mask, row_keys(rng, requests, samples), device_budgets,
-                   rule=config.token_rule(), stop_ids=config.stop_ids, pad_id=config.pad_id,
-                   max_new_bucket=max_new_bucket, mesh=mesh)
+        host if mesh is None else place_global_batch(host, mesh)
+    )
+    out = generate(
+        *nnx.split(model),
+        device_ids,
+        device_mask,
+        row_keys(rng, requests, samples),
+        device_budgets,
+        rule=config.token_rule(),
+        stop_ids=config.stop_ids,
+        pad_id=config.pad_id,
+        max_new_bucket=max_new_bucket,
+        mesh=mesh,
+    )
     out = fetch_global(out)  # every process gets every row
-    return assemble_result(rows, config, out.tokens[:real], out.logprobs[:real], out.entropies[:real],
-                           out.lengths[:real], out.stopped[:real], np.asarray(row_budgets)[:real])
+    return assemble_result(
+        rows,
+        config,
+        out.tokens[:real],
+        out.logprobs[:real],
+        out.entropies[:real],
+        out.lengths[:real],
+        out.stopped[:real],
+        np.asarray(row_budgets)[:real],
+    )

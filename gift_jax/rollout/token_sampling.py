@@ -7,6 +7,7 @@ filtering (verl does the same; its actor divides the logits by the rollout tempe
 applies top-p). With greedy decoding (`temperature == 0`) the log-probabilities are those of the
 unscaled distribution (`temperature` 1).
 """
+
 from __future__ import annotations
 
 import dataclasses

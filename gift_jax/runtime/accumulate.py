@@ -4,6 +4,7 @@ The f32 gradient accumulator is constrained to the parameters' shardings (as Max
 `gradient_accumulation.py` does): without the constraint GSPMD may keep the scan carry replicated,
 so under FSDP every device would hold a full-size f32 copy of the gradients.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -25,10 +26,15 @@ def _constrain(tree, shardings):
     return tree if shardings is None else jax.lax.with_sharding_constraint(tree, shardings)
 
 
-def accumulate_and_apply(state: TrainState, micro_loss: MicroLoss, micro_batches: dict[str, jax.Array],
-                         tx: optax.GradientTransformation, *, param_shardings: Any = None,
-                         grad_divisor: Callable[[dict[str, jax.Array]], jax.Array] | None = None,
-                         ) -> tuple[TrainState, dict[str, jax.Array], dict[str, jax.Array]]:
+def accumulate_and_apply(
+    state: TrainState,
+    micro_loss: MicroLoss,
+    micro_batches: dict[str, jax.Array],
+    tx: optax.GradientTransformation,
+    *,
+    param_shardings: Any = None,
+    grad_divisor: Callable[[dict[str, jax.Array]], jax.Array] | None = None,
+) -> tuple[TrainState, dict[str, jax.Array], dict[str, jax.Array]]:
     """Scans `micro_loss` over `micro_batches`, sums f32 gradients, applies one `tx` update.
 
     Args:
@@ -55,6 +61,8 @@ def accumulate_and_apply(state: TrainState, micro_loss: MicroLoss, micro_batches
     grads = jax.tree.map(lambda g, p: (g / divisor).astype(p.dtype), grads, state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    update_metrics = {"grad_norm": optax.global_norm(grads),
-                      "skipped_updates": skipped_updates(opt_state).astype(jnp.float32)}
+    update_metrics = {
+        "grad_norm": optax.global_norm(grads),
+        "skipped_updates": skipped_updates(opt_state).astype(jnp.float32),
+    }
     return TrainState(params, opt_state, state.step + 1), per_micro, update_metrics

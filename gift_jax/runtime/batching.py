@@ -3,6 +3,7 @@
 Both splits are strided, not contiguous: with the batch split over devices in contiguous blocks,
 every device then holds an equal share of every piece, so no rows move between devices.
 """
+
 from __future__ import annotations
 
 import jax
@@ -10,6 +11,7 @@ import jax
 
 def split_micro_batches(batch: dict[str, jax.Array], num_micro: int) -> dict[str, jax.Array]:
     """`[B, ...]` -> `[num_micro, B // num_micro, ...]`, micro-batch `a` taking rows `a, a + A, ...`."""
+
     def one(x):
         b = x.shape[0]
         return x.reshape(b // num_micro, num_micro, *x.shape[1:]).swapaxes(0, 1)

@@ -6,6 +6,7 @@ material, best metric so far, ...). orbax writes a step into a temporary folder 
 complete, so a run killed mid-save never leaves a step that looks finished; `restore_latest` also
 falls back to the previous step, with a warning naming both, when the newest one cannot be read.
 """
+
 from __future__ import annotations
 
 import logging
@@ -25,11 +26,13 @@ class CheckpointWriteError(RuntimeError):
 
 def _manager(path: Path, max_to_keep: int, read_only: bool) -> ocp.CheckpointManager:
     if read_only:  # touches nothing: a live run's half-written step stays where it is
-        options = ocp.CheckpointManagerOptions(read_only=True, create=False, cleanup_tmp_directories=False,
-                                               save_interval_steps=0, max_to_keep=None)
+        options = ocp.CheckpointManagerOptions(
+            read_only=True, create=False, cleanup_tmp_directories=False, save_interval_steps=0, max_to_keep=None
+        )
     else:
-        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                               enable_async_checkpointing=False, cleanup_tmp_directories=True)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False, cleanup_tmp_directories=True
+        )
     return ocp.CheckpointManager(path, options=options)
 
 
@@ -81,8 +84,11 @@ class Checkpointer:
         `abstract_params`: `jax.ShapeDtypeStruct`s (with shardings) in the structure of the params.
         """
         item = {"params": abstract_params}
-        args = ocp.args.Composite(state=ocp.args.PyTreeRestore(
-            item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True))
+        args = ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(
+                item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True
+            )
+        )
         return self._manager(kind).restore(step, args=args)["state"]["params"]
 
     def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict[str, Any]] | None:
@@ -99,8 +105,10 @@ class Checkpointer:
                 failed.append(f"{self.directory / 'periodic' / str(step)} ({type(err).__name__}: {err})")
                 continue
             if failed:
-                message = (f"checkpoint(s) unreadable: {'; '.join(failed)}; resuming from "
-                           f"{self.directory / 'periodic' / str(step)} instead")
+                message = (
+                    f"checkpoint(s) unreadable: {'; '.join(failed)}; resuming from "
+                    f"{self.directory / 'periodic' / str(step)} instead"
+                )
                 log.warning(message)
                 if jax.process_index() == 0:
                     print(f"WARNING: {message}", flush=True)

@@ -3,6 +3,7 @@
 Every range is checked when the section is built, i.e. when the config is loaded (the loader turns the
 `ValueError` into a message naming the key), before any data is tokenized or weights are read.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,8 +17,11 @@ Dtype = Literal["float32", "bfloat16", "float16"]
 
 def require_at_least(section, minimum: int, *names: str) -> None:
     """Raises one ValueError listing every `name` of `section` below `minimum` (None counts as unset)."""
-    problems = [f"{name} must be >= {minimum}, got {getattr(section, name)}" for name in names
-                if getattr(section, name) is not None and getattr(section, name) < minimum]
+    problems = [
+        f"{name} must be >= {minimum}, got {getattr(section, name)}"
+        for name in names
+        if getattr(section, name) is not None and getattr(section, name) < minimum
+    ]
     if problems:
         raise ValueError("; ".join(problems))
 

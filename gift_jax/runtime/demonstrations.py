@@ -8,6 +8,7 @@ Pure functions of `(TrainState, base params, batch)`; the model is rebuilt from 
 Batch keys (all `[B, L]`): input_ids, positions, attention_mask, target_ids, loss_mask; PSFT adds
 old_logprobs.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -51,12 +52,14 @@ class DemonstrationStepConfig:
 
 def _hidden(model, batch):
     # Packed batches carry `segment_ids` (several demonstrations per row); padded ones do not.
-    return model.hidden_states(batch["input_ids"], batch["positions"], batch["attention_mask"],
-                               batch.get("segment_ids"))
+    return model.hidden_states(
+        batch["input_ids"], batch["positions"], batch["attention_mask"], batch.get("segment_ids")
+    )
 
 
-def demonstration_micro_loss(params, batch, *, graphdef, loss: DemonstrationStepConfig, base_graphdef=None,
-                             base_params=None):
+def demonstration_micro_loss(
+    params, batch, *, graphdef, loss: DemonstrationStepConfig, base_graphdef=None, base_params=None
+):
     """`(loss_sum, {"tokens": count, **metric sums})` of one micro-batch; gradients reach `params` only.
 
     Sums, not means: the update divides the summed gradient by the whole batch's token count.
@@ -68,9 +71,17 @@ def demonstration_micro_loss(params, batch, *, graphdef, loss: DemonstrationStep
         ref_hidden = jax.lax.stop_gradient(_hidden(base, batch))
         ref_w_out = jax.lax.stop_gradient(base.output_projection())
     out = compute_init_loss(
-        loss.name, _hidden(model, batch), model.output_projection(), batch["target_ids"], batch["loss_mask"],
-        ref_hidden=ref_hidden, ref_w_out=ref_w_out, old_logprobs=batch.get("old_logprobs"),
-        chunk_size=loss.chunk_size, **dict(loss.hparams))
+        loss.name,
+        _hidden(model, batch),
+        model.output_projection(),
+        batch["target_ids"],
+        batch["loss_mask"],
+        ref_hidden=ref_hidden,
+        ref_w_out=ref_w_out,
+        old_logprobs=batch.get("old_logprobs"),
+        chunk_size=loss.chunk_size,
+        **dict(loss.hparams),
+    )
     return out.loss_sum, {"tokens": out.token_count, **out.metrics}
 
 
@@ -78,23 +89,40 @@ def token_mean_metrics(per_micro: dict[str, jax.Array]) -> tuple[jax.Array, dict
     """Per-micro sums `[num_micro]` -> (token count floored at 1, every sum as a token mean, plus `tokens`)."""
     sums = jax.tree.map(jnp.sum, per_micro)
     count = jnp.maximum(sums["tokens"], 1.0)
-    return count, {**{name: value / count for name, value in sums.items() if name != "tokens"},
-                   "tokens": sums["tokens"]}
+    return count, {
+        **{name: value / count for name, value in sums.items() if name != "tokens"},
+        "tokens": sums["tokens"],
+    }
 
 
-def demonstration_step(state: TrainState, base_params, batch, *, graphdef, base_graphdef,
-                       tx: optax.GradientTransformation, config: DemonstrationStepConfig, param_shardings: Any = None):
+def demonstration_step(
+    state: TrainState,
+    base_params,
+    batch,
+    *,
+    graphdef,
+    base_graphdef,
+    tx: optax.GradientTransformation,
+    config: DemonstrationStepConfig,
+    param_shardings: Any = None,
+):
     """One optimizer update on a batch of demonstrations -> (new state, metrics: token means of the
     loss and its statistics, `tokens`, `grad_norm`, `skipped_updates`).
 
     The `num_micro` micro-batches' gradients are summed and divided once by the batch's token count,
     so the update is exactly the token mean of the batch however it is split.
     """
-    micro_loss = functools.partial(demonstration_micro_loss, graphdef=graphdef, loss=config,
-                                   base_graphdef=base_graphdef, base_params=base_params)
+    micro_loss = functools.partial(
+        demonstration_micro_loss, graphdef=graphdef, loss=config, base_graphdef=base_graphdef, base_params=base_params
+    )
     state, per_micro, update_metrics = accumulate_and_apply(
-        state, micro_loss, split_micro_batches(batch, config.num_micro), tx, param_shardings=param_shardings,
-        grad_divisor=lambda stats: token_mean_metrics(stats)[0])
+        state,
+        micro_loss,
+        split_micro_batches(batch, config.num_micro),
+        tx,
+        param_shardings=param_shardings,
+        grad_divisor=lambda stats: token_mean_metrics(stats)[0],
+    )
     _, metrics = token_mean_metrics(per_micro)
     return state, {**metrics, **update_metrics}
 
@@ -104,10 +132,12 @@ def policy_logprobs(params, batch, *, graphdef, chunk_size: int = DEFAULT_CHUNK_
 
     PSFT's "old" policy; also validation's held-out NLL (`eval_step`).
     """
+
     def one(mb):
         model = nnx.merge(graphdef, params)
-        logprobs, _ = chunked_token_logprobs(_hidden(model, mb), model.output_projection(), mb["target_ids"],
-                                             chunk_size=chunk_size)
+        logprobs, _ = chunked_token_logprobs(
+            _hidden(model, mb), model.output_projection(), mb["target_ids"], chunk_size=chunk_size
+        )
         return logprobs
 
     return map_micro_batches(one, batch, num_micro)

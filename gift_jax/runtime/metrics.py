@@ -2,6 +2,7 @@
 
 Only process 0 writes; other processes get a writer that drops everything, so loops call it freely.
 """
+
 from __future__ import annotations
 
 import json
@@ -59,8 +60,16 @@ class MetricWriter:
     console: one progress line every `log_every` steps (step, loss or reward, tokens/s, ETA) and one
     line per validation."""
 
-    def __init__(self, workdir: str | os.PathLike, *, total_steps: int, initial_step: int = 0,
-                 log_every: int = 10, desc: str = "train", enabled: bool | None = None):
+    def __init__(
+        self,
+        workdir: str | os.PathLike,
+        *,
+        total_steps: int,
+        initial_step: int = 0,
+        log_every: int = 10,
+        desc: str = "train",
+        enabled: bool | None = None,
+    ):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self.log_every = max(1, log_every)
         self.total_steps, self.desc = total_steps, desc

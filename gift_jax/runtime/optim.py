@@ -1,4 +1,5 @@
 """AdamW with the paper's settings, learning-rate schedules, global-norm clipping, non-finite skipping."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -50,8 +51,8 @@ def learning_rate_schedule(config: OptimConfig, total_steps: int) -> optax.Sched
     else:  # wsd: stable at lr, then linear decay over the last decay_ratio of training
         decay = max(int(round(config.decay_ratio * total_steps)), 1)
         after = optax.join_schedules(
-            [optax.constant_schedule(config.lr), optax.linear_schedule(config.lr, floor, decay)],
-            [max(rest - decay, 0)])
+            [optax.constant_schedule(config.lr), optax.linear_schedule(config.lr, floor, decay)], [max(rest - decay, 0)]
+        )
     if warmup == 0:
         return after
     return optax.join_schedules([optax.linear_schedule(0.0, config.lr, warmup), after], [warmup])
@@ -63,8 +64,15 @@ def make_optimizer(config: OptimConfig, total_steps: int) -> optax.GradientTrans
     `optax.apply_if_finite` keeps `total_notfinite` in its state: the count of skipped updates.
     """
     parts = [optax.clip_by_global_norm(config.clip_norm)] if config.clip_norm else []
-    parts.append(optax.adamw(learning_rate_schedule(config, total_steps), b1=config.b1, b2=config.b2,
-                             eps=config.eps, weight_decay=config.weight_decay))
+    parts.append(
+        optax.adamw(
+            learning_rate_schedule(config, total_steps),
+            b1=config.b1,
+            b2=config.b2,
+            eps=config.eps,
+            weight_decay=config.weight_decay,
+        )
+    )
     return optax.apply_if_finite(optax.chain(*parts), max_consecutive_errors=2**31 - 1)
 
 
@@ -84,5 +92,9 @@ def hold_schedule_position(new_opt_state, old_opt_state):
     For an extra update that must not use up the schedule (ReLIFT's interleaved SFT updates: the
     schedule is sized for the RL updates alone). Adam's moments and bias-correction count advance.
     """
-    return jax.tree.map(lambda new, old: old if _is_schedule_state(new) else new, new_opt_state, old_opt_state,
-                        is_leaf=_is_schedule_state)
+    return jax.tree.map(
+        lambda new, old: old if _is_schedule_state(new) else new,
+        new_opt_state,
+        old_opt_state,
+        is_leaf=_is_schedule_state,
+    )

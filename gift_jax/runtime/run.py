@@ -17,6 +17,7 @@ holds the workdir lock from entry to exit and closes metrics and checkpoints how
 input found while the run loads (until `resume` returns) is marked as a loading error, which the
 command line reports as one line; an error once training is under way keeps its traceback.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -69,8 +70,12 @@ def jit_update(update_fn, state: TrainState, mesh, num_inputs: int = 1):
         with activation_sharding(mesh):
             return update_fn(state, *inputs)
 
-    return jax.jit(update, in_shardings=(state_shardings,) + (None,) * num_inputs,
-                   out_shardings=(state_shardings, replicated(mesh)), donate_argnums=(0,))
+    return jax.jit(
+        update,
+        in_shardings=(state_shardings,) + (None,) * num_inputs,
+        out_shardings=(state_shardings, replicated(mesh)),
+        donate_argnums=(0,),
+    )
 
 
 def param_shardings(params):
@@ -121,8 +126,9 @@ class StageRun:
     def load_policy(self):
         """The policy from `model.path` -> `(graphdef, params)`, sharded over the mesh."""
         m = self.config.model
-        policy, self.model_config = load_hf(m.path, dtype=m.dtype, param_dtype=m.param_dtype, mesh=self.mesh,
-                                            remat=m.remat, attention=m.attention)
+        policy, self.model_config = load_hf(
+            m.path, dtype=m.dtype, param_dtype=m.param_dtype, mesh=self.mesh, remat=m.remat, attention=m.attention
+        )
         self.graphdef, params = nnx.split(policy, nnx.Param)
         return self.graphdef, params
 
@@ -131,8 +137,13 @@ class StageRun:
 
         Returns `(graphdef, params)`."""
         m = self.config.model
-        base, _ = load_hf(m.base_path or m.path, dtype=m.dtype, param_dtype=m.base_param_dtype or m.param_dtype,
-                          mesh=self.mesh, attention=m.attention)
+        base, _ = load_hf(
+            m.base_path or m.path,
+            dtype=m.dtype,
+            param_dtype=m.base_param_dtype or m.param_dtype,
+            mesh=self.mesh,
+            attention=m.attention,
+        )
         return nnx.split(base, nnx.Param)
 
     # -- restore, log, checkpoint -----------------------------------------------------------------
@@ -151,13 +162,15 @@ class StageRun:
                 raise ValueError(
                     f"{self.workdir / 'checkpoints'}: checkpoint {number} holds loop step {meta['step']}; it was "
                     f"written when checkpoints were numbered by optimizer update. Resume it with the gift-jax "
-                    f"version that wrote it, or start a fresh --workdir")
+                    f"version that wrote it, or start a fresh --workdir"
+                )
             self.step = number
             # Older init-stage checkpoints call the best score "best_val_loss".
             best = meta.get("best_score", meta.get("best_val_loss"))
             self.best_score = None if best is None or not math.isfinite(best) else best
-        self._writer = MetricWriter(self.workdir, total_steps=stop_at, initial_step=self.step, log_every=t.log_every,
-                                    desc=self.desc)
+        self._writer = MetricWriter(
+            self.workdir, total_steps=stop_at, initial_step=self.step, log_every=t.log_every, desc=self.desc
+        )
         self._train_log = LaggedTrainMetrics(self._writer)
         self._loading = False
         return state, meta
@@ -200,8 +213,13 @@ class StageRun:
         if not (periodic or improved):
             return
         with self.host_work():
-            full_meta = {**meta, "step": self.step, "optimizer_step": int(state.step), "score": score,
-                         "best_score": self.best_score}
+            full_meta = {
+                **meta,
+                "step": self.step,
+                "optimizer_step": int(state.step),
+                "score": score,
+                "best_score": self.best_score,
+            }
             try:
                 self._checkpointer.save(self.step, state, full_meta, best=improved, periodic=periodic)
             except CheckpointWriteError as err:
@@ -225,8 +243,13 @@ class StageRun:
         return summary
 
     def _export(self, params, name: str) -> Path:
-        return save_hf(nnx.merge(self.graphdef, params), self.model_config, self.workdir / name,
-                       tokenizer_dir=self.config.model.path, overwrite=True)
+        return save_hf(
+            nnx.merge(self.graphdef, params),
+            self.model_config,
+            self.workdir / name,
+            tokenizer_dir=self.config.model.path,
+            overwrite=True,
+        )
 
     def _close_metrics(self) -> None:
         if self._writer is None:

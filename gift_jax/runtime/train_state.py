@@ -1,4 +1,5 @@
 """The training state every stage donates to its jitted update, and its sharded initialisation."""
+
 from __future__ import annotations
 
 from typing import Any, NamedTuple
@@ -23,8 +24,13 @@ def optimizer_state_shardings(params, tx: optax.GradientTransformation, mesh):
     param_shardings = jax.tree.map(lambda x: x.sharding, params)
     replicated = NamedSharding(mesh, PartitionSpec())
     return optax.tree_map_params(
-        tx, lambda _, sharding: sharding, jax.eval_shape(tx.init, params), param_shardings,
-        transform_non_params=lambda _: replicated, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
+        tx,
+        lambda _, sharding: sharding,
+        jax.eval_shape(tx.init, params),
+        param_shardings,
+        transform_non_params=lambda _: replicated,
+        is_leaf=lambda x: isinstance(x, jax.sharding.Sharding),
+    )
 
 
 def init_train_state(params, tx: optax.GradientTransformation, mesh) -> TrainState:
@@ -38,7 +44,8 @@ def abstract_train_state(params, tx: optax.GradientTransformation, mesh) -> Trai
     """`init_train_state` as `jax.ShapeDtypeStruct`s with shardings, from abstract `params` (nothing
     allocated): the input of an ahead-of-time compile of a step."""
     shardings = optimizer_state_shardings(params, tx, mesh)
-    opt_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                             jax.eval_shape(tx.init, params), shardings)
+    opt_state = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), jax.eval_shape(tx.init, params), shardings
+    )
     step = jax.ShapeDtypeStruct((), jnp.int32, sharding=NamedSharding(mesh, PartitionSpec()))
     return TrainState(params, opt_state, step)

@@ -1,4 +1,5 @@
 """Workdir hygiene shared by the stages: writable before anything starts, one run (config and process) per workdir."""
+
 from __future__ import annotations
 
 import fcntl
@@ -19,8 +20,10 @@ def check_writable(directory: str | os.PathLike) -> Path:
     must be a file system path (e.g. a bucket mounted with gcsfuse, or NFS).
     """
     if "://" in str(directory):
-        raise WorkdirRefused(f"{directory}: cloud URLs are not supported as workdirs; mount the bucket "
-                             f"(e.g. gcsfuse) and pass the mounted path")
+        raise WorkdirRefused(
+            f"{directory}: cloud URLs are not supported as workdirs; mount the bucket "
+            f"(e.g. gcsfuse) and pass the mounted path"
+        )
     directory = Path(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -60,8 +63,10 @@ def claim_workdir(workdir: Path, config) -> None:
             return
         if previous != resolved:
             changed = sorted(k for k in set(previous) | set(resolved) if previous.get(k) != resolved.get(k))
-            raise WorkdirRefused(f"{path}: this workdir belongs to a run with a different config (sections {changed} "
-                             f"differ); use a fresh --workdir or the same config to resume")
+            raise WorkdirRefused(
+                f"{path}: this workdir belongs to a run with a different config (sections {changed} "
+                f"differ); use a fresh --workdir or the same config to resume"
+            )
         return
     save_config(config, path)
 
@@ -92,8 +97,11 @@ class WorkdirLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
             if not isinstance(err, BlockingIOError):  # a file system without locks (some FUSE mounts)
-                print(f"WARNING: {self.path}: the file system refuses locks ({err.strerror or err}); "
-                      f"nothing stops a second run from using this workdir", flush=True)
+                print(
+                    f"WARNING: {self.path}: the file system refuses locks ({err.strerror or err}); "
+                    f"nothing stops a second run from using this workdir",
+                    flush=True,
+                )
                 self._fd = fd
                 return self
             holder = _read_holder(fd)
@@ -101,9 +109,11 @@ class WorkdirLock:
             raise WorkdirBusyError(
                 f"{self.path.parent}: another run is using this workdir (host {holder.get('host', '?')}, "
                 f"pid {holder.get('pid', '?')}, started {holder.get('started', '?')}); wait for it to end or "
-                f"use a different --workdir") from None
-        record = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                             "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")})
+                f"use a different --workdir"
+            ) from None
+        record = json.dumps(
+            {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+        )
         os.ftruncate(fd, 0)
         os.pwrite(fd, record.encode(), 0)
         self._fd = fd

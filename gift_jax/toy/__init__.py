@@ -3,6 +3,7 @@
 `write_world` writes the corpora, splits and tokenizer; `verify` scores a response like the math
 reward; `classify_style` says which solution style a response chose.
 """
+
 from gift_jax.toy.corpus import EXPERT_STYLE, BaseMix, SplitSizes
 from gift_jax.toy.styles import NO_STYLE, STYLE_HEADERS, STYLES, classify_style, render_solution
 from gift_jax.toy.task import Problem, TaskSpec

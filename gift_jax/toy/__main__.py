@@ -4,6 +4,7 @@
 
 Prints the written paths and the manifest's summary (vocabulary, lengths, base-corpus mix).
 """
+
 import argparse
 import dataclasses
 import json

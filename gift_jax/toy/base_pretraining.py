@@ -7,6 +7,7 @@ assistant turn, then exported with `save_hf`; later stages load it back with `lo
 folder `experiments/toy_base/` was made this way; `world.json` beside the weights records the
 world it was trained on, and the pipeline retrains when that record does not match.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,15 +29,29 @@ WORLD_SEED = 0  # the base is shared by every experiment seed; seeds vary the la
 
 
 def base_model_config() -> ModelConfig:
-    return ModelConfig(family="llama", vocab_size=len(VOCAB), rms_norm_eps=1e-5, rope_theta=10000.0,
-                       max_position_embeddings=128, tie_word_embeddings=True,
-                       eos_token_id=VOCAB.index("<eos>"), pad_token_id=VOCAB.index("<pad>"), **BASE_DIMS)
+    return ModelConfig(
+        family="llama",
+        vocab_size=len(VOCAB),
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        max_position_embeddings=128,
+        tie_word_embeddings=True,
+        eos_token_id=VOCAB.index("<eos>"),
+        pad_token_id=VOCAB.index("<pad>"),
+        **BASE_DIMS,
+    )
 
 
 def world_record(manifest: dict) -> dict:
     """What a base depends on: the pretraining world and the model shape."""
-    return {"task": manifest["task"], "base_mix": manifest["base_mix"], "pretrain": manifest["sizes"]["pretrain"],
-            "seed": manifest["seed"], "vocab_size": manifest["vocab_size"], "dims": BASE_DIMS}
+    return {
+        "task": manifest["task"],
+        "base_mix": manifest["base_mix"],
+        "pretrain": manifest["sizes"]["pretrain"],
+        "seed": manifest["seed"],
+        "vocab_size": manifest["vocab_size"],
+        "dims": BASE_DIMS,
+    }
 
 
 def pretrain_sft_file(pretrain_jsonl: Path, out: Path) -> Path:
@@ -56,16 +71,28 @@ def pretrain_base(out_dir: Path, *, steps: int, work: Path, batch: int = 128, lr
     config = base_model_config()
     save_hf(Transformer(config, rngs=nnx.Rngs(0)), config, init_dir, tokenizer_dir=paths["tokenizer"])
     num_docs = manifest["sizes"]["pretrain"]
-    stage = from_dict(InitStageConfig, {
-        "model": {"path": str(init_dir)},
-        "data": {"train_file": str(pretrain_sft_file(paths["pretrain"], work / "pretrain_sft.jsonl")),
-                 "max_length": 64, "bucket_lengths": [64]},
-        "loss": {"name": "sft", "chunk_size": 64},
-        "optim": {"lr": lr, "schedule": "cosine", "warmup_ratio": 0.03, "min_lr_ratio": 0.05, "weight_decay": 0.01},
-        "train": {"global_batch": batch, "micro_batch_per_device": batch // jax.device_count(),
-                  "epochs": max(1, -(-steps * batch // num_docs)), "max_steps": steps, "log_every": 100,
-                  "checkpoint_every": 500, "export_hf": True},
-    })
+    stage = from_dict(
+        InitStageConfig,
+        {
+            "model": {"path": str(init_dir)},
+            "data": {
+                "train_file": str(pretrain_sft_file(paths["pretrain"], work / "pretrain_sft.jsonl")),
+                "max_length": 64,
+                "bucket_lengths": [64],
+            },
+            "loss": {"name": "sft", "chunk_size": 64},
+            "optim": {"lr": lr, "schedule": "cosine", "warmup_ratio": 0.03, "min_lr_ratio": 0.05, "weight_decay": 0.01},
+            "train": {
+                "global_batch": batch,
+                "micro_batch_per_device": batch // jax.device_count(),
+                "epochs": max(1, -(-steps * batch // num_docs)),
+                "max_steps": steps,
+                "log_every": 100,
+                "checkpoint_every": 500,
+                "export_hf": True,
+            },
+        },
+    )
     summary = run_init_stage(stage, work / "train")
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
     shutil.rmtree(tmp)

@@ -4,6 +4,7 @@ The base corpus and the problem partition depend only on (seed, sizes, task), ne
 variant: one pretrained base serves the `hard` and the `control` world alike, and only the
 expert's style differs between them.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -40,7 +41,7 @@ class SplitSizes:
                 raise ValueError(f"SplitSizes.{name} must be a positive int, got {value!r}")
 
     @classmethod
-    def from_overrides(cls, overrides: "SplitSizes | dict[str, int] | None") -> "SplitSizes":
+    def from_overrides(cls, overrides: SplitSizes | dict[str, int] | None) -> SplitSizes:
         """Defaults updated by a mapping of split name -> size (unknown names are an error)."""
         if isinstance(overrides, cls):
             return overrides
@@ -111,9 +112,9 @@ def pretrain_rows(problems: list[Problem], mix: BaseMix, seed: int) -> list[dict
     """Base documents `{"text": chat rendering of (prompt, solution) with EOS}`, styles mixed."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, 1]))
     style_ids = exact_share_labels(len(problems), mix.style_probabilities, rng)
-    boxed = exact_share_labels(
-        len(problems), np.array([1.0 - mix.boxed_fraction, mix.boxed_fraction]), rng
-    ).astype(bool)
+    boxed = exact_share_labels(len(problems), np.array([1.0 - mix.boxed_fraction, mix.boxed_fraction]), rng).astype(
+        bool
+    )
     return [
         {"text": render_conversation(p.prompt, styles.render_solution(p, styles.STYLES[s], boxed=b))}
         for p, s, b in zip(problems, style_ids, boxed)
@@ -129,10 +130,7 @@ def expert_rows(problems: list[Problem], variant: str) -> list[dict[str, str]]:
     if variant not in EXPERT_STYLE:
         raise ValueError(f"unknown toy-world variant {variant!r}; expected one of {sorted(EXPERT_STYLE)}")
     style = EXPERT_STYLE[variant]
-    return [
-        {"sft_prompt": p.prompt, "solution": styles.render_solution(p, style, boxed=True)}
-        for p in problems
-    ]
+    return [{"sft_prompt": p.prompt, "solution": styles.render_solution(p, style, boxed=True)} for p in problems]
 
 
 def rl_prompt_rows(problems: list[Problem]) -> list[dict[str, str]]:

@@ -5,6 +5,7 @@ Budgets on a 2-core CPU (measured figures are in the README): `smoke` under a mi
 `default` ~9 minutes, `sweep` ~18 minutes, `baselines` ~40 minutes, `full` about 5 hours (estimated
 from those; 3 seeds, every baseline, the beta sweep, the control world and RL straight from the base).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -40,29 +41,59 @@ BETA_SWEEP = (0.0, 1.0, 2.0, 4.0, 8.0, 12.0, 16.0, 20.0, 25.0)
 
 # The default run; every other preset says only how it differs.
 DEFAULT = Preset(
-    seeds=(0, 1), variants=("hard",), inits=(("sft", None), ("gift", GIFT_TOY_BETA), ("gift", 8.0)),
-    world_sizes=dict(expert=1024, expert_val=128, rl_prompts=2000, eval=256), init_epochs=4, init_batch=64,
-    init_lr=1e-3, rl_steps=50, rl_prompts_per_step=32, rl_group_size=8, rl_lr=2e-4, rl_max_new_tokens=48,
-    eval_problems=256, pass_k_samples=8)
+    seeds=(0, 1),
+    variants=("hard",),
+    inits=(("sft", None), ("gift", GIFT_TOY_BETA), ("gift", 8.0)),
+    world_sizes=dict(expert=1024, expert_val=128, rl_prompts=2000, eval=256),
+    init_epochs=4,
+    init_batch=64,
+    init_lr=1e-3,
+    rl_steps=50,
+    rl_prompts_per_step=32,
+    rl_group_size=8,
+    rl_lr=2e-4,
+    rl_max_new_tokens=48,
+    eval_problems=256,
+    pass_k_samples=8,
+)
 BASELINE_HPARAMS = {"alpha": 0.01, "gamma": 0.1, "clip_eps": 0.2}
 
 PRESETS = {
     "smoke": dataclasses.replace(
-        DEFAULT, seeds=(0,), inits=(("sft", None), ("gift", GIFT_TOY_BETA)),
-        world_sizes=dict(expert=256, expert_val=64, rl_prompts=256, eval=32), init_epochs=2, rl_steps=3,
-        rl_prompts_per_step=8, rl_group_size=4, eval_problems=32, pass_k_samples=4),
+        DEFAULT,
+        seeds=(0,),
+        inits=(("sft", None), ("gift", GIFT_TOY_BETA)),
+        world_sizes=dict(expert=256, expert_val=64, rl_prompts=256, eval=32),
+        init_epochs=2,
+        rl_steps=3,
+        rl_prompts_per_step=8,
+        rl_group_size=4,
+        eval_problems=32,
+        pass_k_samples=4,
+    ),
     "default": DEFAULT,
     # The beta sweep alone, one seed (about 18 minutes): where between SFT-like and base-like GIFT helps.
     "sweep": dataclasses.replace(
-        DEFAULT, seeds=(0,),
-        inits=(("sft", None), *(("gift", b) for b in (0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 12.0, 20.0, 25.0)))),
+        DEFAULT,
+        seeds=(0,),
+        inits=(("sft", None), *(("gift", b) for b in (0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 12.0, 20.0, 25.0))),
+    ),
     # Every init method of the paper at the default sizes, 3 seeds (about 40 minutes).
     "baselines": dataclasses.replace(
-        DEFAULT, seeds=(0, 1, 2), inits=(("base", None), ("sft", None), *BASELINES, ("gift", GIFT_TOY_BETA)),
-        baseline_hparams=BASELINE_HPARAMS),
+        DEFAULT,
+        seeds=(0, 1, 2),
+        inits=(("base", None), ("sft", None), *BASELINES, ("gift", GIFT_TOY_BETA)),
+        baseline_hparams=BASELINE_HPARAMS,
+    ),
     "full": dataclasses.replace(
-        DEFAULT, seeds=(0, 1, 2), variants=("hard", "control"),
+        DEFAULT,
+        seeds=(0, 1, 2),
+        variants=("hard", "control"),
         inits=(("base", None), ("sft", None), *BASELINES, *(("gift", b) for b in BETA_SWEEP)),
-        world_sizes=dict(expert=2000, expert_val=256, rl_prompts=2000, eval=256), init_epochs=6, pass_k_samples=16,
-        rl_eval_every=10, baseline_hparams=BASELINE_HPARAMS),
+        world_sizes=dict(expert=2000, expert_val=256, rl_prompts=2000, eval=256),
+        init_epochs=6,
+        pass_k_samples=16,
+        rl_eval_every=10,
+        baseline_hparams=BASELINE_HPARAMS,
+    ),
 }

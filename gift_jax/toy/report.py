@@ -1,4 +1,5 @@
 """Tables and plots of the toy pipeline's `results.json` (mean +- std over seeds)."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,11 @@ import numpy as np  # noqa: E402
 
 from gift_jax.evaluation.metrics import markdown_table, summarise_seeds  # noqa: E402
 
-RL_CURVES = (("train/reward_mean", "mean reward"), ("train/entropy", "token entropy (nats)"),
-             ("train/kl_to_base", "KL(pi || base)"))
+RL_CURVES = (
+    ("train/reward_mean", "mean reward"),
+    ("train/entropy", "token entropy (nats)"),
+    ("train/kl_to_base", "KL(pi || base)"),
+)
 
 
 def _label(row: dict) -> str:
@@ -36,16 +40,31 @@ def _pass_ks(rows: list[dict]) -> list[int]:
 def results_table(rows: list[dict]) -> str:
     ks = _pass_ks(rows)
     avg = next(k for k in rows[0]["post_rl"] if k.startswith("avg@"))
-    columns = ["world", "init", "seeds", *(f"pre-RL pass@{k}" for k in ks), f"pre-RL {avg}", "pre-RL boxed",
-               f"post-RL {avg}", f"post-RL pass@{ks[-1]}"]
+    columns = [
+        "world",
+        "init",
+        "seeds",
+        *(f"pre-RL pass@{k}" for k in ks),
+        f"pre-RL {avg}",
+        "pre-RL boxed",
+        f"post-RL {avg}",
+        f"post-RL pass@{ks[-1]}",
+    ]
     table_rows = []
     for (variant, label), group in _groups(rows).items():
-        pct = lambda stage, key: [100 * r[stage].get(key, 0.0) for r in group]  # noqa: E731
-        table_rows.append({
-            "world": variant, "init": label, "seeds": str(len(group)),
-            **{f"pre-RL pass@{k}": pct("pre_rl", f"pass@{k}") for k in ks},
-            f"pre-RL {avg}": pct("pre_rl", avg), "pre-RL boxed": pct("pre_rl", "boxed_rate"),
-            f"post-RL {avg}": pct("post_rl", avg), f"post-RL pass@{ks[-1]}": pct("post_rl", f"pass@{ks[-1]}")})
+        pct = lambda stage, key: [100 * r[stage].get(key, 0.0) for r in group]  # noqa: B023  (used in this iteration)
+        table_rows.append(
+            {
+                "world": variant,
+                "init": label,
+                "seeds": str(len(group)),
+                **{f"pre-RL pass@{k}": pct("pre_rl", f"pass@{k}") for k in ks},
+                f"pre-RL {avg}": pct("pre_rl", avg),
+                "pre-RL boxed": pct("pre_rl", "boxed_rate"),
+                f"post-RL {avg}": pct("post_rl", avg),
+                f"post-RL pass@{ks[-1]}": pct("post_rl", f"pass@{ks[-1]}"),
+            }
+        )
     return markdown_table(table_rows, columns, precision=1)
 
 
@@ -54,8 +73,11 @@ def style_table(rows: list[dict]) -> str:
     columns = ["world", "init", *(f"{stage} {s[6:]}" for stage in ("pre", "post") for s in styles)]
     table_rows = []
     for (variant, label), group in _groups(rows).items():
-        cells = {f"{stage} {s[6:]}": [100 * r[f"{stage}_rl"].get(s, 0.0) for r in group]
-                 for stage in ("pre", "post") for s in styles}
+        cells = {
+            f"{stage} {s[6:]}": [100 * r[f"{stage}_rl"].get(s, 0.0) for r in group]
+            for stage in ("pre", "post")
+            for s in styles
+        }
         table_rows.append({"world": variant, "init": label, **cells})
     return markdown_table(table_rows, columns, precision=0)
 
@@ -113,10 +135,15 @@ def plot_rl_curves(workdir: Path, rows: list[dict]) -> Path:
 
 def floors_table(floors: dict) -> str:
     """The base model's floors per world: reward pass@k / avg@k, boxed rate, per-style greedy skill."""
-    keys = sorted({k for f in floors.values() for k in f if k.startswith(("pass@", "avg@", "greedy_acc", "boxed"))},
-                  key=lambda k: (k.split("@")[0], int(k.split("@")[1]) if "@" in k else 0, k))
-    return markdown_table([{"world": w, **{k: 100 * f[k] for k in keys if k in f}} for w, f in floors.items()],
-                          ["world", *keys], precision=1)
+    keys = sorted(
+        {k for f in floors.values() for k in f if k.startswith(("pass@", "avg@", "greedy_acc", "boxed"))},
+        key=lambda k: (k.split("@")[0], int(k.split("@")[1]) if "@" in k else 0, k),
+    )
+    return markdown_table(
+        [{"world": w, **{k: 100 * f[k] for k in keys if k in f}} for w, f in floors.items()],
+        ["world", *keys],
+        precision=1,
+    )
 
 
 def write_report(workdir: Path, rows: list[dict], floors: dict, preset: str) -> Path:
@@ -125,13 +152,27 @@ def write_report(workdir: Path, rows: list[dict], floors: dict, preset: str) -> 
         raise ValueError(f"{workdir}: no results to report")
     plots = [plot_pass_at_k(workdir, rows), plot_rl_curves(workdir, rows)]
     seeds = sorted({r["seed"] for r in rows})
-    text = [f"# Toy pipeline results (preset `{preset}`, seeds {seeds})", "",
-            "Percentages, mean ± std over seeds (std over seeds; one seed shows ± 0).", "",
-            results_table(rows), "", "## The base model's floors (%)", "",
-            "pass@k / avg@k use the reward (boxed answer); greedy_acc_<style> forces that style's header and "
-            "accepts either answer format (how well the base computes in each style).", "",
-            floors_table(floors), "", "## Solution styles and answer formats of the T=1.0 samples (%)", "",
-            style_table(rows), "", *(f"![{p.stem}]({p.name})" for p in plots), ""]
+    text = [
+        f"# Toy pipeline results (preset `{preset}`, seeds {seeds})",
+        "",
+        "Percentages, mean ± std over seeds (std over seeds; one seed shows ± 0).",
+        "",
+        results_table(rows),
+        "",
+        "## The base model's floors (%)",
+        "",
+        "pass@k / avg@k use the reward (boxed answer); greedy_acc_<style> forces that style's header and "
+        "accepts either answer format (how well the base computes in each style).",
+        "",
+        floors_table(floors),
+        "",
+        "## Solution styles and answer formats of the T=1.0 samples (%)",
+        "",
+        style_table(rows),
+        "",
+        *(f"![{p.stem}]({p.name})" for p in plots),
+        "",
+    ]
     path = workdir / "results.md"
     path.write_text("\n".join(text))
     return path

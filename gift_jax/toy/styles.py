@@ -18,6 +18,7 @@ choice can be read at one position. The stepwise styles need only two-number add
 span; `direct` has to produce the whole sum right after reading the problem, which is much harder
 for a small model.
 """
+
 from __future__ import annotations
 
 from gift_jax.toy.task import Problem
@@ -100,4 +101,3 @@ def classify_style(response: str) -> str:
         if response.startswith(header):
             return style
     return NO_STYLE
-

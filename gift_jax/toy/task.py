@@ -4,6 +4,7 @@ A problem's identity is its operand tuple. Every problem of a `TaskSpec` has a d
 (`problem_id` / `problem_from_id`), so splits can be drawn as disjoint sets of ids without ever
 enumerating the problem space.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,13 +32,11 @@ class TaskSpec:
     def __post_init__(self):
         if not 2 <= self.min_operands <= self.max_operands:
             raise ValueError(
-                f"TaskSpec: need 2 <= min_operands <= max_operands, got "
-                f"{self.min_operands}..{self.max_operands}"
+                f"TaskSpec: need 2 <= min_operands <= max_operands, got {self.min_operands}..{self.max_operands}"
             )
         if not 0 <= self.min_operand <= self.max_operand:
             raise ValueError(
-                f"TaskSpec: need 0 <= min_operand <= max_operand, got "
-                f"{self.min_operand}..{self.max_operand}"
+                f"TaskSpec: need 0 <= min_operand <= max_operand, got {self.min_operand}..{self.max_operand}"
             )
 
     @property
@@ -58,9 +57,7 @@ class Problem:
     operands: tuple[int, ...]
 
     def __post_init__(self):
-        if len(self.operands) < 2 or any(
-            not isinstance(x, (int, np.integer)) or x < 0 for x in self.operands
-        ):
+        if len(self.operands) < 2 or any(not isinstance(x, (int, np.integer)) or x < 0 for x in self.operands):
             raise ValueError(f"Problem: need >= 2 non-negative int operands, got {self.operands!r}")
         object.__setattr__(self, "operands", tuple(int(x) for x in self.operands))
 
@@ -75,7 +72,7 @@ class Problem:
         return str(sum(self.operands))
 
     @classmethod
-    def from_prompt(cls, prompt: str) -> "Problem":
+    def from_prompt(cls, prompt: str) -> Problem:
         """Parses a prompt written by `Problem.prompt`; raises ValueError naming it otherwise."""
         match = _PROMPT_PATTERN.match(prompt.strip())
         if match is None:

@@ -13,6 +13,7 @@ Base documents are this rendering of (problem, solution) pairs, so the base mode
 probabilities right after `<|assistant|>` are meaningful when the later stages prompt it with
 `apply_chat_template(..., add_generation_prompt=True)`.
 """
+
 from __future__ import annotations
 
 import json
@@ -96,9 +97,7 @@ def build_tokenizer() -> Tokenizer:
         Regex("|".join(re.escape(t) for t in longest_first)), behavior="isolated"
     )
     tokenizer.decoder = decoders.Fuse()
-    tokenizer.add_special_tokens(
-        [AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS]
-    )
+    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
     return tokenizer
 
 

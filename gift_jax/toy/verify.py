@@ -4,6 +4,7 @@ Delegating to `gift_jax.rewards.math_reward` keeps the toy diagnostics and the R
 function: the content of the LAST `\\boxed{...}` is compared to the ground truth, and a response
 that ends in the plain `answer: 33` format scores 0. Integer answers are settled in-process.
 """
+
 from __future__ import annotations
 
 from gift_jax.rewards import math_reward

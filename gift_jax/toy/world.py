@@ -14,6 +14,7 @@ Files written under `out_dir`:
   world.json         the configuration and measured statistics (style shares, lengths, vocab)
 Prompts are raw user turns; consumers apply the tokenizer's chat template.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -97,9 +98,7 @@ def write_world(
       manifest.
     """
     if variant not in corpus.EXPERT_STYLE:
-        raise ValueError(
-            f"unknown toy-world variant {variant!r}; expected one of {sorted(corpus.EXPERT_STYLE)}"
-        )
+        raise ValueError(f"unknown toy-world variant {variant!r}; expected one of {sorted(corpus.EXPERT_STYLE)}")
     sizes = corpus.SplitSizes.from_overrides(sizes)
     task = task or TaskSpec()
     mix = mix or corpus.BaseMix()

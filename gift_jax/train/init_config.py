@@ -3,6 +3,7 @@
 Section ranges are checked when the config is loaded; `validate_init_config` adds the checks that
 need the device count or the file system and returns the derived sizes.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -105,8 +106,9 @@ class InitSizes:
     local_batch: int  # rows this process loads per global batch
 
 
-def validate_init_config(config: InitStageConfig, *, num_devices: int, process_count: int = 1,
-                         check_paths: bool = True) -> InitSizes:
+def validate_init_config(
+    config: InitStageConfig, *, num_devices: int, process_count: int = 1, check_paths: bool = True
+) -> InitSizes:
     """Rejects combinations that cannot run here with one clear message; returns the derived sizes.
 
     `check_paths=False` skips the data and model folder checks (a compile-only fit check needs neither)."""
@@ -114,14 +116,22 @@ def validate_init_config(config: InitStageConfig, *, num_devices: int, process_c
     parallel, problems = placement_problems(config, num_devices, check_paths=check_paths)
     per_update = parallel * t.micro_batch_per_device
     if t.global_batch % per_update:
-        problems.append(f"train.global_batch={t.global_batch} is not divisible by batch devices ({parallel}) x "
-                        f"train.micro_batch_per_device ({t.micro_batch_per_device}) = {per_update}")
+        problems.append(
+            f"train.global_batch={t.global_batch} is not divisible by batch devices ({parallel}) x "
+            f"train.micro_batch_per_device ({t.micro_batch_per_device}) = {per_update}"
+        )
     if t.global_batch % process_count:
         problems.append(f"train.global_batch={t.global_batch} is not divisible by {process_count} processes")
     if t.global_batch % (loss.updates_per_batch * per_update):
-        problems.append(f"psft: train.global_batch={t.global_batch} is not divisible by loss.psft_minibatches "
-                        f"({loss.psft_minibatches}) x {per_update}")
+        problems.append(
+            f"psft: train.global_batch={t.global_batch} is not divisible by loss.psft_minibatches "
+            f"({loss.psft_minibatches}) x {per_update}"
+        )
     if problems:
         raise ValueError("invalid init-stage config:\n  - " + "\n  - ".join(problems))
-    return InitSizes(batch_parallelism=parallel, num_micro=t.global_batch // per_update // loss.updates_per_batch,
-                     forward_micro=t.global_batch // per_update, local_batch=t.global_batch // process_count)
+    return InitSizes(
+        batch_parallelism=parallel,
+        num_micro=t.global_batch // per_update // loss.updates_per_batch,
+        forward_micro=t.global_batch // per_update,
+        local_batch=t.global_batch // process_count,
+    )

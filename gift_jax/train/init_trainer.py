@@ -4,6 +4,7 @@ A loop step is one optimizer update (PSFT takes `loss.psft_minibatches` of them 
 Resuming from `workdir` restores parameters, optimizer state, step and the data-iterator position,
 so a run that is stopped and resumed ends bit-identical to an uninterrupted one (CPU, float32).
 """
+
 from __future__ import annotations
 
 import functools
@@ -32,9 +33,17 @@ def _data_splits(config: InitStageConfig, workdir: Path):
     if config.data.val_file:
         files["validation"] = config.data.val_file
     d = config.data
-    prepare = functools.partial(prepare_tfds, files, model_dir=config.model.path, data_dir=workdir / "data",
-                                chat_template=config.model.chat_template, prompt_key=d.prompt_key,
-                                response_key=d.response_key, max_length=d.max_length, truncation=d.truncation)
+    prepare = functools.partial(
+        prepare_tfds,
+        files,
+        model_dir=config.model.path,
+        data_dir=workdir / "data",
+        chat_template=config.model.chat_template,
+        prompt_key=d.prompt_key,
+        response_key=d.response_key,
+        max_length=d.max_length,
+        truncation=d.truncation,
+    )
     # One writer: process 0 tokenizes into the shared workdir, the others then open the finished dataset.
     if jax.process_index() == 0:
         prepared = prepare()
@@ -51,10 +60,15 @@ def _validation_loss(eval_fn, params, val_split, config: InitStageConfig, sizes:
     if val_split is None:
         return None
     sums = {"nll": 0.0, "tokens": 0.0}
-    for batch in make_eval_batches(val_split, batch_size=sizes.local_batch, process_index=jax.process_index(),
-                                   process_count=jax.process_count(),
-                                   bucket_lengths=config.data.bucket_lengths or None, num_threads=0,
-                                   pack=config.data.pack):
+    for batch in make_eval_batches(
+        val_split,
+        batch_size=sizes.local_batch,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        bucket_lengths=config.data.bucket_lengths or None,
+        num_threads=0,
+        pack=config.data.pack,
+    ):
         out = eval_fn(params, shard_batch(batch, mesh))
         sums = {k: sums[k] + float(out[k]) for k in sums}
     return sums["nll"] / max(sums["tokens"], 1.0)
@@ -63,15 +77,22 @@ def _validation_loss(eval_fn, params, val_split, config: InitStageConfig, sizes:
 def init_step_config(config: InitStageConfig, sizes: InitSizes) -> DemonstrationStepConfig:
     """The static settings of the init stage's update, from its config and derived sizes."""
     loss = config.loss
-    return DemonstrationStepConfig(name=loss.name, hparams=loss.hparams(), chunk_size=loss.chunk_size,
-                                   num_micro=sizes.num_micro)
+    return DemonstrationStepConfig(
+        name=loss.name, hparams=loss.hparams(), chunk_size=loss.chunk_size, num_micro=sizes.num_micro
+    )
 
 
 def jit_init_update(step_config: DemonstrationStepConfig, state, mesh, *, graphdef, base_graphdef, tx):
     """The init stage's jitted update `(state, base_params, batch) -> (state, metrics)` exactly as the
     loop runs it; `state` may be abstract (the compile-only fit check compiles this same function)."""
-    step = functools.partial(demonstration_step, graphdef=graphdef, base_graphdef=base_graphdef, tx=tx,
-                             config=step_config, param_shardings=param_shardings(state.params))
+    step = functools.partial(
+        demonstration_step,
+        graphdef=graphdef,
+        base_graphdef=base_graphdef,
+        tx=tx,
+        config=step_config,
+        param_shardings=param_shardings(state.params),
+    )
     return jit_update(step, state, mesh, num_inputs=2)
 
 
@@ -89,16 +110,21 @@ def run_init_stage(config: InitStageConfig, workdir: str | Path, *, max_steps: i
         step_config = init_step_config(config, sizes)
         base_graphdef, base_params = run.load_base() if step_config.needs_reference else (graphdef, None)
         iterator = make_sft_iterator(
-            train_split, batch_size=sizes.local_batch, seed=t.seed, num_epochs=t.epochs,
-            process_index=jax.process_index(), process_count=jax.process_count(),
-            bucket_lengths=config.data.bucket_lengths or None, num_threads=config.data.num_threads,
-            pack=config.data.pack)
+            train_split,
+            batch_size=sizes.local_batch,
+            seed=t.seed,
+            num_epochs=t.epochs,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+            bucket_lengths=config.data.bucket_lengths or None,
+            num_threads=config.data.num_threads,
+            pack=config.data.pack,
+        )
         total_steps = iterator.num_batches * loss.updates_per_batch
         stop_at = min(total_steps, t.max_steps or total_steps, max_steps or total_steps)
         tx = make_optimizer(config.optim, total_steps)
         state = init_train_state(params, tx, run.mesh)
-        step_fn = jit_init_update(step_config, state, run.mesh, graphdef=graphdef, base_graphdef=base_graphdef,
-                                  tx=tx)
+        step_fn = jit_init_update(step_config, state, run.mesh, graphdef=graphdef, base_graphdef=base_graphdef, tx=tx)
         no_grad = dict(graphdef=graphdef, chunk_size=loss.chunk_size, num_micro=sizes.forward_micro)
         eval_fn = jax.jit(functools.partial(eval_step, **no_grad), out_shardings=replicated(run.mesh))
         old_logprobs_fn = jax.jit(functools.partial(policy_logprobs, **no_grad))
@@ -107,8 +133,9 @@ def run_init_stage(config: InitStageConfig, workdir: str | Path, *, max_steps: i
         if meta:
             iterator.set_state(meta["data_iterator"])
         else:
-            run.write({f"{split}/{k}": v for split, stats in prepared.stats.items() for k, v in stats.items()},
-                      prefix="data/")
+            run.write(
+                {f"{split}/{k}": v for split, stats in prepared.stats.items() for k, v in stats.items()}, prefix="data/"
+            )
         steps_per_epoch = iterator.steps_per_epoch * loss.updates_per_batch
         eval_every, checkpoint_every = t.eval_every or steps_per_epoch, t.checkpoint_every or steps_per_epoch
         val_loss = None
@@ -131,6 +158,7 @@ def run_init_stage(config: InitStageConfig, workdir: str | Path, *, max_steps: i
             # Only a whole global batch has a data position to resume from; an improvement inside one
             # is still saved as the best checkpoint (hf_best).
             periodic = not pending and (run.step % checkpoint_every == 0 or run.step == stop_at)
-            run.checkpoint(state, {"data_iterator": iterator.get_state(), "val_loss": score}, score=score,
-                           periodic=periodic)
+            run.checkpoint(
+                state, {"data_iterator": iterator.get_state(), "val_loss": score}, score=score, periodic=periodic
+            )
         return run.finish(state, {"best_val_loss": run.best_score, "final_val_loss": val_loss})

@@ -1,4 +1,5 @@
 """The compile-only fit check: the trainer's step compiled from abstract inputs, figures read back."""
+
 import json
 import os
 import subprocess
@@ -8,20 +9,53 @@ from pathlib import Path
 import pytest
 
 from experiments import aot_compile
-
 from gift_jax.aot import collective_bytes, required_bytes_from_error
 
 ROOT = Path(__file__).resolve().parents[2]
 
-FIELDS = ("stage", "topology", "chips", "hbm_bytes_per_chip", "argument_bytes", "output_bytes", "temp_bytes",
-          "peak_bytes_per_chip", "fits", "flops", "model_bytes", "collective_bytes")
+FIELDS = (
+    "stage",
+    "topology",
+    "chips",
+    "hbm_bytes_per_chip",
+    "argument_bytes",
+    "output_bytes",
+    "temp_bytes",
+    "peak_bytes_per_chip",
+    "fits",
+    "flops",
+    "model_bytes",
+    "collective_bytes",
+)
 # The paper's Qwen2.5-7B shapes shrunk to a toy: the yaml's dtypes, remat and loss stay as they are.
-TINY = ["--model-config", str(ROOT / "experiments/model_shapes/qwen2.5_7b.json"),
-        "--model-set", "num_layers=2", "--model-set", "hidden_size=64", "--model-set", "intermediate_size=128",
-        "--model-set", "num_heads=4", "--model-set", "num_kv_heads=2", "--model-set", "head_dim=16",
-        "--model-set", "vocab_size=512"]
-INIT = ["--config", str(ROOT / "experiments/configs/init_qwen2.5_7b_gift.yaml"), "--set", "train.global_batch=32",
-        "--set", "train.micro_batch_per_device=2", "--seq-len", "32"]
+TINY = [
+    "--model-config",
+    str(ROOT / "experiments/model_shapes/qwen2.5_7b.json"),
+    "--model-set",
+    "num_layers=2",
+    "--model-set",
+    "hidden_size=64",
+    "--model-set",
+    "intermediate_size=128",
+    "--model-set",
+    "num_heads=4",
+    "--model-set",
+    "num_kv_heads=2",
+    "--model-set",
+    "head_dim=16",
+    "--model-set",
+    "vocab_size=512",
+]
+INIT = [
+    "--config",
+    str(ROOT / "experiments/configs/init_qwen2.5_7b_gift.yaml"),
+    "--set",
+    "train.global_batch=32",
+    "--set",
+    "train.micro_batch_per_device=2",
+    "--seq-len",
+    "32",
+]
 
 
 @pytest.mark.slow
@@ -34,9 +68,11 @@ def test_init_step_compiles_for_the_local_backend(tmp_path):
     assert report["stage"] == "init" and report["topology"] == "local" and report["chips"] >= 1
     assert report["fits"] is True and report["flops"] > 0
     from gift_jax.models import config_from_hf
+
     shapes = json.loads((ROOT / "experiments/model_shapes/qwen2.5_7b.json").read_text())
-    config = config_from_hf(shapes).replace(num_layers=2, hidden_size=64, intermediate_size=128, num_heads=4,
-                                            num_kv_heads=2, head_dim=16, vocab_size=512)
+    config = config_from_hf(shapes).replace(
+        num_layers=2, hidden_size=64, intermediate_size=128, num_heads=4, num_kv_heads=2, head_dim=16, vocab_size=512
+    )
     assert report["model_bytes"] == config.num_params() * 2  # bf16 compute copy
     # f32 master weights + Adam mu / nu + the bf16 base arrive as arguments, split over the chips.
     assert report["argument_bytes"] * report["chips"] >= config.num_params() * (4 * 3 + 2)
@@ -47,9 +83,20 @@ def test_init_step_compiles_for_the_local_backend(tmp_path):
 
 @pytest.mark.slow
 def test_rl_update_and_sampler_compile_for_the_local_backend(tmp_path):
-    rl = ["--config", str(ROOT / "experiments/configs/rl_paper_grpo.yaml"), "--set", "algo.mini_batch_prompts=4",
-          "--set", "train.prompts_per_step=4", "--set", "rollout.group_size=4", "--set", "rollout.max_new_tokens=16",
-          "--prompt-length", "8"]
+    rl = [
+        "--config",
+        str(ROOT / "experiments/configs/rl_paper_grpo.yaml"),
+        "--set",
+        "algo.mini_batch_prompts=4",
+        "--set",
+        "train.prompts_per_step=4",
+        "--set",
+        "rollout.group_size=4",
+        "--set",
+        "rollout.max_new_tokens=16",
+        "--prompt-length",
+        "8",
+    ]
     for stage in ("rl", "rollout"):
         out = tmp_path / f"{stage}.json"
         assert aot_compile.main([*rl, *TINY, "--stage", stage, "--json", str(out)]) == 0
@@ -65,11 +112,12 @@ def test_bad_model_shapes_are_named(capsys):
 
 
 def test_out_of_memory_messages_give_the_required_bytes():
-    tpu = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries "
-           "(128.00G) exceeds available HBM (15.75G).")
-    assert required_bytes_from_error(tpu) == (128 * 1024 ** 3, "temp")
-    assert required_bytes_from_error("RESOURCE_EXHAUSTED: Used 99.50G of 95.74G hbm.") == (
-        int(99.5 * 1024 ** 3), "total")
+    tpu = (
+        "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries "
+        "(128.00G) exceeds available HBM (15.75G)."
+    )
+    assert required_bytes_from_error(tpu) == (128 * 1024**3, "temp")
+    assert required_bytes_from_error("RESOURCE_EXHAUSTED: Used 99.50G of 95.74G hbm.") == (int(99.5 * 1024**3), "total")
     assert required_bytes_from_error("RESOURCE_EXHAUSTED: something else") is None
 
 
@@ -93,8 +141,13 @@ ENTRY %main (param.1: bf16[256,4096]) -> f32[] {
 }
 """
     got = collective_bytes(hlo)
-    assert got == {"all-gather": 1024 * 4096 * 2, "all-reduce": 4, "reduce-scatter": 4096 * 1024 * 2,
-                   "all-to-all": 0, "collective-permute": 256 * 4096 * 2}
+    assert got == {
+        "all-gather": 1024 * 4096 * 2,
+        "all-reduce": 4,
+        "reduce-scatter": 4096 * 1024 * 2,
+        "all-to-all": 0,
+        "collective-permute": 256 * 4096 * 2,
+    }
 
 
 def _libtpu_importable() -> bool:
@@ -111,11 +164,25 @@ def test_init_step_compiles_for_a_tpu_slice(tmp_path):
     # A separate process: loading libtpu here would change the default backend of the test session.
     out = tmp_path / "fit.json"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path])}
-    run = subprocess.run([sys.executable, str(ROOT / "experiments/aot_compile.py"), *INIT, *TINY,
-                          "--set", "train.micro_batch_per_device=4",
-                          "--topology", "v5p-8", "--json", str(out)], env=env, capture_output=True, text=True)
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "experiments/aot_compile.py"),
+            *INIT,
+            *TINY,
+            "--set",
+            "train.micro_batch_per_device=4",
+            "--topology",
+            "v5p-8",
+            "--json",
+            str(out),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads(out.read_text())
-    assert report["chips"] == 4 and report["hbm_bytes_per_chip"] > 90 * 1024 ** 3
+    assert report["chips"] == 4 and report["hbm_bytes_per_chip"] > 90 * 1024**3
     assert report["shapes"]["mesh"]["fsdp"] == 4
     assert sum(report["collective_bytes"].values()) > 0  # FSDP over 4 chips moves weights / gradients

@@ -1,4 +1,5 @@
 """Tiny model folders (a BPE tokenizer trained here + config files) for the data tests."""
+
 import json
 from pathlib import Path
 

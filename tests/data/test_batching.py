@@ -1,4 +1,5 @@
 """The batch contract: shifted targets, masks, dtypes, padding rows, bucket lengths."""
+
 import numpy as np
 import pytest
 

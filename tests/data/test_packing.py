@@ -1,4 +1,5 @@
 """Sequence packing: bin packing, the packed batch contract, and the packed grain pipeline."""
+
 import numpy as np
 import pytest
 
@@ -33,9 +34,7 @@ def test_packed_rows_hold_each_sample_as_its_unpacked_row_does():
     a, b, c = sample([5, 6, 7, 8], 2), sample([9, 10, 11], 1), sample([12, 13, 14, 15, 16], 3)
     packed = collate_packed_batch([[a, b], [c], []], 8, PAD)
     plain = collate_sft_batch([a, b, c], 8, PAD)
-    np.testing.assert_array_equal(packed["segment_ids"], [[1, 1, 1, 2, 2, 0, 0, 0],
-                                                          [1, 1, 1, 1, 0, 0, 0, 0],
-                                                          [0] * 8])
+    np.testing.assert_array_equal(packed["segment_ids"], [[1, 1, 1, 2, 2, 0, 0, 0], [1, 1, 1, 1, 0, 0, 0, 0], [0] * 8])
     np.testing.assert_array_equal(packed["positions"][0], [0, 1, 2, 0, 1, 0, 0, 0])
     np.testing.assert_array_equal(packed["attention_mask"], packed["segment_ids"] > 0)
     for key in ("input_ids", "target_ids", "loss_mask"):  # sample b sits at offset 3 of row 0
@@ -59,7 +58,7 @@ def test_packed_epochs_cover_every_record_once_in_fewer_rows():
     batches = list(iterator)
     per_epoch = len(batches) // 2
     for epoch in range(2):
-        records = sum((packed_records(b) for b in batches[epoch * per_epoch:(epoch + 1) * per_epoch]), [])
+        records = sum((packed_records(b) for b in batches[epoch * per_epoch : (epoch + 1) * per_epoch]), [])
         assert sorted(records) == list(range(NUM_RECORDS))
         for b in batches:
             assert b["input_ids"].shape[1] in BUCKETS

@@ -1,4 +1,5 @@
 """`PromptStream`: epochs reshuffle, state resumes the exact order, processes split each batch."""
+
 import pytest
 
 from gift_jax.data.prompt_stream import PromptStream

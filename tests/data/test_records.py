@@ -1,4 +1,5 @@
 """Reading parquet / jsonl records, and the error for each kind of bad input."""
+
 import json
 
 import pyarrow as pa

@@ -1,4 +1,5 @@
 """SFT samples: prompt/response concatenation, loss mask on response + EOS, truncation, drops."""
+
 import numpy as np
 import pytest
 
@@ -28,9 +29,7 @@ def test_sample_is_prompt_then_response_then_eos(tokenizer):
         assert example.token_ids.dtype == np.int32 and example.loss_mask.dtype == bool
         np.testing.assert_array_equal(example.token_ids, prompt_ids + response_ids + [tokenizer.eos_id])
         # Supervised: exactly the response tokens and the EOS.
-        np.testing.assert_array_equal(
-            example.loss_mask, [False] * len(prompt_ids) + [True] * (len(response_ids) + 1)
-        )
+        np.testing.assert_array_equal(example.loss_mask, [False] * len(prompt_ids) + [True] * (len(response_ids) + 1))
         assert tokenizer.decode(example.token_ids[example.loss_mask]) == response + "<|endoftext|>"
     assert stats.as_dict() == {
         "num_rows": 3,

@@ -1,4 +1,5 @@
 """Grain pipeline: seeded per-epoch shuffling, disjoint covering shards, bucketed shapes, exact resume."""
+
 import json
 
 import numpy as np
@@ -49,7 +50,7 @@ def test_each_epoch_is_a_fresh_permutation_of_all_records():
     iterator = make_sft_iterator(make_split(), batch_size=4, seed=0, num_epochs=3, bucket_lengths=BUCKETS)
     assert iterator.steps_per_epoch == 6 and iterator.num_batches == 18
     batches = read_all(iterator)
-    epochs = [sum((record_ids(b) for b in batches[e * 6:(e + 1) * 6]), []) for e in range(3)]
+    epochs = [sum((record_ids(b) for b in batches[e * 6 : (e + 1) * 6]), []) for e in range(3)]
     for order in epochs:
         real = [r for r in order if r >= 0]
         assert sorted(real) == list(range(NUM_RECORDS))

@@ -1,4 +1,5 @@
 """prepare_tfds: local files -> ArrayRecord -> data source -> grain batches; caching by fingerprint."""
+
 import json
 
 import numpy as np
@@ -40,9 +41,7 @@ def prepare(files, model_dir, data_dir, **kwargs):
 def test_prepared_splits_hold_the_tokenized_samples(files, qwen_style_model_dir, tmp_path):
     train, validation = files
     # All splits of one dataset share the column keys, so give the validation file the train keys.
-    validation.write_text(
-        "".join(json.dumps({"sft_prompt": r["q"], "solution": r["a"]}) + "\n" for r in VALIDATION)
-    )
+    validation.write_text("".join(json.dumps({"sft_prompt": r["q"], "solution": r["a"]}) + "\n" for r in VALIDATION))
     prepared = prepare_tfds(
         {"train": train, "validation": validation},
         model_dir=qwen_style_model_dir,
@@ -60,9 +59,7 @@ def test_prepared_splits_hold_the_tokenized_samples(files, qwen_style_model_dir,
     assert prepared.stats["validation"]["num_kept"] == 2
 
     tokenizer = load_tokenizer(qwen_style_model_dir)
-    expected = list(
-        build_sft_examples([(r["sft_prompt"], r["solution"]) for r in TRAIN], tokenizer, max_length=64)
-    )
+    expected = list(build_sft_examples([(r["sft_prompt"], r["solution"]) for r in TRAIN], tokenizer, max_length=64))
     split = prepared.split("train")
     assert len(split) == len(expected) == 11
     assert split.pad_id == tokenizer.pad_id and split.max_length == 64

@@ -1,4 +1,5 @@
 """ChatTokenizer: chat rendering and prompt ids equal transformers' for the same folder; special ids."""
+
 import jinja2
 import pytest
 import transformers
@@ -35,7 +36,7 @@ TOOLS_STYLE_TEMPLATE = """{% set meta = dict(lang='<en>&"x"', n=1) %}{{ meta | t
 {% if loop.index >= 1 %}{% break %}{% endif %}{% endfor %}
 {% if add_generation_prompt %}[assistant] {% endif %}"""
 
-PROMPTS = ["What is 2 + 3?", "  Solve <b>x</b> & \"y\"\nfor x = 3.  ", "Ünïcode ✓ 数学"]
+PROMPTS = ["What is 2 + 3?", '  Solve <b>x</b> & "y"\nfor x = 3.  ', "Ünïcode ✓ 数学"]
 
 
 def hf_render(folder, prompt, chat_template=None):

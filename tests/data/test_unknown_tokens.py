@@ -1,6 +1,7 @@
 """Text the tokenizer can only encode as `<unk>` is refused, naming the file, row and words: in SFT
 data, RL prompts and evaluation prompts (the toy world's word-level tokenizer has an unknown token;
 byte-level BPE tokenizers have none and are never refused)."""
+
 import json
 from pathlib import Path
 
@@ -68,8 +69,7 @@ def test_rl_prompts_with_unknown_words_are_refused_before_the_model_loads(tmp_pa
     with pytest.raises(UnknownTokenError, match=rf"{train}: row 5, field 'prompt': .*\['What is '\]"):
         run_rl_stage(config, tmp_path / "run")
     # The answer column is never tokenized, so it is not checked.
-    check_record_fields(load_tokenizer(TOY_BASE), [{"prompt": "1+1=?", "answer": "two"}], source="x",
-                        keys=["prompt"])
+    check_record_fields(load_tokenizer(TOY_BASE), [{"prompt": "1+1=?", "answer": "two"}], source="x", keys=["prompt"])
 
 
 def test_evaluation_prompts_with_the_paper_instruction_are_refused_on_the_toy(toy_tokenizer, tmp_path):

@@ -1,4 +1,5 @@
 """A tiny byte-level BPE tokenizer and chat templates shared by the data tests."""
+
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 SPECIAL_TOKENS = [

@@ -5,6 +5,7 @@ spec's instruction `none`, the pipeline's seed and float32) must give identical 
 paper's instruction, which the toy tokenizer cannot encode, the script must refuse, naming the file
 and row instead of scoring garbage.
 """
+
 import dataclasses
 import json
 
@@ -30,10 +31,29 @@ def eval_file(tmp_path_factory):
 
 
 def _script(eval_file, out, *, k, temperature, instruction=":instruction=none"):
-    evaluate_main(["--model", str(pipeline.SHIPPED_BASE), "--benchmarks", f"toy={eval_file}{instruction}",
-                   "--k", str(k), "--temperature", str(temperature), "--max-new-tokens", str(PRESET.rl_max_new_tokens),
-                   "--seed", str(SEED), "--dtype", "float32", "--limit", str(PROBLEMS), "--out", str(out),
-                   "--no-progress"])
+    evaluate_main(
+        [
+            "--model",
+            str(pipeline.SHIPPED_BASE),
+            "--benchmarks",
+            f"toy={eval_file}{instruction}",
+            "--k",
+            str(k),
+            "--temperature",
+            str(temperature),
+            "--max-new-tokens",
+            str(PRESET.rl_max_new_tokens),
+            "--seed",
+            str(SEED),
+            "--dtype",
+            "float32",
+            "--limit",
+            str(PROBLEMS),
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     return json.loads((out / "results.json").read_text())["benchmarks"]["toy"]
 
 

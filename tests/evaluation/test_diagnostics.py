@@ -1,4 +1,5 @@
 """End to end: `experiments/diagnose.py` on designed checkpoints whose divergences are known exactly."""
+
 import json
 
 import jax.numpy as jnp
@@ -26,8 +27,13 @@ def _designed(folder, branch, q_shift=None, embed_noise=0.0):
     """The bigram "\\boxed{X}" writer with `branch` at X; last layer's q_proj shifted (no effect on
     the function), embeddings optionally perturbed (changes hidden states and the function)."""
     box, close, eos = token_ids("\\boxed{"), token_ids("}")[0], 2
-    successors = {**chain(box, branch), FIVE: {close: 1.0}, THREE: {close: 1.0}, LETTER_B: {close: 1.0},
-                  close: {eos: 1.0}}
+    successors = {
+        **chain(box, branch),
+        FIVE: {close: 1.0},
+        THREE: {close: 1.0},
+        LETTER_B: {close: 1.0},
+        close: {eos: 1.0},
+    }
     model, config = bigram_model(successors, {box[0]: 1.0}, vocab_size=320)
     if q_shift is not None:
         model.layers[-1].self_attn.q_proj.kernel[...] += jnp.asarray(q_shift)
@@ -54,16 +60,41 @@ def report(tmp_path_factory):
     init = _designed(root / "init", TUNED_BRANCH, q_shift=DELTA_INIT)
     rl = _designed(root / "rl", TUNED_BRANCH, q_shift=DELTA_INIT + DELTA_RL, embed_noise=0.5)
     probe = root / "probe.jsonl"
-    probe.write_text(json.dumps({"prompt": "What is 2 + 3?", "response": "\\boxed{5}"}) + "\n"
-                     + json.dumps({"text": "The answer is \\boxed{5}."}) + "\n")
+    probe.write_text(
+        json.dumps({"prompt": "What is 2 + 3?", "response": "\\boxed{5}"})
+        + "\n"
+        + json.dumps({"text": "The answer is \\boxed{5}."})
+        + "\n"
+    )
     math = root / "math.jsonl"
-    math.write_text("".join(json.dumps({"problem": f"What is {i} + {5 - i}?", "answer": "5"}) + "\n"
-                            for i in range(6)))
+    math.write_text("".join(json.dumps({"problem": f"What is {i} + {5 - i}?", "answer": "5"}) + "\n" for i in range(6)))
     out = root / "out"
-    diagnose_main(["--base", str(base), "--checkpoints", f"init={init}", f"rl={rl}", "--probe", str(probe),
-                   "--benchmarks", f"math={math}", "--k", str(K), "--temperature", str(TEMPERATURE),
-                   "--max-new-tokens", "8", "--top-k", "2", "--dtype", "float32", "--out", str(out),
-                   "--no-progress"])
+    diagnose_main(
+        [
+            "--base",
+            str(base),
+            "--checkpoints",
+            f"init={init}",
+            f"rl={rl}",
+            "--probe",
+            str(probe),
+            "--benchmarks",
+            f"math={math}",
+            "--k",
+            str(K),
+            "--temperature",
+            str(TEMPERATURE),
+            "--max-new-tokens",
+            "8",
+            "--top-k",
+            "2",
+            "--dtype",
+            "float32",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     return out, json.loads((out / "diagnostics.json").read_text())
 
 
@@ -102,7 +133,8 @@ def test_parameter_geometry_of_consecutive_and_base_pairs(report):
         assert 0.9 < row["last_layer_cosine"] < 1.0
     # Relative L2 divides by the norm of the pair's first checkpoint: the same base norm for both.
     assert base_init["last_layer_relative_l2"] / base_init["last_layer_l2"] == pytest.approx(
-        base_rl["last_layer_relative_l2"] / base_rl["last_layer_l2"])
+        base_rl["last_layer_relative_l2"] / base_rl["last_layer_l2"]
+    )
 
 
 def test_rollouts_and_files(report):

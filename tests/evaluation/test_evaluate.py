@@ -1,4 +1,5 @@
 """End to end: `experiments/evaluate.py` on a checkpoint whose answer distribution is known exactly."""
+
 import json
 from pathlib import Path
 
@@ -40,8 +41,10 @@ def model_dir(tmp_path_factory):
 def benchmark_files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("benchmarks")
     math_rows = [{"problem": f"What is {i} + {5 - i}?", "answer": "5"} for i in range(NUM_PROBLEMS)]
-    choice_rows = [{"question": f"Pick option {i}.", "choices": ["one", "two", "three"], "answerKey": "B"}
-                   for i in range(NUM_PROBLEMS)]
+    choice_rows = [
+        {"question": f"Pick option {i}.", "choices": ["one", "two", "three"], "answerKey": "B"}
+        for i in range(NUM_PROBLEMS)
+    ]
     for name, rows in (("math", math_rows), ("choice", choice_rows)):
         (folder / f"{name}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     return folder
@@ -50,10 +53,27 @@ def benchmark_files(tmp_path_factory):
 @pytest.mark.slow  # samples 2 benchmarks x 8 problems x k=8 end to end
 def test_evaluate_script_reports_known_accuracies(model_dir, benchmark_files, tmp_path):
     out = tmp_path / "eval"
-    evaluate_main(["--model", str(model_dir), "--benchmarks", f"math={benchmark_files / 'math.jsonl'}",
-                   f"choice={benchmark_files / 'choice.jsonl'}", "--k", str(K), "--temperature",
-                   str(TEMPERATURE), "--max-new-tokens", "12", "--dtype", "float32", "--out", str(out),
-                   "--save-samples", "--no-progress"])
+    evaluate_main(
+        [
+            "--model",
+            str(model_dir),
+            "--benchmarks",
+            f"math={benchmark_files / 'math.jsonl'}",
+            f"choice={benchmark_files / 'choice.jsonl'}",
+            "--k",
+            str(K),
+            "--temperature",
+            str(TEMPERATURE),
+            "--max-new-tokens",
+            "12",
+            "--dtype",
+            "float32",
+            "--out",
+            str(out),
+            "--save-samples",
+            "--no-progress",
+        ]
+    )
     results = json.loads((out / "results.json").read_text())["benchmarks"]
     tempered = dict(zip(BRANCH, _tempered(BRANCH.values())))
     entropy = -sum(p * np.log(p) for p in tempered.values())

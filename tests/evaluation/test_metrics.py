@@ -1,4 +1,5 @@
 """pass@k against brute-force subset enumeration; avg@k, seed summaries and markdown tables."""
+
 import itertools
 import math
 
@@ -35,8 +36,9 @@ def test_pass_at_k_is_stable_for_thousands_of_samples():
     assert pass_at_k(n, n, 1) == 1.0
 
 
-@pytest.mark.parametrize("n, c, k, message", [
-    (4, 5, 1, "0 <= c <= n"), (4, 1, 0, "1 <= k <= n"), (4, 1, 5, "1 <= k <= n")])
+@pytest.mark.parametrize(
+    "n, c, k, message", [(4, 5, 1, "0 <= c <= n"), (4, 1, 0, "1 <= k <= n"), (4, 1, 5, "1 <= k <= n")]
+)
 def test_pass_at_k_rejects_impossible_counts(n, c, k, message):
     with pytest.raises(ValueError, match=message):
         pass_at_k(n, c, k)
@@ -68,8 +70,7 @@ def test_summarise_seeds_uses_sample_std():
 
 
 def test_markdown_table_formats_every_kind_of_cell():
-    rows = [{"method": "GIFT", "MATH500": [70.0, 72.0], "AIME24": 13.333},
-            {"method": "SFT", "MATH500": 69.5}]
+    rows = [{"method": "GIFT", "MATH500": [70.0, 72.0], "AIME24": 13.333}, {"method": "SFT", "MATH500": 69.5}]
     table = markdown_table(rows, ["method", "MATH500", "AIME24"], precision=1)
     assert table.splitlines() == [
         "| method | MATH500 | AIME24 |",

@@ -1,6 +1,6 @@
 """experiments/bench_accelerator.py at toy size: every figure it reports is produced and sane."""
+
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,6 +25,7 @@ def test_tiny_benchmark_reports_throughput_flops_and_decode(tmp_path):
     # GIFT adds the frozen base's forward: a third of an SFT step's model FLOPs.
     assert report["train"]["gift"]["model_flops"] == pytest.approx(report["train"]["sft"]["model_flops"] * 4 / 3)
     assert report["train"]["sft"]["model_flops"] == pytest.approx(
-        bench_accelerator.model_flops_per_token(config, report["seq_len"], base_forward=False) * tokens)
+        bench_accelerator.model_flops_per_token(config, report["seq_len"], base_forward=False) * tokens
+    )
     decode = report["decode"]
     assert decode["tokens_per_s"] > 0 and decode["rows"] == 8

@@ -1,4 +1,5 @@
 """experiments/bench_packing.py runs and reports packing filling rows far better than padding."""
+
 import re
 import sys
 from pathlib import Path

@@ -4,6 +4,7 @@ Checks, for the init stage and the RL stage, that two processes with 2 devices e
 one process with 4 devices (per-process data sharding; for RL, rollouts sampled over the global mesh
 and gathered to every process), checkpointing from all processes, and logging from process 0 only.
 """
+
 import json
 import os
 import socket
@@ -30,8 +31,9 @@ def _free_port() -> int:
 def _launch(workdir, overrides, *, devices, process_id=None, num_processes=None, port=None, script="init_stage.py"):
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
     if process_id is not None:
-        env.update(GIFT_COORDINATOR=f"localhost:{port}", GIFT_NUM_PROCESSES=str(num_processes),
-                   GIFT_PROCESS_ID=str(process_id))
+        env.update(
+            GIFT_COORDINATOR=f"localhost:{port}", GIFT_NUM_PROCESSES=str(num_processes), GIFT_PROCESS_ID=str(process_id)
+        )
     cmd = [sys.executable, str(REPO / "experiments" / script), "--workdir", str(workdir)]
     cmd += [arg for o in overrides for arg in ("--set", o)]
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -40,8 +42,11 @@ def _launch(workdir, overrides, *, devices, process_id=None, num_processes=None,
 def _finish_all(procs):
     """Waits for every process, then fails showing each one's output (a peer's error explains a hang)."""
     outputs = [proc.communicate(timeout=420)[0] for proc in procs]
-    failed = [f"--- process {i} (exit {p.returncode}) ---\n{out[-3000:]}"
-              for i, (p, out) in enumerate(zip(procs, outputs)) if p.returncode != 0]
+    failed = [
+        f"--- process {i} (exit {p.returncode}) ---\n{out[-3000:]}"
+        for i, (p, out) in enumerate(zip(procs, outputs))
+        if p.returncode != 0
+    ]
     assert not failed, "\n".join(failed)
 
 
@@ -53,8 +58,9 @@ def _val_losses(workdir):
 def test_two_processes_match_one_process_with_the_same_devices(tiny_run_inputs, tmp_path):
     overrides = init_overrides(tiny_run_inputs, **{"train.epochs": 2, "train.export_hf": True})
     port = _free_port()
-    workers = [_launch(tmp_path / "multi", overrides, devices=2, process_id=i, num_processes=2, port=port)
-               for i in range(2)]
+    workers = [
+        _launch(tmp_path / "multi", overrides, devices=2, process_id=i, num_processes=2, port=port) for i in range(2)
+    ]
     single = _launch(tmp_path / "single", overrides, devices=4)
     _finish_all([*workers, single])
 
@@ -72,13 +78,27 @@ def test_rl_on_two_processes_matches_one_process_with_the_same_devices(tiny_run_
     # ReLIFT (its SFT updates on buffered all-fail questions are collectives every process must join),
     # with the base as reference (KL tracking) and a validation pass at the end.
     prompts = write_rl_jsonl(tmp_path / "rl.jsonl", 32)
-    overrides = rl_overrides(tiny_run_inputs["model"], prompts, **{
-        "algo.method": "relift", "algo.relift_batch": 8, "model.base_path": tiny_run_inputs["model"],
-        "data.val_file": write_rl_jsonl(tmp_path / "val.jsonl", 8, seed=1), "train.eval_k": 2,
-        "train.max_steps": 3, "train.checkpoint_every": 3, "train.export_hf": True})
+    overrides = rl_overrides(
+        tiny_run_inputs["model"],
+        prompts,
+        **{
+            "algo.method": "relift",
+            "algo.relift_batch": 8,
+            "model.base_path": tiny_run_inputs["model"],
+            "data.val_file": write_rl_jsonl(tmp_path / "val.jsonl", 8, seed=1),
+            "train.eval_k": 2,
+            "train.max_steps": 3,
+            "train.checkpoint_every": 3,
+            "train.export_hf": True,
+        },
+    )
     port = _free_port()
-    workers = [_launch(tmp_path / "multi", overrides, devices=2, process_id=i, num_processes=2, port=port,
-                       script="rl_stage.py") for i in range(2)]
+    workers = [
+        _launch(
+            tmp_path / "multi", overrides, devices=2, process_id=i, num_processes=2, port=port, script="rl_stage.py"
+        )
+        for i in range(2)
+    ]
     single = _launch(tmp_path / "single", overrides, devices=4, script="rl_stage.py")
     _finish_all([*workers, single])
 
@@ -88,8 +108,7 @@ def test_rl_on_two_processes_matches_one_process_with_the_same_devices(tiny_run_
 
     multi, one = logged(tmp_path / "multi"), logged(tmp_path / "single")
     assert [line["step"] for line in multi] == [1, 2, 3]  # process 0 alone wrote the log
-    for key in ("train/reward_mean", "train/response_length_mean", "train/loss", "train/grad_norm",
-                "train/kl_to_base"):
+    for key in ("train/reward_mean", "train/response_length_mean", "train/loss", "train/grad_norm", "train/kl_to_base"):
         np.testing.assert_allclose([line[key] for line in multi], [line[key] for line in one], rtol=1e-4, atol=1e-7)
     assert any("train/relift_sft_nll" in line for line in multi)  # an interleaved SFT update ran
     steps = sorted(int(p.name) for p in (tmp_path / "multi" / "checkpoints" / "periodic").iterdir())

@@ -1,4 +1,5 @@
 """`experiments/pipeline.py --preset smoke` end to end (the shipped toy base, both inits, RL, report)."""
+
 import json
 
 import pytest

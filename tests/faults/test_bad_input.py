@@ -1,5 +1,6 @@
 """Malformed configs, data files and model folders: one clear error naming the culprit, exit status 2,
 and nothing already saved in the workdir is touched."""
+
 import hashlib
 import json
 import re
@@ -32,14 +33,17 @@ def trained_workdir(tiny_run_inputs, tmp_path_factory):
 
 
 @pytest.mark.slow  # its fixture trains a run first
-@pytest.mark.parametrize("extra,message", [
-    ({"train.lr": 1e-3}, r"config.train: unknown key\(s\) \['lr'\]"),
-    ({"train.global_batch": 12}, r"train.global_batch=12 is not divisible by batch devices \(8\)"),
-    ({"mesh.data": 2, "mesh.fsdp": 3}, r"mesh .* needs 6 devices but 8 are available"),
-    ({"loss.name": "sftt"}, r"loss.name='sftt' is not one of"),
-    ({"train.epochs": "many"}, r"config.train.epochs: expected int, got 'many'"),
-    ({"data.truncation": "left"}, r"data.truncation='left': expected 'right' or 'error'"),
-])
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        ({"train.lr": 1e-3}, r"config.train: unknown key\(s\) \['lr'\]"),
+        ({"train.global_batch": 12}, r"train.global_batch=12 is not divisible by batch devices \(8\)"),
+        ({"mesh.data": 2, "mesh.fsdp": 3}, r"mesh .* needs 6 devices but 8 are available"),
+        ({"loss.name": "sftt"}, r"loss.name='sftt' is not one of"),
+        ({"train.epochs": "many"}, r"config.train.epochs: expected int, got 'many'"),
+        ({"data.truncation": "left"}, r"data.truncation='left': expected 'right' or 'error'"),
+    ],
+)
 def test_bad_config_is_refused_before_touching_the_workdir(tiny_run_inputs, trained_workdir, capsys, extra, message):
     before = _digest(trained_workdir)
     assert init_stage.main(_argv(trained_workdir, init_overrides(tiny_run_inputs, **extra))) == 2
@@ -58,12 +62,15 @@ def _jsonl(path, lines):
     return path
 
 
-@pytest.mark.parametrize("content,message", [
-    ([b'{"prompt": "a", "solution": "b"}\n'], r"train.jsonl.*sft_prompt"),
-    ([b'{"sft_prompt": "a", "solution": 7}\n'], r"train.jsonl.*row 0|train.jsonl.*line 1"),
-    ([], r"train.jsonl"),
-    ([b'{"sft_prompt": "a", "solution": "\xff\xfe"}\n'], r"train.jsonl.*(UTF-8|utf-8)"),
-])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ([b'{"prompt": "a", "solution": "b"}\n'], r"train.jsonl.*sft_prompt"),
+        ([b'{"sft_prompt": "a", "solution": 7}\n'], r"train.jsonl.*row 0|train.jsonl.*line 1"),
+        ([], r"train.jsonl"),
+        ([b'{"sft_prompt": "a", "solution": "\xff\xfe"}\n'], r"train.jsonl.*(UTF-8|utf-8)"),
+    ],
+)
 def test_malformed_data_names_file_and_culprit(tiny_run_inputs, tmp_path, capsys, content, message):
     bad = _jsonl(tmp_path / "train.jsonl", content)
     overrides = init_overrides({**tiny_run_inputs, "train": bad})
@@ -73,8 +80,9 @@ def test_malformed_data_names_file_and_culprit(tiny_run_inputs, tmp_path, capsys
 
 
 def test_over_length_sample_with_truncation_error_names_the_row(tiny_run_inputs, tmp_path, capsys):
-    overrides = init_overrides(tiny_run_inputs, **{"data.truncation": "error", "data.max_length": 40,
-                                                   "data.bucket_lengths": "[40]"})
+    overrides = init_overrides(
+        tiny_run_inputs, **{"data.truncation": "error", "data.max_length": 40, "data.bucket_lengths": "[40]"}
+    )
     assert init_stage.main(_argv(tmp_path / "run", overrides)) == 2
     assert "row 0" in capsys.readouterr().err
 
@@ -86,11 +94,14 @@ def test_missing_data_file(tiny_run_inputs, tmp_path, capsys):
     assert "data.train_file: " in err and "nope.jsonl does not exist" in err
 
 
-@pytest.mark.parametrize("breakage,message", [
-    ("missing", r"missing tensor 'model.layers.1.mlp.down_proj.weight'"),
-    ("shape", r"'model.norm.weight' has shape \(7,\), expected \(32,\)"),
-    ("architecture", r"unsupported architecture \['BertModel'\]"),
-])
+@pytest.mark.parametrize(
+    "breakage,message",
+    [
+        ("missing", r"missing tensor 'model.layers.1.mlp.down_proj.weight'"),
+        ("shape", r"'model.norm.weight' has shape \(7,\), expected \(32,\)"),
+        ("architecture", r"unsupported architecture \['BertModel'\]"),
+    ],
+)
 def test_broken_model_folder_is_named(tiny_run_inputs, tmp_path, capsys, breakage, message):
     model = tmp_path / "model"
     make_tiny_model_dir(model)

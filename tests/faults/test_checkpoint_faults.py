@@ -1,4 +1,5 @@
 """Damaged checkpoints, half-written checkpoints, failed writes and unwritable workdirs."""
+
 import os
 from pathlib import Path
 

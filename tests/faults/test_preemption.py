@@ -1,5 +1,6 @@
 """`kill -9` of an init-stage run and of an RL run at a random moment (often inside a checkpoint save);
 resuming continues from the last complete checkpoint and ends bit-identical to a straight run."""
+
 import json
 import os
 import random
@@ -73,8 +74,11 @@ def test_killed_init_run_resumes_bit_identically(tiny_run_inputs, tmp_path):
     killed_after = _kill_at_random_moment("init_stage.py", overrides, tmp_path / "killed", 9)
     summary = run_init_stage(config, tmp_path / "killed")  # resumes from the newest complete checkpoint
     assert summary["steps"] == 9
-    metrics = [json.loads(line) for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
-               if line.endswith("}")]
+    metrics = [
+        json.loads(line)
+        for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
+        if line.endswith("}")
+    ]
     assert any(m["step"] <= killed_after for m in metrics)
     _assert_same_final_params(tmp_path / "straight", tmp_path / "killed", 9)
 

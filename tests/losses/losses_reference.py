@@ -1,4 +1,5 @@
 """Float64 numpy references for the loss tests, written straight from the formulas (no tricks)."""
+
 import numpy as np
 
 LOG_FLOOR = 1e-10

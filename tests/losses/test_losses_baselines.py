@@ -1,14 +1,19 @@
 """SFT-family baselines against hand-written float64 formulas (values and gradients)."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from tests.losses import losses_reference as ref
 from gift_jax.losses import (
-    asft_token_loss, dft_token_loss, psft_token_loss, sft_entropy_token_loss, sft_token_loss,
+    asft_token_loss,
+    dft_token_loss,
+    psft_token_loss,
+    sft_entropy_token_loss,
+    sft_token_loss,
 )
+from tests.losses import losses_reference as ref
 
 N, V = 32, 20
 
@@ -28,13 +33,13 @@ def _grad(loss_fn, logits):
 
 def test_sft_is_cross_entropy(case):
     logits, _, labels = case
-    np.testing.assert_allclose(sft_token_loss(logits, labels),
-                               -ref.label_log_prob(logits, labels), rtol=1e-5)
-    np.testing.assert_allclose(sft_token_loss(logits, labels),
-                               optax.softmax_cross_entropy_with_integer_labels(logits, labels),
-                               rtol=1e-5)
-    np.testing.assert_allclose(_grad(lambda z: sft_token_loss(z, labels), logits),
-                               ref.softmax(logits) - ref.one_hot(labels, V), atol=1e-6)
+    np.testing.assert_allclose(sft_token_loss(logits, labels), -ref.label_log_prob(logits, labels), rtol=1e-5)
+    np.testing.assert_allclose(
+        sft_token_loss(logits, labels), optax.softmax_cross_entropy_with_integer_labels(logits, labels), rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        _grad(lambda z: sft_token_loss(z, labels), logits), ref.softmax(logits) - ref.one_hot(labels, V), atol=1e-6
+    )
 
 
 def test_sft_stays_accurate_for_confident_predictions(case):
@@ -54,23 +59,24 @@ def test_sft_entropy(case):
     logits, _, labels = case
     alpha = 0.4
     loss_fn = lambda z: sft_entropy_token_loss(z, labels, alpha=alpha)
-    np.testing.assert_allclose(loss_fn(logits), -ref.label_log_prob(logits, labels)
-                               - alpha * ref.entropy(logits), rtol=1e-5)
+    np.testing.assert_allclose(
+        loss_fn(logits), -ref.label_log_prob(logits, labels) - alpha * ref.entropy(logits), rtol=1e-5
+    )
     p, log_p = ref.softmax(logits), ref.log_softmax(logits)
     # dH/dz = -p (log p + H)
     entropy_grad = -p * (log_p + ref.entropy(logits)[:, None])
-    np.testing.assert_allclose(_grad(loss_fn, logits),
-                               p - ref.one_hot(labels, V) - alpha * entropy_grad, atol=1e-5)
+    np.testing.assert_allclose(_grad(loss_fn, logits), p - ref.one_hot(labels, V) - alpha * entropy_grad, atol=1e-5)
 
 
 def test_dft_weights_cross_entropy_by_constant_label_probability(case):
     logits, _, labels = case
     p_label = np.exp(ref.label_log_prob(logits, labels))
-    np.testing.assert_allclose(dft_token_loss(logits, labels),
-                               -p_label * np.log(p_label), rtol=1e-5)
-    np.testing.assert_allclose(_grad(lambda z: dft_token_loss(z, labels), logits),
-                               p_label[:, None] * (ref.softmax(logits) - ref.one_hot(labels, V)),
-                               atol=1e-6)
+    np.testing.assert_allclose(dft_token_loss(logits, labels), -p_label * np.log(p_label), rtol=1e-5)
+    np.testing.assert_allclose(
+        _grad(lambda z: dft_token_loss(z, labels), logits),
+        p_label[:, None] * (ref.softmax(logits) - ref.one_hot(labels, V)),
+        atol=1e-6,
+    )
 
 
 def test_asft_adds_the_full_vocabulary_kl_to_the_base(case):
@@ -83,8 +89,8 @@ def test_asft_adds_the_full_vocabulary_kl_to_the_base(case):
     p = ref.softmax(logits)
     kl_grad = p * (ref.log_softmax(logits) - ref.log_softmax(ref_logits) - kl[:, None])
     np.testing.assert_allclose(
-        _grad(loss_fn, logits),
-        p_label[:, None] * (p - ref.one_hot(labels, V)) + gamma * kl_grad, atol=1e-5)
+        _grad(loss_fn, logits), p_label[:, None] * (p - ref.one_hot(labels, V)) + gamma * kl_grad, atol=1e-5
+    )
     ref_grad = jax.grad(lambda r: asft_token_loss(logits, r, labels, gamma=gamma).sum())(ref_logits)
     np.testing.assert_array_equal(ref_grad, 0.0)
 
@@ -103,8 +109,7 @@ def test_psft_is_the_clipped_surrogate_with_unit_advantage(case):
     np.testing.assert_allclose(loss_fn(logits), expected, rtol=1e-4)
     # Gradient r * (softmax - onehot) while r < 1 + eps (the clip only binds above).
     active = (ratio < 1 + eps)[:, None]
-    expected_grad = np.where(active, ratio[:, None] * (ref.softmax(logits)
-                                                       - ref.one_hot(labels, V)), 0.0)
+    expected_grad = np.where(active, ratio[:, None] * (ref.softmax(logits) - ref.one_hot(labels, V)), 0.0)
     grad = _grad(loss_fn, logits)
     assert np.all(np.isfinite(grad))
     np.testing.assert_allclose(grad, expected_grad, atol=1e-5)
@@ -116,7 +121,8 @@ def test_losses_accept_leading_batch_axes(case):
     shaped = lambda x: jnp.reshape(x, (4, 8) + x.shape[1:])
     np.testing.assert_array_equal(
         asft_token_loss(shaped(logits), shaped(ref_logits), shaped(labels), gamma=0.1),
-        shaped(asft_token_loss(logits, ref_logits, labels, gamma=0.1)))
+        shaped(asft_token_loss(logits, ref_logits, labels, gamma=0.1)),
+    )
 
 
 def test_shape_errors_name_the_loss(case):

@@ -1,4 +1,5 @@
 """The chunk scanner and the fused vocabulary reductions."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,8 +31,7 @@ def test_scan_token_chunks_stitches_any_chunking_back(chunk_size):
         assert out[key].shape == direct[key].shape
         np.testing.assert_allclose(out[key], direct[key], rtol=1e-5, atol=1e-6)
     grad = jax.grad(lambda w: chunked_sum(w)[1])(weight)
-    np.testing.assert_allclose(grad, jax.grad(lambda w: jnp.sum(jnp.sin(x @ w)))(weight),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(grad, jax.grad(lambda w: jnp.sum(jnp.sin(x @ w)))(weight), rtol=1e-5, atol=1e-6)
 
 
 def test_scan_token_chunks_rejects_bad_inputs():
@@ -52,14 +52,16 @@ def test_batch_sharded_over_devices_matches_single_device():
     mask = np.ones((b, t), np.float32)
 
     def loss_and_grad(h, w, y, m):
-        fn = lambda w_: compute_init_loss("gift", h, w_, y, m, ref_hidden=h, ref_w_out=w,
-                                          chunk_size=4, beta=2.0).loss_sum
+        fn = lambda w_: (
+            compute_init_loss("gift", h, w_, y, m, ref_hidden=h, ref_w_out=w, chunk_size=4, beta=2.0).loss_sum
+        )
         return jax.value_and_grad(fn)(w)
 
     mesh = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Auto,))
     rows = NamedSharding(mesh, P("data"))
-    sharded = jax.jit(loss_and_grad)(jax.device_put(hidden, rows), w_out,
-                                     jax.device_put(labels, rows), jax.device_put(mask, rows))
+    sharded = jax.jit(loss_and_grad)(
+        jax.device_put(hidden, rows), w_out, jax.device_put(labels, rows), jax.device_put(mask, rows)
+    )
     single = jax.jit(loss_and_grad)(hidden, w_out, labels, mask)
     for a, b_ in zip(sharded, single):
         np.testing.assert_allclose(a, b_, rtol=1e-5, atol=1e-6)

@@ -1,4 +1,5 @@
 """The fused-gradient head loss equals plain autodiff through the chunked logits, for any token loss."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -60,7 +61,8 @@ def test_non_finite_losses_at_zero_weight_positions_do_not_reach_the_gradient():
 
     zeroed = jnp.where(labels % 2 == 0, 0.0, weights)
     loss_sum, grads = jax.value_and_grad(
-        lambda h, w: fused_head_loss(poisoned, h, w, zeroed, labels, chunk_size=4)[0], (0, 1))(hidden, w_out)
+        lambda h, w: fused_head_loss(poisoned, h, w, zeroed, labels, chunk_size=4)[0], (0, 1)
+    )(hidden, w_out)
     assert np.isfinite(loss_sum) and all(np.isfinite(g).all() for g in grads)
 
 

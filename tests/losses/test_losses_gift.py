@@ -1,12 +1,13 @@
 """GIFT token loss: float64 parity, gradient, limits, optimum, numerics and memory."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from tests.losses import losses_reference as ref
 from gift_jax.losses import gift_token_loss
+from tests.losses import losses_reference as ref
 
 
 def _random_case(seed, n=48, vocab=40, scale=3.0, ref_scale=4.0):
@@ -21,9 +22,9 @@ def _peaked_case(seed, n=32, vocab=40):
     """Reference distributions that are near one-hot on the label, or nearly exclude it."""
     logits, ref_logits, labels = _random_case(seed, n, vocab)
     rows = np.arange(n)
-    ref_logits[rows[: n // 2], labels[: n // 2]] += 30.0   # p_ref(y) ~ 1 - 1e-12
-    ref_logits[rows[n // 2:], labels[n // 2:]] -= 40.0     # p_ref(y) ~ 1e-18: below the floor
-    logits[rows[::3], labels[::3]] += 12.0                 # policy already confident on some
+    ref_logits[rows[: n // 2], labels[: n // 2]] += 30.0  # p_ref(y) ~ 1 - 1e-12
+    ref_logits[rows[n // 2 :], labels[n // 2 :]] -= 40.0  # p_ref(y) ~ 1e-18: below the floor
+    logits[rows[::3], labels[::3]] += 12.0  # policy already confident on some
     return logits, ref_logits, labels
 
 
@@ -42,8 +43,7 @@ def test_matches_float64_reference_of_official_formula(beta, smooth_lambda, make
 def test_gradient_is_softmax_minus_target(beta, smooth_lambda):
     logits, ref_logits, labels = _peaked_case(seed=3)
     cotangent = np.random.default_rng(4).uniform(0.5, 2.0, size=labels.shape).astype(np.float32)
-    _, vjp = jax.vjp(lambda z: gift_token_loss(z, ref_logits, labels, beta=beta,
-                                               smooth_lambda=smooth_lambda), logits)
+    _, vjp = jax.vjp(lambda z: gift_token_loss(z, ref_logits, labels, beta=beta, smooth_lambda=smooth_lambda), logits)
     (grad,) = vjp(cotangent)
     q = ref.gift_target(ref_logits, labels, beta, smooth_lambda)
     expected = cotangent[:, None] * (ref.softmax(logits) - q)
@@ -80,12 +80,16 @@ def test_smoothing_equals_gift_against_the_smoothed_reference():
     smoothed_logits = np.log(smoothed).astype(np.float32)
     np.testing.assert_allclose(
         gift_token_loss(logits, ref_logits, labels, beta=3.0, smooth_lambda=lam),
-        gift_token_loss(logits, smoothed_logits, labels, beta=3.0), rtol=2e-5)
+        gift_token_loss(logits, smoothed_logits, labels, beta=3.0),
+        rtol=2e-5,
+    )
     # Full smoothing forgets the base model: the target is uniform tilted towards the label.
     other_ref = np.random.default_rng(9).normal(size=ref_logits.shape).astype(np.float32)
     np.testing.assert_allclose(
         gift_token_loss(logits, ref_logits, labels, beta=3.0, smooth_lambda=1.0),
-        gift_token_loss(logits, other_ref, labels, beta=3.0, smooth_lambda=1.0), rtol=1e-6)
+        gift_token_loss(logits, other_ref, labels, beta=3.0, smooth_lambda=1.0),
+        rtol=1e-6,
+    )
 
 
 def test_optimum_keeps_base_log_odds_between_non_target_tokens():
@@ -98,25 +102,27 @@ def test_optimum_keeps_base_log_odds_between_non_target_tokens():
     base_log_probs = ref.log_softmax(ref_logits)
     for row, label in enumerate(labels):
         others = np.delete(np.arange(8), label)
-        np.testing.assert_allclose(log_probs[row, others] - log_probs[row, others[0]],
-                                   base_log_probs[row, others] - base_log_probs[row, others[0]],
-                                   atol=1e-4)
+        np.testing.assert_allclose(
+            log_probs[row, others] - log_probs[row, others[0]],
+            base_log_probs[row, others] - base_log_probs[row, others[0]],
+            atol=1e-4,
+        )
         # The label's log-odds are lifted by exactly beta: finite logits, no collapse to one-hot.
-        np.testing.assert_allclose(log_probs[row, label] - log_probs[row, others[0]],
-                                   base_log_probs[row, label] - base_log_probs[row, others[0]] + beta,
-                                   atol=1e-4)
+        np.testing.assert_allclose(
+            log_probs[row, label] - log_probs[row, others[0]],
+            base_log_probs[row, label] - base_log_probs[row, others[0]] + beta,
+            atol=1e-4,
+        )
 
 
 def test_extreme_inputs_stay_finite():
     logits, ref_logits, labels = _random_case(seed=11)
-    logits = logits * 300.0     # logits spread over thousands of nats
+    logits = logits * 300.0  # logits spread over thousands of nats
     ref_logits = ref_logits * 300.0
     for beta in (0.0, 20.0, 1e4):
-        loss, grad = jax.value_and_grad(
-            lambda z: gift_token_loss(z, ref_logits, labels, beta=beta).sum())(logits)
+        loss, grad = jax.value_and_grad(lambda z: gift_token_loss(z, ref_logits, labels, beta=beta).sum())(logits)  # noqa: B023
         assert np.isfinite(loss) and np.all(np.isfinite(grad))
-        np.testing.assert_allclose(loss, ref.gift_loss(logits, ref_logits, labels, beta).sum(),
-                                   rtol=1e-4)
+        np.testing.assert_allclose(loss, ref.gift_loss(logits, ref_logits, labels, beta).sum(), rtol=1e-4)
 
 
 def test_bfloat16_logits_give_bfloat16_gradients():
@@ -131,8 +137,9 @@ def test_bfloat16_logits_give_bfloat16_gradients():
 def test_batched_leading_axes():
     logits, ref_logits, labels = _random_case(seed=13, n=24)
     flat = gift_token_loss(logits, ref_logits, labels, beta=4.0)
-    batched = gift_token_loss(logits.reshape(2, 3, 4, -1), ref_logits.reshape(2, 3, 4, -1),
-                              labels.reshape(2, 3, 4), beta=4.0)
+    batched = gift_token_loss(
+        logits.reshape(2, 3, 4, -1), ref_logits.reshape(2, 3, 4, -1), labels.reshape(2, 3, 4), beta=4.0
+    )
     np.testing.assert_array_equal(batched.reshape(-1), flat)
 
 
@@ -156,8 +163,8 @@ def test_gradient_memory_is_that_of_cross_entropy():
     n, vocab = 2048, 32768
     logits = jax.ShapeDtypeStruct((n, vocab), jnp.float32)
     labels = jax.ShapeDtypeStruct((n,), jnp.int32)
-    gift = _grad_temp_bytes(lambda z, r, y: gift_token_loss(z, r, y, beta=20.0).mean(),
-                            logits, logits, labels)
+    gift = _grad_temp_bytes(lambda z, r, y: gift_token_loss(z, r, y, beta=20.0).mean(), logits, logits, labels)
     cross_entropy = _grad_temp_bytes(
-        lambda z, y: optax.softmax_cross_entropy_with_integer_labels(z, y).mean(), logits, labels)
+        lambda z, y: optax.softmax_cross_entropy_with_integer_labels(z, y).mean(), logits, labels
+    )
     assert gift - cross_entropy <= n * vocab * 4 / 4, (gift, cross_entropy)

@@ -1,5 +1,6 @@
 """Memory of the chunked losses, measured on the compiled XLA program (lowered and compiled only:
 no large array is ever allocated)."""
+
 import jax
 import jax.numpy as jnp
 

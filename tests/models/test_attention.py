@@ -1,4 +1,5 @@
 """Attention backends against the `xla` reference: values and gradients, padded and packed rows."""
+
 import logging
 import re
 
@@ -14,14 +15,15 @@ from gift_jax.models.attention import causal_attention, resolve_backend, splash_
 
 def _qkv(b, t, h, kv, d, seed=0):
     rng = np.random.default_rng(seed)
-    return tuple(jnp.asarray(rng.normal(size=shape), jnp.float32)
-                 for shape in ((b, t, h, d), (b, t, kv, d), (b, t, kv, d)))
+    return tuple(
+        jnp.asarray(rng.normal(size=shape), jnp.float32) for shape in ((b, t, h, d), (b, t, kv, d), (b, t, kv, d))
+    )
 
 
 def _segments(t):
     """Row 0 packed (two examples, then padding), row 1 one right-padded example, row 2 full."""
     seg = np.zeros((3, t), np.int32)
-    seg[0, : t // 3], seg[0, t // 3: t - 5] = 1, 2
+    seg[0, : t // 3], seg[0, t // 3 : t - 5] = 1, 2
     seg[1, : 2 * t // 3] = 1
     seg[2, :] = 1
     return jnp.asarray(seg)
@@ -29,22 +31,26 @@ def _segments(t):
 
 def _masked_loss(attention, seg):
     """A scalar of the outputs at real positions (padding outputs are unspecified)."""
+
     def loss(q, k, v):
         out = attention(q, k, v, seg)
         weights = jnp.cos(jnp.arange(out.shape[-1]) + jnp.arange(out.shape[2])[:, None])
         return jnp.sum(jnp.where((seg != 0)[:, :, None, None], out, 0.0) * weights)
+
     return loss
 
 
 def _assert_parity(attention, seg, qkv, tol=1e-5):
     real = (seg != 0)[:, :, None, None]
+
     def reference(*args):
         return causal_attention(*args, backend="xla")
 
     ref, out = (jax.jit(f)(*qkv, seg) for f in (reference, attention))
     np.testing.assert_allclose(np.where(real, out, 0), np.where(real, ref, 0), atol=tol, rtol=tol)
-    grads, ref_grads = (jax.jit(jax.grad(_masked_loss(f, seg), argnums=(0, 1, 2)))(*qkv)
-                        for f in (attention, reference))
+    grads, ref_grads = (
+        jax.jit(jax.grad(_masked_loss(f, seg), argnums=(0, 1, 2)))(*qkv) for f in (attention, reference)
+    )
     for name, g, r in zip("qkv", grads, ref_grads, strict=True):
         np.testing.assert_allclose(g, r, atol=tol, rtol=tol, err_msg=f"d{name}")
 
@@ -52,6 +58,7 @@ def _assert_parity(attention, seg, qkv, tol=1e-5):
 @pytest.mark.parametrize("t, block", [(50, 16), (20, 64)])
 def test_blockwise_matches_xla_values_and_gradients(t, block):
     """GQA (4 query heads on 2 kv heads), packed + padded + full rows, T off and on the block grid."""
+
     def blockwise(q, k, v, s):
         return causal_attention(q, k, v, s, backend="blockwise", block_size=block)
 
@@ -76,8 +83,17 @@ def test_blockwise_holds_no_t_by_t_buffer():
 
 def test_transformer_backends_agree_on_padded_and_packed_batches():
     """The whole model: logits at real positions and parameter gradients, blockwise vs xla."""
-    config = ModelConfig(family="qwen2", vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2,
-                         num_heads=4, num_kv_heads=2, head_dim=8, qkv_bias=True)
+    config = ModelConfig(
+        family="qwen2",
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=8,
+        qkv_bias=True,
+    )
     rng = np.random.default_rng(1)
     ids = jnp.asarray(rng.integers(0, 64, (3, 40)), jnp.int32)
     seg = _segments(40)
@@ -101,8 +117,9 @@ def test_transformer_backends_agree_on_padded_and_packed_batches():
     value, logits, grads = loss_and_grads("blockwise")
     np.testing.assert_allclose(logits, ref_logits, atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(value, ref_value, rtol=1e-6)
-    for (path, g), (_, r) in zip(jax.tree_util.tree_leaves_with_path(grads),
-                                 jax.tree_util.tree_leaves_with_path(ref_grads), strict=True):
+    for (path, g), (_, r) in zip(
+        jax.tree_util.tree_leaves_with_path(grads), jax.tree_util.tree_leaves_with_path(ref_grads), strict=True
+    ):
         np.testing.assert_allclose(g, r, atol=1e-5, rtol=1e-4, err_msg=jax.tree_util.keystr(path))
 
 
@@ -110,6 +127,7 @@ def test_splash_kernel_matches_xla_in_interpret_mode():
     """The TPU kernel itself, run by the Pallas interpreter on CPU: packed + padded rows, GQA, T padded
     up to the kernel's 128 grid (head dim 128 as the kernel's lanes want)."""
     seg = _segments(100)[:2]
+
     def splash(q, k, v, s):
         return splash_attention(q, k, v, s, block_size=128, interpret=True)
 
@@ -118,8 +136,9 @@ def test_splash_kernel_matches_xla_in_interpret_mode():
 
 def test_splash_runs_per_device_under_the_batch_mesh():
     """Under `jax.set_mesh` with a batch axis the kernel call sits inside a shard_map over it."""
-    mesh = jax.make_mesh((2, 1, 1), ("data", "fsdp", "tensor"), axis_types=(jax.sharding.AxisType.Auto,) * 3,
-                         devices=jax.devices()[:2])
+    mesh = jax.make_mesh(
+        (2, 1, 1), ("data", "fsdp", "tensor"), axis_types=(jax.sharding.AxisType.Auto,) * 3, devices=jax.devices()[:2]
+    )
     seg = _segments(100)[:2]
     q, k, v = _qkv(2, 100, 2, 1, 128)
     with jax.set_mesh(mesh):
@@ -145,5 +164,14 @@ def test_auto_picks_per_platform_and_logs_once(caplog):
     with pytest.raises(ValueError, match="attention='flash'"):
         resolve_backend("flash")
     with pytest.raises(ValueError, match="attention='flash'"):
-        ModelConfig(family="qwen2", vocab_size=8, hidden_size=8, intermediate_size=8, num_layers=1, num_heads=1,
-                    num_kv_heads=1, head_dim=8, attention="flash")
+        ModelConfig(
+            family="qwen2",
+            vocab_size=8,
+            hidden_size=8,
+            intermediate_size=8,
+            num_layers=1,
+            num_heads=1,
+            num_kv_heads=1,
+            head_dim=8,
+            attention="flash",
+        )

@@ -1,4 +1,5 @@
 """Blocked decode attention (filled blocks only, online softmax) against dense cached attention."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -37,10 +38,13 @@ def test_block_choice_and_per_row_writes():
     assert block_size_for(96, 1, min_block=16) == 32 and block_size_for(32, 1, min_block=16) == 16
     assert block_size_for(2048, 5) is None and block_size_for(96, 1) is None and block_size_for(288, 1) is None
     buffer = jnp.zeros((2, 6), jnp.int32)
-    np.testing.assert_array_equal(write_at(buffer, jnp.ones((2, 2), jnp.int32), jnp.array([0, 3]), axis=1),
-                                  [[1, 1, 0, 0, 0, 0], [0, 0, 0, 1, 1, 0]])
-    np.testing.assert_array_equal(write_at(buffer, jnp.ones((2, 2), jnp.int32), jnp.int32(4), axis=1),
-                                  [[0, 0, 0, 0, 1, 1]] * 2)
+    np.testing.assert_array_equal(
+        write_at(buffer, jnp.ones((2, 2), jnp.int32), jnp.array([0, 3]), axis=1),
+        [[1, 1, 0, 0, 0, 0], [0, 0, 0, 1, 1, 0]],
+    )
+    np.testing.assert_array_equal(
+        write_at(buffer, jnp.ones((2, 2), jnp.int32), jnp.int32(4), axis=1), [[0, 0, 0, 0, 1, 1]] * 2
+    )
 
 
 def test_ragged_cache_decode_step_equals_the_uncached_forward():
@@ -49,8 +53,17 @@ def test_ragged_cache_decode_step_equals_the_uncached_forward():
 
     from gift_jax.models import ModelConfig, Transformer, init_cache
 
-    config = ModelConfig(family="qwen2", vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2,
-                         num_heads=4, num_kv_heads=2, head_dim=8, qkv_bias=True)
+    config = ModelConfig(
+        family="qwen2",
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=8,
+        qkv_bias=True,
+    )
     model = Transformer(config, rngs=nnx.Rngs(0))
     assert block_size_for(128, 1) == 64
     rows = [[3, 9, 4, 1, 7], [5, 2, 8, 8, 1, 6, 2, 9, 11]]
@@ -58,7 +71,7 @@ def test_ragged_cache_decode_step_equals_the_uncached_forward():
     ids = np.zeros((2, 9), np.int32)
     mask = np.zeros((2, 9), np.int32)
     for r, row in enumerate(rows):
-        ids[r, :len(row)], mask[r, :len(row)] = row, 1
+        ids[r, : len(row)], mask[r, : len(row)] = row, 1
     cache = init_cache(config, 2, 128)
     cache = cache._replace(index=jnp.zeros((2,), jnp.int32))
     _, cache = model.decode(jnp.asarray(ids), cache, attention_mask=jnp.asarray(mask))

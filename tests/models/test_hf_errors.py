@@ -1,4 +1,5 @@
 """Each broken Hugging Face folder gives an error that names the culprit."""
+
 import json
 
 import numpy as np
@@ -38,9 +39,13 @@ def test_missing_tensor(folder):
 def test_shape_mismatch_names_tensor_and_both_shapes(folder):
     def shrink(t):
         t["model.layers.0.self_attn.k_proj.weight"] = np.zeros((8, 32), np.float32)
+
     _edit_tensors(folder, shrink)
-    with pytest.raises(CheckpointError, match=r"'model\.layers\.0\.self_attn\.k_proj\.weight' has shape "
-                                              r"\(8, 32\), expected \(16, 32\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"'model\.layers\.0\.self_attn\.k_proj\.weight' has shape "
+        r"\(8, 32\), expected \(16, 32\)",
+    ):
         load_hf(folder)
 
 

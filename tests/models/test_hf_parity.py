@@ -1,4 +1,5 @@
 """Logit parity with transformers, config layouts, and the export round trip."""
+
 import json
 
 import numpy as np
@@ -10,8 +11,11 @@ from tests.helpers import make_tiny_hf, torch_logits
 CASES = [("qwen2", False, False), ("qwen2", True, False), ("llama", False, True), ("llama", True, False)]
 
 
-@pytest.fixture(scope="module", params=CASES, ids=lambda c: f"{c[0]}-{'tied' if c[1] else 'untied'}"
-                + ("-llama3rope" if c[2] else ""))
+@pytest.fixture(
+    scope="module",
+    params=CASES,
+    ids=lambda c: f"{c[0]}-{'tied' if c[1] else 'untied'}" + ("-llama3rope" if c[2] else ""),
+)
 def tiny(request, tmp_path_factory):
     family, tied, scaling = request.param
     path = tmp_path_factory.mktemp(family)

@@ -1,4 +1,5 @@
 """Prefill + single-token decode through the KV cache equals the full forward."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -6,8 +7,17 @@ from flax import nnx
 
 from gift_jax.models import ModelConfig, Transformer, init_cache
 
-CONFIG = ModelConfig(family="qwen2", vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2,
-                     num_heads=4, num_kv_heads=2, head_dim=8, qkv_bias=True)
+CONFIG = ModelConfig(
+    family="qwen2",
+    vocab_size=64,
+    hidden_size=32,
+    intermediate_size=64,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=8,
+    qkv_bias=True,
+)
 
 
 def _randomised(config, seed=0):

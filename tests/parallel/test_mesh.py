@@ -1,4 +1,5 @@
 """Mesh construction, sharded forward equals single-device forward, FSDP memory per device."""
+
 import jax
 import numpy as np
 import pytest

@@ -5,6 +5,7 @@ rounding of a non-terminating value), answers split over several boxes are colle
 not read as thousands separators unless they are, primes count. The symbolic rows are scored as
 one batch, each row its own test case.
 """
+
 import time
 from fractions import Fraction
 
@@ -95,18 +96,33 @@ def test_agreement_table(table_scores, row):
     assert table_scores.scores[row] == expected, (response, ground_truth)
 
 
-@pytest.mark.parametrize("response, ground_truth", [
-    ("\\boxed{12346}", "12345"), ("\\boxed{1000001}", "1000000"), ("\\boxed{1.0001}", "1"),
-    ("\\boxed{32, 349}", "32349"), ("\\boxed{E'}", "E"), ("\\boxed{0.3334}", "1/3"),
-])
+@pytest.mark.parametrize(
+    "response, ground_truth",
+    [
+        ("\\boxed{12346}", "12345"),
+        ("\\boxed{1000001}", "1000000"),
+        ("\\boxed{1.0001}", "1"),
+        ("\\boxed{32, 349}", "32349"),
+        ("\\boxed{E'}", "E"),
+        ("\\boxed{0.3334}", "1/3"),
+    ],
+)
 def test_near_misses_are_settled_in_process(response, ground_truth):
     """No worker (and so no math-verify) sees these: the exact rule is final."""
     assert quick_math_verdict(prepare_math_item(response, ground_truth)) is False
 
 
-@pytest.mark.parametrize("text, places", [
-    ("0.333", 3), ("12", None), ("\\frac{1}{3}", None), ("1.5e3", -2), ("2.50", 2), ("-.5", 1),
-])
+@pytest.mark.parametrize(
+    "text, places",
+    [
+        ("0.333", 3),
+        ("12", None),
+        ("\\frac{1}{3}", None),
+        ("1.5e3", -2),
+        ("2.50", 2),
+        ("-.5", 1),
+    ],
+)
 def test_written_places(text, places):
     assert written_places(text) == places
 
@@ -123,16 +139,19 @@ def test_decimal_approximates_by_written_digits():
     assert numbers_match(Fraction(2, 3), Fraction("0.6667"), reference_places=4)
 
 
-@pytest.mark.parametrize("text, boxes", [
-    ("\\boxed{1}, \\boxed{2}", ["1", "2"]),
-    ("$\\boxed{1}\\boxed{2}$", ["1", "2"]),
-    ("\\boxed{(2, 2)} and \\boxed{(6, 2)}.", ["(2, 2)", "(6, 2)"]),
-    ("\\boxed{\\frac{1}{2}} \\text{ and } \\boxed{3}", ["\\frac{1}{2}", "3"]),
-    ("First \\boxed{3}, corrected: \\boxed{4}", ["4"]),  # words between: a correction
-    ("\\boxed{5}\n\n\\boxed{5}", ["5"]),  # a repeated answer counts once
-    ("\\boxed{1} and \\boxed{2", None),  # the last box never closes
-    ("no box", None),
-])
+@pytest.mark.parametrize(
+    "text, boxes",
+    [
+        ("\\boxed{1}, \\boxed{2}", ["1", "2"]),
+        ("$\\boxed{1}\\boxed{2}$", ["1", "2"]),
+        ("\\boxed{(2, 2)} and \\boxed{(6, 2)}.", ["(2, 2)", "(6, 2)"]),
+        ("\\boxed{\\frac{1}{2}} \\text{ and } \\boxed{3}", ["\\frac{1}{2}", "3"]),
+        ("First \\boxed{3}, corrected: \\boxed{4}", ["4"]),  # words between: a correction
+        ("\\boxed{5}\n\n\\boxed{5}", ["5"]),  # a repeated answer counts once
+        ("\\boxed{1} and \\boxed{2", None),  # the last box never closes
+        ("no box", None),
+    ],
+)
 def test_final_boxed_answers(text, boxes):
     assert final_boxed_answers(text) == boxes
 
@@ -141,10 +160,18 @@ def test_long_runs_of_boxes_are_not_one_answer():
     assert final_boxed_answers("\\boxed{7} " * 1000 + "\\boxed{1}") == ["1"]
 
 
-@pytest.mark.parametrize("reference, kind", [
-    ("\\{1,2\\}", "set"), ("(1,2)", "tuple"), ("[1,2]", "bracket"), ("1,2", "list"),
-    ("(1,2),(3,4)", "list"), ("(1)", "list"), ("[1,2)", "list"),
-])
+@pytest.mark.parametrize(
+    "reference, kind",
+    [
+        ("\\{1,2\\}", "set"),
+        ("(1,2)", "tuple"),
+        ("[1,2]", "bracket"),
+        ("1,2", "list"),
+        ("(1,2),(3,4)", "list"),
+        ("(1)", "list"),
+        ("[1,2)", "list"),
+    ],
+)
 def test_notation(reference, kind):
     assert notation(reference)[0] == kind
 
@@ -156,16 +183,19 @@ def test_boxes_are_joined_in_the_reference_notation():
     assert split_top_level("(1,2),(3,4), x") == ["(1,2)", "(3,4)", "x"]
 
 
-@pytest.mark.parametrize("raw, normalized", [
-    ("32, 349", "32,349"),  # a list, not 32349
-    ("32,349", "32349"),
-    ("32,\\! 349", "32349"),
-    ("56,\\!01,\\!78", "56,01,78"),
-    ("0,111", "0,111"),  # a leading 0 is no thousands group
-    ("\\mathcal{B}", "B"),
-    ("28 percent", "28"),
-    ("185\\", "185"),
-])
+@pytest.mark.parametrize(
+    "raw, normalized",
+    [
+        ("32, 349", "32,349"),  # a list, not 32349
+        ("32,349", "32349"),
+        ("32,\\! 349", "32349"),
+        ("56,\\!01,\\!78", "56,01,78"),
+        ("0,111", "0,111"),  # a leading 0 is no thousands group
+        ("\\mathcal{B}", "B"),
+        ("28 percent", "28"),
+        ("185\\", "185"),
+    ],
+)
 def test_normalize_separators_and_symbols(raw, normalized):
     assert normalize_answer(raw) == normalized
 

@@ -1,4 +1,5 @@
 """The batch API: workers, per-item and per-batch time limits, crashes, deduplication, errors."""
+
 import subprocess
 import sys
 import time
@@ -21,8 +22,7 @@ def hooked_scorer():
 
 
 def test_hung_and_crashed_items_score_zero_and_are_counted(hooked_scorer):
-    responses = ["\\boxed{2\\sqrt{2}}", HANG, "\\boxed{3}", CRASH, "\\boxed{x^2+2x+1}",
-                 "\\boxed{\\sqrt{2}}"]
+    responses = ["\\boxed{2\\sqrt{2}}", HANG, "\\boxed{3}", CRASH, "\\boxed{x^2+2x+1}", "\\boxed{\\sqrt{2}}"]
     ground_truths = ["\\sqrt{8}", "1", "3", "1", "(x+1)^2", "\\sqrt{3}"]
     start = time.perf_counter()
     scores = hooked_scorer.score(responses, ground_truths)
@@ -30,8 +30,14 @@ def test_hung_and_crashed_items_score_zero_and_are_counted(hooked_scorer):
     assert isinstance(scores, BatchScores)
     assert scores.scores.dtype == np.float32 and scores.scores.shape == (6,)
     assert scores.scores.tolist() == [1.0, 0.0, 1.0, 0.0, 1.0, 0.0]
-    assert scores.statuses == (ItemStatus.OK, ItemStatus.TIMED_OUT, ItemStatus.OK,
-                               ItemStatus.CRASHED, ItemStatus.OK, ItemStatus.OK)
+    assert scores.statuses == (
+        ItemStatus.OK,
+        ItemStatus.TIMED_OUT,
+        ItemStatus.OK,
+        ItemStatus.CRASHED,
+        ItemStatus.OK,
+        ItemStatus.OK,
+    )
     assert (scores.timed_out, scores.crashed) == (1, 1)
     assert elapsed < 15.0
     # The killed workers were replaced: the pool goes on.
@@ -84,13 +90,16 @@ def test_score_batch_function():
     assert score_batch([], []).scores.shape == (0,)
 
 
-@pytest.mark.parametrize("call, error, message", [
-    (lambda: score_batch(["a"], ["1", "2"]), ValueError, "1 items but ground_truths has 2"),
-    (lambda: score_batch(["a", None], ["1", "2"]), TypeError, r"responses\[1\] must be a str"),
-    (lambda: score_batch(["a"], ["1"], kind="code"), ValueError, "kind must be one of"),
-    (lambda: score_batch(["a"], ["1"], timeout_s=0), ValueError, "timeout_s must be positive"),
-    (lambda: score_batch(["\\boxed{1}"] * 2, ["1", " "]), ValueError, r"ground_truths\[1\]: empty"),
-])
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (lambda: score_batch(["a"], ["1", "2"]), ValueError, "1 items but ground_truths has 2"),
+        (lambda: score_batch(["a", None], ["1", "2"]), TypeError, r"responses\[1\] must be a str"),
+        (lambda: score_batch(["a"], ["1"], kind="code"), ValueError, "kind must be one of"),
+        (lambda: score_batch(["a"], ["1"], timeout_s=0), ValueError, "timeout_s must be positive"),
+        (lambda: score_batch(["\\boxed{1}"] * 2, ["1", " "]), ValueError, r"ground_truths\[1\]: empty"),
+    ],
+)
 def test_bad_input_is_a_clear_error(call, error, message):
     with pytest.raises(error, match=message):
         call()
@@ -104,9 +113,7 @@ def test_workers_and_trainer_side_stay_light():
         "import gift_jax.rewards.worker, gift_jax.rewards.symbolic\n"
         "print(trainer_side, 'jax' in sys.modules)\n"
     )
-    output = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
-    ).stdout
+    output = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert output.strip() == "[] False"
 
 
@@ -140,8 +147,11 @@ def _wait_for(condition, timeout_s: float):
 
 def _children(pid: int) -> list[int]:
     """Child process ids of `pid`, started by any of its threads (Linux /proc)."""
-    return [int(child) for children in Path(f"/proc/{pid}/task").glob("*/children")
-            for child in children.read_text().split()]
+    return [
+        int(child)
+        for children in Path(f"/proc/{pid}/task").glob("*/children")
+        for child in children.read_text().split()
+    ]
 
 
 def _alive(pid: int) -> bool:

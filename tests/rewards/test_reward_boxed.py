@@ -1,4 +1,5 @@
 """Final-answer extraction: the last `\\boxed{}` with brace matching."""
+
 import time
 
 import pytest
@@ -6,29 +7,35 @@ import pytest
 from gift_jax.rewards import last_boxed_answer
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("The answer is $\\boxed{42}$.", "42"),
-    ("\\boxed{1} first, then \\boxed{2} last", "2"),
-    ("\\boxed{\\frac{1}{\\sqrt{2}}}", "\\frac{1}{\\sqrt{2}}"),
-    ("\\boxed{\\{1, 2\\}}", "\\{1, 2\\}"),
-    ("$\\boxed 7$ done", "7"),
-    ("\\boxed x = 3\nmore text", "x = 3"),
-    ("\\fbox{5}", "5"),
-    ("\\boxed{1} and \\fbox{9}", "9"),
-    ("\\boxed{}", ""),
-    ("\\boxed{  12 }", "12"),
-    ("\\boxed\n{3}", "3"),
-    ("\\boxed{4} then \\boxedanswer{5}", "4"),  # another macro, not a box
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("The answer is $\\boxed{42}$.", "42"),
+        ("\\boxed{1} first, then \\boxed{2} last", "2"),
+        ("\\boxed{\\frac{1}{\\sqrt{2}}}", "\\frac{1}{\\sqrt{2}}"),
+        ("\\boxed{\\{1, 2\\}}", "\\{1, 2\\}"),
+        ("$\\boxed 7$ done", "7"),
+        ("\\boxed x = 3\nmore text", "x = 3"),
+        ("\\fbox{5}", "5"),
+        ("\\boxed{1} and \\fbox{9}", "9"),
+        ("\\boxed{}", ""),
+        ("\\boxed{  12 }", "12"),
+        ("\\boxed\n{3}", "3"),
+        ("\\boxed{4} then \\boxedanswer{5}", "4"),  # another macro, not a box
+    ],
+)
 def test_extracts_last_box(text, expected):
     assert last_boxed_answer(text) == expected
 
 
-@pytest.mark.parametrize("text", [
-    "no box here, the answer is 4",
-    "\\boxed{3} and a truncated \\boxed{4",  # the last box never closes: no answer
-    "",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "no box here, the answer is 4",
+        "\\boxed{3} and a truncated \\boxed{4",  # the last box never closes: no answer
+        "",
+    ],
+)
 def test_no_answer(text):
     assert last_boxed_answer(text) is None
 

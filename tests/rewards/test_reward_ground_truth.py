@@ -1,4 +1,5 @@
 """Ground truths are checked when data is read: a malformed one names its file and row."""
+
 import json
 
 import pytest
@@ -12,20 +13,30 @@ from gift_jax.evaluation.benchmarks import load_benchmark
 from gift_jax.rewards import check_ground_truth
 
 
-@pytest.mark.parametrize("ground_truth", [
-    "1/2", "\\boxed{\\frac{1}{2}}", "\\{1, 2\\}", "\\boxed{1}, \\boxed{2}", "\\left\\{ x \\right\\}",
-])
+@pytest.mark.parametrize(
+    "ground_truth",
+    [
+        "1/2",
+        "\\boxed{\\frac{1}{2}}",
+        "\\{1, 2\\}",
+        "\\boxed{1}, \\boxed{2}",
+        "\\left\\{ x \\right\\}",
+    ],
+)
 def test_well_formed_math_ground_truths_pass(ground_truth):
     check_ground_truth(ground_truth)
 
 
-@pytest.mark.parametrize("ground_truth, message", [
-    ("\\boxed{3", "unterminated"),
-    ("", "empty ground-truth"),
-    ("\\boxed{}", "empty ground-truth"),
-    ("\\frac{1}{2", "1 '{' never closed"),
-    ("x}", "closes nothing"),
-])
+@pytest.mark.parametrize(
+    "ground_truth, message",
+    [
+        ("\\boxed{3", "unterminated"),
+        ("", "empty ground-truth"),
+        ("\\boxed{}", "empty ground-truth"),
+        ("\\frac{1}{2", "1 '{' never closed"),
+        ("x}", "closes nothing"),
+    ],
+)
 def test_malformed_math_ground_truths_are_named(ground_truth, message):
     with pytest.raises(ValueError, match=message):
         check_ground_truth(ground_truth, where="set.jsonl: row 4")
@@ -47,8 +58,9 @@ def _write_jsonl(path, rows):
 
 
 def test_rl_prompt_reader_rejects_a_malformed_answer(tmp_path):
-    path = _write_jsonl(tmp_path / "rl.jsonl", [{"prompt": "p0", "answer": "\\boxed{2}"},
-                                                {"prompt": "p1", "answer": "\\boxed{3"}])
+    path = _write_jsonl(
+        tmp_path / "rl.jsonl", [{"prompt": "p0", "answer": "\\boxed{2}"}, {"prompt": "p1", "answer": "\\boxed{3"}]
+    )
     with pytest.raises(DataFormatError, match=r"rl\.jsonl: row 1 \(0-based\), key 'answer'.*unterminated"):
         read_prompt_answer_records(path)
     # The generic reader checks only when asked, so SFT solutions are read as they are.
@@ -58,8 +70,9 @@ def test_rl_prompt_reader_rejects_a_malformed_answer(tmp_path):
 
 
 def test_benchmark_reader_rejects_a_malformed_answer(tmp_path):
-    path = _write_jsonl(tmp_path / "bench.jsonl", [{"problem": "q0", "answer": "1"},
-                                                   {"problem": "q1", "answer": "\\frac{1}{2"}])
+    path = _write_jsonl(
+        tmp_path / "bench.jsonl", [{"problem": "q0", "answer": "1"}, {"problem": "q1", "answer": "\\frac{1}{2"}]
+    )
     with pytest.raises(ValueError, match=r"bench\.jsonl row 1 .*unbalanced braces"):
         load_benchmark(path)
     assert [p.answer for p in load_benchmark(path, limit=1)] == ["1"]

@@ -3,6 +3,7 @@
 The whole table is scored as one batch (symbolic rows run in parallel in the workers); each row
 is then its own test case.
 """
+
 import pytest
 
 from gift_jax.rewards import ItemStatus, RewardScorer, math_reward

@@ -1,23 +1,27 @@
 """Multiple-choice answer extraction and scoring (GPQA, MMLU-Pro, MMLU-Redux, ARC)."""
+
 import pytest
 
 from gift_jax.rewards import extract_choice, multiple_choice_reward, score_batch
 
 
-@pytest.mark.parametrize("response, letter", [
-    ("Comparing the options, the answer is (C).", "C"),
-    ("Therefore the final answer is $\\boxed{B}$.", "B"),
-    ("\\boxed{\\text{(D)}}", "D"),
-    ("Answer: **A**", "A"),
-    ("I first thought B, but on reflection it is D", "D"),  # last standalone letter
-    ("The answer is (C). A quick check confirms it.", "C"),  # statement beats a trailing article
-    ("\\boxed{E} since option A fails", "E"),  # the box beats later letters
-    ("Option B\n\nSo: C", "C"),
-    ("The answer is a bit subtle; I pick B.", "B"),  # "a" is not an option letter
-    ("It is $\\Delta$ and \\mathbb{C}", "C"),  # `\\Delta` is a command, `C` in braces is standalone
-    ("ABC and BCD are words, no option", None),
-    ("Nothing here", None),
-])
+@pytest.mark.parametrize(
+    "response, letter",
+    [
+        ("Comparing the options, the answer is (C).", "C"),
+        ("Therefore the final answer is $\\boxed{B}$.", "B"),
+        ("\\boxed{\\text{(D)}}", "D"),
+        ("Answer: **A**", "A"),
+        ("I first thought B, but on reflection it is D", "D"),  # last standalone letter
+        ("The answer is (C). A quick check confirms it.", "C"),  # statement beats a trailing article
+        ("\\boxed{E} since option A fails", "E"),  # the box beats later letters
+        ("Option B\n\nSo: C", "C"),
+        ("The answer is a bit subtle; I pick B.", "B"),  # "a" is not an option letter
+        ("It is $\\Delta$ and \\mathbb{C}", "C"),  # `\\Delta` is a command, `C` in braces is standalone
+        ("ABC and BCD are words, no option", None),
+        ("Nothing here", None),
+    ],
+)
 def test_extract_choice(response, letter):
     assert extract_choice(response) == letter
 
@@ -29,13 +33,16 @@ def test_choices_limit_the_letters():
         extract_choice("A", "abc")
 
 
-@pytest.mark.parametrize("response, ground_truth, reward", [
-    ("the answer is (C)", "C", 1.0),
-    ("the answer is (C)", "(C)", 1.0),
-    ("\\boxed{C}", "\\boxed{C}", 1.0),
-    ("the answer is (C)", "B", 0.0),
-    ("no letter at all", "B", 0.0),
-])
+@pytest.mark.parametrize(
+    "response, ground_truth, reward",
+    [
+        ("the answer is (C)", "C", 1.0),
+        ("the answer is (C)", "(C)", 1.0),
+        ("\\boxed{C}", "\\boxed{C}", 1.0),
+        ("the answer is (C)", "B", 0.0),
+        ("no letter at all", "B", 0.0),
+    ],
+)
 def test_multiple_choice_reward(response, ground_truth, reward):
     assert multiple_choice_reward(response, ground_truth) == reward
 

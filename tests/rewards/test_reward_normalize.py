@@ -1,4 +1,5 @@
 """Normalisation, plain numbers and the in-process verdict (no sympy, no workers)."""
+
 from fractions import Fraction
 
 import pytest
@@ -8,24 +9,27 @@ from gift_jax.rewards.normalize import normalize_answer
 from gift_jax.rewards.numeric import numbers_match, parse_number
 
 
-@pytest.mark.parametrize("raw, normalized", [
-    ("\\left( 1, 2 \\right)", "(1,2)"),
-    ("\\dfrac{3}{4}", "\\frac{3}{4}"),
-    ("\\frac12", "\\frac{1}{2}"),
-    ("\\frac1{x}", "\\frac{1}{x}"),
-    ("3/4", "\\frac{3}{4}"),
-    ("\\sqrt2", "\\sqrt{2}"),
-    ("\\$5.00", "5"),
-    ("10\\text{ cm}", "10"),
-    ("90^\\circ", "90"),
-    ("x = 5", "5"),
-    ("1,000,000", "1000000"),
-    ("50\\%", "50"),
-    (".5", "0.5"),
-    ("12.", "12"),
-    ("2\\!\\times\\!10^{3}", "2\\times10^{3}"),
-    ("\\text{yes}", "yes"),
-])
+@pytest.mark.parametrize(
+    "raw, normalized",
+    [
+        ("\\left( 1, 2 \\right)", "(1,2)"),
+        ("\\dfrac{3}{4}", "\\frac{3}{4}"),
+        ("\\frac12", "\\frac{1}{2}"),
+        ("\\frac1{x}", "\\frac{1}{x}"),
+        ("3/4", "\\frac{3}{4}"),
+        ("\\sqrt2", "\\sqrt{2}"),
+        ("\\$5.00", "5"),
+        ("10\\text{ cm}", "10"),
+        ("90^\\circ", "90"),
+        ("x = 5", "5"),
+        ("1,000,000", "1000000"),
+        ("50\\%", "50"),
+        (".5", "0.5"),
+        ("12.", "12"),
+        ("2\\!\\times\\!10^{3}", "2\\times10^{3}"),
+        ("\\text{yes}", "yes"),
+    ],
+)
 def test_normalize_answer(raw, normalized):
     assert normalize_answer(raw) == normalized
 
@@ -35,14 +39,17 @@ def test_normalize_keeps_tuples_and_equations():
     assert normalize_answer("x + y = 5") == "x+y=5"
 
 
-@pytest.mark.parametrize("text, value", [
-    ("42", Fraction(42)),
-    ("-0.25", Fraction(-1, 4)),
-    ("\\frac{1}{3}", Fraction(1, 3)),
-    ("-\\frac{3}{4}", Fraction(-3, 4)),
-    ("1.5e3", Fraction(1500)),
-    ("2\\times10^{-3}", Fraction(2, 1000)),
-])
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        ("42", Fraction(42)),
+        ("-0.25", Fraction(-1, 4)),
+        ("\\frac{1}{3}", Fraction(1, 3)),
+        ("-\\frac{3}{4}", Fraction(-3, 4)),
+        ("1.5e3", Fraction(1500)),
+        ("2\\times10^{-3}", Fraction(2, 1000)),
+    ],
+)
 def test_parse_number(text, value):
     assert parse_number(text) == value
 
@@ -62,15 +69,18 @@ def test_numbers_match_exact_and_percent():
     assert numbers_match(Fraction(0), Fraction(0)) and not numbers_match(Fraction(1, 10**9), Fraction(0))
 
 
-@pytest.mark.parametrize("response, ground_truth, verdict", [
-    ("\\boxed{0.5}", "\\frac{1}{2}", True),
-    ("\\boxed{\\frac{1}{2}}", "\\boxed{0.5}", True),  # boxed ground truth
-    ("\\boxed{50\\%}", "0.5", True),
-    ("\\boxed{3}", "4", False),
-    ("\\boxed{}", "4", False),
-    ("the answer is 4", "4", False),  # no box
-    ("\\boxed{2\\sqrt{2}}", "\\sqrt{8}", None),  # needs the symbolic check
-])
+@pytest.mark.parametrize(
+    "response, ground_truth, verdict",
+    [
+        ("\\boxed{0.5}", "\\frac{1}{2}", True),
+        ("\\boxed{\\frac{1}{2}}", "\\boxed{0.5}", True),  # boxed ground truth
+        ("\\boxed{50\\%}", "0.5", True),
+        ("\\boxed{3}", "4", False),
+        ("\\boxed{}", "4", False),
+        ("the answer is 4", "4", False),  # no box
+        ("\\boxed{2\\sqrt{2}}", "\\sqrt{8}", None),  # needs the symbolic check
+    ],
+)
 def test_quick_verdict(response, ground_truth, verdict):
     assert quick_math_verdict(prepare_math_item(response, ground_truth)) is verdict
 
@@ -81,11 +91,14 @@ def test_overlong_answers_compare_as_exact_strings():
     assert quick_math_verdict(MathItem(long_answer, "601")) is False
 
 
-@pytest.mark.parametrize("ground_truth, message", [
-    ("", "empty ground-truth"),
-    ("\\boxed{}", "empty ground-truth"),
-    ("\\boxed{3", "unterminated"),
-])
+@pytest.mark.parametrize(
+    "ground_truth, message",
+    [
+        ("", "empty ground-truth"),
+        ("\\boxed{}", "empty ground-truth"),
+        ("\\boxed{3", "unterminated"),
+    ],
+)
 def test_bad_ground_truth_is_a_clear_error(ground_truth, message):
     with pytest.raises(ValueError, match=message):
         prepare_math_item("\\boxed{3}", ground_truth, where="ground_truths[7]")

@@ -1,4 +1,5 @@
 """GRPO pieces against hand-computed numbers: advantages, aggregation, clipping, KL, LUFFY."""
+
 import functools
 import math
 
@@ -22,6 +23,7 @@ from gift_jax.rl import (
 
 # ---------------------------------------------------------------- advantages
 
+
 def test_advantages_subtract_group_mean_only_by_default():
     rewards = jnp.array([1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0])
     advantages = jax.jit(grpo_advantages, static_argnums=1)(rewards, 4)
@@ -33,15 +35,17 @@ def test_advantages_divided_by_sample_std_when_asked():
     advantages = grpo_advantages(rewards, 4, norm_by_std=True)
     sample_std = math.sqrt(4 * 0.25 / 3)  # ddof=1
     expected = 0.5 / (sample_std + 1e-6)
-    np.testing.assert_allclose(advantages, [expected, -expected, -expected, expected, 0, 0, 0, 0],
-                               rtol=1e-6)
+    np.testing.assert_allclose(advantages, [expected, -expected, -expected, expected, 0, 0, 0, 0], rtol=1e-6)
 
 
-@pytest.mark.parametrize("rewards, group_size, message", [
-    (jnp.zeros(6), 4, "do not split"),
-    (jnp.zeros(4), 1, "group_size must be >= 2"),
-    (jnp.zeros((2, 4)), 4, "must be flat"),
-])
+@pytest.mark.parametrize(
+    "rewards, group_size, message",
+    [
+        (jnp.zeros(6), 4, "do not split"),
+        (jnp.zeros(4), 1, "group_size must be >= 2"),
+        (jnp.zeros((2, 4)), 4, "must be flat"),
+    ],
+)
 def test_advantages_reject_bad_shapes(rewards, group_size, message):
     with pytest.raises(ValueError, match=message):
         grpo_advantages(rewards, group_size)
@@ -53,17 +57,21 @@ LOSS = jnp.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [100.0, 100.0, 100.0]])
 MASK = jnp.array([[1, 1, 0], [1, 0, 0], [0, 0, 0]])  # the last row is padding
 
 
-@pytest.mark.parametrize("agg_mode, seq_normaliser, numerator, denominator", [
-    ("token-mean", None, 1 + 2 + 4, 3),
-    ("seq-mean-token-mean", None, (1 + 2) / 2 + 4, 2),
-    ("seq-mean-token-sum-norm", None, 7, 2 * 3),
-    ("seq-mean-token-sum-norm", 10.0, 7, 2 * 10),
-])
+@pytest.mark.parametrize(
+    "agg_mode, seq_normaliser, numerator, denominator",
+    [
+        ("token-mean", None, 1 + 2 + 4, 3),
+        ("seq-mean-token-mean", None, (1 + 2) / 2 + 4, 2),
+        ("seq-mean-token-sum-norm", None, 7, 2 * 3),
+        ("seq-mean-token-sum-norm", 10.0, 7, 2 * 10),
+    ],
+)
 def test_aggregate_modes_by_hand(agg_mode, seq_normaliser, numerator, denominator):
     got_num, got_den = aggregate(LOSS, MASK, agg_mode, seq_normaliser=seq_normaliser)
     np.testing.assert_allclose([got_num, got_den], [numerator, denominator], rtol=1e-6)
-    np.testing.assert_allclose(aggregate_loss(LOSS, MASK, agg_mode, seq_normaliser=seq_normaliser),
-                               numerator / denominator, rtol=1e-6)
+    np.testing.assert_allclose(
+        aggregate_loss(LOSS, MASK, agg_mode, seq_normaliser=seq_normaliser), numerator / denominator, rtol=1e-6
+    )
 
 
 @pytest.mark.parametrize("agg_mode", AGG_MODES)
@@ -77,13 +85,12 @@ def test_micro_batches_with_global_denominator_sum_to_the_mini_batch_loss(agg_mo
 
     whole = loss_of(per_token, mask)
     global_denominator = loss_denominator(mask, agg_mode)
-    pieces = sum(loss_of(per_token[i:i + 2], mask[i:i + 2], global_denominator)
-                 for i in range(0, 6, 2))
+    pieces = sum(loss_of(per_token[i : i + 2], mask[i : i + 2], global_denominator) for i in range(0, 6, 2))
     np.testing.assert_allclose(pieces, whole, rtol=1e-6)
     whole_grad = jax.grad(loss_of)(per_token, mask)
-    piece_grads = jnp.concatenate([
-        jax.grad(loss_of)(per_token[i:i + 2], mask[i:i + 2], global_denominator)
-        for i in range(0, 6, 2)])
+    piece_grads = jnp.concatenate(
+        [jax.grad(loss_of)(per_token[i : i + 2], mask[i : i + 2], global_denominator) for i in range(0, 6, 2)]
+    )
     np.testing.assert_allclose(piece_grads, whole_grad, rtol=1e-6)
 
 
@@ -99,19 +106,23 @@ def test_unknown_agg_mode_is_rejected():
 
 # ---------------------------------------------------------------- PPO clip
 
+
 def _tokens(ratios):
     """Log-probs `[1, n]` with the given new/old ratios."""
     old = jnp.full((1, len(ratios)), -1.0)
     return old + jnp.log(jnp.array([ratios])), old
 
 
-@pytest.mark.parametrize("advantage, ratio, expected_loss, is_clipped, expected_grad", [
-    (1.0, 1.5, -1.2, True, 0.0),     # A > 0, ratio above 1 + eps: clipped, no gradient
-    (1.0, 0.5, -0.5, False, -0.5),   # A > 0, ratio below range: surrogate keeps pushing up
-    (-1.0, 0.5, 0.8, True, 0.0),     # A < 0, ratio below 1 - eps: clipped, no gradient
-    (-1.0, 1.5, 1.5, False, 1.5),    # A < 0, ratio above range: pessimistic branch, gradient
-    (2.0, 1.1, -2.2, False, -2.2),   # inside the range: plain ratio * A
-])
+@pytest.mark.parametrize(
+    "advantage, ratio, expected_loss, is_clipped, expected_grad",
+    [
+        (1.0, 1.5, -1.2, True, 0.0),  # A > 0, ratio above 1 + eps: clipped, no gradient
+        (1.0, 0.5, -0.5, False, -0.5),  # A > 0, ratio below range: surrogate keeps pushing up
+        (-1.0, 0.5, 0.8, True, 0.0),  # A < 0, ratio below 1 - eps: clipped, no gradient
+        (-1.0, 1.5, 1.5, False, 1.5),  # A < 0, ratio above range: pessimistic branch, gradient
+        (2.0, 1.1, -2.2, False, -2.2),  # inside the range: plain ratio * A
+    ],
+)
 def test_clip_cases(advantage, ratio, expected_loss, is_clipped, expected_grad):
     logprobs, old = _tokens([ratio])
     advantages = jnp.array([advantage])
@@ -123,27 +134,23 @@ def test_clip_cases(advantage, ratio, expected_loss, is_clipped, expected_grad):
     np.testing.assert_allclose(loss[0, 0], expected_loss, rtol=1e-5)
     assert bool(clipped[0, 0]) is is_clipped
     # d(-A r)/d logp = -A r on the active branch, 0 where the constant clipped branch wins.
-    np.testing.assert_allclose(jax.grad(total)(logprobs)[0, 0], expected_grad, rtol=1e-5,
-                               atol=1e-7)
+    np.testing.assert_allclose(jax.grad(total)(logprobs)[0, 0], expected_grad, rtol=1e-5, atol=1e-7)
 
 
 def test_clip_higher_widens_only_the_upper_bound():
     logprobs, old = _tokens([1.25, 0.75])
-    loss, clipped, _ = ppo_clip_per_token(logprobs, old, jnp.array([1.0]), clip_low=0.2,
-                                          clip_high=0.28)
+    loss, clipped, _ = ppo_clip_per_token(logprobs, old, jnp.array([1.0]), clip_low=0.2, clip_high=0.28)
     np.testing.assert_allclose(loss[0], [-1.25, -0.75], rtol=1e-5)
     assert not clipped.any()
 
 
 def test_dual_clip_caps_negative_advantage_loss():
     logprobs, old = _tokens([5.0, 2.0])
-    for advantage, expected, expect_dual in [(-1.0, [3.0, 2.0], [True, False]),
-                                             (1.0, [-1.2, -1.2], [False, False])]:
+    for advantage, expected, expect_dual in [(-1.0, [3.0, 2.0], [True, False]), (1.0, [-1.2, -1.2], [False, False])]:
         loss, _, dual = ppo_clip_per_token(logprobs, old, jnp.array([advantage]), dual_clip_c=3.0)
         np.testing.assert_allclose(loss[0], expected, rtol=1e-5)
         np.testing.assert_array_equal(dual[0], expect_dual)
-    grad = jax.grad(lambda lp: ppo_clip_per_token(lp, old, jnp.array([-1.0]),
-                                                  dual_clip_c=3.0)[0].sum())(logprobs)
+    grad = jax.grad(lambda lp: ppo_clip_per_token(lp, old, jnp.array([-1.0]), dual_clip_c=3.0)[0].sum())(logprobs)
     np.testing.assert_allclose(grad[0], [0.0, 2.0], rtol=1e-5)
 
 
@@ -173,12 +180,13 @@ def test_policy_loss_aggregates_and_reports_metrics():
     np.testing.assert_allclose(metrics["ratio_max"], 1.5, rtol=1e-5)  # the padded 9.0 is ignored
     d = np.log([1.5, 1.0, 0.5])  # log(pi / pi_old); KL(old || new) estimators use -d
     np.testing.assert_allclose(metrics["approx_kl_k3"], np.mean(np.exp(d) - d - 1), rtol=1e-5)
-    np.testing.assert_allclose(metrics["approx_kl_k2"], np.mean(0.5 * d ** 2), rtol=1e-5)
+    np.testing.assert_allclose(metrics["approx_kl_k2"], np.mean(0.5 * d**2), rtol=1e-5)
     seq_loss, _ = policy_loss(logprobs, old, advantages, mask, agg_mode="seq-mean-token-mean")
     np.testing.assert_allclose(seq_loss, ((-1.2 - 1.0) / 2 + 0.8) / 2, rtol=1e-5)
 
 
 # ---------------------------------------------------------------- KL estimators
+
 
 def test_kl_estimators_by_hand():
     logprobs, ref = jnp.log(jnp.array([0.5])), jnp.log(jnp.array([0.25]))
@@ -210,22 +218,21 @@ def test_k3_is_clamped_like_verl():
 
 # ---------------------------------------------------------------- LUFFY shaping and loss terms
 
+
 def test_luffy_shaping_gradient_is_f_prime_times_dp():
     gamma, advantage, target = 0.1, 1.5, 2
     logits = jnp.array([0.3, -1.0, 0.2, 2.0])
 
     def shaped_loss(z):
         logprob = jax.nn.log_softmax(z)[target]
-        return luffy_shaped_per_token(logprob.reshape(1, 1), jnp.array([advantage]),
-                                      gamma=gamma).sum()
+        return luffy_shaped_per_token(logprob.reshape(1, 1), jnp.array([advantage]), gamma=gamma).sum()
 
     probs = jax.nn.softmax(logits)
     p = probs[target]
     dp_dlogits = p * (jax.nn.one_hot(target, 4) - probs)
     f_prime = gamma / (p + gamma) ** 2
     np.testing.assert_allclose(shaped_loss(logits), -advantage * p / (p + gamma), rtol=1e-6)
-    np.testing.assert_allclose(jax.grad(shaped_loss)(logits), -advantage * f_prime * dp_dlogits,
-                               rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(jax.grad(shaped_loss)(logits), -advantage * f_prime * dp_dlogits, rtol=1e-5, atol=1e-7)
 
 
 def test_expert_rows_use_unclipped_shaped_loss():
@@ -233,8 +240,7 @@ def test_expert_rows_use_unclipped_shaped_loss():
     logprobs = jnp.log(jnp.array([[0.4, 0.9], [0.4, 0.9]]))  # ratios far outside the clip range
     advantages = jnp.array([1.0, 1.0])
     mask = jnp.ones((2, 2))
-    per_token, stats = grpo_loss_terms(logprobs, old, advantages, mask,
-                                       is_expert=jnp.array([True, False]))
+    per_token, stats = grpo_loss_terms(logprobs, old, advantages, mask, is_expert=jnp.array([True, False]))
     p = np.array([0.4, 0.9])
     np.testing.assert_allclose(per_token[0], -p / (p + 0.1), rtol=1e-5)
     np.testing.assert_allclose(per_token[1], [-1.2, -1.2], rtol=1e-5)
@@ -247,11 +253,10 @@ def test_loss_terms_add_kl_and_subtract_entropy():
     logprobs, old, ref = (jnp.asarray(-rng.random((2, 3)), jnp.float32) for _ in range(3))
     entropy = jnp.asarray(rng.random((2, 3)), jnp.float32)
     advantages, mask = jnp.array([0.5, -0.5]), jnp.ones((2, 3))
-    per_token, stats = grpo_loss_terms(logprobs, old, advantages, mask, ref_logprobs=ref,
-                                       kl_coef=0.1, kl_kind="k2", entropy=entropy,
-                                       entropy_coef=0.01)
-    expected = (ppo_clip_per_token(logprobs, old, advantages)[0]
-                + 0.1 * kl_penalty(logprobs, ref, "k2") - 0.01 * entropy)
+    per_token, stats = grpo_loss_terms(
+        logprobs, old, advantages, mask, ref_logprobs=ref, kl_coef=0.1, kl_kind="k2", entropy=entropy, entropy_coef=0.01
+    )
+    expected = ppo_clip_per_token(logprobs, old, advantages)[0] + 0.1 * kl_penalty(logprobs, ref, "k2") - 0.01 * entropy
     np.testing.assert_allclose(per_token, expected, rtol=1e-6)
     np.testing.assert_allclose(stats["entropy"], entropy.mean(), rtol=1e-6)
     with pytest.raises(ValueError, match="needs ref_logprobs"):

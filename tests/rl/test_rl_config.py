@@ -1,4 +1,5 @@
 """RL-stage configs are validated before anything runs: each impossible setting is named."""
+
 import json
 import re
 from pathlib import Path
@@ -23,24 +24,42 @@ def test_the_tiny_config_validates_and_derives_sizes(overrides):
 
 @pytest.mark.parametrize("relift_batch, micro_per_device, expected", [(16, 2, 1), (48, 4, 2), (24, 2, 3), (40, 2, 5)])
 def test_relift_updates_use_the_fewest_micro_batches_that_fit(overrides, relift_batch, micro_per_device, expected):
-    config = load_config(RLStageConfig, None, overrides(**{
-        "algo.method": "relift", "algo.relift_batch": relift_batch, "train.micro_batch_per_device": micro_per_device,
-        "algo.mini_batch_prompts": 8, "train.prompts_per_step": 8}))
+    config = load_config(
+        RLStageConfig,
+        None,
+        overrides(
+            **{
+                "algo.method": "relift",
+                "algo.relift_batch": relift_batch,
+                "train.micro_batch_per_device": micro_per_device,
+                "algo.mini_batch_prompts": 8,
+                "train.prompts_per_step": 8,
+            }
+        ),
+    )
     assert validate_rl_config(config, num_devices=8).relift_micro == expected
 
 
-@pytest.mark.parametrize("extra,message", [
-    ({"algo.mini_batch_prompts": 3}, r"prompts_per_step=8 is not divisible by algo.mini_batch_prompts=3"),
-    ({"rollout.group_size": 3, "algo.mini_batch_prompts": 2, "train.prompts_per_step": 2},
-     r"2 prompts x 3 rollouts = 6 rows is not divisible by batch devices \(8\)"),
-    ({"algo.method": "relift", "algo.relift_batch": 12}, r"relift_batch=12 is not divisible by batch devices \(8\)$"),
-    ({"algo.kl_coef": 0.1}, r"kl_coef > 0 needs model.base_path"),
-    ({"rollout.group_size": 1}, r"group_size must be >= 2"),
-    ({"algo.method": "ppo"}, r"algo.method='ppo' is not one of"),
-    ({"algo.agg_mode": "mean"}, r"algo.agg_mode: 'mean' is not one of"),
-    ({"mesh.fsdp": 3, "mesh.data": 2}, r"needs 6 devices but 8 are available"),
-    ({"data.val_file": "/nonexistent/val.jsonl"}, r"data.val_file: /nonexistent/val.jsonl does not exist"),
-])
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        ({"algo.mini_batch_prompts": 3}, r"prompts_per_step=8 is not divisible by algo.mini_batch_prompts=3"),
+        (
+            {"rollout.group_size": 3, "algo.mini_batch_prompts": 2, "train.prompts_per_step": 2},
+            r"2 prompts x 3 rollouts = 6 rows is not divisible by batch devices \(8\)",
+        ),
+        (
+            {"algo.method": "relift", "algo.relift_batch": 12},
+            r"relift_batch=12 is not divisible by batch devices \(8\)$",
+        ),
+        ({"algo.kl_coef": 0.1}, r"kl_coef > 0 needs model.base_path"),
+        ({"rollout.group_size": 1}, r"group_size must be >= 2"),
+        ({"algo.method": "ppo"}, r"algo.method='ppo' is not one of"),
+        ({"algo.agg_mode": "mean"}, r"algo.agg_mode: 'mean' is not one of"),
+        ({"mesh.fsdp": 3, "mesh.data": 2}, r"needs 6 devices but 8 are available"),
+        ({"data.val_file": "/nonexistent/val.jsonl"}, r"data.val_file: /nonexistent/val.jsonl does not exist"),
+    ],
+)
 def test_impossible_settings_are_named(overrides, extra, message):
     # Ranges fail while loading (the loader names the section: "config.rollout: ..."); the checks that
     # need the devices or the files fail in validate_rl_config.

@@ -1,4 +1,5 @@
 """The GRPO update: sharded over 8 devices equals one device; micro-batching is exact."""
+
 import functools
 
 import jax
@@ -16,8 +17,17 @@ from gift_jax.rl.step import RLStepConfig, completion_logprobs, rl_train_step, r
 from gift_jax.rollout import SampleResult
 from gift_jax.runtime import TrainState
 
-CONFIG = ModelConfig(family="qwen2", vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2,
-                     num_heads=4, num_kv_heads=2, head_dim=8, qkv_bias=True)
+CONFIG = ModelConfig(
+    family="qwen2",
+    vocab_size=64,
+    hidden_size=32,
+    intermediate_size=64,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=8,
+    qkv_bias=True,
+)
 
 
 def _rollouts(rows=16, prompt=6, new=8, seed=0):
@@ -26,11 +36,16 @@ def _rollouts(rows=16, prompt=6, new=8, seed=0):
     prompt_mask[::3, :2] = 0  # some left padding
     lengths = rng.randint(1, new + 1, rows)
     completion_mask = (np.arange(new)[None] < lengths[:, None]).astype(np.int32)
-    result = SampleResult(prompt_ids=rng.randint(1, 64, (rows, prompt)).astype(np.int32), prompt_mask=prompt_mask,
-                          completion_ids=(rng.randint(1, 64, (rows, new)) * completion_mask).astype(np.int32),
-                          completion_mask=completion_mask, lengths=lengths.astype(np.int32),
-                          truncated=lengths == new, logprobs=np.zeros((rows, new), np.float32),
-                          entropies=np.zeros((rows, new), np.float32))
+    result = SampleResult(
+        prompt_ids=rng.randint(1, 64, (rows, prompt)).astype(np.int32),
+        prompt_mask=prompt_mask,
+        completion_ids=(rng.randint(1, 64, (rows, new)) * completion_mask).astype(np.int32),
+        completion_mask=completion_mask,
+        lengths=lengths.astype(np.int32),
+        truncated=lengths == new,
+        logprobs=np.zeros((rows, new), np.float32),
+        entropies=np.zeros((rows, new), np.float32),
+    )
     return update_batch(result, rng.randn(rows).astype(np.float32))
 
 
@@ -102,8 +117,10 @@ def test_entropy_bonus_reaches_the_gradient():
     for a, b, g in zip(plain, bonus, entropy_grad, strict=True):
         np.testing.assert_allclose(b - a, coef * np.asarray(g), rtol=1e-3, atol=1e-6)
     treedef = jax.tree.structure(params)
-    moved, unmoved = (jax.tree.unflatten(treedef, [p + d for p, d in zip(jax.tree.leaves(params), update, strict=True)])
-                      for update in (bonus, plain))
+    moved, unmoved = (
+        jax.tree.unflatten(treedef, [p + d for p, d in zip(jax.tree.leaves(params), update, strict=True)])
+        for update in (bonus, plain)
+    )
     assert float(mean_entropy(moved)) > float(mean_entropy(unmoved))
 
 
@@ -113,7 +130,6 @@ def test_rollout_logprobs_by_micro_batch_equal_one_pass_on_a_sharded_batch():
     params = jax.device_put(params, state_shardings(params, mesh))
     batch = shard_batch(_rollouts(), mesh)
     whole = jax.jit(functools.partial(completion_logprobs, graphdef=graphdef, chunk_size=4))(params, batch)
-    by_micro = jax.jit(functools.partial(rollout_logprobs, graphdef=graphdef, chunk_size=4, num_micro=2))(
-        params, batch)
+    by_micro = jax.jit(functools.partial(rollout_logprobs, graphdef=graphdef, chunk_size=4, num_micro=2))(params, batch)
     for a, b in zip(whole, by_micro):  # same rows in the same order
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

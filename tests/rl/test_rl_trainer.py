@@ -1,5 +1,6 @@
 """The RL loop end to end: reward rises on a learnable task; stop + resume equals a straight run;
 LUFFY and ReLIFT run with their extra signals."""
+
 import json
 import random
 
@@ -28,8 +29,17 @@ def _problems(path, num, seed, target=None):
     with open(path, "w") as f:
         for _ in range(num):
             a, b, d = rng.randint(1, 9), rng.randint(1, 9), rng.randint(0, 9)
-            f.write(json.dumps({"sft_prompt": f"{a}+{b}=?", "prompt": f"{a}+{b}=?", "answer": target or str(a + b),
-                                "solution": f"\\boxed{{{d}}}"}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "sft_prompt": f"{a}+{b}=?",
+                        "prompt": f"{a}+{b}=?",
+                        "answer": target or str(a + b),
+                        "solution": f"\\boxed{{{d}}}",
+                    }
+                )
+                + "\n"
+            )
     return path
 
 
@@ -37,19 +47,41 @@ def _problems(path, num, seed, target=None):
 def boxed_digit_policy(tmp_path_factory):
     """A tiny model that answers `\\boxed{d}` with d roughly uniform (SFT warm start); RL must find 7."""
     root = tmp_path_factory.mktemp("boxed_digit")
-    config = ModelConfig(family="llama", vocab_size=len(VOCAB), hidden_size=32, intermediate_size=64, num_layers=1,
-                         num_heads=2, num_kv_heads=1, head_dim=16, tie_word_embeddings=True,
-                         eos_token_id=VOCAB.index("<eos>"), pad_token_id=VOCAB.index("<pad>"))
+    config = ModelConfig(
+        family="llama",
+        vocab_size=len(VOCAB),
+        hidden_size=32,
+        intermediate_size=64,
+        num_layers=1,
+        num_heads=2,
+        num_kv_heads=1,
+        head_dim=16,
+        tie_word_embeddings=True,
+        eos_token_id=VOCAB.index("<eos>"),
+        pad_token_id=VOCAB.index("<pad>"),
+    )
     save_hf(Transformer(config, rngs=nnx.Rngs(0)), config, root / "random", tokenizer_dir=save_tokenizer(root / "tok"))
-    warm = from_dict(InitStageConfig, {
-        "model": {"path": str(root / "random")},
-        "data": {"train_file": str(_problems(root / "sft.jsonl", 256, 0)), "max_length": 16, "bucket_lengths": [16],
-                 "num_threads": 0},
-        "loss": {"name": "sft", "chunk_size": 16}, "optim": {"lr": 1e-2},
-        "train": {"global_batch": 64, "micro_batch_per_device": 8, "epochs": 6, "log_every": 100}})
+    warm = from_dict(
+        InitStageConfig,
+        {
+            "model": {"path": str(root / "random")},
+            "data": {
+                "train_file": str(_problems(root / "sft.jsonl", 256, 0)),
+                "max_length": 16,
+                "bucket_lengths": [16],
+                "num_threads": 0,
+            },
+            "loss": {"name": "sft", "chunk_size": 16},
+            "optim": {"lr": 1e-2},
+            "train": {"global_batch": 64, "micro_batch_per_device": 8, "epochs": 6, "log_every": 100},
+        },
+    )
     summary = run_init_stage(warm, root / "warm")
-    return {"model": summary["hf_final"], "prompts": _problems(root / "rl.jsonl", 256, 1, target=TARGET),
-            "base": str(root / "random")}
+    return {
+        "model": summary["hf_final"],
+        "prompts": _problems(root / "rl.jsonl", 256, 1, target=TARGET),
+        "base": str(root / "random"),
+    }
 
 
 def _rewards(workdir):
@@ -58,8 +90,11 @@ def _rewards(workdir):
 
 
 def test_mean_reward_rises_within_20_steps(boxed_digit_policy, tmp_path):
-    overrides = rl_overrides(boxed_digit_policy["model"], boxed_digit_policy["prompts"], **{
-        "rollout.group_size": 8, "rollout.max_new_tokens": 6, "optim.lr": 3e-3, "train.checkpoint_every": 100})
+    overrides = rl_overrides(
+        boxed_digit_policy["model"],
+        boxed_digit_policy["prompts"],
+        **{"rollout.group_size": 8, "rollout.max_new_tokens": 6, "optim.lr": 3e-3, "train.checkpoint_every": 100},
+    )
     run_rl_stage(load_config(RLStageConfig, None, overrides), tmp_path, max_steps=20)
     rewards = _rewards(tmp_path)
     assert len(rewards) == 20
@@ -74,15 +109,23 @@ def _final_params(workdir):
 
 @pytest.mark.parametrize("method", ["relift", "luffy"])
 def test_stopped_and_resumed_rl_equals_straight_run(boxed_digit_policy, tmp_path, method):
-    overrides = rl_overrides(boxed_digit_policy["model"], boxed_digit_policy["prompts"], **{
-        "algo.method": method, "algo.relift_batch": 8, "model.base_path": boxed_digit_policy["base"],
-        "rollout.max_new_tokens": 6})
+    overrides = rl_overrides(
+        boxed_digit_policy["model"],
+        boxed_digit_policy["prompts"],
+        **{
+            "algo.method": method,
+            "algo.relift_batch": 8,
+            "model.base_path": boxed_digit_policy["base"],
+            "rollout.max_new_tokens": 6,
+        },
+    )
     config = load_config(RLStageConfig, None, overrides)
     run_rl_stage(config, tmp_path / "straight", max_steps=4)
     run_rl_stage(config, tmp_path / "resumed", max_steps=2)
     run_rl_stage(config, tmp_path / "resumed", max_steps=4)
-    for a, b in zip(jax.tree.leaves(_final_params(tmp_path / "straight")),
-                    jax.tree.leaves(_final_params(tmp_path / "resumed"))):
+    for a, b in zip(
+        jax.tree.leaves(_final_params(tmp_path / "straight")), jax.tree.leaves(_final_params(tmp_path / "resumed"))
+    ):
         np.testing.assert_array_equal(a, b)
     lines = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
     keys = set().union(*lines)
@@ -97,8 +140,11 @@ def test_luffy_scores_an_over_long_expert_solution_on_its_full_text(tiny_run_inp
     # 4 new tokens cut every expert solution before its \boxed{} answer; the update sees the cut trace,
     # but the expert row must still earn its reward (else LUFFY would push the policy away from it).
     prompts = write_rl_jsonl(tmp_path / "rl.jsonl", 16)
-    overrides = rl_overrides(tiny_run_inputs["model"], prompts, **{"algo.method": "luffy", "rollout.max_new_tokens": 4,
-                                                                   "train.checkpoint_every": 100})
+    overrides = rl_overrides(
+        tiny_run_inputs["model"],
+        prompts,
+        **{"algo.method": "luffy", "rollout.max_new_tokens": 4, "train.checkpoint_every": 100},
+    )
     run_rl_stage(load_config(RLStageConfig, None, overrides), tmp_path / "run", max_steps=2)
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     steps = [line for line in lines if "train/expert_truncated_frac" in line]
@@ -112,8 +158,11 @@ def test_rl_with_fewer_decode_slots_than_rollouts_equals_one_with_enough(boxed_d
     """32 rollouts per step through 8 engine slots (3 rounded up to the 8 batch devices) or all at once."""
     runs = {}
     for slots in (3, 64):
-        overrides = rl_overrides(boxed_digit_policy["model"], boxed_digit_policy["prompts"], **{
-            "rollout.max_new_tokens": 6, "rollout.max_concurrent_rows": slots})
+        overrides = rl_overrides(
+            boxed_digit_policy["model"],
+            boxed_digit_policy["prompts"],
+            **{"rollout.max_new_tokens": 6, "rollout.max_concurrent_rows": slots},
+        )
         run_rl_stage(load_config(RLStageConfig, None, overrides), tmp_path / str(slots), max_steps=2)
         lines = [json.loads(line) for line in (tmp_path / str(slots) / "metrics.jsonl").read_text().splitlines()]
         runs[slots] = [line for line in lines if "train/reward_mean" in line]

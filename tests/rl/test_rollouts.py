@@ -1,4 +1,5 @@
 """`insert_expert_rows`: LUFFY's groups get the expert completion appended after each prompt's rollouts."""
+
 import numpy as np
 
 from gift_jax.rl.rollouts import insert_expert_rows
@@ -13,10 +14,16 @@ def _rollouts() -> SampleResult:
     completion_ids = 100 + np.arange(rows * NEW).reshape(rows, NEW)
     lengths = np.array([5, 3, 1, 2, 5, 4])
     completion_mask = (np.arange(NEW)[None] < lengths[:, None]).astype(np.int32)
-    return SampleResult(prompt_ids=prompt_ids.astype(np.int32), prompt_mask=np.ones((rows, PROMPT_LEN), np.int32),
-                        completion_ids=completion_ids.astype(np.int32), completion_mask=completion_mask,
-                        lengths=lengths.astype(np.int32), truncated=lengths == NEW,
-                        logprobs=np.full((rows, NEW), -0.5, np.float32), entropies=np.ones((rows, NEW), np.float32))
+    return SampleResult(
+        prompt_ids=prompt_ids.astype(np.int32),
+        prompt_mask=np.ones((rows, PROMPT_LEN), np.int32),
+        completion_ids=completion_ids.astype(np.int32),
+        completion_mask=completion_mask,
+        lengths=lengths.astype(np.int32),
+        truncated=lengths == NEW,
+        logprobs=np.full((rows, NEW), -0.5, np.float32),
+        entropies=np.ones((rows, NEW), np.float32),
+    )
 
 
 def test_each_group_ends_with_its_expert_row():

@@ -10,6 +10,7 @@ parameter comparisons between checkpoints meaningful.
 Used with the tiny byte-level tokenizer of `tests.data.tiny_model`, this gives real HF folders
 whose sampling probabilities, log-probs, entropies, accuracies and KL divergences are known exactly.
 """
+
 from __future__ import annotations
 
 import functools
@@ -33,13 +34,24 @@ EMBED_SCALE = 10.0  # large against RMSNorm's eps, so the normalised state is sq
 
 
 def designed_config(vocab_size: int, hidden_size: int = 32) -> ModelConfig:
-    return ModelConfig(family="qwen2", vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=64,
-                       num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, qkv_bias=True,
-                       eos_token_id=2, pad_token_id=0)
+    return ModelConfig(
+        family="qwen2",
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=64,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=8,
+        qkv_bias=True,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
 
 
-def bigram_model(successors: Mapping[int, Mapping[int, float]], default: Mapping[int, float], *,
-                 vocab_size: int, seed: int = 0) -> tuple[Transformer, ModelConfig]:
+def bigram_model(
+    successors: Mapping[int, Mapping[int, float]], default: Mapping[int, float], *, vocab_size: int, seed: int = 0
+) -> tuple[Transformer, ModelConfig]:
     """A `Transformer` with `p(next | current) = successors[current]` (`default` for other tokens).
 
     Each distribution maps token ids to probabilities (summing to 1); unlisted tokens get ~0.
@@ -86,9 +98,16 @@ def save_with_tokenizer(model: Transformer, config: ModelConfig, folder: Path) -
     """Writes the HF checkpoint plus the tiny tokenizer with a Qwen-style chat template."""
     save_hf(model, config, folder)
     tiny_tokenizer().save(str(folder / "tokenizer.json"))
-    (folder / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": EOS, "pad_token": PAD,
-        "chat_template": QWEN_STYLE_TEMPLATE}))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "PreTrainedTokenizerFast",
+                "eos_token": EOS,
+                "pad_token": PAD,
+                "chat_template": QWEN_STYLE_TEMPLATE,
+            }
+        )
+    )
     return folder
 
 

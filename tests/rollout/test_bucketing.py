@@ -1,12 +1,12 @@
 """Shape buckets: powers of two while small, then multiples of the granularity."""
+
 import pytest
 
 from gift_jax.rollout.bucketing import bucket_size
 
 
 def test_buckets_grow_by_powers_of_two_then_by_granularity():
-    assert [bucket_size(n) for n in (1, 16, 17, 100, 300, 512, 513, 1100)] == [
-        16, 16, 32, 128, 512, 512, 1024, 1536]
+    assert [bucket_size(n) for n in (1, 16, 17, 100, 300, 512, 513, 1100)] == [16, 16, 32, 128, 512, 512, 1024, 1536]
     assert bucket_size(40, minimum=16, granularity=48) == 48  # doubling capped at the granularity
 
 

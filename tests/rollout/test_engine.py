@@ -1,4 +1,5 @@
 """The continuous-batching engine against the static sampler: scheduling never changes the samples."""
+
 import dataclasses
 
 import jax
@@ -19,17 +20,20 @@ def policy():
 @pytest.mark.slow
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_engine_with_1_3_64_slots_equals_static_sampler(policy, temperature):
-    config = SamplingConfig(max_new_tokens=20, num_samples=3, temperature=temperature, stop_ids=(3, 7),
-                            decode_steps_per_call=4)
+    config = SamplingConfig(
+        max_new_tokens=20, num_samples=3, temperature=temperature, stop_ids=(3, 7), decode_steps_per_call=4
+    )
     static = sample(policy, PROMPTS, config, jax.random.key(4), budgets=BUDGETS)
     assert static.truncated.any() and (~static.truncated).any()  # a mix of stops and cut rows
     assert len(set(static.lengths.tolist())) >= 3
     for slots in (1, 3, 64):
-        engine, stats = run_engine(policy, PROMPTS, dataclasses.replace(config, max_concurrent_rows=slots),
-                                   jax.random.key(4), budgets=BUDGETS)
+        engine, stats = run_engine(
+            policy, PROMPTS, dataclasses.replace(config, max_concurrent_rows=slots), jax.random.key(4), budgets=BUDGETS
+        )
         for name in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "lengths", "truncated"):
-            np.testing.assert_array_equal(getattr(engine, name), getattr(static, name),
-                                          err_msg=f"{name}, {slots} slots")
+            np.testing.assert_array_equal(
+                getattr(engine, name), getattr(static, name), err_msg=f"{name}, {slots} slots"
+            )
         np.testing.assert_allclose(engine.logprobs, static.logprobs, atol=1e-5, err_msg=f"{slots} slots")
         np.testing.assert_allclose(engine.entropies, static.entropies, atol=1e-5, err_msg=f"{slots} slots")
         assert stats.slots == min(slots, 12) and stats.generated_tokens == static.lengths.sum()
@@ -37,8 +41,9 @@ def test_engine_with_1_3_64_slots_equals_static_sampler(policy, temperature):
 
 
 def test_samples_of_a_prompt_share_one_prefill(policy):
-    config = SamplingConfig(max_new_tokens=20, num_samples=3, stop_ids=(3, 7), max_concurrent_rows=64,
-                            decode_steps_per_call=4)
+    config = SamplingConfig(
+        max_new_tokens=20, num_samples=3, stop_ids=(3, 7), max_concurrent_rows=64, decode_steps_per_call=4
+    )
     _, stats = run_engine(policy, PROMPTS, config, jax.random.key(4), budgets=BUDGETS)
     assert stats.prefilled_prompts == len(PROMPTS)
 

@@ -1,4 +1,5 @@
 """The engine on the 8-device CPU mesh: the decoding layout of the weights, same samples as one device."""
+
 import jax
 import numpy as np
 import pytest
@@ -16,8 +17,9 @@ pytestmark = pytest.mark.slow  # several compilations on the 8-device mesh
 
 
 def test_engine_on_the_mesh_equals_one_device():
-    config = SamplingConfig(max_new_tokens=10, num_samples=2, temperature=1.0, stop_ids=(3,),
-                            max_concurrent_rows=3, decode_steps_per_call=4)
+    config = SamplingConfig(
+        max_new_tokens=10, num_samples=2, temperature=1.0, stop_ids=(3,), max_concurrent_rows=3, decode_steps_per_call=4
+    )
     single = run_engine(tiny_policy(), PROMPTS, config, jax.random.key(2))[0]
     mesh = make_mesh(MESH)
     sharded = shard_model(tiny_policy(), mesh)
@@ -43,8 +45,9 @@ def test_decoding_layout_needs_fewer_collectives_per_token():
     totals = {}
     for name, model in (("training", training), ("decoding", decoding_layout(training, mesh))):
         graphdef, params, state = abstract_decode_inputs(model, shape, mesh=mesh)
-        compiled = decode_k_steps_jit.lower(graphdef, params, state, steps=1, rule=TokenRule(0.0), stop_ids=(),
-                                            pad_id=0).compile()
+        compiled = decode_k_steps_jit.lower(
+            graphdef, params, state, steps=1, rule=TokenRule(0.0), stop_ids=(), pad_id=0
+        ).compile()
         found = collective_bytes(compiled.as_text())
         totals[name] = (sum(n for n, _ in found.values()), sum(b for _, b in found.values()))
     assert totals["training"][0] > 0

@@ -1,4 +1,5 @@
 """The KV-cache sampler against the training forward: log-probs, greedy paths, stopping, layout."""
+
 import jax
 import numpy as np
 import pytest
@@ -9,8 +10,17 @@ from gift_jax.parallel import MeshConfig, make_mesh, shard_model
 from gift_jax.rollout import SamplingConfig, generate, sample
 from tests.rollout.designed_model import bigram_model, chain, token_ids
 
-TINY = ModelConfig(family="qwen2", vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2,
-                   num_heads=4, num_kv_heads=2, head_dim=8, qkv_bias=True)
+TINY = ModelConfig(
+    family="qwen2",
+    vocab_size=64,
+    hidden_size=32,
+    intermediate_size=64,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=8,
+    qkv_bias=True,
+)
 PROMPTS = [[5, 9, 2], [7, 1, 4, 4, 8, 3, 11], [6], [12, 13, 14, 15, 16]]  # mixed lengths
 
 
@@ -35,7 +45,7 @@ def _teacher_forced_logprobs(model, result, temperature):
     logp = np.asarray(jax.nn.log_softmax(model(ids, attention_mask=mask) / temperature, axis=-1))
     width, n = result.prompt_ids.shape[1], result.completion_ids.shape[1]
     # Position width - 1 + t predicts completion token t.
-    predicted = logp[:, width - 1: width - 1 + n]
+    predicted = logp[:, width - 1 : width - 1 + n]
     return np.take_along_axis(predicted, result.completion_ids[..., None].astype(np.int64), -1)[..., 0]
 
 
@@ -48,11 +58,11 @@ def _full_forward_greedy(model, prompt, steps, width=16):
     The sequence sits right-padded in a fixed-width buffer, so one compiled forward serves all steps.
     """
     ids, mask = np.zeros((1, width), np.int32), np.zeros((1, width), np.int32)
-    ids[0, :len(prompt)], mask[0, :len(prompt)] = prompt, 1
+    ids[0, : len(prompt)], mask[0, : len(prompt)] = prompt, 1
     for t in range(len(prompt), len(prompt) + steps):
         ids[0, t] = int(np.argmax(np.asarray(_forward(model, ids, mask)[0, t - 1])))
         mask[0, t] = 1
-    return ids[0, len(prompt): len(prompt) + steps].tolist()
+    return ids[0, len(prompt) : len(prompt) + steps].tolist()
 
 
 def test_logprobs_equal_teacher_forced_training_forward(policy):
@@ -69,8 +79,13 @@ def test_designed_distribution_is_sampled_at_the_temperature():
     """A model that writes `\\boxed{` then 5 / 3 / B with probabilities .5 / .25 / .25, then `}` EOS."""
     box, eos = token_ids("\\boxed{"), 2
     five, three, letter_b, close = (token_ids(text)[0] for text in ("5", "3", "B", "}"))
-    successors = {**chain(box, {five: 0.5, three: 0.25, letter_b: 0.25}), five: {close: 1.0},
-                  three: {close: 1.0}, letter_b: {close: 1.0}, close: {eos: 1.0}}
+    successors = {
+        **chain(box, {five: 0.5, three: 0.25, letter_b: 0.25}),
+        five: {close: 1.0},
+        three: {close: 1.0},
+        letter_b: {close: 1.0},
+        close: {eos: 1.0},
+    }
     model, _ = bigram_model(successors, {box[0]: 1.0}, vocab_size=320)
     temperature, n = 0.6, 256
     config = SamplingConfig(max_new_tokens=10, num_samples=n, temperature=temperature, stop_ids=(eos,))
@@ -129,8 +144,7 @@ def test_samples_are_grouped_by_prompt(policy):
 def test_top_k_one_and_tiny_top_p_equal_greedy(policy):
     greedy = sample(policy, PROMPTS, SamplingConfig(max_new_tokens=8, temperature=0.0), jax.random.key(0))
     for rule in ({"top_k": 1}, {"top_p": 1e-6}):
-        result = sample(policy, PROMPTS, SamplingConfig(max_new_tokens=8, temperature=1.5, **rule),
-                        jax.random.key(3))
+        result = sample(policy, PROMPTS, SamplingConfig(max_new_tokens=8, temperature=1.5, **rule), jax.random.key(3))
         assert (result.completion_ids == greedy.completion_ids).all(), rule
 
 
@@ -139,8 +153,10 @@ def test_sharded_on_8_devices_equals_single_device():
     mesh = make_mesh(MeshConfig(fsdp=4, tensor=2))
     single, sharded = tiny_policy(), shard_model(tiny_policy(), mesh)
     prompts = PROMPTS[:3]  # 3 rows: padded to the 4-way batch split and trimmed again
-    for config in (SamplingConfig(max_new_tokens=8, temperature=0.0),
-                   SamplingConfig(max_new_tokens=8, temperature=1.0, num_samples=2)):
+    for config in (
+        SamplingConfig(max_new_tokens=8, temperature=0.0),
+        SamplingConfig(max_new_tokens=8, temperature=1.0, num_samples=2),
+    ):
         a = sample(single, prompts, config, jax.random.key(4))
         b = sample(sharded, prompts, config, jax.random.key(4), mesh=mesh)
         assert a.completion_ids.shape == b.completion_ids.shape == (3 * config.num_samples, 8)
@@ -151,6 +167,7 @@ def test_sharded_on_8_devices_equals_single_device():
 def test_no_recompilation_inside_a_bucket(policy):
     # Widths <= 16, budgets <= 16 and 3 or 4 rows all share one bucket: (rows 4, width 16, length 16).
     calls = [([[1, 2, 3, 4, 5]] * 3, 5), ([[1] * 9, [2] * 12, [3], [4] * 2], 11), ([[3] * 16] * 3, 16)]
+
     def config(budget):
         return SamplingConfig(max_new_tokens=budget, temperature=0.9, stop_ids=(0,))
 

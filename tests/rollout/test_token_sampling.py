@@ -1,4 +1,5 @@
 """Token choice: greedy, top-k / top-p limits, and the distribution of the returned log-probs."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,8 +17,11 @@ def _draws(rule, num=200):
 
 def test_greedy_top_k_one_and_tiny_top_p_all_pick_the_argmax():
     argmax = np.asarray(jnp.argmax(LOGITS, -1))
-    for rule in (TokenRule(temperature=0.0), TokenRule(temperature=1.3, top_k=1),
-                 TokenRule(temperature=1.3, top_p=1e-6)):
+    for rule in (
+        TokenRule(temperature=0.0),
+        TokenRule(temperature=1.3, top_k=1),
+        TokenRule(temperature=1.3, top_p=1e-6),
+    ):
         tokens = _draws(rule, num=20).tokens
         assert (np.asarray(tokens) == argmax).all(), rule
 
@@ -40,14 +44,14 @@ def test_top_k_and_top_p_restrict_the_support():
 
 
 def test_logprobs_and_entropies_are_of_the_scaled_unfiltered_distribution():
-    for rule, temperature in ((TokenRule(temperature=0.7, top_k=5, top_p=0.8), 0.7),
-                              (TokenRule(temperature=0.0), 1.0)):
+    for rule, temperature in ((TokenRule(temperature=0.7, top_k=5, top_p=0.8), 0.7), (TokenRule(temperature=0.0), 1.0)):
         tokens, logprobs, entropies = _draws(rule, num=10)
         log_probs = np.asarray(jax.nn.log_softmax(LOGITS / temperature, -1), np.float64)
         expected = np.take_along_axis(log_probs[None], np.asarray(tokens)[..., None], -1)[..., 0]
         np.testing.assert_allclose(logprobs, expected, atol=1e-6)
-        np.testing.assert_allclose(entropies, np.broadcast_to(-(np.exp(log_probs) * log_probs).sum(-1), (10, 6)),
-                                   atol=1e-5)
+        np.testing.assert_allclose(
+            entropies, np.broadcast_to(-(np.exp(log_probs) * log_probs).sum(-1), (10, 6)), atol=1e-5
+        )
 
 
 def test_first_argmax_matches_argmax_and_takes_the_first_tie():

@@ -1,5 +1,6 @@
 """`accumulate_and_apply`: the f32 gradient accumulator stays sharded like the parameters (FSDP over 8 CPU
 devices, checked on the compiled step's memory analysis), and accumulation is exact."""
+
 import functools
 
 import jax
@@ -20,17 +21,24 @@ def _loss(params, mb):
 
 
 def _step(state, batch, *, tx, param_shardings):
-    state, per_micro, _ = accumulate_and_apply(state, _loss, split_micro_batches(batch, NUM_MICRO), tx,
-                                               param_shardings=param_shardings,
-                                               grad_divisor=lambda stats: jnp.sum(stats["rows"]))
+    state, per_micro, _ = accumulate_and_apply(
+        state,
+        _loss,
+        split_micro_batches(batch, NUM_MICRO),
+        tx,
+        param_shardings=param_shardings,
+        grad_divisor=lambda stats: jnp.sum(stats["rows"]),
+    )
     return state, per_micro
 
 
 def _setup(mesh):
     shard = NamedSharding(mesh, PartitionSpec("fsdp", None))
     rng = np.random.RandomState(0)
-    params = {"w1": jax.device_put(rng.randn(WIDTH, WIDTH).astype(np.float32) * 0.01, shard),
-              "w2": jax.device_put(rng.randn(WIDTH, WIDTH).astype(np.float32) * 0.01, shard)}
+    params = {
+        "w1": jax.device_put(rng.randn(WIDTH, WIDTH).astype(np.float32) * 0.01, shard),
+        "w2": jax.device_put(rng.randn(WIDTH, WIDTH).astype(np.float32) * 0.01, shard),
+    }
     tx = optax.sgd(0.1)
     state = TrainState(params, tx.init(params), jnp.zeros((), jnp.int32))
     batch = {"x": jax.device_put(rng.randn(ROWS, WIDTH).astype(np.float32), NamedSharding(mesh, PartitionSpec()))}

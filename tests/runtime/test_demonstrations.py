@@ -1,4 +1,5 @@
 """The micro-batched no-grad forwards of the init stage (validation, PSFT's old log-probs)."""
+
 import functools
 
 import jax
@@ -11,8 +12,17 @@ from gift_jax.parallel import MeshConfig, make_mesh, shard_batch, state_sharding
 from gift_jax.runtime.batching import map_micro_batches, split_minibatches
 from gift_jax.runtime.demonstrations import eval_step, policy_logprobs
 
-CONFIG = ModelConfig(family="qwen2", vocab_size=40, hidden_size=16, intermediate_size=32, num_layers=2,
-                     num_heads=4, num_kv_heads=2, head_dim=4, qkv_bias=True)
+CONFIG = ModelConfig(
+    family="qwen2",
+    vocab_size=40,
+    hidden_size=16,
+    intermediate_size=32,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=4,
+    qkv_bias=True,
+)
 
 
 def test_map_micro_batches_returns_rows_in_their_original_order():
@@ -27,10 +37,16 @@ def test_no_grad_forwards_by_micro_batch_equal_one_pass():
     params = jax.device_put(params, state_shardings(params, mesh))
     rng = np.random.RandomState(0)
     ids = rng.randint(1, CONFIG.vocab_size, (16, 10)).astype(np.int32)
-    batch = shard_batch({"input_ids": ids, "target_ids": np.roll(ids, -1, 1),
-                         "loss_mask": (rng.rand(16, 10) > 0.3).astype(np.float32),
-                         "attention_mask": np.ones(ids.shape, np.int32),
-                         "positions": np.tile(np.arange(10, dtype=np.int32), (16, 1))}, mesh)
+    batch = shard_batch(
+        {
+            "input_ids": ids,
+            "target_ids": np.roll(ids, -1, 1),
+            "loss_mask": (rng.rand(16, 10) > 0.3).astype(np.float32),
+            "attention_mask": np.ones(ids.shape, np.int32),
+            "positions": np.tile(np.arange(10, dtype=np.int32), (16, 1)),
+        },
+        mesh,
+    )
     for fn in (policy_logprobs, eval_step):
         whole = jax.jit(functools.partial(fn, graphdef=graphdef, chunk_size=4))(params, batch)
         by_micro = jax.jit(functools.partial(fn, graphdef=graphdef, chunk_size=4, num_micro=2))(params, batch)

@@ -1,4 +1,5 @@
 """The metric writer: one line per step in metrics.jsonl, also across a resume."""
+
 import json
 
 from gift_jax.runtime.metrics import MetricWriter
@@ -21,7 +22,6 @@ def test_resumed_run_sets_aside_the_lines_of_steps_it_redoes(tmp_path):
     assert [line["train/loss"] for line in lines[3:]] == [14.0, 15.0, 16.0]
     aside = (tmp_path / "metrics.superseded.jsonl").read_text().splitlines()  # nothing lost
     assert [json.loads(line)["step"] for line in aside[:2]] == [4, 5] and aside[2] == '{"step": 6, "train/lo'
-
 
 
 def test_lagged_train_metrics_log_each_step_once_after_the_next_is_dispatched(tmp_path):

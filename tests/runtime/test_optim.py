@@ -1,4 +1,5 @@
 """An extra update (ReLIFT's SFT step) can leave the learning-rate schedule where it was."""
+
 import jax.numpy as jnp
 import optax
 

@@ -1,4 +1,5 @@
 """`learning_rate_schedule`: the learning rate at given steps for every schedule, with and without warmup."""
+
 import numpy as np
 import pytest
 
@@ -24,8 +25,7 @@ def test_warmup_rises_linearly_from_zero_then_holds():
 def test_cosine_decays_to_the_floor_after_warmup():
     config = OptimConfig(lr=LR, schedule="cosine", min_lr_ratio=0.1)
     # lr * (alpha + (1 - alpha) * (1 + cos(pi * t / T)) / 2)
-    np.testing.assert_allclose(_at(config, 100, [0, 50, 100, 200]), [LR, 0.55 * LR, 0.1 * LR, 0.1 * LR],
-                               rtol=1e-5)
+    np.testing.assert_allclose(_at(config, 100, [0, 50, 100, 200]), [LR, 0.55 * LR, 0.1 * LR, 0.1 * LR], rtol=1e-5)
     warm = OptimConfig(lr=LR, schedule="cosine", warmup_ratio=0.2)  # 20 warmup, then 80 of cosine
     np.testing.assert_allclose(_at(warm, 100, [10, 20, 60, 100]), [LR / 2, LR, LR / 2, 0.0], rtol=1e-5, atol=1e-12)
 

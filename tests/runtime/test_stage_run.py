@@ -1,5 +1,6 @@
 """The run object both stages share: best checkpoints and hf_best in both, the base in base_param_dtype,
 everything closed and the workdir lock released when a run fails."""
+
 import json
 
 import jax
@@ -23,9 +24,18 @@ def _lines(workdir):
 
 @pytest.mark.slow  # a stage run
 def test_rl_run_keeps_its_best_validation_step_as_hf_best(tiny_run_inputs, tmp_path):
-    overrides = rl_overrides(tiny_run_inputs["model"], write_rl_jsonl(tmp_path / "rl.jsonl", 24), **{
-        "data.val_file": write_rl_jsonl(tmp_path / "val.jsonl", 4, seed=1), "train.eval_every": 1,
-        "train.eval_k": 2, "train.export_hf": True, "train.checkpoint_every": 100, "rollout.max_new_tokens": 8})
+    overrides = rl_overrides(
+        tiny_run_inputs["model"],
+        write_rl_jsonl(tmp_path / "rl.jsonl", 24),
+        **{
+            "data.val_file": write_rl_jsonl(tmp_path / "val.jsonl", 4, seed=1),
+            "train.eval_every": 1,
+            "train.eval_k": 2,
+            "train.export_hf": True,
+            "train.checkpoint_every": 100,
+            "rollout.max_new_tokens": 8,
+        },
+    )
     summary = run_rl_stage(load_config(RLStageConfig, None, overrides), tmp_path / "run", max_steps=3)
     scores = {line["step"]: line["val/avg@2"] for line in _lines(tmp_path / "run") if "val/avg@2" in line}
     assert sorted(scores) == [1, 2, 3]
@@ -38,9 +48,21 @@ def test_rl_run_keeps_its_best_validation_step_as_hf_best(tiny_run_inputs, tmp_p
 
 @pytest.mark.slow  # a stage run
 def test_psft_improvement_between_mini_batches_reaches_hf_best(tiny_run_inputs, tmp_path):
-    config = load_config(InitStageConfig, None, init_overrides(tiny_run_inputs, **{
-        "loss.name": "psft", "loss.psft_minibatches": 2, "train.eval_every": 1, "train.checkpoint_every": 100,
-        "train.epochs": 1, "train.export_hf": True}))
+    config = load_config(
+        InitStageConfig,
+        None,
+        init_overrides(
+            tiny_run_inputs,
+            **{
+                "loss.name": "psft",
+                "loss.psft_minibatches": 2,
+                "train.eval_every": 1,
+                "train.checkpoint_every": 100,
+                "train.epochs": 1,
+                "train.export_hf": True,
+            },
+        ),
+    )
     summary = init_trainer.run_init_stage(config, tmp_path, max_steps=5)  # step 5: inside the third global batch
     val = {line["step"]: line["val/val_loss"] for line in _lines(tmp_path) if "val/val_loss" in line}
     assert sorted(val) == [1, 2, 3, 4, 5]
@@ -51,8 +73,9 @@ def test_psft_improvement_between_mini_batches_reaches_hf_best(tiny_run_inputs, 
 
 @pytest.mark.slow  # a stage run
 def test_failed_init_run_closes_everything_and_frees_the_workdir(tiny_run_inputs, tmp_path, monkeypatch):
-    config = load_config(InitStageConfig, None, init_overrides(tiny_run_inputs, **{
-        "train.eval_every": 2, "train.checkpoint_every": 1}))
+    config = load_config(
+        InitStageConfig, None, init_overrides(tiny_run_inputs, **{"train.eval_every": 2, "train.checkpoint_every": 1})
+    )
 
     def failing_validation(*args, **kwargs):
         raise RuntimeError("validation failed")
@@ -68,8 +91,11 @@ def test_failed_init_run_closes_everything_and_frees_the_workdir(tiny_run_inputs
 
 
 def test_base_is_held_in_base_param_dtype(tiny_run_inputs, tmp_path):
-    overrides = rl_overrides(tiny_run_inputs["model"], write_rl_jsonl(tmp_path / "rl.jsonl", 8), **{
-        "model.base_path": tiny_run_inputs["model"], "model.base_param_dtype": "bfloat16"})
+    overrides = rl_overrides(
+        tiny_run_inputs["model"],
+        write_rl_jsonl(tmp_path / "rl.jsonl", 8),
+        **{"model.base_path": tiny_run_inputs["model"], "model.base_param_dtype": "bfloat16"},
+    )
     with StageRun(tmp_path / "run", load_config(RLStageConfig, None, overrides), desc="rl") as run:
         _, policy = run.load_policy()
         _, base = run.load_base()
@@ -78,7 +104,8 @@ def test_base_is_held_in_base_param_dtype(tiny_run_inputs, tmp_path):
 
 
 def test_rl_workdir_numbered_by_optimizer_update_is_refused_for_resume_but_readable_by_loop_step(
-        tiny_run_inputs, tmp_path):
+    tiny_run_inputs, tmp_path
+):
     from gift_jax.run_checkpoints import _checkpoint_numbers
     from gift_jax.runtime import TrainState
 

@@ -1,4 +1,5 @@
 """Workdir checks that every process of a multi-host run performs on the same shared folder."""
+
 from concurrent.futures import ThreadPoolExecutor
 
 from gift_jax.runtime.workdir import check_writable

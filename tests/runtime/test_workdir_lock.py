@@ -1,4 +1,5 @@
 """One run per workdir: a second launch is refused naming the holder; a killed run's lock is taken over."""
+
 import os
 import signal
 import socket
@@ -20,8 +21,11 @@ time.sleep(600)
 
 
 def _holder(workdir):
-    proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(workdir)], stdout=subprocess.PIPE,
-                            env={**os.environ, "PYTHONPATH": os.getcwd()})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(workdir)],
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
     assert proc.stdout.readline().strip() == b"locked"
     return proc
 

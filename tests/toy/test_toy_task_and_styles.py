@@ -1,4 +1,5 @@
 """Toy task and solution styles: problem ids, rendered arithmetic, style classification, verify."""
+
 import re
 
 import numpy as np
@@ -11,7 +12,7 @@ from gift_jax.toy.task import problem_from_id, problem_id, sample_problem_ids
 _STEP = re.compile(r"(\d+)\+(\d+)=(\d+)")
 
 
-def _random_problems(count, spec=TaskSpec(min_operands=2, max_operands=5, min_operand=0, max_operand=99)):
+def _random_problems(count, spec=TaskSpec(min_operands=2, max_operands=5, min_operand=0, max_operand=99)):  # noqa: B008
     rng = np.random.default_rng(0)
     return [problem_from_id(spec, int(i)) for i in sample_problem_ids(spec, count, rng)]
 

@@ -1,4 +1,5 @@
 """Toy tokenizer: exact round trips, the saved folder loads in transformers and in gift_jax.data."""
+
 import numpy as np
 import pytest
 

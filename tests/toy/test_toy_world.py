@@ -1,4 +1,5 @@
 """write_world: disjoint deterministic splits, expert vs base corpus properties, lengths, errors."""
+
 import json
 
 import numpy as np

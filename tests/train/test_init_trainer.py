@@ -1,4 +1,5 @@
 """The init-stage loop: falling validation loss, bit-exact resume, exports, config validation."""
+
 import json
 
 import jax

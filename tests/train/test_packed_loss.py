@@ -1,4 +1,5 @@
 """A packed batch gives the init losses the same value and gradient as the same demonstrations padded."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,8 +11,17 @@ from gift_jax.data.packing import best_fit_decreasing
 from gift_jax.losses import compute_init_loss
 from gift_jax.models import ModelConfig, Transformer
 
-CONFIG = ModelConfig(family="qwen2", vocab_size=40, hidden_size=16, intermediate_size=32, num_layers=1,
-                     num_heads=4, num_kv_heads=2, head_dim=4, qkv_bias=True)
+CONFIG = ModelConfig(
+    family="qwen2",
+    vocab_size=40,
+    hidden_size=16,
+    intermediate_size=32,
+    num_layers=1,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=4,
+    qkv_bias=True,
+)
 
 
 def demonstrations(n=6, seed=0):
@@ -31,13 +41,22 @@ def loss_and_grads(attention, loss_name, batch):
 
     def loss(params):
         model = nnx.merge(graphdef, params)
-        def hidden(m):
-            return m.hidden_states(batch["input_ids"], batch["positions"], batch["attention_mask"],
-                                   batch.get("segment_ids"))
 
-        out = compute_init_loss(loss_name, hidden(model), model.output_projection(), batch["target_ids"],
-                                batch["loss_mask"], ref_hidden=hidden(base), ref_w_out=base.output_projection(),
-                                chunk_size=8)
+        def hidden(m):
+            return m.hidden_states(
+                batch["input_ids"], batch["positions"], batch["attention_mask"], batch.get("segment_ids")
+            )
+
+        out = compute_init_loss(
+            loss_name,
+            hidden(model),
+            model.output_projection(),
+            batch["target_ids"],
+            batch["loss_mask"],
+            ref_hidden=hidden(base),
+            ref_w_out=base.output_projection(),
+            chunk_size=8,
+        )
         return out.loss_sum, out.token_count
 
     (value, count), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
@@ -56,6 +75,7 @@ def test_packed_batch_loss_and_gradient_equal_the_padded_batch(attention, loss_n
     packed_value, packed_count, packed_grads = loss_and_grads(attention, loss_name, packed)
     assert packed_count == count
     np.testing.assert_allclose(packed_value, value, rtol=1e-5)
-    for (path, g), (_, r) in zip(jax.tree_util.tree_leaves_with_path(packed_grads),
-                                 jax.tree_util.tree_leaves_with_path(grads), strict=True):
+    for (path, g), (_, r) in zip(
+        jax.tree_util.tree_leaves_with_path(packed_grads), jax.tree_util.tree_leaves_with_path(grads), strict=True
+    ):
         np.testing.assert_allclose(g, r, atol=1e-5, rtol=1e-4, err_msg=jax.tree_util.keystr(path))
