@@ -147,7 +147,9 @@ def init_step_fit(
     devices = topology_devices(topology)
     sizes = validate_init_config(config, num_devices=len(devices), check_paths=False)
     mc = config.model
-    model_config = model_config.replace(dtype=mc.dtype, param_dtype=mc.param_dtype, remat=mc.remat)
+    model_config = model_config.replace(
+        dtype=mc.dtype, param_dtype=mc.param_dtype, remat=mc.remat, attention=mc.attention
+    )
     mesh = make_mesh(config.mesh, devices=devices)
     step_config = init_step_config(config, sizes)
     graphdef, params = abstract_model(model_config, mesh)
@@ -194,7 +196,7 @@ def rl_step_fit(
     devices = topology_devices(topology)
     sizes = validate_rl_config(config, num_devices=len(devices), check_paths=False)
     m, a, r = config.model, config.algo, config.rollout
-    model_config = model_config.replace(dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat)
+    model_config = model_config.replace(dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat, attention=m.attention)
     mesh = make_mesh(config.mesh, devices=devices)
     step_config = rl_step_config(config, sizes)
     graphdef, params = abstract_model(model_config, mesh)
