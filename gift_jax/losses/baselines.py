@@ -2,7 +2,7 @@
 
 `s_t = (x, y*_<t)`, `pi = softmax(logits)`, `pi_b` the frozen base model, `sg` stop-gradient:
 
-    SFT            -log pi(y*_t | s_t)
+    SFT            -(1 - eps) log pi(y*_t | s_t) - eps mean_k log pi(k | s_t)   (label smoothing eps, default 0)
     SFT + entropy  SFT - alpha H(pi(. | s_t))
     DFT            -sg(pi(y*_t | s_t)) log pi(y*_t | s_t)
     ASFT           DFT + gamma KL(pi(. | s_t) || pi_b(. | s_t))
@@ -29,10 +29,15 @@ from gift_jax.losses.token_stats import (
 MAX_LOG_RATIO = 20.0
 
 
-def sft_token_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Cross-entropy on the expert token, `[...]`."""
+def sft_token_loss(logits: jax.Array, labels: jax.Array, *, label_smoothing: float = 0.0) -> jax.Array:
+    """Cross-entropy on the expert token, `[...]`; with `label_smoothing` eps the target is
+    `(1 - eps) onehot(y*) + eps / V`, so no token's probability is driven towards zero."""
     check_logits_inputs(logits, labels, "sft_token_loss")
-    return -label_log_prob(logits, labels)
+    nll = -label_log_prob(logits, labels)
+    if not label_smoothing:  # a Python float: the plain loss traces exactly as without the option
+        return nll
+    uniform_nll = -jnp.mean(jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1), axis=-1)
+    return (1.0 - label_smoothing) * nll + label_smoothing * uniform_nll
 
 
 def sft_entropy_token_loss(logits: jax.Array, labels: jax.Array, *, alpha: float) -> jax.Array:

@@ -8,7 +8,7 @@ dividing once gives exactly the token mean of the whole batch, whatever the accu
 
     name          hparams (default)                 needs
     gift          beta (20.0), smooth_lambda (0.0)  reference model
-    sft           -
+    sft           label_smoothing (0.0)
     sft_entropy   alpha (required)
     dft           -
     asft          gamma (required)                  reference model
@@ -79,7 +79,7 @@ INIT_LOSSES: Mapping[str, InitLoss] = MappingProxyType(
             {"beta": 20.0, "smooth_lambda": 0.0},
             needs_reference=True,
         ),
-        "sft": InitLoss(lambda c: sft_token_loss(c.logits, c.labels), {}),
+        "sft": InitLoss(lambda c, **hp: sft_token_loss(c.logits, c.labels, **hp), {"label_smoothing": 0.0}),
         "sft_entropy": InitLoss(lambda c, **hp: sft_entropy_token_loss(c.logits, c.labels, **hp), {"alpha": None}),
         "dft": InitLoss(lambda c: dft_token_loss(c.logits, c.labels), {}),
         "asft": InitLoss(
@@ -106,6 +106,7 @@ _HPARAM_RANGES: Mapping[str, tuple[Callable[[float], bool], str]] = MappingProxy
         "alpha": (lambda v: True, "finite"),
         "gamma": (lambda v: v >= 0.0, ">= 0"),
         "clip_eps": (lambda v: 0.0 < v < 1.0, "in (0, 1)"),
+        "label_smoothing": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
     }
 )
 

@@ -1,8 +1,8 @@
 """Seeded, disjoint problem splits and the rows of every toy-world file (no I/O here).
 
-The base corpus and the problem partition depend only on (seed, sizes, task), never on the
-variant: one pretrained base serves the `hard` and the `control` world alike, and only the
-expert's style differs between them.
+The problem partition depends only on (seed, sizes, task). The base corpus depends on those and on
+the variant's `BaseMix`: `hard` and `control` share one mix (and so one pretrained base) and differ
+only in the expert's style; `tradeoff` has a base of its own (see `VARIANT_MIX`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from gift_jax.toy.tokenizer import render_conversation
 # Variant -> the one style the expert demonstrates. `hard`: the expert skips the intermediate
 # steps, the style a small model gets wrong most often. `control`: the expert writes a running sum,
 # the easiest style, so an init that keeps the base's alternatives has nothing better to find.
-EXPERT_STYLE: dict[str, str] = {"hard": styles.DIRECT, "control": styles.LEFT}
+# `tradeoff`: the expert again skips the steps, but its base never writes `direct` and almost never
+# boxes (see `VARIANT_MIX`), so what the demonstrations carry is needed and what hurts is implausible.
+EXPERT_STYLE: dict[str, str] = {"hard": styles.DIRECT, "control": styles.LEFT, "tradeoff": styles.DIRECT}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,10 +63,14 @@ class BaseMix:
       style's header gets base probability ~0.25 at the branching token).
     boxed_fraction: share of documents ending in `\\boxed{}` instead of `answer: `; the format
       choice is drawn independently of the style.
+    pretrain_label_smoothing: eps of the base's pretraining loss. A token the corpus never shows at
+      a position then keeps a probability near eps / V there (as a large LM puts a small, finite
+      mass on implausible continuations) instead of being driven towards zero without bound.
     """
 
     style_weights: tuple[float, ...] = (1.0,) * len(styles.STYLES)
     boxed_fraction: float = 0.02
+    pretrain_label_smoothing: float = 0.0  # the base's SFT target (1 - eps) onehot + eps / V: no token at ~0
 
     def __post_init__(self):
         weights = np.asarray(self.style_weights, dtype=np.float64)
@@ -75,12 +81,28 @@ class BaseMix:
             )
         if not 0.0 <= self.boxed_fraction <= 1.0:
             raise ValueError(f"BaseMix.boxed_fraction must lie in [0, 1], got {self.boxed_fraction}")
+        if not 0.0 <= self.pretrain_label_smoothing < 1.0:
+            raise ValueError(
+                f"BaseMix.pretrain_label_smoothing must lie in [0, 1), got {self.pretrain_label_smoothing}"
+            )
 
     @property
     def style_probabilities(self) -> np.ndarray:
         """Normalised style weights. Returns float64 [len(STYLES)]."""
         weights = np.asarray(self.style_weights, dtype=np.float64)
         return weights / weights.sum()
+
+
+# The base mix of each variant. `tradeoff`: the three stepwise styles equally often and never
+# `direct` (its header's probability decays towards the smoothing floor eps / V = 1e-8), and one
+# document in 1,000 boxed (40 of the 40,000): rare enough that a short GRPO stage from the base
+# seldom samples a boxed answer, common enough that a moderate beta learns it. (A first base with
+# one in 10,000 ended near 3e-6 for `\\boxed{`, as unlikely as `direct`: no beta could separate them.)
+VARIANT_MIX: dict[str, BaseMix] = {
+    "hard": BaseMix(),
+    "control": BaseMix(),
+    "tradeoff": BaseMix(style_weights=(1.0, 1.0, 1.0, 0.0), boxed_fraction=1e-3, pretrain_label_smoothing=2.7e-7),
+}
 
 
 def exact_share_labels(count: int, probabilities: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -133,9 +155,15 @@ def expert_rows(problems: list[Problem], variant: str) -> list[dict[str, str]]:
     return [{"sft_prompt": p.prompt, "solution": styles.render_solution(p, style, boxed=True)} for p in problems]
 
 
-def rl_prompt_rows(problems: list[Problem]) -> list[dict[str, str]]:
-    """RL prompts `{"prompt": raw user turn, "answer": ground-truth string}`."""
-    return [{"prompt": p.prompt, "answer": p.answer} for p in problems]
+def rl_prompt_rows(problems: list[Problem], variant: str) -> list[dict[str, str]]:
+    """RL prompts `{"prompt": raw user turn, "answer": ground truth, "solution": the expert's}`.
+
+    GRPO reads prompt and answer; LUFFY and ReLIFT also train on the expert solution.
+    """
+    demonstrations = expert_rows(problems, variant)
+    return [
+        {"prompt": p.prompt, "answer": p.answer, "solution": d["solution"]} for p, d in zip(problems, demonstrations)
+    ]
 
 
 def eval_rows(problems: list[Problem]) -> list[dict[str, str]]:

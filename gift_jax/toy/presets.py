@@ -34,6 +34,8 @@ class Preset:
     avg_k: int = 4  # avg@k at temperature 0.6 (the paper's protocol)
     rl_eval_every: int = 0  # validation avg@k during RL (0: none)
     baseline_hparams: dict = dataclasses.field(default_factory=dict)
+    registered_beta: float | None = None  # the GIFT beta predicted best before the run (reported beside the best)
+    jobs: int = 1  # runs at once (separate processes; results do not depend on it)
 
 
 BASELINES: tuple[InitSpec, ...] = (("sft_entropy", None), ("dft", None), ("asft", None), ("psft", None))
@@ -57,6 +59,10 @@ DEFAULT = Preset(
     pass_k_samples=8,
 )
 BASELINE_HPARAMS = {"alpha": 0.01, "gamma": 0.1, "clip_eps": 0.2}
+# The `paper` preset's GIFT grid over [0, 25] (SFT is beta -> inf) and its pre-registered optimum:
+# see gift_jax/toy/README.md, "The tradeoff world", for the q(y*) each beta gives at each branch.
+PAPER_BETAS = (0.0, 4.0, 8.0, 11.0, 14.0, 17.0, 20.0, 25.0)
+PAPER_REGISTERED_BETA = 14.0
 
 PRESETS = {
     "smoke": dataclasses.replace(
@@ -84,6 +90,32 @@ PRESETS = {
         seeds=(0, 1, 2),
         inits=(("base", None), ("sft", None), *BASELINES, ("gift", GIFT_TOY_BETA)),
         baseline_hparams=BASELINE_HPARAMS,
+    ),
+    # The `tradeoff` world (an init stage is needed and beta has a two-sided trade-off): every init of
+    # the paper, LUFFY and ReLIFT from the base, and the GIFT grid; 3 seeds; 3 runs at once. Sized for
+    # about 90 minutes on 2 CPU cores (measured time in the README): fewer demonstrations and a
+    # shorter RL stage than `default`, 128 eval problems.
+    "paper": dataclasses.replace(
+        DEFAULT,
+        seeds=(0, 1, 2),
+        variants=("tradeoff",),
+        inits=(
+            ("base", None),
+            ("sft", None),
+            *BASELINES,
+            ("luffy", None),
+            ("relift", None),
+            *(("gift", b) for b in PAPER_BETAS),
+        ),
+        world_sizes=dict(expert=1024, expert_val=128, rl_prompts=2000, eval=128),
+        init_epochs=2,
+        rl_steps=30,
+        rl_prompts_per_step=16,
+        rl_max_new_tokens=40,
+        eval_problems=128,
+        baseline_hparams=BASELINE_HPARAMS,
+        registered_beta=PAPER_REGISTERED_BETA,
+        jobs=3,
     ),
     "full": dataclasses.replace(
         DEFAULT,

@@ -11,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from scipy import stats  # noqa: E402
 
 from gift_jax.evaluation.metrics import markdown_table, summarise_seeds  # noqa: E402
 
@@ -38,7 +39,7 @@ def _pass_ks(rows: list[dict]) -> list[int]:
 
 
 def results_table(rows: list[dict]) -> str:
-    ks = _pass_ks(rows)
+    ks = [k for k in _pass_ks(rows) if k & (k - 1) == 0]  # 1, 2, 4, 8, ...: the plot has every k
     avg = next(k for k in rows[0]["post_rl"] if k.startswith("avg@"))
     columns = [
         "world",
@@ -133,6 +134,95 @@ def plot_rl_curves(workdir: Path, rows: list[dict]) -> Path:
     return _save(fig, workdir / "rl_curves.png")
 
 
+def _avg_key(rows: list[dict]) -> str:
+    return next(k for k in rows[0]["post_rl"] if k.startswith("avg@"))
+
+
+def best_gift_label(rows: list[dict], variant: str) -> str | None:
+    """The GIFT beta with the highest mean post-RL avg@k in `variant` (chosen on these same seeds)."""
+    key = _avg_key(rows)
+    gift = {label: g for (v, label), g in _groups(rows).items() if v == variant and g[0]["init"] == "gift"}
+    if not gift:
+        return None
+    return max(gift, key=lambda label: np.mean([r["post_rl"][key] for r in gift[label]]))
+
+
+def paired_difference(group_a: list[dict], group_b: list[dict], key: str) -> dict | None:
+    """Post-RL `key` of a minus b, paired by seed (percentage points): mean, 95% t-interval, seeds.
+
+    None when fewer than two seeds are shared (no interval).
+    """
+    a = {r["seed"]: r["post_rl"][key] for r in group_a}
+    b = {r["seed"]: r["post_rl"][key] for r in group_b}
+    seeds = sorted(set(a) & set(b))
+    if len(seeds) < 2:
+        return None
+    diffs = 100 * np.array([a[s] - b[s] for s in seeds])
+    half = stats.t.ppf(0.975, len(seeds) - 1) * diffs.std(ddof=1) / np.sqrt(len(seeds))
+    mean = float(diffs.mean())
+    return {"mean": mean, "low": mean - float(half), "high": mean + float(half), "seeds": len(seeds)}
+
+
+def paired_table(rows: list[dict], variant: str, reference: str) -> str:
+    """`reference` (a GIFT label) minus every non-GIFT init of `variant`, paired by seed."""
+    key = _avg_key(rows)
+    groups = {label: g for (v, label), g in _groups(rows).items() if v == variant}
+    table_rows = []
+    for label, group in groups.items():
+        if group[0]["init"] == "gift":
+            continue
+        diff = paired_difference(groups[reference], group, key)
+        if diff is not None:
+            table_rows.append(
+                {
+                    "vs init": label,
+                    f"post-RL {key} difference (pp)": diff["mean"],
+                    "95% interval": f"[{diff['low']:.1f}, {diff['high']:.1f}]",
+                    "seeds": str(diff["seeds"]),
+                }
+            )
+    return markdown_table(
+        table_rows, ["vs init", f"post-RL {key} difference (pp)", "95% interval", "seeds"], precision=1
+    )
+
+
+def plot_beta_curve(workdir: Path, rows: list[dict]) -> Path | None:
+    """Post-RL avg@k and pre-RL pass@n against beta (mean, std error bars), SFT and base as lines."""
+    gift = [r for r in rows if r["init"] == "gift"]
+    if not gift:
+        return None
+    key = _avg_key(rows)
+    top_k = f"pass@{_pass_ks(rows)[-1]}"
+    variants = sorted({r["variant"] for r in gift})
+    fig, axes = plt.subplots(1, len(variants), figsize=(7 * len(variants), 4.5), squeeze=False)
+    for ax, variant in zip(axes[0], variants):
+        groups = {label: g for (v, label), g in _groups(rows).items() if v == variant}
+        betas = sorted({r["beta"] for r in gift if r["variant"] == variant})
+        for stage, metric, color in (("post_rl", key, "C0"), ("pre_rl", top_k, "C1")):
+            stats_by_beta = [
+                summarise_seeds([100 * r[stage][metric] for r in groups[f"gift (beta={b:g})"]]) for b in betas
+            ]
+            ax.errorbar(
+                betas,
+                [m for m, _ in stats_by_beta],
+                yerr=[s for _, s in stats_by_beta],
+                marker="o",
+                capsize=3,
+                color=color,
+                label=f"GIFT {'post-RL ' + key if stage == 'post_rl' else 'pre-RL ' + metric}",
+            )
+        for label, style in (("sft", "--"), ("base", ":")):
+            if label in groups:
+                mean, _ = summarise_seeds([100 * r["post_rl"][key] for r in groups[label]])
+                ax.axhline(mean, color="gray", linestyle=style, label=f"{label}: post-RL {key}")
+        ax.set_xlabel("beta")
+        ax.set_ylabel("%")
+        ax.set_title(f"{variant}: GIFT's beta (mean ± std over seeds)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return _save(fig, workdir / "beta_curve.png")
+
+
 def floors_table(floors: dict) -> str:
     """The base model's floors per world: reward pass@k / avg@k, boxed rate, per-style greedy skill."""
     keys = sorted(
@@ -146,11 +236,35 @@ def floors_table(floors: dict) -> str:
     )
 
 
-def write_report(workdir: Path, rows: list[dict], floors: dict, preset: str) -> Path:
+def paired_sections(rows: list[dict], registered_beta: float | None) -> list[str]:
+    """Markdown: the best measured GIFT beta (and the pre-registered one) minus each other init."""
+    lines = []
+    for variant in sorted({r["variant"] for r in rows}):
+        best = best_gift_label(rows, variant)
+        if best is None:
+            continue
+        labels = [(best, "the best measured beta, chosen on these same seeds")]
+        registered = None if registered_beta is None else f"gift (beta={registered_beta:g})"
+        if registered is not None and registered != best and (variant, registered) in _groups(rows):
+            labels.append((registered, "the beta predicted before the run"))
+        for label, why in labels:
+            lines += [
+                f"## {variant}: {label} ({why}) minus each init, paired by seed",
+                "",
+                paired_table(rows, variant, label),
+                "",
+            ]
+    return lines
+
+
+def write_report(
+    workdir: Path, rows: list[dict], floors: dict, preset: str, registered_beta: float | None = None
+) -> Path:
     """Writes results.md (tables) and the plots; returns the markdown path."""
     if not rows:
         raise ValueError(f"{workdir}: no results to report")
-    plots = [plot_pass_at_k(workdir, rows), plot_rl_curves(workdir, rows)]
+    plots = [plot_pass_at_k(workdir, rows), plot_rl_curves(workdir, rows), plot_beta_curve(workdir, rows)]
+    plots = [p for p in plots if p is not None]
     seeds = sorted({r["seed"] for r in rows})
     text = [
         f"# Toy pipeline results (preset `{preset}`, seeds {seeds})",
@@ -166,6 +280,7 @@ def write_report(workdir: Path, rows: list[dict], floors: dict, preset: str) -> 
         "",
         floors_table(floors),
         "",
+        *paired_sections(rows, registered_beta),
         "## Solution styles and answer formats of the T=1.0 samples (%)",
         "",
         style_table(rows),

@@ -8,7 +8,7 @@ Files written under `out_dir`:
   expert.jsonl       {"sft_prompt", "solution"}: init-stage demonstrations (one style, boxed)
   expert.parquet     the same rows in the official parquet format
   expert_val.jsonl   {"sft_prompt", "solution"}: held-out demonstrations (validation NLL)
-  rl_prompts.jsonl   {"prompt", "answer"}: RL-stage prompts
+  rl_prompts.jsonl   {"prompt", "answer", "solution"}: RL-stage prompts (+ the expert's solution, for LUFFY / ReLIFT)
   eval.jsonl         {"problem", "answer"}: held-out test problems
   tokenizer/         tokenizer.json, tokenizer_config.json (chat template), special_tokens_map.json
   world.json         the configuration and measured statistics (style shares, lengths, vocab)
@@ -74,6 +74,15 @@ def base_corpus_stats(pretrain: list[dict[str, str]]) -> dict:
     }
 
 
+def mix_record(mix: corpus.BaseMix) -> dict:
+    """A base mix as the manifest records it (JSON-ready)."""
+    return {
+        "style_probabilities": dict(zip(styles.STYLES, mix.style_probabilities.tolist())),
+        "boxed_fraction": mix.boxed_fraction,
+        "pretrain_label_smoothing": mix.pretrain_label_smoothing,
+    }
+
+
 def write_world(
     out_dir: str | Path,
     *,
@@ -87,11 +96,13 @@ def write_world(
 
     Args:
       out_dir: folder to write into (created; existing world files are overwritten).
-      variant: `hard` (the expert skips intermediate steps) or `control` (the expert writes the
-        easiest, running-sum style). Only the expert files depend on it.
+      variant: `hard` (the expert skips intermediate steps), `control` (the expert writes the
+        easiest, running-sum style) or `tradeoff` (as `hard`, over a base that never skips the
+        steps and almost never boxes). It picks the expert's style and the default base mix.
       seed: fixes the problem partition and the base corpus's style / format assignment.
       sizes: problems per split, a `SplitSizes` or a dict overriding some of its defaults.
-      task / mix: the problem space and the base corpus's style / format mix (defaults if None).
+      task / mix: the problem space and the base corpus's style / format mix (None: the task's
+        defaults and the variant's `corpus.VARIANT_MIX`).
 
     Returns:
       name -> path for pretrain, expert, expert_parquet, expert_val, rl_prompts, eval, tokenizer,
@@ -101,7 +112,7 @@ def write_world(
         raise ValueError(f"unknown toy-world variant {variant!r}; expected one of {sorted(corpus.EXPERT_STYLE)}")
     sizes = corpus.SplitSizes.from_overrides(sizes)
     task = task or TaskSpec()
-    mix = mix or corpus.BaseMix()
+    mix = mix or corpus.VARIANT_MIX[variant]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -114,7 +125,7 @@ def write_world(
         "expert": _write_jsonl(out / "expert.jsonl", expert),
         "expert_parquet": out / "expert.parquet",
         "expert_val": _write_jsonl(out / "expert_val.jsonl", expert_val),
-        "rl_prompts": _write_jsonl(out / "rl_prompts.jsonl", corpus.rl_prompt_rows(problems["rl_prompts"])),
+        "rl_prompts": _write_jsonl(out / "rl_prompts.jsonl", corpus.rl_prompt_rows(problems["rl_prompts"], variant)),
         "eval": _write_jsonl(out / "eval.jsonl", corpus.eval_rows(problems["eval"])),
         "tokenizer": save_tokenizer(out / "tokenizer"),
         "manifest": out / "world.json",
@@ -127,10 +138,7 @@ def write_world(
         "styles": list(styles.STYLES),
         "task": dataclasses.asdict(task),
         "sizes": dataclasses.asdict(sizes),
-        "base_mix": {
-            "style_probabilities": dict(zip(styles.STYLES, mix.style_probabilities.tolist())),
-            "boxed_fraction": mix.boxed_fraction,
-        },
+        "base_mix": mix_record(mix),
         "vocab_size": len(VOCAB),
         "worst_case": worst_case_lengths(task),
         "base_corpus": base_corpus_stats(pretrain),

@@ -53,6 +53,7 @@ class LossSection:
     alpha: float = 0.01  # sft_entropy: entropy bonus (the registry has no default)
     gamma: float = 0.1  # asft: KL(pi || pi_base) weight (the registry has no default)
     clip_eps: float = _PSFT["clip_eps"]  # psft: ratio clip
+    label_smoothing: float = 0.0  # sft: share of the target spread uniformly over the vocabulary
     psft_minibatches: int = 4  # psft: updates per global batch against the same "old" policy
     chunk_size: int = DEFAULT_CHUNK_SIZE  # sequence positions (x all batch rows) per output-projection chunk
 

@@ -42,6 +42,18 @@ def test_sft_is_cross_entropy(case):
     )
 
 
+def test_sft_label_smoothing_matches_optax_smoothed_targets(case):
+    """Target `(1 - eps) onehot + eps / V`: optax's smoothed labels, and the gradient `pi - target`."""
+    logits, _, labels = case
+    eps = 0.1
+    target = optax.smooth_labels(jax.nn.one_hot(labels, V), eps)
+    np.testing.assert_allclose(
+        sft_token_loss(logits, labels, label_smoothing=eps), optax.softmax_cross_entropy(logits, target), rtol=1e-5
+    )
+    grad = _grad(lambda z: sft_token_loss(z, labels, label_smoothing=eps), logits)
+    np.testing.assert_allclose(grad, ref.softmax(logits) - np.asarray(target), atol=1e-6)
+
+
 def test_sft_stays_accurate_for_confident_predictions(case):
     """-log pi(y) ~ 1e-15 when the label leads by 40 nats: no cancellation against logsumexp."""
     logits, _, labels = case

@@ -227,7 +227,7 @@ def test_what_each_loss_needs():
     [
         ("gfit", {}, "unknown initialization loss 'gfit'; known losses: gift, sft, sft_entropy"),
         ("gift", {"temperature": 1.0}, "unknown hyperparameter.*temperature.*beta, smooth_lambda"),
-        ("sft", {"beta": 1.0}, "accepts: none"),
+        ("sft", {"beta": 1.0}, "accepts: label_smoothing"),
         ("sft_entropy", {}, "needs hyperparameter 'alpha'"),
         ("asft", {}, "needs hyperparameter 'gamma'"),
         ("gift", {"beta": -1.0}, "beta=-1.0 must be finite and >= 0"),

@@ -52,7 +52,7 @@ def test_files_exist_with_the_official_columns(worlds):
         "pretrain": ["text"],
         "expert": ["sft_prompt", "solution"],
         "expert_val": ["sft_prompt", "solution"],
-        "rl_prompts": ["prompt", "answer"],
+        "rl_prompts": ["prompt", "answer", "solution"],
         "eval": ["problem", "answer"],
     }
     for split, keys in expected_keys.items():
@@ -83,9 +83,11 @@ def test_same_seed_same_bytes_other_seed_other_problems(worlds):
 
 def test_variants_share_everything_but_the_expert_style(worlds):
     hard, control = worlds["hard", 0, 0], worlds["control", 0, 0]
-    for split in ("pretrain", "rl_prompts", "eval"):
+    for split in ("pretrain", "eval"):
         assert hard[split].read_bytes() == control[split].read_bytes(), split
-    for split in ("expert", "expert_val"):
+    questions = lambda paths: [(r["prompt"], r["answer"]) for r in _rows(paths["rl_prompts"])]
+    assert questions(hard) == questions(control)
+    for split in ("expert", "expert_val", "rl_prompts"):
         assert _prompts(hard, split) == _prompts(control, split)
         assert _rows(hard[split]) != _rows(control[split])
 
@@ -93,9 +95,9 @@ def test_variants_share_everything_but_the_expert_style(worlds):
 @pytest.mark.parametrize("variant", ["hard", "control"])
 def test_expert_shows_one_style_always_boxed_and_correct(worlds, variant):
     paths = worlds[variant, 0, 0]
-    for split in ("expert", "expert_val"):
+    for split in ("expert", "expert_val", "rl_prompts"):
         for row in _rows(paths[split]):
-            problem = Problem.from_prompt(row["sft_prompt"])
+            problem = Problem.from_prompt(row["sft_prompt" if split != "rl_prompts" else "prompt"])
             assert classify_style(row["solution"]) == EXPERT_STYLE[variant]
             assert row["solution"].endswith(f"\\boxed{{{problem.answer}}}")
             assert verify(problem, row["solution"]) == 1.0
