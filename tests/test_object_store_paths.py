@@ -9,6 +9,7 @@ import pytest
 from etils import epath
 
 from gift_jax.config_io import from_dict
+from gift_jax.data import load_tokenizer
 from gift_jax.models import load_hf, save_hf
 from gift_jax.run_checkpoints import is_run_workdir, read_run_config
 from gift_jax.runtime.checkpoint import Checkpointer
@@ -101,6 +102,8 @@ def test_save_hf_to_gs_and_load_hf_from_gs_give_the_same_weights(memory_gcs, tmp
     assert again_config == config
     ids = jnp.arange(12).reshape(2, 6) % 50 + 3
     np.testing.assert_array_equal(np.asarray(again(ids)), np.asarray(model(ids)))
+    text = "What is 2 + 3?"
+    assert load_tokenizer("gs://bucket/export").encode(text) == load_tokenizer(tmp_path / "hf").encode(text)
     save_hf(model, config, "gs://bucket/export", overwrite=True)  # one shard now: the old shards are gone
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
 
