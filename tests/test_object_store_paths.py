@@ -10,7 +10,7 @@ from etils import epath
 
 from gift_jax.config_io import from_dict
 from gift_jax.data import load_tokenizer
-from gift_jax.models import load_hf, save_hf
+from gift_jax.models import CheckpointError, load_hf, save_hf
 from gift_jax.run_checkpoints import is_run_workdir, read_run_config
 from gift_jax.runtime.checkpoint import Checkpointer
 from gift_jax.runtime.metrics import MetricWriter
@@ -106,6 +106,17 @@ def test_save_hf_to_gs_and_load_hf_from_gs_give_the_same_weights(memory_gcs, tmp
     assert load_tokenizer("gs://bucket/export").encode(text) == load_tokenizer(tmp_path / "hf").encode(text)
     save_hf(model, config, "gs://bucket/export", overwrite=True)  # one shard now: the old shards are gone
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_a_broken_gs_model_folder_is_named_by_its_url(memory_gcs, tmp_path):
+    make_tiny_model_dir(tmp_path / "hf")
+    for file in (tmp_path / "hf").iterdir():
+        copy_file(file, as_path(f"gs://bucket/model/{file.name}"))
+    as_path("gs://bucket/model/model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(CheckpointError, match=r"^gs://bucket/model/model.safetensors: unreadable safetensors file"):
+        load_hf("gs://bucket/model")
+    with pytest.raises(CheckpointError, match=r"gs://bucket/nothing/config.json: not found"):
+        load_hf("gs://bucket/nothing")
 
 
 def test_checkpoints_on_an_epath_and_a_run_workdir_found_and_read_on_gs(memory_gcs, tmp_path):

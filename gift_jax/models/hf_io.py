@@ -143,7 +143,12 @@ def load_hf(
     overrides = {k: v for k, v in dict(dtype=dtype, param_dtype=param_dtype).items() if v is not None}
     config = read_config(path, remat=remat, attention=attention, **overrides)
     with _local_folder(path) as local:
-        return _load_weights(local, config, mesh)
+        try:
+            return _load_weights(local, config, mesh)
+        except CheckpointError as err:
+            if is_url(path):  # name the object-store files, not their temporary local copies
+                raise CheckpointError(str(err).replace(str(local), os.fspath(path))) from None
+            raise
 
 
 @contextlib.contextmanager
