@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from gift_jax.storage import as_path
+
 
 class ConfigError(ValueError):
     """An invalid config; the message names the key (and file)."""
@@ -138,4 +140,4 @@ def load_config(cls, path: str | os.PathLike | None, overrides: list[str] = ()):
 
 
 def save_config(config, path: str | os.PathLike) -> None:
-    Path(path).write_text(json.dumps(to_dict(config), indent=2) + "\n")
+    as_path(path).write_text(json.dumps(to_dict(config), indent=2) + "\n")

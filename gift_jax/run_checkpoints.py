@@ -6,7 +6,8 @@ The config names the HF folder the run started from (`model.path`); that folder 
 architecture and the tokenizer. Only the step's parameters are read (an orbax partial restore into
 an abstract template, resharded onto any mesh), and the run's folder is opened read-only, so a run
 still training there is not disturbed. The trainers export only `hf_best`
-and `hf_final`; this reaches every step in between.
+and `hf_final`; this reaches every step in between. Workdirs and export folders may be object-store
+URLs (`gs://...`, see `gift_jax.storage`).
 
     model, model_config, tokenizer_dir, step = load_run_checkpoint("runs/gift", kind="best")
     export_run_checkpoint("runs/gift", "runs/gift/hf_step40", step=40)
@@ -27,6 +28,7 @@ from gift_jax.parallel import MeshConfig, make_mesh, state_shardings
 from gift_jax.rl.config import RLStageConfig
 from gift_jax.runtime.checkpoint import Checkpointer
 from gift_jax.runtime.workdir import upgrade_run_config
+from gift_jax.storage import as_path
 from gift_jax.train.init_config import InitStageConfig
 
 CHECKPOINT_KINDS = ("periodic", "best")
@@ -34,13 +36,13 @@ CHECKPOINT_KINDS = ("periodic", "best")
 
 def is_run_workdir(path: str | os.PathLike) -> bool:
     """Whether `path` is a stage workdir (a run config and a checkpoints folder), not an HF folder."""
-    path = Path(path)
+    path = as_path(path)
     return (path / "checkpoints").is_dir() and (path / "config.json").is_file()
 
 
 def read_run_config(workdir: str | os.PathLike) -> InitStageConfig | RLStageConfig:
     """The config a stage saved in its workdir (init stage or RL stage, told apart by their sections)."""
-    path = Path(workdir) / "config.json"
+    path = as_path(workdir) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no run config here; is {workdir} a stage workdir?")
     data = upgrade_run_config(json.loads(path.read_text()))
@@ -73,7 +75,7 @@ def load_run_checkpoint(
     """
     if kind not in CHECKPOINT_KINDS:
         raise ValueError(f"checkpoint kind must be one of {CHECKPOINT_KINDS}, got {kind!r}")
-    workdir = Path(workdir)
+    workdir = as_path(workdir)
     config = read_run_config(workdir)
     checkpointer = Checkpointer(workdir / "checkpoints", read_only=True)
     try:
@@ -98,7 +100,7 @@ def load_run_checkpoint(
         params = checkpointer.restore_params(numbers[step], target, kind=kind)
     finally:
         checkpointer.close()
-    return nnx.merge(graphdef, params), model_config, Path(config.model.path), step
+    return nnx.merge(graphdef, params), model_config, as_path(config.model.path), step
 
 
 def export_run_checkpoint(

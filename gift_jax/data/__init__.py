@@ -17,7 +17,7 @@ from gift_jax.data.batching import (
 )
 from gift_jax.data.chat_templates import NAMED_CHAT_TEMPLATES, render_chat
 from gift_jax.data.packing import best_fit_decreasing
-from gift_jax.data.records import DataFormatError, PromptAnswer, read_prompt_answer_records, read_records
+from gift_jax.data.records import DataFormatError, read_records
 from gift_jax.data.sft_examples import SFTBuildStats, SFTExample, build_sft_examples
 from gift_jax.data.sft_pipeline import SFTBatchIterator, make_eval_batches, make_sft_iterator
 from gift_jax.data.sft_split import SFTSplit
@@ -31,7 +31,6 @@ __all__ = [
     "ChatTokenizer",
     "DataFormatError",
     "PreparedSFTDataset",
-    "PromptAnswer",
     "SFTBatchIterator",
     "SFTBuildStats",
     "SFTExample",
@@ -46,7 +45,6 @@ __all__ = [
     "make_eval_batches",
     "make_sft_iterator",
     "prepare_tfds",
-    "read_prompt_answer_records",
     "read_records",
     "render_chat",
 ]

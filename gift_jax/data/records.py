@@ -8,7 +8,6 @@ line, so a bad file is fixed at its source instead of being debugged inside the 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from collections.abc import Sequence
@@ -23,15 +22,6 @@ SUPPORTED_SUFFIXES = (".parquet", ".jsonl")
 
 class DataFormatError(ValueError):
     """An input data file is malformed (message names the file and the key / row / line)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class PromptAnswer:
-    """One RL or evaluation problem: the raw user prompt, its reference answer, its source row."""
-
-    prompt: str
-    answer: str
-    row: int
 
 
 def read_records(
@@ -86,24 +76,6 @@ def _check_ground_truths(path: Path, records: list[dict[str, str]], key: str, ki
             check_ground_truth(record[key], kind=kind, where=f"{path}: row {row} (0-based), key {key!r}")
         except ValueError as error:
             raise DataFormatError(str(error)) from error
-
-
-def read_prompt_answer_records(
-    path: str | os.PathLike,
-    *,
-    prompt_key: str = "prompt",
-    answer_key: str = "answer",
-    answer_kind: str = "math",
-) -> list[PromptAnswer]:
-    """Reads RL / evaluation problems (prompt + reference answer) from a parquet or jsonl file.
-
-    Every answer is checked as a ground truth of `answer_kind` ("math" or "multiple_choice").
-    """
-    records = read_records(path, (prompt_key, answer_key), ground_truth_key=answer_key, ground_truth_kind=answer_kind)
-    return [
-        PromptAnswer(prompt=record[prompt_key], answer=record[answer_key], row=row)
-        for row, record in enumerate(records)
-    ]
 
 
 def _read_parquet(path: Path, keys: tuple[str, ...]) -> list[dict[str, str]]:

@@ -28,6 +28,7 @@ from typing import Any
 import tokenizers
 
 from gift_jax.data.chat_templates import NAMED_CHAT_TEMPLATES, render_chat
+from gift_jax.storage import as_path
 
 # The named special tokens transformers passes to chat templates (SPECIAL_TOKENS_ATTRIBUTES).
 TEMPLATE_SPECIAL_TOKEN_NAMES = (
@@ -101,7 +102,7 @@ def load_tokenizer(model_dir: str | os.PathLike, chat_template: str | None = Non
       chat_template: None uses the folder's own template (error if it has none); a name from
         `NAMED_CHAT_TEMPLATES` ("qwen-2.5-math", "llama-3", "plain") uses that template instead.
     """
-    model_dir = Path(model_dir)
+    model_dir = as_path(model_dir)
     tokenizer_path = model_dir / "tokenizer.json"
     if not tokenizer_path.is_file():
         raise FileNotFoundError(f"{tokenizer_path}: missing; the model folder needs a fast-tokenizer tokenizer.json")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 from jax.sharding import Mesh
 
@@ -24,6 +23,7 @@ from gift_jax.evaluation.evaluate import BenchmarkResult, EvalConfig, evaluate_b
 from gift_jax.models import Transformer, load_hf
 from gift_jax.rewards import RewardScorer
 from gift_jax.run_checkpoints import is_run_workdir, load_run_checkpoint, read_run_config, run_chat_template
+from gift_jax.storage import as_path
 
 
 class EvalInputError(ValueError):
@@ -69,7 +69,7 @@ def load_eval_model(
       template name instead of the folder's (a workdir defaults to the template its run used).
     Raises FileNotFoundError / ValueError naming the folder, step or kind that is wrong.
     """
-    model_path = Path(model_path)
+    model_path = as_path(model_path)
     if is_run_workdir(model_path):
         model, _, tokenizer_dir, found_step = load_run_checkpoint(
             model_path, step=step, kind=kind, dtype=dtype, mesh=mesh

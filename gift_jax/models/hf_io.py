@@ -3,10 +3,16 @@
 One name table per family maps HF tensor names to our parameter paths. Loading reads each tensor
 lazily from the safetensors files and, given a mesh, builds every array shard by shard with
 `jax.make_array_from_callback`, so no device ever holds a full copy of a sharded weight.
+
+Folders may also be object-store URLs (`gs://...`, see `gift_jax.storage`): loading copies the
+folder's config, index and safetensors files to a local temporary folder first (safetensors reads
+local files lazily); saving writes locally, then uploads file by file with `config.json` last, so a
+folder without `config.json` is an export still under way (or one that failed part way).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -24,6 +30,7 @@ from safetensors.numpy import save_file
 from gift_jax.models.config import ModelConfig, config_from_hf, config_to_hf
 from gift_jax.models.transformer import Transformer
 from gift_jax.parallel.sharding import path_to_str, state_shardings
+from gift_jax.storage import as_path, copy_file, is_url
 
 # (HF name, our parameter path, transpose?) per family. Fields in braces (`{layer}`, `{attn}`, ...) are
 # filled from the matched name (see _FIELDS). Torch Linear weights are [out, in], ours [in, out].
@@ -81,7 +88,7 @@ def _translate(family: str, name: str, *, to_hf: bool) -> tuple[str, bool] | Non
 
 def read_config(path: str | os.PathLike, **overrides) -> ModelConfig:
     """`ModelConfig` from `path/config.json`; overrides such as `dtype="bfloat16"` are applied."""
-    config_path = Path(path) / "config.json"
+    config_path = as_path(path) / "config.json"
     try:
         hf = json.loads(config_path.read_text())
     except FileNotFoundError:
@@ -133,9 +140,33 @@ def load_hf(
     mesh: when given, each tensor is placed directly in its sharding (see `gift_jax.parallel`).
     attention: the training-forward attention backend (`gift_jax.models.attention`).
     """
-    path = Path(path)
     overrides = {k: v for k, v in dict(dtype=dtype, param_dtype=param_dtype).items() if v is not None}
     config = read_config(path, remat=remat, attention=attention, **overrides)
+    with _local_folder(path) as local:
+        try:
+            return _load_weights(local, config, mesh)
+        except CheckpointError as err:
+            if is_url(path):  # name the object-store files, not their temporary local copies
+                raise CheckpointError(str(err).replace(str(local), os.fspath(path))) from None
+            raise
+
+
+@contextlib.contextmanager
+def _local_folder(path: str | os.PathLike):
+    """`path` itself when local; an object-store folder's config, index and safetensors files copied to a
+    local temporary folder (removed on exit)."""
+    if not is_url(path):
+        yield Path(path)
+        return
+    remote = as_path(path)
+    with tempfile.TemporaryDirectory(prefix="gift_jax_hf_") as tmp:
+        for file in remote.iterdir():
+            if file.name in ("config.json", SAFETENSORS_INDEX) or file.name.endswith(".safetensors"):
+                copy_file(file, Path(tmp) / file.name)
+        yield Path(tmp)
+
+
+def _load_weights(path: Path, config: ModelConfig, mesh) -> tuple[Transformer, ModelConfig]:
     abstract = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)
     shardings = state_shardings(state, mesh) if mesh is not None else None
@@ -213,11 +244,12 @@ def save_hf(
     Tensors are split over several files with a `model.safetensors.index.json` above
     `max_shard_bytes`. `dtype` converts on the way out (default: the parameter dtype). Tokenizer files
     from `tokenizer_dir` are copied alongside. The folder is written to a temporary sibling and renamed
-    into place, so an existing checkpoint is never half-overwritten; an existing non-empty `path` is
+    into place, so an existing checkpoint is never half-overwritten (an object-store `path` is uploaded
+    instead, `config.json` last; see the module docstring); an existing non-empty `path` is
     an error unless `overwrite`. Every process must call this (arrays may need gathering); process 0
     writes.
     """
-    path = Path(path)
+    path = as_path(path)
     if path.exists() and any(path.iterdir()) and not overwrite:
         raise FileExistsError(f"{path}: exists and is not empty (pass overwrite=True to replace it)")
     out_dtype = jnp.dtype(dtype or config.param_dtype)
@@ -239,27 +271,16 @@ def save_hf(
         shards[-1][name] = tensors[name]
         size += nbytes
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    # A temporary sibling (renamed into place) for a local folder; a local temporary folder, uploaded, for a URL.
+    local_parent = None if is_url(path) else path.parent
+    if local_parent is not None:
+        local_parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=local_parent))
     try:
-        hf_config = config_to_hf(config.replace(param_dtype=str(out_dtype)))
-        (tmp / "config.json").write_text(json.dumps(hf_config, indent=2))
-        if len(shards) == 1:
-            save_file(shards[0], str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        else:
-            weight_map = {}
-            for i, shard in enumerate(shards):
-                fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-                save_file(shard, str(tmp / fname), metadata={"format": "pt"})
-                weight_map.update({name: fname for name in shard})
-            total = sum(t.nbytes for t in tensors.values())
-            (tmp / SAFETENSORS_INDEX).write_text(
-                json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
-            )
-        for fname in TOKENIZER_FILES if tokenizer_dir is not None else ():
-            if (Path(tokenizer_dir) / fname).exists():
-                shutil.copy2(Path(tokenizer_dir) / fname, tmp / fname)
-        if path.exists():
+        _write_hf_folder(tmp, shards, tensors, config.replace(param_dtype=str(out_dtype)), tokenizer_dir)
+        if is_url(path):
+            _upload_folder(tmp, path)
+        elif path.exists():
             backup = path.with_name(f".{path.name}.old")
             shutil.rmtree(backup, ignore_errors=True)
             path.rename(backup)
@@ -270,3 +291,36 @@ def save_hf(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def _write_hf_folder(
+    folder: Path, shards: list[dict[str, np.ndarray]], tensors: dict, config: ModelConfig, tokenizer_dir
+):
+    """config.json, the safetensors shard(s) (+ index when several) and the tokenizer files into `folder`."""
+    (folder / "config.json").write_text(json.dumps(config_to_hf(config), indent=2))
+    if len(shards) == 1:
+        save_file(shards[0], str(folder / "model.safetensors"), metadata={"format": "pt"})
+    else:
+        weight_map = {}
+        for i, shard in enumerate(shards):
+            fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            save_file(shard, str(folder / fname), metadata={"format": "pt"})
+            weight_map.update({name: fname for name in shard})
+        total = sum(t.nbytes for t in tensors.values())
+        (folder / SAFETENSORS_INDEX).write_text(
+            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
+        )
+    for fname in TOKENIZER_FILES if tokenizer_dir is not None else ():
+        source = as_path(tokenizer_dir) / fname
+        if source.exists():
+            copy_file(source, folder / fname)
+
+
+def _upload_folder(local: Path, url) -> None:
+    """Replaces the object-store folder `url` with the files of `local`, `config.json` last (an object store
+    has no atomic folder rename: until `config.json` is there, the folder reads as not a model)."""
+    if url.exists():
+        url.rmtree()
+    url.mkdir(parents=True, exist_ok=True)
+    for file in sorted(local.iterdir(), key=lambda f: f.name == "config.json"):
+        copy_file(file, url / file.name)

@@ -18,7 +18,7 @@ import numpy as np
 
 from gift_jax.data import build_sft_examples, collate_sft_batch
 from gift_jax.parallel import place_global_batch
-from gift_jax.rl.rollouts import completion_arrays, insert_expert_rows
+from gift_jax.rl.rollouts import completion_arrays, group_correctness, insert_expert_rows
 from gift_jax.rollout import SampleResult, bucket_size
 from gift_jax.runtime.demonstrations import DemonstrationStepConfig, demonstration_step
 from gift_jax.runtime.optim import hold_schedule_position
@@ -150,7 +150,7 @@ class ReLIFT(GRPO):
 
     def after_update(self, state, records, rewards):
         c, tokenizer = self.ctx.config, self.ctx.tokenizer
-        failed = np.asarray(rewards).reshape(-1, c.rollout.group_size).max(axis=1) <= 0
+        failed = ~group_correctness(rewards, c.rollout.group_size).any(axis=1)  # no rollout of the prompt correct
         pairs = [(rec[c.data.prompt_key], rec[c.data.expert_key]) for rec in records]
         self.buffer += [pair for pair, bad in zip(pairs, failed, strict=True) if bad]
         if len(self.buffer) < c.algo.relift_batch:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from gift_jax.rewards import is_correct
 from gift_jax.rollout import SampleResult
 
 
@@ -77,10 +78,16 @@ def update_batch(result: SampleResult, advantages: np.ndarray, is_expert: np.nda
     return batch
 
 
+def group_correctness(rewards: np.ndarray, group_size: int) -> np.ndarray:
+    """`[B / group_size, group_size]` bool: which rollouts of each prompt's group are correct
+    (`gift_jax.rewards.is_correct`; rows of one prompt are consecutive)."""
+    return is_correct(np.asarray(rewards).reshape(-1, group_size))
+
+
 def group_outcomes(rewards: np.ndarray, group_size: int) -> dict[str, float]:
     """Share of prompts whose rollouts were all correct / all wrong (no learning signal either way)."""
-    grouped = np.asarray(rewards).reshape(-1, group_size)
+    correct = group_correctness(rewards, group_size)
     return {
-        "groups_all_correct": float(np.mean(grouped.min(axis=1) >= 1.0)),
-        "groups_all_wrong": float(np.mean(grouped.max(axis=1) <= 0.0)),
+        "groups_all_correct": float(np.mean(correct.all(axis=1))),
+        "groups_all_wrong": float(np.mean(~correct.any(axis=1))),
     }

@@ -33,7 +33,7 @@ from gift_jax.data.unknown_tokens import check_record_fields
 from gift_jax.evaluation.benchmarks import load_benchmark, read_benchmark_records
 from gift_jax.evaluation.evaluate import EvalConfig, evaluate_problems
 from gift_jax.parallel import place_global_batch
-from gift_jax.rewards import RewardScorer
+from gift_jax.rewards import RewardScorer, is_correct
 from gift_jax.rl.algorithms import ALGORITHMS, GRPO, RLContext
 from gift_jax.rl.config import RLStageConfig, validate_rl_config
 from gift_jax.rl.grpo import grpo_advantages
@@ -94,7 +94,7 @@ def _rollout_metrics(result, rewards, is_expert, group_size: int) -> dict[str, f
     lengths = result.lengths[on_policy]
     return dict(
         reward_mean=float(rewards[on_policy].mean()),
-        accuracy=float((rewards[on_policy] > 0).mean()),
+        accuracy=float(is_correct(rewards[on_policy]).mean()),
         response_length_mean=float(lengths.mean()),
         response_length_max=float(lengths.max()),
         truncated_frac=float(result.truncated[on_policy].mean()),

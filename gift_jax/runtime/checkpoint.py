@@ -5,6 +5,8 @@ Each step holds `state` (the training pytree) and `meta` (JSON: data-iterator st
 material, best metric so far, ...). orbax writes a step into a temporary folder and renames it when
 complete, so a run killed mid-save never leaves a step that looks finished; `restore_latest` also
 falls back to the previous step, with a warning naming both, when the newest one cannot be read.
+`directory` may be an object-store URL (`gs://...`); orbax writes there itself (tensorstore's GCS
+driver for the arrays, epath for the rest).
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
+
+from gift_jax.storage import as_path, is_url
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +29,7 @@ class CheckpointWriteError(RuntimeError):
     """A checkpoint could not be written; earlier checkpoints are untouched."""
 
 
-def _manager(path: Path, max_to_keep: int, read_only: bool) -> ocp.CheckpointManager:
+def _manager(path: Path | epath.Path, max_to_keep: int, read_only: bool) -> ocp.CheckpointManager:
     if read_only:  # touches nothing: a live run's half-written step stays where it is
         options = ocp.CheckpointManagerOptions(
             read_only=True, create=False, cleanup_tmp_directories=False, save_interval_steps=0, max_to_keep=None
@@ -41,7 +46,8 @@ class Checkpointer:
 
     def __init__(self, directory: str | os.PathLike, *, max_to_keep: int = 3, read_only: bool = False):
         """`read_only`: for readers of another (possibly running) run's checkpoints; never writes or cleans."""
-        self.directory = Path(directory).absolute()
+        directory = as_path(directory)
+        self.directory = directory if is_url(directory) else directory.absolute()
         self._periodic = _manager(self.directory / "periodic", max_to_keep, read_only)
         self._best = _manager(self.directory / "best", 1, read_only)
 

@@ -1,6 +1,8 @@
 """Metric sinks for the stages: a JSONL file and TensorBoard events (every value), short console progress lines.
 
 Only process 0 writes; other processes get a writer that drops everything, so loops call it freely.
+The workdir may be an object-store URL (`gift_jax.storage`): both files are then rewritten whole at
+most every 30 s and at the end, since an object cannot be appended to.
 """
 
 from __future__ import annotations
@@ -13,13 +15,16 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from etils import epath
+
+from gift_jax.storage import Appender, append_text, as_path, is_url, register_tensorboard_object_stores
 
 
 def _scalar(value) -> float:
     return float(np.asarray(jax.device_get(value)))
 
 
-def _set_aside_lines_after(path: Path, step: int) -> None:
+def _set_aside_lines_after(path: Path | epath.Path, step: int) -> None:
     """A resumed run redoes the steps after its checkpoint: their old lines move to `*.superseded.jsonl`.
 
     So `metrics.jsonl` holds each step once, from the run that produced the final state, and only
@@ -36,8 +41,7 @@ def _set_aside_lines_after(path: Path, step: int) -> None:
         (kept if keep else superseded).append(line if line.endswith("\n") else line + "\n")
     if not superseded:
         return
-    with path.with_name(path.stem + ".superseded.jsonl").open("a") as f:
-        f.writelines(superseded)
+    append_text(path.with_name(path.stem + ".superseded.jsonl"), "".join(superseded))
     partial = path.with_name(path.name + ".tmp")
     partial.write_text("".join(kept))
     partial.replace(path)  # atomic: a kill now leaves either the old file or the new one
@@ -77,9 +81,11 @@ class MetricWriter:
             return
         from tensorboardX import SummaryWriter
 
-        workdir = Path(workdir)
+        workdir = as_path(workdir)
+        if is_url(workdir):
+            register_tensorboard_object_stores()
         _set_aside_lines_after(workdir / "metrics.jsonl", initial_step)
-        self._jsonl = (workdir / "metrics.jsonl").open("a")
+        self._jsonl = Appender(workdir / "metrics.jsonl")
         self._tb = SummaryWriter(str(workdir / "tensorboard"))
         self._start = (time.perf_counter(), initial_step)  # for the ETA
 

@@ -8,22 +8,23 @@ import os
 import socket
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
+from etils import epath
+
 from gift_jax.config_io import ConfigError, from_dict, save_config, to_dict
+from gift_jax.storage import as_path, is_url
 
 
-def check_writable(directory: str | os.PathLike) -> Path:
+def check_writable(directory: str | os.PathLike) -> Path | epath.Path:
     """Creates `directory` and proves a file can be written there, or raises a clear error.
 
-    Cloud URLs (`gs://...`) are refused rather than created as a local folder named `gs:`: workdirs
-    must be a file system path (e.g. a bucket mounted with gcsfuse, or NFS).
+    A local path comes back as a `pathlib.Path`; an object-store URL (`gs://bucket/run`, see
+    `gift_jax.storage`) as an `etils.epath.Path`, never as a local folder named `gs:`.
     """
-    if "://" in str(directory):
-        raise WorkdirRefused(
-            f"{directory}: cloud URLs are not supported as workdirs; mount the bucket "
-            f"(e.g. gcsfuse) and pass the mounted path"
-        )
+    if is_url(directory):
+        return _check_object_store_writable(directory)
     directory = Path(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -31,6 +32,18 @@ def check_writable(directory: str | os.PathLike) -> Path:
         with tempfile.NamedTemporaryFile(dir=directory, prefix=".write_probe_") as probe:
             probe.write(b"ok")
             probe.flush()
+    except OSError as err:
+        raise PermissionError(f"{directory}: workdir is not writable ({err.strerror or err})") from None
+    return directory
+
+
+def _check_object_store_writable(url: str | os.PathLike) -> epath.Path:
+    directory = as_path(url)
+    probe = directory / f".write_probe_{uuid.uuid4().hex}"  # unique: every process of a run probes at once
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"ok")
+        probe.unlink()
     except OSError as err:
         raise PermissionError(f"{directory}: workdir is not writable ({err.strerror or err})") from None
     return directory
@@ -54,7 +67,7 @@ def _same_config_in_older_layout(previous: dict, config) -> bool:
 
 def claim_workdir(workdir: Path, config) -> None:
     """Saves the config; a workdir holding a *different* run's config is refused (never overwritten)."""
-    path = Path(workdir) / "config.json"
+    path = as_path(workdir) / "config.json"
     resolved = to_dict(config)
     if path.exists():
         previous = json.loads(path.read_text())
@@ -85,13 +98,24 @@ class WorkdirLock:
     The kernel drops the lock when its process ends however it ends (`kill -9` included), so a lock
     left by a killed run is taken over by the next launch without guessing whether a pid is alive.
     Process 0 of a multi-host run takes it; the other processes of that run share the workdir.
+
+    An object-store workdir (`gs://...`) cannot be locked: there is no `flock`, and a lock object
+    written there could not be told apart from one left by a killed run. The lock is then not taken
+    and a warning says so; one run per such workdir is up to whoever launches it.
     """
 
     def __init__(self, workdir: str | os.PathLike):
-        self.path = Path(workdir) / "run.lock"
+        self.path = as_path(workdir) / "run.lock"
         self._fd: int | None = None
 
     def acquire(self) -> WorkdirLock:
+        if is_url(self.path):
+            print(
+                f"WARNING: {self.path.parent}: an object-store workdir cannot be locked (no flock there); "
+                f"nothing stops a second run from using this workdir",
+                flush=True,
+            )
+            return self
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

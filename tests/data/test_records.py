@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from gift_jax.data.records import DataFormatError, read_prompt_answer_records, read_records
+from gift_jax.data.records import DataFormatError, read_records
 
 ROWS = [
     {"sft_prompt": "What is 1+1?", "solution": "It is \\boxed{2}.", "extra": 7},
@@ -31,10 +31,10 @@ def test_reads_selected_keys_in_file_order(tmp_path, writer, suffix):
     assert records == [{"sft_prompt": r["sft_prompt"], "solution": r["solution"]} for r in ROWS]
 
 
-def test_prompt_answer_records_carry_row_index(tmp_path):
+def test_prompt_answer_records_under_any_key_names_in_file_order(tmp_path):
     path = write_jsonl(tmp_path / "rl.jsonl", [{"question": "q0", "final": "1"}, {"question": "q1", "final": "2"}])
-    problems = read_prompt_answer_records(path, prompt_key="question", answer_key="final")
-    assert [(p.prompt, p.answer, p.row) for p in problems] == [("q0", "1", 0), ("q1", "2", 1)]
+    problems = read_records(path, ("question", "final"), ground_truth_key="final")  # as the RL stage reads
+    assert problems == [{"question": "q0", "final": "1"}, {"question": "q1", "final": "2"}]
 
 
 def test_blank_lines_in_jsonl_are_skipped(tmp_path):

@@ -4,11 +4,7 @@ import json
 
 import pytest
 
-from gift_jax.data.records import (
-    DataFormatError,
-    read_prompt_answer_records,
-    read_records,
-)
+from gift_jax.data.records import DataFormatError, read_records
 from gift_jax.evaluation.benchmarks import load_benchmark
 from gift_jax.rewards import check_ground_truth
 
@@ -61,12 +57,13 @@ def test_rl_prompt_reader_rejects_a_malformed_answer(tmp_path):
     path = _write_jsonl(
         tmp_path / "rl.jsonl", [{"prompt": "p0", "answer": "\\boxed{2}"}, {"prompt": "p1", "answer": "\\boxed{3"}]
     )
+    # As the RL stage reads its prompts: the answer key checked as ground truths of the reward's kind.
     with pytest.raises(DataFormatError, match=r"rl\.jsonl: row 1 \(0-based\), key 'answer'.*unterminated"):
-        read_prompt_answer_records(path)
+        read_records(path, ("prompt", "answer"), ground_truth_key="answer", ground_truth_kind="math")
+    with pytest.raises(DataFormatError, match=r"rl\.jsonl: row 0 \(0-based\), key 'answer'.*no option letter"):
+        read_records(path, ("prompt", "answer"), ground_truth_key="answer", ground_truth_kind="multiple_choice")
     # The generic reader checks only when asked, so SFT solutions are read as they are.
     assert len(read_records(path, ("prompt", "answer"))) == 2
-    with pytest.raises(DataFormatError, match="row 1"):
-        read_records(path, ("prompt", "answer"), ground_truth_key="answer")
 
 
 def test_benchmark_reader_rejects_a_malformed_answer(tmp_path):

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from gift_jax.rl.rollouts import insert_expert_rows
+from gift_jax.rl.rollouts import group_correctness, group_outcomes, insert_expert_rows
 from gift_jax.rollout import SampleResult
 
 PROMPTS, G, PROMPT_LEN, NEW = 2, 3, 4, 5
@@ -52,3 +52,18 @@ def test_expert_rows_are_not_truncated_unless_told():
     expert_ids = np.ones((PROMPTS, NEW), np.int32)
     merged, is_expert = insert_expert_rows(result, expert_ids, expert_ids, G)
     assert not merged.truncated[is_expert].any() and merged.lengths[is_expert].tolist() == [NEW, NEW]
+
+
+def test_group_outcomes_read_correct_with_the_shared_threshold():
+    rewards = np.array([1, 1, 1, 0, 1, 0, 0, 0, 0, 1, 0, 1], np.float32)  # 4 prompts x 3 rollouts
+    grouped = rewards.reshape(-1, 3)
+    assert (
+        group_outcomes(rewards, 3)
+        == {  # 0/1 rewards: the same numbers as min >= 1 / max <= 0
+            "groups_all_correct": float(np.mean(grouped.min(axis=1) >= 1.0)),
+            "groups_all_wrong": float(np.mean(grouped.max(axis=1) <= 0.0)),
+        }
+        == {"groups_all_correct": 0.25, "groups_all_wrong": 0.25}
+    )
+    noisy = np.array([0.9999999, 1.0, 1e-8, 0.0], np.float32)  # float noise flips nothing
+    assert group_correctness(noisy, 2).tolist() == [[True, True], [False, False]]

@@ -11,14 +11,3 @@ def test_concurrent_writability_checks_of_one_workdir_do_not_interfere(tmp_path)
         results = list(pool.map(lambda _: check_writable(tmp_path / "run"), range(400)))
     assert results == [tmp_path / "run"] * 400
     assert list((tmp_path / "run").iterdir()) == []  # no probe left behind
-
-
-def test_a_cloud_url_is_refused_not_created_as_a_local_folder(tmp_path, monkeypatch):
-    import pytest
-
-    from gift_jax.runtime.workdir import WorkdirRefused
-
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(WorkdirRefused, match="gs://bucket/run: cloud URLs are not supported"):
-        check_writable("gs://bucket/run")
-    assert not (tmp_path / "gs:").exists()
