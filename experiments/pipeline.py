@@ -230,9 +230,8 @@ def _write_results(workdir: Path, rows: list[dict], floors: dict) -> None:
     tmp.replace(workdir / "results.json")
 
 
-def run_one(preset_name: str, workdir: Path, variant: str, files: dict, base: Path, init: str, beta, seed: int) -> dict:
+def run_one(preset: Preset, workdir: Path, variant: str, files: dict, base: Path, init: str, beta, seed: int) -> dict:
     """One (variant, init, seed) run: init stage, evaluation, RL, evaluation. Returns its results row."""
-    preset = PRESETS[preset_name]
     spec = eval_spec(preset, files)
     run_dir = workdir / variant / f"{init_label(init, beta)}_seed{seed}"
     scorer = RewardScorer(num_workers=1)
@@ -332,11 +331,11 @@ def run_pipeline(preset_name: str, workdir: str | Path, jobs: int = 1) -> dict:
 
     if jobs <= 1:
         for variant, files, base, init, beta, seed in pending:
-            finished(run_one(preset_name, workdir, variant, files, base, init, beta, seed))
+            finished(run_one(preset, workdir, variant, files, base, init, beta, seed))
     else:
         with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = [
-                pool.submit(run_one, preset_name, workdir, variant, files, base, init, beta, seed)
+                pool.submit(run_one, preset, workdir, variant, files, base, init, beta, seed)
                 for variant, files, base, init, beta, seed in pending
             ]
             for future in as_completed(futures):

@@ -62,7 +62,7 @@ BASELINE_HPARAMS = {"alpha": 0.01, "gamma": 0.1, "clip_eps": 0.2}
 # The `paper` preset's GIFT grid over [0, 25] (SFT is beta -> inf) and its pre-registered optimum:
 # see gift_jax/toy/README.md, "The tradeoff world", for the q(y*) each beta gives at each branch.
 PAPER_BETAS = (0.0, 4.0, 8.0, 11.0, 14.0, 17.0, 20.0, 25.0)
-PAPER_REGISTERED_BETA = 14.0
+PAPER_REGISTERED_BETA = 11.0
 
 PRESETS = {
     "smoke": dataclasses.replace(
