@@ -3,7 +3,8 @@ other preset as its differences from it.
 
 Budgets on a 2-core CPU (measured figures are in the README): `smoke` under a minute (CI runs it),
 `default` ~9 minutes, `sweep` ~18 minutes, `baselines` ~40 minutes, `full` about 5 hours (estimated
-from those; 3 seeds, every baseline, the beta sweep, the control world and RL straight from the base).
+from those; 3 seeds, every baseline, the beta sweep, the control world and RL straight from the base);
+`paper` (the `tradeoff` world) 62 minutes with 3 runs at once.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from cycler import cycler  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from gift_jax.evaluation.metrics import markdown_table, summarise_seeds  # noqa: E402
@@ -93,6 +94,11 @@ def _rl_curve(workdir: Path, row: dict, key: str) -> tuple[np.ndarray, np.ndarra
     return np.asarray(steps), np.asarray(values)
 
 
+def _distinct_lines(ax) -> None:
+    """Ten colours, solid then dashed: up to 20 configurations without two lines looking alike."""
+    ax.set_prop_cycle(cycler(linestyle=["-", "--"]) * cycler(color=plt.cm.tab10.colors))
+
+
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -104,6 +110,7 @@ def plot_pass_at_k(workdir: Path, rows: list[dict]) -> Path:
     ks = _pass_ks(rows)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for ax, stage, title in ((axes[0], "pre_rl", "before RL"), (axes[1], "post_rl", "after RL")):
+        _distinct_lines(ax)
         for (variant, label), group in _groups(rows).items():
             means = [summarise_seeds([100 * r[stage].get(f"pass@{k}", np.nan) for r in group])[0] for k in ks]
             ax.plot(ks, means, marker="o", label=f"{label} [{variant}]")
@@ -120,6 +127,7 @@ def plot_pass_at_k(workdir: Path, rows: list[dict]) -> Path:
 def plot_rl_curves(workdir: Path, rows: list[dict]) -> Path:
     fig, axes = plt.subplots(1, len(RL_CURVES), figsize=(5 * len(RL_CURVES), 4))
     for ax, (key, title) in zip(axes, RL_CURVES):
+        _distinct_lines(ax)
         for (variant, label), group in _groups(rows).items():
             curves = [_rl_curve(workdir, r, key) for r in group]
             length = min(len(v) for _, v in curves)
