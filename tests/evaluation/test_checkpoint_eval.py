@@ -17,7 +17,7 @@ from gift_jax.evaluation.benchmarks import BenchmarkSpec
 from gift_jax.evaluation.checkpoint_eval import EvalInputError, evaluate_checkpoint, load_eval_model
 from gift_jax.evaluation.evaluate import EvalConfig
 from gift_jax.rewards import RewardScorer
-from gift_jax.toy import write_world
+from gift_jax.toy import toy_eval, write_world
 from gift_jax.toy.presets import PRESETS
 
 SEED, PROBLEMS = 3, 16
@@ -62,7 +62,7 @@ def test_pipeline_and_evaluate_script_give_the_same_numbers(eval_file, tmp_path)
     spec = BenchmarkSpec("toy_eval", eval_file, instruction=None, limit=PROBLEMS)
     scorer = RewardScorer(num_workers=1)
     try:
-        ours = pipeline.evaluate(pipeline.SHIPPED_BASE, spec, PRESET, SEED, scorer)
+        ours = toy_eval.evaluate(pipeline.SHIPPED_BASE, spec, PRESET, SEED, scorer)
     finally:
         scorer.close()
     protocol = _script(eval_file, tmp_path / "avg", k=PRESET.avg_k, temperature=0.6)

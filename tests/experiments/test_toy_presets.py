@@ -3,9 +3,9 @@ and the RL stage (GRPO after an init, LUFFY / ReLIFT straight from the base)."""
 
 import pytest
 
-from experiments.pipeline import RL_ALGORITHM_INITS, init_stage_config, rl_stage_config
 from gift_jax.rl.config import validate_rl_config
 from gift_jax.toy.presets import PRESETS
+from gift_jax.toy.stage_runs import RL_ALGORITHM_INITS, init_stage_config, rl_stage_config
 from gift_jax.train.init_config import validate_init_config
 from tests.helpers import write_rl_jsonl
 
