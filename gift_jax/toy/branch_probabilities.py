@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from gift_jax.data.tokenizer import ChatTokenizer
-from gift_jax.models import Transformer
+from gift_jax.data.tokenizer import ChatTokenizer, load_tokenizer
+from gift_jax.models import Transformer, load_hf
 from gift_jax.toy import styles
 from gift_jax.toy.task import Problem
 
@@ -108,9 +108,6 @@ def measure_branching(model_dir, problems: Sequence[Problem], expert_style: str)
     median over problems of the least likely expert token's log p) with `expert_positions_below`
     (threshold -> mean count of expert tokens per solution with p below it).
     """
-    from gift_jax.data import load_tokenizer
-    from gift_jax.models import load_hf
-
     model, _ = load_hf(model_dir)
     tokenizer = load_tokenizer(model_dir)
     traces = response_token_log_probs(model, tokenizer, problems, expert_style)

@@ -119,12 +119,9 @@ def prepare_variant(
 
 
 def _row_order(preset: Preset):
-    order = {
-        (v, i, b, s): n
-        for n, (v, s, (i, b)) in enumerate(
-            (v, s, ib) for v in preset.variants for s in preset.seeds for ib in preset.inits
-        )
-    }
+    """Sort key: the preset's (variant, seed, init) order, whatever order parallel runs finish in."""
+    runs = [(v, i, b, s) for v in preset.variants for s in preset.seeds for i, b in preset.inits]
+    order = {run: n for n, run in enumerate(runs)}
     return lambda row: order.get((row["variant"], row["init"], row["beta"], row["seed"]), len(order))
 
 
@@ -168,9 +165,11 @@ def run_pipeline(
             if (variant, init, beta, seed) not in done
         ]
 
+    row_order = _row_order(preset)
+
     def finished(row: dict) -> None:
         rows.append(row)
-        rows.sort(key=_row_order(preset))
+        rows.sort(key=row_order)
         _write_results(workdir, rows, floors)
         label = init_label(row["init"], row["beta"])
         print(
