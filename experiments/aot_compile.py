@@ -55,7 +55,9 @@ def _print(report) -> None:
     print(f"{report.stage} step on {report.topology} ({report.chips} chips), shapes {report.shapes}")
     print(
         f"  per chip: arguments {gib(report.argument_bytes)}, outputs {gib(report.output_bytes)}, "
-        f"temp {gib(report.temp_bytes)}, peak {gib(report.peak_bytes_per_chip)} of HBM {gib(report.hbm_bytes_per_chip)}"
+        f"temp {gib(report.temp_bytes)}, "
+        + (f"held alongside {gib(report.resident_bytes)}, " if report.resident_bytes else "")
+        + f"peak {gib(report.peak_bytes_per_chip)} of HBM {gib(report.hbm_bytes_per_chip)}"
         f" -> {'fits' if report.fits else 'DOES NOT FIT'}"
     )
     if report.error:

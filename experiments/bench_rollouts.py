@@ -227,7 +227,8 @@ from gift_jax.models import ModelConfig, Transformer
 from gift_jax.parallel import MeshConfig, make_mesh, shard_model
 from gift_jax.rollout import EngineShape, abstract_decode_inputs
 from gift_jax.rollout.engine import decode_k_steps_jit
-from gift_jax.rollout.layout import collective_bytes, decoding_layout
+from gift_jax.aot.hlo_stats import collectives
+from gift_jax.rollout.layout import decoding_layout
 from gift_jax.rollout.token_sampling import TokenRule
 config = ModelConfig(family="qwen2", vocab_size={args.vocab}, hidden_size={args.hidden},
                      intermediate_size={4 * args.hidden}, num_layers={args.layers}, num_heads={args.hidden // 64},
@@ -239,7 +240,7 @@ for name, model in (("training (fsdp)", training), ("decoding", decoding_layout(
     graphdef, params, state = abstract_decode_inputs(model, shape, mesh=mesh)
     compiled = decode_k_steps_jit.lower(graphdef, params, state, steps=1, rule=TokenRule(0.0), stop_ids=(),
                                         pad_id=0).compile()
-    found = collective_bytes(compiled.as_text())
+    found = collectives(compiled.as_text())
     total = sum(b for _, b in found.values())
     print(f"    {{name:16s}}: {{total / 1024:8.1f}} KiB per decode step ({{total / {args.slots}:.0f}} B per token), "
           + ", ".join(f"{{op}} x{{n}} ({{b / 1024:.1f}} KiB)" for op, (n, b) in sorted(found.items())))

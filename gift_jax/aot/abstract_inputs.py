@@ -12,15 +12,16 @@ from flax import nnx
 
 from gift_jax.models import ModelConfig
 from gift_jax.models.transformer import Transformer
-from gift_jax.parallel import batch_sharding, state_shardings
+from gift_jax.parallel import LOGICAL_RULES, batch_sharding, state_shardings
 
 
-def abstract_model(config: ModelConfig, mesh) -> tuple[nnx.GraphDef, nnx.State]:
+def abstract_model(config: ModelConfig, mesh, rules=LOGICAL_RULES) -> tuple[nnx.GraphDef, nnx.State]:
     """`(graphdef, params)` of a `Transformer(config)` whose params are sharded `ShapeDtypeStruct`s,
-    as `load_hf(..., mesh=mesh)` followed by `nnx.split(model, nnx.Param)` would give them."""
+    as `load_hf(..., mesh=mesh)` followed by `nnx.split(model, nnx.Param)` would give them
+    (`rules`: the logical-axis rules, e.g. the rollout engine's `DECODE_RULES`)."""
     abstract = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))
     graphdef, params = nnx.split(abstract, nnx.Param)
-    shardings = state_shardings(params, mesh)
+    shardings = state_shardings(params, mesh, rules)
     params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), params, shardings)
     return graphdef, params
 
@@ -33,9 +34,14 @@ def abstract_batch(spec: dict[str, tuple[tuple[int, ...], jnp.dtype]], mesh) -> 
     }
 
 
-def init_batch_spec(rows: int, length: int, *, old_logprobs: bool) -> dict:
-    """The arrays of an init-stage batch (`gift_jax.data.batching`): `[rows, length]` each."""
-    spec = {key: ((rows, length), jnp.int32) for key in ("input_ids", "target_ids", "positions", "attention_mask")}
+def init_batch_spec(rows: int, length: int, *, old_logprobs: bool, packed: bool = False) -> dict:
+    """The arrays of an init-stage batch (`gift_jax.data.batching`): `[rows, length]` each.
+
+    packed: rows hold several demonstrations (`data.pack`) and carry `segment_ids`, which change the
+    attention the step compiles (masking by segment instead of by the padding mask).
+    """
+    keys = ("input_ids", "target_ids", "positions", "attention_mask") + (("segment_ids",) if packed else ())
+    spec = {key: ((rows, length), jnp.int32) for key in keys}
     spec["loss_mask"] = ((rows, length), jnp.float32)
     if old_logprobs:
         spec["old_logprobs"] = ((rows, length), jnp.float32)

@@ -8,12 +8,12 @@ and step settings; only shapes are needed (no weights, no data).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from gift_jax.aot.abstract_inputs import (
     abstract_batch,
@@ -55,6 +55,9 @@ class FitReport:
     collective_bytes: dict[str, int]  # per kind, each collective instruction of the optimized HLO once
     shapes: dict  # what was compiled: layers, rows, sequence lengths, micro-batches, mesh
     error: str | None = None  # the compiler's out-of-memory message when it refused the step
+    # Held on each chip while the step runs without being one of its arguments (the RL training
+    # state while rollouts decode); part of `peak_bytes_per_chip`.
+    resident_bytes: int = 0
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -70,8 +73,13 @@ def _compile_report(
     model_config: ModelConfig,
     shapes: dict,
     hlo_file: str | Path | None,
+    resident=None,
+    static: dict | None = None,
 ) -> FitReport:
+    """Compiles `jitted(*args, **static)` and reads back its per-chip figures; `resident`: a pytree
+    of sharded `ShapeDtypeStruct`s held on the chips alongside the step (counted in the peak)."""
     hbm = hbm_bytes_per_chip(topology, devices)
+    resident_bytes = per_device_bytes(resident) if resident is not None else 0
     argument_bytes = per_device_bytes(args)
     model_bytes = model_config.num_params() * jnp.dtype(model_config.jnp_dtype).itemsize
     common = dict(
@@ -81,8 +89,9 @@ def _compile_report(
         hbm_bytes_per_chip=hbm,
         model_bytes=model_bytes,
         shapes=shapes,
+        resident_bytes=resident_bytes,
     )
-    lowered = jitted.lower(*args)
+    lowered = jitted.lower(*args, **(static or {}))
     try:
         compiled = lowered.compile()
     except Exception as err:  # noqa: BLE001  jax raises its runtime error type for every compiler refusal
@@ -92,6 +101,7 @@ def _compile_report(
         required, what = required_bytes_from_error(message) or (None, None)
         temp = required if what == "temp" else None
         peak = (argument_bytes + required if what == "temp" else required) if required is not None else 0
+        peak += resident_bytes if required is not None else 0
         return FitReport(
             **common,
             argument_bytes=argument_bytes,
@@ -115,6 +125,7 @@ def _compile_report(
         + memory.output_size_in_bytes
         - memory.alias_size_in_bytes
         + memory.temp_size_in_bytes
+        + resident_bytes
     )
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -163,7 +174,7 @@ def init_step_fit(
     length = seq_len or config.data.max_length
     psft = step_config.needs_old_logprobs
     rows = config.train.global_batch // config.loss.updates_per_batch
-    batch = abstract_batch(init_batch_spec(rows, length, old_logprobs=psft), mesh)
+    batch = abstract_batch(init_batch_spec(rows, length, old_logprobs=psft, packed=config.data.pack), mesh)
     shapes = {
         "layers": model_config.num_layers,
         "rows": rows,
@@ -172,6 +183,7 @@ def init_step_fit(
         "rows_per_chip_per_micro": config.train.micro_batch_per_device,
         "mesh": dict(mesh.shape),
         "loss": config.loss.name,
+        "packed": config.data.pack,
         "remat": mc.remat,
         "dtype": mc.dtype,
         "param_dtype": mc.param_dtype,
@@ -234,65 +246,104 @@ def rl_step_fit(
 def rollout_fit(
     config: RLStageConfig, model_config: ModelConfig, *, topology: str = LOCAL, prompt_length: int = 512, hlo_file=None
 ) -> FitReport:
-    """Compiles the static-batch sampler (`gift_jax.rollout.generate`) for one step's rollouts:
-    `train.prompts_per_step` x `rollout.group_size` rows, `prompt_length` + `rollout.max_new_tokens`
-    cache slots, parameters in the policy's storage dtype, as the trainer calls it."""
-    from gift_jax.rollout.sampler import SamplingConfig, generate
+    """Compiles the rollout engine's two programs for one RL step's rollouts, as `run_engine` runs them.
+
+    - `decode_k_steps` (the hot loop) and `insert` (the first scheduling round: every slot filled,
+      each prompt prefilled once for its samples);
+    - the weights in the decoding layout (`rollout.layout`: compute dtype, replicated over the
+      batch axes, split over `tensor`);
+    - `rollout.max_concurrent_rows` slots (default `slots_for_budget`) of
+      `prompt_length + rollout.max_new_tokens` tokens (bucketed), output buffers for
+      `train.prompts_per_step` x samples rows;
+    - the training state (f32 master weights, optimizer state) and the frozen base stay on the
+      chips meanwhile: `resident_bytes`.
+    The report is the program with the larger peak; `shapes["programs"]` gives both peaks.
+    """
+    from gift_jax.rl.algorithms import ALGORITHMS
+    from gift_jax.rollout.bucketing import bucket_size
+    from gift_jax.rollout.engine import (
+        EngineShape,
+        _init_state_jit,
+        decode_k_steps_jit,
+        default_slots,
+        insert,
+        slots_for_budget,
+    )
+    from gift_jax.rollout.layout import DECODE_RULES, decode_param_dtype
+    from gift_jax.rollout.sampler import SamplingConfig
 
     devices = topology_devices(topology)
     validate_rl_config(config, num_devices=len(devices), check_paths=False)
-    m, r = config.model, config.rollout
+    m, r, a = config.model, config.rollout, config.algo
     model_config = model_config.replace(dtype=m.dtype, param_dtype=m.param_dtype, remat=False)
     mesh = make_mesh(config.mesh, devices=devices)
-    graphdef, params = abstract_model(model_config, mesh)
-    sampling = SamplingConfig(
-        max_new_tokens=r.max_new_tokens,
-        num_samples=r.group_size,
-        temperature=r.temperature,
-        top_k=r.top_k,
-        top_p=r.top_p,
-        stop_ids=(0,),
-        pad_id=0,
+    _, train_params = abstract_model(model_config, mesh)
+    resident = {"train_state": abstract_train_state(train_params, make_optimizer(config.optim, 1000), mesh)}
+    if a.kl_coef or a.track_kl_to_base:
+        resident["base"] = abstract_model(model_config.replace(param_dtype=m.base_param_dtype or m.param_dtype), mesh)[
+            1
+        ]
+    decode_config = model_config.replace(param_dtype=str(decode_param_dtype(model_config)))
+    graphdef, params = abstract_model(decode_config, mesh, rules=DECODE_RULES)
+
+    samples = ALGORITHMS[a.method].samples_per_prompt(r.group_size)
+    sampling = SamplingConfig(max_new_tokens=r.max_new_tokens, num_samples=samples, temperature=r.temperature)
+    rows = config.train.prompts_per_step * samples
+    slots = default_slots(min(r.max_concurrent_rows or slots_for_budget(r.max_new_tokens), rows), mesh)
+    prefix_width = sampling.bucket(max(prompt_length - 1, 1))
+    shape = EngineShape(
+        slots=slots,
+        max_len=prefix_width + sampling.bucket(r.max_new_tokens),
+        rows=rows,
+        max_new_bucket=sampling.bucket(r.max_new_tokens),
     )
-    rows = config.train.prompts_per_step * r.group_size
-    width, max_new_bucket = sampling.bucket(prompt_length), sampling.bucket(r.max_new_tokens)
-    prompts = abstract_batch(
-        {
-            "ids": ((rows, width), jnp.int32),
-            "mask": ((rows, width), jnp.int32),
-            "budgets": ((rows,), jnp.int32),
-            "keys": ((rows,), jax.random.key(0).dtype),
-        },
-        mesh,
+    init = _init_state_jit.lower(model_config=decode_config, shape=shape, pad_id=0, mesh=mesh).compile()
+    state = jax.tree.map(
+        lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+        jax.eval_shape(lambda: _init_state_jit(model_config=decode_config, shape=shape, pad_id=0, mesh=mesh)),
+        init.output_shardings,
     )
-    jitted = jax.jit(
-        functools.partial(
-            generate,
-            rule=sampling.token_rule(),
-            stop_ids=sampling.stop_ids,
-            pad_id=sampling.pad_id,
-            max_new_bucket=max_new_bucket,
-            mesh=mesh,
-        ),
-        static_argnums=0,
+    # The first round fills every slot: slots / samples prompts prefilled, each copied `samples` times.
+    new_rows = bucket_size(slots, minimum=1, granularity=sampling.bucket_granularity)
+    prompts = bucket_size(-(-slots // samples), minimum=1, granularity=sampling.bucket_granularity)
+    replicated = NamedSharding(mesh, P())
+    host = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=replicated)  # noqa: E731
+    insert_args = (
+        graphdef,
+        params,
+        state,
+        host((prompts, prefix_width), jnp.int32),
+        host((prompts, prefix_width), jnp.int32),
+        *(host((new_rows,), jnp.int32) for _ in range(3)),
+        host((new_rows,), jax.random.key(0).dtype),
+        *(host((new_rows,), jnp.int32) for _ in range(2)),
     )
+    decode_options = dict(steps=sampling.decode_steps_per_call, rule=sampling.token_rule(), stop_ids=(0,), pad_id=0)
     shapes = {
         "layers": model_config.num_layers,
         "rows": rows,
-        "prompt_len": width,
-        "max_new_tokens": max_new_bucket,
+        "slots": slots,
+        "cache_len": shape.max_len,
+        "decode_steps_per_call": sampling.decode_steps_per_call,
+        "prefill_prompts": prompts,
         "mesh": dict(mesh.shape),
         "dtype": m.dtype,
-        "param_dtype": m.param_dtype,
+        "decode_param_dtype": str(decode_config.param_dtype),
     }
-    args = (graphdef, params, prompts["ids"], prompts["mask"], prompts["keys"], prompts["budgets"])
-    return _compile_report(
-        jitted,
-        args,
+    common = dict(
         stage="rollout",
         topology=topology,
         devices=devices,
         model_config=model_config,
         shapes=shapes,
-        hlo_file=hlo_file,
+        resident=resident,
+    )
+    decode_report = _compile_report(
+        decode_k_steps_jit, (graphdef, params, state), hlo_file=hlo_file, static=decode_options, **common
+    )
+    insert_report = _compile_report(insert, insert_args, hlo_file=None, **common)
+    programs = {"decode_k_steps": decode_report.peak_bytes_per_chip, "insert": insert_report.peak_bytes_per_chip}
+    report = max((decode_report, insert_report), key=lambda rep: rep.peak_bytes_per_chip)
+    return dataclasses.replace(
+        report, shapes={**shapes, "programs": programs}, fits=decode_report.fits and insert_report.fits
     )

@@ -58,9 +58,9 @@ def _kind(opcode: str, computation: str) -> str | None:
     return base
 
 
-def collective_bytes(hlo_text: str) -> dict[str, int]:
-    """Bytes per device of each kind of collective in an optimized HLO module, each instruction
-    counted once (a loop body's collectives once, not once per iteration).
+def collectives(hlo_text: str) -> dict[str, tuple[int, int]]:
+    """`{kind: (instructions, bytes per device)}` of each kind of collective in an optimized HLO
+    module, each instruction counted once (a loop body's collectives once, not once per iteration).
 
     An instruction's bytes are those of the larger of its result and its operands, i.e. the whole
     array a gather assembles or a reduction reduces. Asynchronous pairs count at their `-start`.
@@ -81,15 +81,21 @@ def collective_bytes(hlo_text: str) -> dict[str, int]:
         kind = _kind(opcode, computation)
         if kind is not None:
             found.append((kind, shape, rest.split(")", 1)[0]))
-    totals = dict.fromkeys(COLLECTIVE_KINDS, 0)
+    totals = dict.fromkeys(COLLECTIVE_KINDS, (0, 0))
     for kind, shape, operand_text in found:
         operands = sum(sizes.get(op, 0) for op in _OPERAND.findall(operand_text)) or shape_bytes(operand_text)
         result = shape_bytes(shape)
         if shape.lstrip().startswith("(") and kind in ("all-gather", "collective-permute"):
             # An async start's tuple repeats its operands before the outputs, then scalar contexts.
             result = shape_bytes(shape, skip_scalars=True) - operands
-        totals[kind] += max(result, operands)
+        count, total = totals[kind]
+        totals[kind] = (count + 1, total + max(result, operands))
     return totals
+
+
+def collective_bytes(hlo_text: str) -> dict[str, int]:
+    """`{kind: bytes per device}` of `collectives(hlo_text)`."""
+    return {kind: total for kind, (_, total) in collectives(hlo_text).items()}
 
 
 def required_bytes_from_error(message: str) -> tuple[int, str] | None:

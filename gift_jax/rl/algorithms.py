@@ -64,7 +64,8 @@ class GRPO:
         """Config problems that depend on the device count (messages naming the keys)."""
         return []
 
-    def samples_per_prompt(self, group_size: int) -> int:
+    @classmethod
+    def samples_per_prompt(cls, group_size: int) -> int:
         return group_size
 
     def augment(self, result: SampleResult, records: list[dict]) -> tuple[SampleResult, np.ndarray | None, dict]:
@@ -90,7 +91,8 @@ class LUFFY(GRPO):
     reads_expert = True
     expert_rows = True
 
-    def samples_per_prompt(self, group_size: int) -> int:
+    @classmethod
+    def samples_per_prompt(cls, group_size: int) -> int:
         return group_size - 1
 
     def augment(self, result, records):

@@ -78,6 +78,7 @@ def test_init_step_compiles_for_the_local_backend(tmp_path):
     assert report["argument_bytes"] * report["chips"] >= config.num_params() * (4 * 3 + 2)
     assert report["peak_bytes_per_chip"] >= report["argument_bytes"]
     assert report["shapes"]["num_micro"] == 2 and report["shapes"]["remat"] is True
+    assert report["shapes"]["packed"] is True  # the paper yaml packs: segment ids are compiled in
     assert "while" in hlo.read_text()  # the micro-batch scan
 
 
@@ -102,6 +103,13 @@ def test_rl_update_and_sampler_compile_for_the_local_backend(tmp_path):
         assert aot_compile.main([*rl, *TINY, "--stage", stage, "--json", str(out)]) == 0
         report = json.loads(out.read_text())
         assert report["stage"] == stage and report["fits"] is True and report["argument_bytes"] > 0
+    # The engine's programs: 16 rows into the default slots, the bf16 decoding copy of the weights,
+    # the f32 training state + Adam + the bf16 base held meanwhile.
+    assert report["shapes"]["slots"] == 16 and report["shapes"]["decode_param_dtype"] == "bfloat16"
+    assert set(report["shapes"]["programs"]) == {"decode_k_steps", "insert"}
+    assert report["peak_bytes_per_chip"] == max(report["shapes"]["programs"].values())
+    assert report["resident_bytes"] * report["chips"] >= report["model_bytes"] * (2 * 3 + 1)
+    assert report["alias_bytes"] > 0  # the engine state is donated, not copied
 
 
 def test_bad_model_shapes_are_named(capsys):

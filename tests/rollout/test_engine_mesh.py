@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from gift_jax.aot.hlo_stats import collectives
 from gift_jax.parallel import MeshConfig, make_mesh, shard_model
 from gift_jax.rollout import EngineShape, SamplingConfig, abstract_decode_inputs, run_engine
 from gift_jax.rollout.engine import decode_k_steps_jit
-from gift_jax.rollout.layout import collective_bytes, decoding_layout
+from gift_jax.rollout.layout import decoding_layout
 from gift_jax.rollout.token_sampling import TokenRule
 from tests.rollout.test_sampler import PROMPTS, tiny_policy
 
@@ -48,7 +49,7 @@ def test_decoding_layout_needs_fewer_collectives_per_token():
         compiled = decode_k_steps_jit.lower(
             graphdef, params, state, steps=1, rule=TokenRule(0.0), stop_ids=(), pad_id=0
         ).compile()
-        found = collective_bytes(compiled.as_text())
+        found = collectives(compiled.as_text())
         totals[name] = (sum(n for n, _ in found.values()), sum(b for _, b in found.values()))
     assert totals["training"][0] > 0
     assert totals["decoding"][0] < totals["training"][0] and totals["decoding"][1] < totals["training"][1], totals
