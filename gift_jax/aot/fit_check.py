@@ -142,6 +142,23 @@ def _compile_report(
     )
 
 
+def _target(config, model_config: ModelConfig, topology: str, validate, *, training: bool = True):
+    """`(devices, sizes, model_config, mesh)` of a stage config on `topology`: the config validated
+    for its chip count, the architecture given the stage's dtypes (and remat / attention when training)."""
+    devices = topology_devices(topology)
+    sizes = validate(config, num_devices=len(devices), check_paths=False)
+    m = config.model
+    extra = dict(remat=m.remat, attention=m.attention) if training else dict(remat=False)
+    model_config = model_config.replace(dtype=m.dtype, param_dtype=m.param_dtype, **extra)
+    return devices, sizes, model_config, make_mesh(config.mesh, devices=devices)
+
+
+def _shapes(model_config: ModelConfig, mesh, **specific) -> dict:
+    """What was compiled, for the report: the stage's own sizes plus layers, mesh and dtypes."""
+    common = {"layers": model_config.num_layers, "mesh": dict(mesh.shape), "dtype": model_config.dtype}
+    return {**common, **specific, "param_dtype": model_config.param_dtype, "remat": model_config.remat}
+
+
 def init_step_fit(
     config: InitStageConfig,
     model_config: ModelConfig,
@@ -155,13 +172,8 @@ def init_step_fit(
     `model_config`: the policy's architecture (e.g. `read_config(model.path)`); dtypes and remat are
     taken from `config.model` as the trainer does. `seq_len` defaults to `data.max_length`.
     """
-    devices = topology_devices(topology)
-    sizes = validate_init_config(config, num_devices=len(devices), check_paths=False)
+    devices, sizes, model_config, mesh = _target(config, model_config, topology, validate_init_config)
     mc = config.model
-    model_config = model_config.replace(
-        dtype=mc.dtype, param_dtype=mc.param_dtype, remat=mc.remat, attention=mc.attention
-    )
-    mesh = make_mesh(config.mesh, devices=devices)
     step_config = init_step_config(config, sizes)
     graphdef, params = abstract_model(model_config, mesh)
     base_graphdef, base_params = graphdef, None
@@ -175,19 +187,16 @@ def init_step_fit(
     psft = step_config.needs_old_logprobs
     rows = config.train.global_batch // config.loss.updates_per_batch
     batch = abstract_batch(init_batch_spec(rows, length, old_logprobs=psft, packed=config.data.pack), mesh)
-    shapes = {
-        "layers": model_config.num_layers,
-        "rows": rows,
-        "seq_len": length,
-        "num_micro": step_config.num_micro,
-        "rows_per_chip_per_micro": config.train.micro_batch_per_device,
-        "mesh": dict(mesh.shape),
-        "loss": config.loss.name,
-        "packed": config.data.pack,
-        "remat": mc.remat,
-        "dtype": mc.dtype,
-        "param_dtype": mc.param_dtype,
-    }
+    shapes = _shapes(
+        model_config,
+        mesh,
+        rows=rows,
+        seq_len=length,
+        num_micro=step_config.num_micro,
+        rows_per_chip_per_micro=config.train.micro_batch_per_device,
+        loss=config.loss.name,
+        packed=config.data.pack,
+    )
     return _compile_report(
         step_fn,
         (state, base_params, batch),
@@ -205,11 +214,8 @@ def rl_step_fit(
 ) -> FitReport:
     """Compiles the RL stage's GRPO update (one PPO mini-batch of `algo.mini_batch_prompts` x
     `rollout.group_size` rows of `prompt_length + rollout.max_new_tokens` tokens) for `topology`."""
-    devices = topology_devices(topology)
-    sizes = validate_rl_config(config, num_devices=len(devices), check_paths=False)
-    m, a, r = config.model, config.algo, config.rollout
-    model_config = model_config.replace(dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat, attention=m.attention)
-    mesh = make_mesh(config.mesh, devices=devices)
+    devices, sizes, model_config, mesh = _target(config, model_config, topology, validate_rl_config)
+    a, r = config.algo, config.rollout
     step_config = rl_step_config(config, sizes)
     graphdef, params = abstract_model(model_config, mesh)
     tx = make_optimizer(config.optim, 1000)
@@ -219,18 +225,15 @@ def rl_step_fit(
     spec = rl_batch_spec(
         rows, prompt_length, r.max_new_tokens, expert=step_config.use_expert, reference=bool(a.kl_coef)
     )
-    shapes = {
-        "layers": model_config.num_layers,
-        "rows": rows,
-        "prompt_len": prompt_length,
-        "completion_len": r.max_new_tokens,
-        "num_micro": step_config.num_micro,
-        "rows_per_chip_per_micro": config.train.micro_batch_per_device,
-        "mesh": dict(mesh.shape),
-        "remat": m.remat,
-        "dtype": m.dtype,
-        "param_dtype": m.param_dtype,
-    }
+    shapes = _shapes(
+        model_config,
+        mesh,
+        rows=rows,
+        prompt_len=prompt_length,
+        completion_len=r.max_new_tokens,
+        num_micro=step_config.num_micro,
+        rows_per_chip_per_micro=config.train.micro_batch_per_device,
+    )
     return _compile_report(
         step_fn,
         (state, abstract_batch(spec, mesh)),
@@ -272,11 +275,8 @@ def rollout_fit(
     from gift_jax.rollout.layout import DECODE_RULES, decode_param_dtype
     from gift_jax.rollout.sampler import SamplingConfig
 
-    devices = topology_devices(topology)
-    validate_rl_config(config, num_devices=len(devices), check_paths=False)
+    devices, _, model_config, mesh = _target(config, model_config, topology, validate_rl_config, training=False)
     m, r, a = config.model, config.rollout, config.algo
-    model_config = model_config.replace(dtype=m.dtype, param_dtype=m.param_dtype, remat=False)
-    mesh = make_mesh(config.mesh, devices=devices)
     _, train_params = abstract_model(model_config, mesh)
     resident = {"train_state": abstract_train_state(train_params, make_optimizer(config.optim, 1000), mesh)}
     if a.kl_coef or a.track_kl_to_base:
@@ -319,17 +319,16 @@ def rollout_fit(
         *(host((new_rows,), jnp.int32) for _ in range(2)),
     )
     decode_options = dict(steps=sampling.decode_steps_per_call, rule=sampling.token_rule(), stop_ids=(0,), pad_id=0)
-    shapes = {
-        "layers": model_config.num_layers,
-        "rows": rows,
-        "slots": slots,
-        "cache_len": shape.max_len,
-        "decode_steps_per_call": sampling.decode_steps_per_call,
-        "prefill_prompts": prompts,
-        "mesh": dict(mesh.shape),
-        "dtype": m.dtype,
-        "decode_param_dtype": str(decode_config.param_dtype),
-    }
+    shapes = _shapes(
+        model_config,
+        mesh,
+        rows=rows,
+        slots=slots,
+        cache_len=shape.max_len,
+        decode_steps_per_call=sampling.decode_steps_per_call,
+        prefill_prompts=prompts,
+        decode_param_dtype=str(decode_config.param_dtype),
+    )
     common = dict(
         stage="rollout",
         topology=topology,
