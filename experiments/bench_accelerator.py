@@ -1,6 +1,6 @@
 """GIFT and SFT train-step throughput, MFU and decode speed on this machine's accelerator(s).
 
-    python experiments/bench_accelerator.py                  # ~1.5B shapes, bf16, T = 8192, remat
+    python experiments/bench_accelerator.py                  # ~1.5B shapes, bf16, T = 8192, remat, scanned layers
     python experiments/bench_accelerator.py --preset tiny    # seconds on CPU (what CI runs)
 
 The one prepared command for a GPU / TPU host: random weights (no download) in the paper's layout
@@ -117,9 +117,10 @@ def bench_train(config: ModelConfig, mesh, args, repeats: int) -> dict:
     devices = mesh.devices.flatten()
     rows = len(devices) * args["rows_per_device"]
     length = args["seq_len"]
-    policy_config = config.replace(dtype="bfloat16", param_dtype="float32", remat=True)
+    policy_config = config.replace(dtype="bfloat16", param_dtype="float32", remat=True, scan_layers=True)
     graphdef, params = _random_params(policy_config, mesh)
-    base_graphdef, base_params = _random_params(config.replace(dtype="bfloat16", param_dtype="bfloat16"), mesh)
+    base_config = config.replace(dtype="bfloat16", param_dtype="bfloat16", scan_layers=True)
+    base_graphdef, base_params = _random_params(base_config, mesh)
     tx = make_optimizer(OptimConfig(lr=1e-5), total_steps=100)
     rng = np.random.RandomState(0)
     ids = rng.randint(0, config.vocab_size, (rows, length)).astype(np.int32)

@@ -148,7 +148,7 @@ def _target(config, model_config: ModelConfig, topology: str, validate, *, train
     devices = topology_devices(topology)
     sizes = validate(config, num_devices=len(devices), check_paths=False)
     m = config.model
-    extra = dict(remat=m.remat, attention=m.attention) if training else dict(remat=False)
+    extra = dict(remat=m.remat, attention=m.attention, scan_layers=m.scan_layers) if training else dict(remat=False)
     model_config = model_config.replace(dtype=m.dtype, param_dtype=m.param_dtype, **extra)
     return devices, sizes, model_config, make_mesh(config.mesh, devices=devices)
 
@@ -156,7 +156,13 @@ def _target(config, model_config: ModelConfig, topology: str, validate, *, train
 def _shapes(model_config: ModelConfig, mesh, **specific) -> dict:
     """What was compiled, for the report: the stage's own sizes plus layers, mesh and dtypes."""
     common = {"layers": model_config.num_layers, "mesh": dict(mesh.shape), "dtype": model_config.dtype}
-    return {**common, **specific, "param_dtype": model_config.param_dtype, "remat": model_config.remat}
+    return {
+        **common,
+        **specific,
+        "param_dtype": model_config.param_dtype,
+        "remat": model_config.remat,
+        "scan_layers": model_config.scan_layers,
+    }
 
 
 def init_step_fit(

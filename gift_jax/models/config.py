@@ -68,6 +68,10 @@ class ModelConfig:
     param_dtype: str = "float32"  # storage dtype of the parameters ("master weights")
     dtype: str = "float32"  # compute dtype of matmuls / activations
     remat: bool = False  # rematerialise each decoder layer in the backward pass
+    # Training forward as one `lax.scan` over the layers' stacked weights: remat then holds only each
+    # layer's input across the forward (the compiler cannot hoist a loop body's recomputation), and a
+    # deep model compiles as fast as one layer. Parameters keep their per-layer layout.
+    scan_layers: bool = False
     attention: str = "xla"  # attention without a KV cache: one of ATTENTION_BACKENDS ("xla" = reference)
 
     def __post_init__(self):

@@ -132,6 +132,7 @@ def load_hf(
     mesh: jax.sharding.Mesh | None = None,
     remat: bool = False,
     attention: str = "xla",
+    scan_layers: bool = False,
 ) -> tuple[Transformer, ModelConfig]:
     """Loads a HF `Qwen2ForCausalLM` / `LlamaForCausalLM` folder -> `(model, config)`.
 
@@ -139,9 +140,10 @@ def load_hf(
       ("bfloat16") or a JAX dtype (`jnp.bfloat16`).
     mesh: when given, each tensor is placed directly in its sharding (see `gift_jax.parallel`).
     attention: the training-forward attention backend (`gift_jax.models.attention`).
+    remat, scan_layers: how the training forward runs its layers (`ModelConfig`).
     """
     overrides = {k: v for k, v in dict(dtype=dtype, param_dtype=param_dtype).items() if v is not None}
-    config = read_config(path, remat=remat, attention=attention, **overrides)
+    config = read_config(path, remat=remat, attention=attention, scan_layers=scan_layers, **overrides)
     with _local_folder(path) as local:
         try:
             return _load_weights(local, config, mesh)

@@ -24,7 +24,17 @@ from gift_jax.models.attention import causal_attention
 from gift_jax.models.config import ModelConfig
 from gift_jax.models.decode_attention import block_size_for, blocked_decode_attention, write_at
 from gift_jax.models.rope import apply_rope, inverse_frequencies
-from gift_jax.parallel.activations import BATCH, EMBED, HEADS, KV_HEADS, LENGTH, MLP_WIDTH, constrain, constrain_batch
+from gift_jax.parallel.activations import (
+    BATCH,
+    EMBED,
+    HEADS,
+    KV_HEADS,
+    LENGTH,
+    MLP_WIDTH,
+    constrain,
+    constrain_batch,
+    constrain_stacked_params,
+)
 
 
 class KVCache(NamedTuple):
@@ -249,6 +259,10 @@ class Transformer(nnx.Module):
         if cache is None:
             mask = constrain_batch(mask)
         x = constrain(self.embed_tokens(input_ids), (BATCH, LENGTH, EMBED))
+        if cache is None and c.scan_layers:
+            return constrain(
+                self.norm(self._scanned_layers(x, positions, mask, inv_freq)), (BATCH, LENGTH, EMBED)
+            ), None
         new_k, new_v = [], []
         run = _run_layer_remat if (c.remat and cache is None) else _run_layer
         for i, layer in enumerate(self.layers):
@@ -261,6 +275,29 @@ class Transformer(nnx.Module):
             return hidden, None
         key_mask = write_at(cache.key_mask, attention_mask, cache_index, axis=1)
         return hidden, KVCache(tuple(new_k), tuple(new_v), key_mask, cache_index + t)
+
+    def _scanned_layers(self, x, positions, mask, inv_freq):
+        """The decoder layers as one `lax.scan` over their weights stacked `[L, ...]` (no cache).
+
+        The weights are cast to the compute dtype before stacking (every layer casts them on use
+        anyway, so values and gradients are those of the layer loop) and keep their FSDP sharding
+        behind the new leading axis. Under remat the body is checkpointed: the backward scan
+        recomputes one layer per iteration, so only the `[B, T, d]` layer inputs stay live.
+        """
+        graphdef = nnx.graphdef(self.layers[0])
+        dtype = self.config.jnp_dtype
+        layer_states = [nnx.state(layer) for layer in self.layers]
+        stacked = jax.tree.map(lambda *ws: jnp.stack([w.astype(dtype) for w in ws]), *layer_states)
+        stacked = constrain_stacked_params(stacked)
+
+        def body(h, state):
+            out, _ = nnx.merge(graphdef, state)(h, positions, mask, inv_freq)
+            return out, None
+
+        if self.config.remat:
+            body = jax.checkpoint(body, prevent_cse=False)  # a scan body cannot be CSE'd with its recompute
+        x, _ = jax.lax.scan(body, x, stacked)
+        return x
 
     @staticmethod
     def _attention_mask(attention_mask, cache):

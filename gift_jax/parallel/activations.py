@@ -68,6 +68,20 @@ def constrain_like_params(tree):
     return jax.tree_util.tree_map_with_path(one, tree)
 
 
+def constrain_stacked_params(tree):
+    """One layer's parameter `State` stacked `[L, ...]` over layers (paths as inside a layer, e.g.
+    `mlp/up_proj/kernel`): each leaf keeps its parameter sharding, the layer axis unsplit."""
+    mesh = _mesh()
+    if mesh is None:
+        return tree
+
+    def one(path, x):
+        axes = (None, *logical_axes_for(path_to_str(path)))
+        return jax.lax.with_sharding_constraint(x, logical_to_spec(axes, x.shape, mesh, LOGICAL_RULES))
+
+    return jax.tree_util.tree_map_with_path(one, tree)
+
+
 __all__ = [
     "BATCH",
     "EMBED",
@@ -80,4 +94,5 @@ __all__ = [
     "constrain",
     "constrain_batch",
     "constrain_like_params",
+    "constrain_stacked_params",
 ]

@@ -34,6 +34,7 @@ class ModelSection:
     param_dtype: Dtype = "float32"  # policy master weights
     base_param_dtype: Dtype | None = None  # storage dtype of the frozen base (default: param_dtype)
     remat: bool = False  # gradient checkpointing per decoder layer
+    scan_layers: bool = False  # training forward as one scan over the layers (ModelConfig.scan_layers)
     attention: str = "auto"  # auto | xla | blockwise | splash | cudnn (gift_jax.models.attention)
     chat_template: str | None = None  # None: the model folder's; or "qwen-2.5-math", "llama-3", "plain"
 

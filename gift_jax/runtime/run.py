@@ -127,7 +127,13 @@ class StageRun:
         """The policy from `model.path` -> `(graphdef, params)`, sharded over the mesh."""
         m = self.config.model
         policy, self.model_config = load_hf(
-            m.path, dtype=m.dtype, param_dtype=m.param_dtype, mesh=self.mesh, remat=m.remat, attention=m.attention
+            m.path,
+            dtype=m.dtype,
+            param_dtype=m.param_dtype,
+            mesh=self.mesh,
+            remat=m.remat,
+            attention=m.attention,
+            scan_layers=m.scan_layers,
         )
         self.graphdef, params = nnx.split(policy, nnx.Param)
         return self.graphdef, params
@@ -143,6 +149,7 @@ class StageRun:
             param_dtype=m.base_param_dtype or m.param_dtype,
             mesh=self.mesh,
             attention=m.attention,
+            scan_layers=m.scan_layers,
         )
         return nnx.split(base, nnx.Param)
 
