@@ -25,6 +25,7 @@ from gift_jax.aot.abstract_inputs import (
 from gift_jax.aot.hlo_stats import collective_bytes, required_bytes_from_error
 from gift_jax.aot.topologies import LOCAL, hbm_bytes_per_chip, topology_devices
 from gift_jax.models import ModelConfig
+from gift_jax.models.attention import resolve_backend
 from gift_jax.parallel import make_mesh
 from gift_jax.rl.config import RLStageConfig, validate_rl_config
 from gift_jax.rl.trainer import jit_rl_update, rl_step_config
@@ -148,7 +149,9 @@ def _target(config, model_config: ModelConfig, topology: str, validate, *, train
     devices = topology_devices(topology)
     sizes = validate(config, num_devices=len(devices), check_paths=False)
     m = config.model
-    extra = dict(remat=m.remat, attention=m.attention, scan_layers=m.scan_layers) if training else dict(remat=False)
+    # `auto` is resolved for the target's chips, not this host (a TPU slice compiled here runs splash).
+    attention = resolve_backend(m.attention, platform=devices[0].platform, dtype=jnp.dtype(m.dtype))
+    extra = dict(remat=m.remat, attention=attention, scan_layers=m.scan_layers) if training else dict(remat=False)
     model_config = model_config.replace(dtype=m.dtype, param_dtype=m.param_dtype, **extra)
     return devices, sizes, model_config, make_mesh(config.mesh, devices=devices)
 
@@ -162,6 +165,7 @@ def _shapes(model_config: ModelConfig, mesh, **specific) -> dict:
         "param_dtype": model_config.param_dtype,
         "remat": model_config.remat,
         "scan_layers": model_config.scan_layers,
+        "attention": model_config.attention,
     }
 
 

@@ -79,6 +79,7 @@ def test_init_step_compiles_for_the_local_backend(tmp_path):
     assert report["peak_bytes_per_chip"] >= report["argument_bytes"]
     assert report["shapes"]["num_micro"] == 2 and report["shapes"]["remat"] is True
     assert report["shapes"]["packed"] is True  # the paper yaml packs: segment ids are compiled in
+    assert report["shapes"]["attention"] == "blockwise"  # the yaml's `auto`, resolved for this CPU
     assert "while" in hlo.read_text()  # the micro-batch scan
 
 
@@ -193,4 +194,5 @@ def test_init_step_compiles_for_a_tpu_slice(tmp_path):
     report = json.loads(out.read_text())
     assert report["chips"] == 4 and report["hbm_bytes_per_chip"] > 90 * 1024**3
     assert report["shapes"]["mesh"]["fsdp"] == 4
+    assert report["shapes"]["attention"] == "splash"  # the yaml's `auto`, resolved for the TPU target
     assert sum(report["collective_bytes"].values()) > 0  # FSDP over 4 chips moves weights / gradients
