@@ -27,8 +27,20 @@ from gift_jax.aot.topologies import LOCAL, hbm_bytes_per_chip, topology_devices
 from gift_jax.models import ModelConfig
 from gift_jax.models.attention import resolve_backend
 from gift_jax.parallel import make_mesh
+from gift_jax.rl.algorithms import ALGORITHMS
 from gift_jax.rl.config import RLStageConfig, validate_rl_config
 from gift_jax.rl.trainer import jit_rl_update, rl_step_config
+from gift_jax.rollout.bucketing import bucket_size
+from gift_jax.rollout.engine import (
+    EngineShape,
+    _init_state_jit,
+    decode_k_steps_jit,
+    default_slots,
+    insert,
+    slots_for_budget,
+)
+from gift_jax.rollout.layout import DECODE_RULES, decode_param_dtype
+from gift_jax.rollout.sampler import SamplingConfig
 from gift_jax.runtime.optim import make_optimizer
 from gift_jax.runtime.train_state import abstract_train_state
 from gift_jax.train.init_config import InitStageConfig, validate_init_config
@@ -272,27 +284,13 @@ def rollout_fit(
       chips meanwhile: `resident_bytes`.
     The report is the program with the larger peak; `shapes["programs"]` gives both peaks.
     """
-    from gift_jax.rl.algorithms import ALGORITHMS
-    from gift_jax.rollout.bucketing import bucket_size
-    from gift_jax.rollout.engine import (
-        EngineShape,
-        _init_state_jit,
-        decode_k_steps_jit,
-        default_slots,
-        insert,
-        slots_for_budget,
-    )
-    from gift_jax.rollout.layout import DECODE_RULES, decode_param_dtype
-    from gift_jax.rollout.sampler import SamplingConfig
-
     devices, _, model_config, mesh = _target(config, model_config, topology, validate_rl_config, training=False)
     m, r, a = config.model, config.rollout, config.algo
     _, train_params = abstract_model(model_config, mesh)
     resident = {"train_state": abstract_train_state(train_params, make_optimizer(config.optim, 1000), mesh)}
     if a.kl_coef or a.track_kl_to_base:
-        resident["base"] = abstract_model(model_config.replace(param_dtype=m.base_param_dtype or m.param_dtype), mesh)[
-            1
-        ]
+        base_config = model_config.replace(param_dtype=m.base_param_dtype or m.param_dtype)
+        _, resident["base"] = abstract_model(base_config, mesh)
     decode_config = model_config.replace(param_dtype=str(decode_param_dtype(model_config)))
     graphdef, params = abstract_model(decode_config, mesh, rules=DECODE_RULES)
 
