@@ -12,7 +12,9 @@ Three side-by-side figures, same random Qwen2 checkpoint (built as in `bench_sam
 (b) decode step time vs fill fraction on a model where attention dominates (hidden 64, cache of
     `--fill-len` tokens): K engine decode steps with every slot's cache filled to 10 / 50 / 100%.
 (c) fixed shapes: batch 8 and 16, 32-token prompts, 64 and 256 new tokens, greedy: the engine
-    (slots = batch) vs `transformers.generate`, both on `--threads` threads.
+    (slots = batch) vs `transformers.generate`, both on `--threads` threads. Beside them, per decode
+    step, the weight-read floor (`weight_stream_seconds`: every matmul weight read once, nothing
+    else), which bounds the ratio any sampler can reach over `generate` on this host.
 (d) bf16 KV cache vs float32 (greedy, the (a) model): share of identical tokens, and the log-prob
     drift on each row's positions before its first differing token.
 (e) collectives per decode step from the compiled HLO, training (fsdp) vs decoding layout of the
@@ -32,7 +34,7 @@ import tempfile
 import time
 
 import numpy as np
-from bench_sampler import median_seconds  # the script's own folder is on sys.path: one warm-up, then the median
+from bench_sampler import median_seconds, pin_threads  # the script's own folder is on sys.path
 
 
 def long_tailed_budgets(num: int, budget: int, seed: int = 0) -> list[int]:
@@ -161,6 +163,22 @@ def figure_b(args):
         )
 
 
+def weight_stream_seconds(model, batch: int, repeats: int) -> float:
+    """Lower bound of one decode step on this host: each matmul weight of `model` read once by a
+    `[batch, in]` GEMM and nothing else (no attention, cache, norms or sampling). Decode at small
+    batch is bound by reading the weights from memory, so no sampler's step can beat this."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    kernels = [x[...] for path, x in nnx.to_flat_state(nnx.state(model, nnx.Param)) if path[-1] == "kernel"]
+    if model.config.tie_word_embeddings:
+        kernels.append(model.output_projection())
+    inputs = [jax.random.normal(jax.random.key(i), (batch, w.shape[0]), w.dtype) for i, w in enumerate(kernels)]
+    stream = jax.jit(lambda xs, ws: sum(jnp.sum(x @ w) for x, w in zip(xs, ws, strict=True)))
+    return median_seconds(lambda: jax.block_until_ready(stream(inputs, kernels)), repeats)[0]
+
+
 def figure_c(torch_model, folder, args):
     import jax
     from bench_sampler import prepare_transformers
@@ -186,9 +204,13 @@ def figure_c(torch_model, folder, args):
                 lambda prompts=prompts, config=config: sample(model, prompts, config, jax.random.key(0)), args.repeats
             )
             tokens = batch * new_tokens
+            floor_s = weight_stream_seconds(model, batch, max(args.repeats, 5))
             print(
                 f"    batch {batch:2d}, {new_tokens:3d} new: engine {tokens / ours_s:7.0f} tok/s, "
-                f"transformers {tokens / hf_s:7.0f} tok/s, {hf_s / ours_s:.2f}x (goal >= 4x)"
+                f"transformers {tokens / hf_s:7.0f} tok/s, {hf_s / ours_s:.2f}x (goal >= 4x); per step: "
+                f"engine {ours_s / new_tokens * 1e3:.1f} ms, transformers {hf_s / new_tokens * 1e3:.1f} ms, "
+                f"weight-read floor {floor_s * 1e3:.1f} ms (no sampler beats transformers by more than "
+                f"{hf_s / new_tokens / floor_s:.1f}x here)"
             )
 
 
@@ -270,20 +292,12 @@ def main():
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for each library (0: defaults)")
     parser.add_argument("--only", default="abcde", help="which figures to run, e.g. 'ab'")
     args = parser.parse_args()
-    if args.threads:  # before the jax import, as in bench_sampler.py
-        os.environ["XLA_FLAGS"] = (
-            os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen="
-            f"{'true' if args.threads > 1 else 'false'} "
-            f"intra_op_parallelism_threads={args.threads}"
-        )
+    pin_threads(args.threads)  # before the jax import
     import jax
-    import torch
     from bench_sampler import build_checkpoint
 
     from gift_jax.models import load_hf
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     print(
         f"jax {jax.__version__} on {jax.default_backend()}, threads {args.threads or 'default'}, "
         f"median of {args.repeats}"

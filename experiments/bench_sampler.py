@@ -96,6 +96,23 @@ def prepare_transformers(torch_model, prompts, args):
     return run
 
 
+def pin_threads(threads: int) -> None:
+    """The same fixed CPU thread count for XLA and torch (0: each library's default).
+
+    Must precede the jax import. Fixed, equal thread counts keep a shared machine's background load
+    from skewing one side: torch's OpenMP pool slows down many-fold when oversubscribed.
+    """
+    if not threads:
+        return
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen="
+        f"{'true' if threads > 1 else 'false'} intra_op_parallelism_threads={threads}"
+    )
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def median_seconds(run, repeats: int) -> tuple[float, np.ndarray]:
     """Median wall time of `run()` over `repeats` calls after one warm-up call; also its output."""
     out = run()
@@ -119,19 +136,9 @@ def main():
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for each library (0: library defaults)")
     args = parser.parse_args()
 
-    if args.threads:
-        # Must precede the jax import. Fixed, equal thread counts keep a shared machine's background
-        # load from skewing one side: torch's OpenMP pool slows down many-fold when oversubscribed.
-        os.environ["XLA_FLAGS"] = (
-            os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen="
-            f"{'true' if args.threads > 1 else 'false'} "
-            f"intra_op_parallelism_threads={args.threads}"
-        )
+    pin_threads(args.threads)
     import jax
-    import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as folder:
         torch_model = build_checkpoint(folder, args)
         num_params = sum(p.numel() for p in torch_model.parameters())

@@ -26,7 +26,8 @@ from gift_jax.aot.hlo_stats import collective_bytes, required_bytes_from_error
 from gift_jax.aot.topologies import LOCAL, hbm_bytes_per_chip, topology_devices
 from gift_jax.models import ModelConfig
 from gift_jax.models.attention import resolve_backend
-from gift_jax.parallel import make_mesh
+from gift_jax.models.decode_attention import cache_length
+from gift_jax.parallel import batch_parallelism, make_mesh
 from gift_jax.rl.algorithms import ALGORITHMS
 from gift_jax.rl.config import RLStageConfig, validate_rl_config
 from gift_jax.rl.trainer import jit_rl_update, rl_step_config
@@ -37,6 +38,7 @@ from gift_jax.rollout.engine import (
     decode_k_steps_jit,
     default_slots,
     insert,
+    shrink,
     slots_for_budget,
 )
 from gift_jax.rollout.layout import DECODE_RULES, decode_param_dtype
@@ -271,7 +273,7 @@ def rl_step_fit(
 def rollout_fit(
     config: RLStageConfig, model_config: ModelConfig, *, topology: str = LOCAL, prompt_length: int = 512, hlo_file=None
 ) -> FitReport:
-    """Compiles the rollout engine's two programs for one RL step's rollouts, as `run_engine` runs them.
+    """Compiles the rollout engine's programs for one RL step's rollouts, as `run_engine` runs them.
 
     - `decode_k_steps` (the hot loop) and `insert` (the first scheduling round: every slot filled,
       each prompt prefilled once for its samples);
@@ -281,8 +283,11 @@ def rollout_fit(
       `prompt_length + rollout.max_new_tokens` tokens (bucketed), output buffers for
       `train.prompts_per_step` x samples rows;
     - the training state (f32 master weights, optimizer state) and the frozen base stay on the
-      chips meanwhile: `resident_bytes`.
-    The report is the program with the larger peak; `shapes["programs"]` gives both peaks.
+      chips meanwhile: `resident_bytes`;
+    - `shrink` (with `rollout.shrink_tail`), the first halving of the slots once no request waits:
+      the old and the new cache are both held for that call, and the decoding copy of the weights
+      stays resident.
+    The report is the program with the largest peak; `shapes["programs"]` gives every peak.
     """
     devices, _, model_config, mesh = _target(config, model_config, topology, validate_rl_config, training=False)
     m, r, a = config.model, config.rollout, config.algo
@@ -295,13 +300,15 @@ def rollout_fit(
     graphdef, params = abstract_model(decode_config, mesh, rules=DECODE_RULES)
 
     samples = ALGORITHMS[a.method].samples_per_prompt(r.group_size)
-    sampling = SamplingConfig(max_new_tokens=r.max_new_tokens, num_samples=samples, temperature=r.temperature)
+    sampling = SamplingConfig(
+        max_new_tokens=r.max_new_tokens, num_samples=samples, temperature=r.temperature, shrink_tail=r.shrink_tail
+    )
     rows = config.train.prompts_per_step * samples
     slots = default_slots(min(r.max_concurrent_rows or slots_for_budget(r.max_new_tokens), rows), mesh)
     prefix_width = sampling.bucket(max(prompt_length - 1, 1))
     shape = EngineShape(
         slots=slots,
-        max_len=prefix_width + sampling.bucket(r.max_new_tokens),
+        max_len=cache_length(prefix_width + sampling.bucket(r.max_new_tokens)),
         rows=rows,
         max_new_bucket=sampling.bucket(r.max_new_tokens),
     )
@@ -348,9 +355,17 @@ def rollout_fit(
     decode_report = _compile_report(
         decode_k_steps_jit, (graphdef, params, state), hlo_file=hlo_file, static=decode_options, **common
     )
-    insert_report = _compile_report(insert, insert_args, hlo_file=None, **common)
-    programs = {"decode_k_steps": decode_report.peak_bytes_per_chip, "insert": insert_report.peak_bytes_per_chip}
-    report = max((decode_report, insert_report), key=lambda rep: rep.peak_bytes_per_chip)
+    reports = {
+        "decode_k_steps": decode_report,
+        "insert": _compile_report(insert, insert_args, hlo_file=None, **common),
+    }
+    blocks = batch_parallelism(mesh)
+    if sampling.shrink_tail and slots % (2 * blocks) == 0:  # the first halving holds most: both caches
+        keep = host((slots // 2,), jnp.int32)
+        held = {**common, "resident": {**resident, "decoding_weights": params}}  # not an argument of shrink
+        reports["shrink"] = _compile_report(shrink, (state, keep), hlo_file=None, static=dict(mesh=mesh), **held)
+    programs = {name: rep.peak_bytes_per_chip for name, rep in reports.items()}
+    report = max(reports.values(), key=lambda rep: rep.peak_bytes_per_chip)
     return dataclasses.replace(
-        report, shapes={**shapes, "programs": programs}, fits=decode_report.fits and insert_report.fits
+        report, shapes={**shapes, "programs": programs}, fits=all(rep.fits for rep in reports.values())
     )

@@ -33,6 +33,18 @@ def write_at(buffer: jax.Array, update: jax.Array, index: jax.Array, axis: int) 
     return jax.vmap(lambda b, u, i: jax.lax.dynamic_update_slice_in_dim(b, u, i, axis - 1))(buffer, update, index)
 
 
+def cache_length(slots: int, min_block: int = MIN_DECODE_BLOCK) -> int:
+    """A decode cache length of at least `slots` that `block_size_for` can split into blocks.
+
+    Lengths of two blocks or more round up to a multiple of `min_block` (e.g. a 32-token prompt
+    bucket + 256 new tokens: 288 -> 320 slots, four blocks of 64 filled progressively instead of all
+    288 attended at every step); paper-scale lengths (512 + 8192) are already multiples.
+    """
+    if slots < 2 * min_block:
+        return slots
+    return -(-slots // min_block) * min_block
+
+
 def block_size_for(
     slots: int, queries: int, block: int = DECODE_BLOCK, min_block: int = MIN_DECODE_BLOCK
 ) -> int | None:

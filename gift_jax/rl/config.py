@@ -41,6 +41,7 @@ class RolloutSection:
     top_k: int = 0
     max_new_tokens: int = 8192
     max_concurrent_rows: int | None = None  # engine decode slots; None: sized from the budget (slots_for_budget)
+    shrink_tail: bool = True  # once no prompt waits, halve the engine's slots as rows finish (SamplingConfig)
 
     def __post_init__(self):
         require_at_least(self, 2, "group_size")

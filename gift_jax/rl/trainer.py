@@ -246,6 +246,7 @@ def _build_step(config: RLStageConfig, run: StageRun, scorer, tokenizer, records
         stop_ids=tokenizer.stop_ids,
         pad_id=tokenizer.pad_id,
         max_concurrent_rows=r.max_concurrent_rows or slots_for_budget(r.max_new_tokens),
+        shrink_tail=r.shrink_tail,
     )
     return state, _RLStep(
         config, tokenizer, algorithm, scorer, run.mesh, sizes, graphdef, base_params, update_fn, logprob_fn, sampling

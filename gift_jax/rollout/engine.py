@@ -10,6 +10,9 @@ loop (JetStream-style) alternates two jitted functions:
   output row and budget;
 - `decode_k_steps`: K decode steps for all slots; a row that draws a stop token or reaches its
   budget goes idle (its slot is refilled at the next scheduling round).
+- `shrink` (once no request waits, `SamplingConfig.shrink_tail`): the live rows move into half as
+  many slots whenever they fit, so the tail, a few long rows, stops decoding idle slots (one decode
+  compilation per slot count).
 
 Rows sit in their slot right-aligned to slot 0: prompt tokens at cache slots `[0, p - 1)`, the
 last prompt token fed by the first decode step, generated tokens after. The cache index is per row
@@ -35,10 +38,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh
+from jax.sharding import Mesh, PartitionSpec as P
 
 from gift_jax.models import KVCache, ModelConfig, Transformer, init_cache
-from gift_jax.parallel import batch_parallelism, fetch_global
+from gift_jax.models.decode_attention import cache_length
+from gift_jax.parallel import batch_parallelism, fetch_global, logical_to_spec
 from gift_jax.rollout.bucketing import bucket_size
 from gift_jax.rollout.layout import decoding_layout
 from gift_jax.rollout.sampler import (
@@ -83,7 +87,8 @@ class SlotState(NamedTuple):
 class EngineShape:
     """Static sizes of one engine run (hashable: a static jit argument).
 
-    slots: concurrent rows. max_len: cache length per slot (prompt bucket + generation bucket).
+    slots: concurrent rows. max_len: cache length per slot (prompt bucket + generation bucket,
+    rounded up by `cache_length`).
     rows: request rows (prompts x samples). max_new_bucket: width of the output buffers.
     cache_dtype: None = the model's compute dtype, or e.g. "bfloat16".
     """
@@ -97,19 +102,25 @@ class EngineShape:
 
 @dataclasses.dataclass(frozen=True)
 class EngineStats:
-    """What one engine run did: decode steps, generated tokens, slot use, wall time."""
+    """What one engine run did: decode steps, generated tokens, slot use, wall time.
+
+    slots: the slot count the run started with (its cache memory); slot_steps: slots decoded, summed
+    over decode steps (fewer than decode_steps x slots once the tail shrinks).
+    """
 
     decode_steps: int
     generated_tokens: int
     slots: int
+    slot_steps: int
     busy_slot_steps: int
     prefilled_prompts: int
     seconds: float
 
     @property
     def slot_occupancy(self) -> float:
-        """Share of slot-steps that decoded a live row."""
-        return self.busy_slot_steps / max(self.decode_steps * self.slots, 1)
+        """Share of slot-steps (slots decoded, summed over steps; fewer once the tail shrinks) that
+        decoded a live row."""
+        return self.busy_slot_steps / max(self.slot_steps, 1)
 
     @property
     def padding_share(self) -> float:
@@ -125,6 +136,7 @@ class EngineStats:
             "rollout_padding_share": self.padding_share,
             "rollout_slots": float(self.slots),
             "rollout_decode_steps": float(self.decode_steps),
+            "rollout_slot_steps": float(self.slot_steps),
         }
 
 
@@ -269,6 +281,73 @@ decode_k_steps_jit = jax.jit(
 )
 
 
+@functools.partial(jax.jit, static_argnames=("mesh",))
+def shrink(state: SlotState, keep: jax.Array, mesh: Mesh | None = None) -> SlotState:
+    """The state cut down to `S'` slots: new slot j is old slot `keep[j]`, counted within j's device.
+
+    keep: `[S']` int32 (from `shrink_plan`). The slots are split over the mesh's batch axes in P
+    equal blocks; block b of the new slots takes from block b of the old, and `keep` holds local
+    indices (`0 <= keep < S / P`), so each device moves only its own cache rows (a `shard_map`-ed
+    take). A take by global index over the sharded slot axis would not: XLA partitions it as a
+    masked take on every device plus an all-reduce of the whole result. Without a mesh P = 1.
+    Row outputs are untouched. Not donated: the cut cache has another shape, so the old buffers
+    could not be reused; for the call the cache is held at S + S' slots.
+    """
+
+    def take(x, logical):
+        if mesh is None:
+            return x[keep]
+        spec = logical_to_spec(logical, x.shape, mesh)
+        local = jax.shard_map(lambda block, index: block[index], mesh=mesh, in_specs=(spec, P(spec[0])), out_specs=spec)
+        return local(x, keep)
+
+    kv_axes = ("batch", "kv_heads", None, None)
+    cache = state.cache
+    cache = KVCache(
+        tuple(take(k, kv_axes) for k in cache.k),
+        tuple(take(v, kv_axes) for v in cache.v),
+        take(cache.key_mask, ("batch", None)),
+        take(cache.index, ("batch",)),
+    )
+    per_slot = ("feed", "keys", "row", "count", "budget", "alive")
+    return state._replace(cache=cache, **{name: take(getattr(state, name), ("batch",)) for name in per_slot})
+
+
+def spread_over_devices(occupied: np.ndarray, count: int, blocks: int = 1) -> list[int]:
+    """`count` free slots for new rows, each from the device (of `blocks`) with the most free slots.
+
+    Consecutive rows (the samples of one prompt, whose lengths go together) land on different
+    devices, so the devices drain evenly and `shrink_plan` can halve the slots sooner.
+    """
+    free = (~occupied).reshape(blocks, -1).copy()
+    picks = []
+    for _ in range(count):
+        block = int(np.argmax(free.sum(axis=1)))
+        local = int(np.argmax(free[block]))
+        free[block, local] = False
+        picks.append(block * free.shape[1] + local)
+    return picks
+
+
+def shrink_plan(occupied: np.ndarray, blocks: int = 1) -> np.ndarray | None:
+    """`keep` for `shrink` (local indices `[S']`), or None when the live rows do not fit in half the slots.
+
+    occupied: `[S]` bool, the live slots. blocks: P, the devices the slots are split over. The
+    width halves while it stays a multiple of P and every device's live rows fit its share; each
+    device keeps its live slots first, then idle ones to fill its share.
+    """
+    per_block = occupied.reshape(blocks, -1)
+    live = per_block.sum(axis=1).max()
+    width = len(occupied)
+    while live and width % (2 * blocks) == 0 and width // 2 // blocks >= live:
+        width //= 2
+    if width == len(occupied):
+        return None
+    share = width // blocks
+    order = np.argsort(~per_block, axis=1, kind="stable")[:, :share]  # live first, in slot order
+    return order.reshape(-1).astype(np.int32)
+
+
 def abstract_decode_inputs(model: Transformer, shape: EngineShape, pad_id: int = 0, mesh: Mesh | None = None):
     """(graphdef, abstract params, abstract state) for compiling `decode_k_steps_jit` without running it.
 
@@ -311,7 +390,7 @@ def run_engine(
     prefix_bucket = config.bucket(max(max(len(p) - 1 for p in prompts), 1))
     shape = EngineShape(
         slots=slots,
-        max_len=prefix_bucket + config.bucket(config.max_new_tokens),
+        max_len=cache_length(prefix_bucket + config.bucket(config.max_new_tokens)),
         rows=len(rows),
         max_new_bucket=config.bucket(config.max_new_tokens),
         cache_dtype=config.cache_dtype,
@@ -331,13 +410,12 @@ def run_engine(
     )
 
     pending = deque(range(len(rows)))
-    free = list(range(slots))
     occupied = np.zeros(slots, bool)
-    decode_calls = prefilled = 0
+    decode_calls = prefilled = slot_steps = 0
     while True:
-        if free and pending:
-            batch = [pending.popleft() for _ in range(min(len(free), len(pending)))]
-            targets = [free.pop(0) for _ in batch]
+        if pending and not occupied.all():
+            targets = spread_over_devices(occupied, min(int((~occupied).sum()), len(pending)), multiple)
+            batch = [pending.popleft() for _ in targets]
             occupied[targets] = True
             state = _insert_rows(
                 graphdef, params, state, batch, targets, prompts, n, keys, prompt_budgets, config, slots
@@ -347,10 +425,13 @@ def run_engine(
             break
         state = decode(state)
         decode_calls += 1
-        alive = np.asarray(fetch_global(state.alive))
-        finished = np.flatnonzero(occupied & ~alive)
-        occupied[finished] = False
-        free.extend(int(s) for s in finished)
+        slot_steps += slots * config.decode_steps_per_call
+        occupied &= np.asarray(fetch_global(state.alive))
+        keep = shrink_plan(occupied, multiple) if config.shrink_tail and not pending else None
+        if keep is not None:
+            state = shrink(state, keep, mesh)
+            old_share, slots = slots // multiple, len(keep)
+            occupied = occupied[keep + np.arange(slots) // (slots // multiple) * old_share]
 
     out = fetch_global(
         (state.tokens, state.logprobs, state.entropies, state.lengths, state.stopped, state.busy_slot_steps)
@@ -361,7 +442,8 @@ def run_engine(
     stats = EngineStats(
         decode_steps=decode_calls * config.decode_steps_per_call,
         generated_tokens=int(result.lengths.sum()),
-        slots=slots,
+        slots=shape.slots,
+        slot_steps=slot_steps,
         busy_slot_steps=int(busy),
         prefilled_prompts=prefilled,
         seconds=time.perf_counter() - started,

@@ -32,6 +32,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
 from gift_jax.models import KVCache, Transformer, init_cache
+from gift_jax.models.decode_attention import cache_length
 from gift_jax.parallel import batch_parallelism, fetch_global, logical_to_spec, place_global_batch
 from gift_jax.rollout.bucketing import bucket_size
 from gift_jax.rollout.token_sampling import TokenRule, choose_tokens, position_keys, row_keys
@@ -54,6 +55,9 @@ class SamplingConfig:
     decode_steps_per_call: engine only, tokens decoded per jitted call between scheduling rounds.
     cache_dtype: engine only, the KV cache's dtype (None: the model's compute dtype; "bfloat16"
       halves the cache of a float32 model at a small log-prob drift, see bench_rollouts.py).
+    shrink_tail: engine only, once no request waits, move the live rows into half as many slots
+      whenever they fit (repeatedly), so a tail of a few long rows stops decoding idle slots. Costs
+      one more decode compilation per slot count (log2 of the slots at most); results unchanged.
     """
 
     max_new_tokens: int
@@ -68,6 +72,7 @@ class SamplingConfig:
     max_concurrent_rows: int | None = None
     decode_steps_per_call: int = 8
     cache_dtype: str | None = None
+    shrink_tail: bool = True
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -204,7 +209,7 @@ def generate(
     batch, width = prompt_ids.shape
     prompt_mask = prompt_mask.astype(bool)
     max_budget = jnp.max(budgets)
-    cache = init_cache(model.config, batch, width + max_new_bucket)
+    cache = init_cache(model.config, batch, cache_length(width + max_new_bucket))
     if mesh is not None:
         cache = constrain_cache(cache, mesh)
     if width > 1:

@@ -107,7 +107,7 @@ def test_rl_update_and_sampler_compile_for_the_local_backend(tmp_path):
     # The engine's programs: 16 rows into the default slots, the bf16 decoding copy of the weights,
     # the f32 training state + Adam + the bf16 base held meanwhile.
     assert report["shapes"]["slots"] == 16 and report["shapes"]["decode_param_dtype"] == "bfloat16"
-    assert set(report["shapes"]["programs"]) == {"decode_k_steps", "insert"}
+    assert set(report["shapes"]["programs"]) == {"decode_k_steps", "insert", "shrink"}
     assert report["peak_bytes_per_chip"] == max(report["shapes"]["programs"].values())
     assert report["resident_bytes"] * report["chips"] >= report["model_bytes"] * (2 * 3 + 1)
     assert report["alias_bytes"] > 0  # the engine state is donated, not copied

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from gift_jax.rollout import SamplingConfig, run_engine, sample
+from gift_jax.rollout.engine import shrink_plan, spread_over_devices
 from tests.rollout.test_sampler import PROMPTS, tiny_policy
 
 BUDGETS = [20, 5, 13, 20]  # per-prompt budgets: some rows truncate early, others stop on 3 or 7
@@ -38,30 +39,47 @@ def test_engine_with_1_3_64_slots_equals_static_sampler(policy, temperature):
         np.testing.assert_allclose(engine.entropies, static.entropies, atol=1e-5, err_msg=f"{slots} slots")
         assert stats.slots == min(slots, 12) and stats.generated_tokens == static.lengths.sum()
         assert 0 < stats.slot_occupancy <= 1
+        assert stats.slot_steps <= stats.decode_steps * stats.slots
 
 
-def test_samples_of_a_prompt_share_one_prefill(policy):
+def test_shrinking_the_tail_keeps_the_samples_and_decodes_fewer_slots(policy):
     config = SamplingConfig(
-        max_new_tokens=20, num_samples=3, stop_ids=(3, 7), max_concurrent_rows=64, decode_steps_per_call=4
+        max_new_tokens=20,
+        num_samples=3,
+        temperature=1.0,
+        stop_ids=(3, 7),
+        max_concurrent_rows=64,
+        decode_steps_per_call=4,
     )
-    _, stats = run_engine(policy, PROMPTS, config, jax.random.key(4), budgets=BUDGETS)
-    assert stats.prefilled_prompts == len(PROMPTS)
+    shrunk, stats = run_engine(policy, PROMPTS, config, jax.random.key(4), budgets=BUDGETS)
+    full, full_stats = run_engine(
+        policy, PROMPTS, dataclasses.replace(config, shrink_tail=False), jax.random.key(4), budgets=BUDGETS
+    )
+    np.testing.assert_array_equal(shrunk.completion_ids, full.completion_ids)
+    np.testing.assert_array_equal(shrunk.lengths, full.lengths)
+    np.testing.assert_allclose(shrunk.logprobs, full.logprobs, atol=1e-5)
+    assert full_stats.slot_steps == full_stats.decode_steps * 12  # 12 rows: every slot, every step
+    assert stats.decode_steps == full_stats.decode_steps and stats.slot_steps < full_stats.slot_steps
+    assert stats.slot_occupancy > full_stats.slot_occupancy
 
 
-def test_a_rows_draws_do_not_depend_on_the_other_rows(policy):
-    """Keyed by (prompt, sample, position): prompt 0's samples are the same alone or in a batch."""
-    config = SamplingConfig(max_new_tokens=12, num_samples=2, temperature=1.0)
-    together = sample(policy, PROMPTS, config, jax.random.key(9))
-    alone = sample(policy, PROMPTS[:1], config, jax.random.key(9))
-    np.testing.assert_array_equal(alone.completion_ids, together.completion_ids[:2])
-    assert (together.completion_ids[0] != together.completion_ids[1]).any()  # samples still differ
+@pytest.mark.parametrize(
+    ("live", "blocks", "keep"),
+    [
+        ("x.......", 1, [0]),  # one live row: down to one slot
+        (".x..x...x.......", 1, [1, 4, 8, 0]),  # live slots first, then idle ones fill the width
+        ("xx.....x", 2, [0, 1, 3, 0]),  # two devices: each keeps its own live rows, local indices
+        ("xxx.....", 2, None),  # device 0's three rows do not fit its share of 4 slots
+        ("........", 1, None),
+        ("xxxxx...", 1, None),
+    ],
+)
+def test_the_tail_halves_while_each_devices_live_rows_fit(live, blocks, keep):
+    plan = shrink_plan(np.array([c == "x" for c in live]), blocks)
+    assert (plan is None and keep is None) or plan.tolist() == keep
 
 
-def test_engine_sample_entry_point_and_bad_budgets(policy):
-    config = SamplingConfig(max_new_tokens=8, num_samples=2, max_concurrent_rows=3, decode_steps_per_call=4)
-    result = sample(policy, PROMPTS, config, jax.random.key(1))
-    assert result.completion_ids.shape == (8, 8) and (result.lengths == 8).all() and result.truncated.all()
-    with pytest.raises(ValueError, match="budget 9 of prompt 1"):
-        sample(policy, PROMPTS, config, jax.random.key(1), budgets=[1, 9, 1, 1])
-    with pytest.raises(ValueError, match="max_concurrent_rows"):
-        SamplingConfig(max_new_tokens=8, max_concurrent_rows=0)
+def test_new_rows_are_spread_over_the_devices():
+    occupied = np.array([c == "x" for c in "x...xx.."])
+    assert spread_over_devices(occupied, 4, blocks=2) == [1, 2, 6, 3]  # the device with more free slots first
+    assert spread_over_devices(occupied, 3) == [1, 2, 3]

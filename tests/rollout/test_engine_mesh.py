@@ -1,5 +1,7 @@
 """The engine on the 8-device CPU mesh: the decoding layout of the weights, same samples as one device."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -21,16 +23,29 @@ def test_engine_on_the_mesh_equals_one_device():
     config = SamplingConfig(
         max_new_tokens=10, num_samples=2, temperature=1.0, stop_ids=(3,), max_concurrent_rows=3, decode_steps_per_call=4
     )
-    single = run_engine(tiny_policy(), PROMPTS, config, jax.random.key(2))[0]
+    budgets = [4, 4, 10, 10]  # half the rows end after one decode call, one on each device
+    single = run_engine(tiny_policy(), PROMPTS, config, jax.random.key(2), budgets=budgets)[0]
     mesh = make_mesh(MESH)
     sharded = shard_model(tiny_policy(), mesh)
     before = jax.tree.map(lambda x: x.sharding, nnx.state(sharded))
-    result, stats = run_engine(sharded, PROMPTS, config, jax.random.key(2), mesh=mesh)
+    result, stats = run_engine(sharded, PROMPTS, config, jax.random.key(2), mesh=mesh, budgets=budgets)
     assert stats.slots == 4  # 3 rounded up to the 4 batch devices
     np.testing.assert_array_equal(result.completion_ids, single.completion_ids)
     np.testing.assert_array_equal(result.lengths, single.lengths)
     np.testing.assert_allclose(result.logprobs, single.logprobs, atol=1e-5)
     assert jax.tree.map(lambda x: x.sharding, nnx.state(sharded)) == before  # training layout untouched
+    # 8 slots for the 8 rows: the tail shrinks to 4 slots (still one row block per batch device).
+    wide, wide_stats = run_engine(
+        sharded,
+        PROMPTS,
+        dataclasses.replace(config, max_concurrent_rows=8),
+        jax.random.key(2),
+        mesh=mesh,
+        budgets=budgets,
+    )
+    assert wide_stats.slot_steps < wide_stats.decode_steps * 8
+    np.testing.assert_array_equal(wide.completion_ids, single.completion_ids)
+    np.testing.assert_allclose(wide.logprobs, single.logprobs, atol=1e-5)
 
 
 def test_decoding_layout_needs_fewer_collectives_per_token():
