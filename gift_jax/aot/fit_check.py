@@ -352,11 +352,10 @@ def rollout_fit(
         shapes=shapes,
         resident=resident,
     )
-    decode_report = _compile_report(
-        decode_k_steps_jit, (graphdef, params, state), hlo_file=hlo_file, static=decode_options, **common
-    )
     reports = {
-        "decode_k_steps": decode_report,
+        "decode_k_steps": _compile_report(
+            decode_k_steps_jit, (graphdef, params, state), hlo_file=hlo_file, static=decode_options, **common
+        ),
         "insert": _compile_report(insert, insert_args, hlo_file=None, **common),
     }
     blocks = batch_parallelism(mesh)
