@@ -26,18 +26,18 @@ from gift_jax.aot.hlo_stats import collective_bytes, required_bytes_from_error
 from gift_jax.aot.topologies import LOCAL, hbm_bytes_per_chip, topology_devices
 from gift_jax.models import ModelConfig
 from gift_jax.models.attention import resolve_backend
-from gift_jax.models.decode_attention import cache_length
 from gift_jax.parallel import batch_parallelism, make_mesh
 from gift_jax.rl.algorithms import ALGORITHMS
 from gift_jax.rl.config import RLStageConfig, validate_rl_config
 from gift_jax.rl.trainer import jit_rl_update, rl_step_config
 from gift_jax.rollout.bucketing import bucket_size
 from gift_jax.rollout.engine import (
-    EngineShape,
     _init_state_jit,
     decode_k_steps_jit,
     default_slots,
+    engine_shape,
     insert,
+    prefix_width,
     shrink,
     slots_for_budget,
 )
@@ -305,13 +305,8 @@ def rollout_fit(
     )
     rows = config.train.prompts_per_step * samples
     slots = default_slots(min(r.max_concurrent_rows or slots_for_budget(r.max_new_tokens), rows), mesh)
-    prefix_width = sampling.bucket(max(prompt_length - 1, 1))
-    shape = EngineShape(
-        slots=slots,
-        max_len=cache_length(prefix_width + sampling.bucket(r.max_new_tokens)),
-        rows=rows,
-        max_new_bucket=sampling.bucket(r.max_new_tokens),
-    )
+    shape = engine_shape(sampling, slots=slots, rows=rows, longest_prompt=prompt_length)
+    width = prefix_width(sampling, prompt_length)
     init = _init_state_jit.lower(model_config=decode_config, shape=shape, pad_id=0, mesh=mesh).compile()
     state = jax.tree.map(
         lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
@@ -327,8 +322,8 @@ def rollout_fit(
         graphdef,
         params,
         state,
-        host((prompts, prefix_width), jnp.int32),
-        host((prompts, prefix_width), jnp.int32),
+        host((prompts, width), jnp.int32),
+        host((prompts, width), jnp.int32),
         *(host((new_rows,), jnp.int32) for _ in range(3)),
         host((new_rows,), jax.random.key(0).dtype),
         *(host((new_rows,), jnp.int32) for _ in range(2)),

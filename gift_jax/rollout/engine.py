@@ -369,6 +369,23 @@ def default_slots(num_rows: int, mesh: Mesh | None = None) -> int:
     return -(-num_rows // multiple) * multiple
 
 
+def prefix_width(config: SamplingConfig, longest_prompt: int) -> int:
+    """Bucketed width of the prefill: every prompt token but the last (the first decode step feeds it)."""
+    return config.bucket(max(longest_prompt - 1, 1))
+
+
+def engine_shape(config: SamplingConfig, *, slots: int, rows: int, longest_prompt: int) -> EngineShape:
+    """The static sizes of an engine run over `rows` request rows with prompts of up to `longest_prompt` tokens."""
+    generation = config.bucket(config.max_new_tokens)
+    return EngineShape(
+        slots=slots,
+        max_len=cache_length(prefix_width(config, longest_prompt) + generation),
+        rows=rows,
+        max_new_bucket=generation,
+        cache_dtype=config.cache_dtype,
+    )
+
+
 def run_engine(
     model: Transformer,
     prompts: Sequence[Sequence[int]],
@@ -386,15 +403,8 @@ def run_engine(
     n = config.num_samples
     rows = [list(prompt) for prompt in prompts for _ in range(n)]
     multiple = batch_parallelism(mesh) if mesh is not None else 1
-    slots = -(-min(config.max_concurrent_rows or len(rows), len(rows)) // multiple) * multiple
-    prefix_bucket = config.bucket(max(max(len(p) - 1 for p in prompts), 1))
-    shape = EngineShape(
-        slots=slots,
-        max_len=cache_length(prefix_bucket + config.bucket(config.max_new_tokens)),
-        rows=len(rows),
-        max_new_bucket=config.bucket(config.max_new_tokens),
-        cache_dtype=config.cache_dtype,
-    )
+    slots = default_slots(min(config.max_concurrent_rows or len(rows), len(rows)), mesh)
+    shape = engine_shape(config, slots=slots, rows=len(rows), longest_prompt=max(len(p) for p in prompts))
     requests, samples = request_indices(len(prompts), n)
     keys = row_keys(rng, requests, samples)  # [R]
     graphdef, params = nnx.split(model)
@@ -456,7 +466,7 @@ def _insert_rows(graphdef, params, state, batch, targets, prompts, n, keys, prom
     unique = sorted({r // n for r in batch})
     position = {p: i for i, p in enumerate(unique)}
     num_unique = bucket_size(len(unique), minimum=1, granularity=config.bucket_granularity)
-    width = config.bucket(max(max(len(prompts[p]) - 1 for p in unique), 1))
+    width = prefix_width(config, max(len(prompts[p]) for p in unique))
     prefix_ids = np.full((num_unique, width), config.pad_id, np.int32)
     prefix_mask = np.zeros((num_unique, width), np.int32)
     for i, p in enumerate(unique):
