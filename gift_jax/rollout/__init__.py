@@ -5,6 +5,7 @@ from gift_jax.rollout.bucketing import bucket_size
 from gift_jax.rollout.engine import (
     EngineShape,
     EngineStats,
+    RolloutAborted,
     abstract_decode_inputs,
     run_engine,
     sample_continuous,
@@ -18,6 +19,7 @@ __all__ = [
     "EngineStats",
     "Generation",
     "SampleResult",
+    "RolloutAborted",
     "SamplingConfig",
     "TokenChoice",
     "TokenRule",

@@ -31,7 +31,7 @@ import dataclasses
 import functools
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import jax
@@ -55,6 +55,10 @@ from gift_jax.rollout.sampler import (
     request_indices,
 )
 from gift_jax.rollout.token_sampling import TokenRule, choose_tokens, position_keys, row_keys
+
+
+class RolloutAborted(Exception):
+    """`run_engine`'s `should_stop` asked it to give up (a preempted run redoes the whole rollout phase)."""
 
 
 class SlotState(NamedTuple):
@@ -394,8 +398,13 @@ def run_engine(
     *,
     mesh: Mesh | None = None,
     budgets: Sequence[int] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> tuple[SampleResult, EngineStats]:
-    """`sample` on the engine with `config.max_concurrent_rows` slots -> (result, run statistics)."""
+    """`sample` on the engine with `config.max_concurrent_rows` slots -> (result, run statistics).
+
+    `should_stop` is asked once per decode call (every process of a multi-host run asks it the same
+    number of times); when it answers True the rollout is abandoned with `RolloutAborted`.
+    """
     started = time.perf_counter()
     prompt_budgets = check_request(model.config, prompts, config, budgets)
     if mesh is not None:
@@ -433,6 +442,8 @@ def run_engine(
             prefilled += len({r // n for r in batch})
         if not occupied.any():
             break
+        if should_stop is not None and should_stop():
+            raise RolloutAborted(f"rollout abandoned after {decode_calls} decode calls")
         state = decode(state)
         decode_calls += 1
         slot_steps += slots * config.decode_steps_per_call
