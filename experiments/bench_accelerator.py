@@ -23,7 +23,7 @@ from flax import nnx
 from gift_jax.aot.abstract_inputs import abstract_model
 from gift_jax.models import ModelConfig, Transformer
 from gift_jax.parallel import MeshConfig, make_mesh, shard_batch
-from gift_jax.rollout import SamplingConfig, sample
+from gift_jax.rollout import SamplingConfig, run_engine
 from gift_jax.runtime.demonstrations import DemonstrationStepConfig
 from gift_jax.runtime.optim import OptimConfig, make_optimizer
 from gift_jax.runtime.train_state import init_train_state
@@ -176,11 +176,11 @@ def bench_decode(config: ModelConfig, mesh, args, repeats: int) -> dict:
     rng = np.random.RandomState(1)
     prompts = rng.randint(0, config.vocab_size, (args["decode_rows"], args["prompt_len"])).tolist()
     sampling = SamplingConfig(max_new_tokens=args["decode_tokens"], temperature=1.0, pad_id=0, stop_ids=())
-    sample(model, prompts, sampling, jax.random.key(0), mesh=mesh)  # compile
+    run_engine(model, prompts, sampling, jax.random.key(0), mesh=mesh)  # compile
     samples = []
     for i in range(repeats):
         started = time.perf_counter()
-        out = sample(model, prompts, sampling, jax.random.key(i + 1), mesh=mesh)
+        out, _ = run_engine(model, prompts, sampling, jax.random.key(i + 1), mesh=mesh)
         samples.append(time.perf_counter() - started)
     seconds = float(np.median(samples))
     new_tokens = int(out.lengths.sum())

@@ -50,7 +50,7 @@ def long_tailed_budgets(num: int, budget: int, seed: int = 0) -> list[int]:
 def figure_a(model, args):
     import jax
 
-    from gift_jax.rollout import SamplingConfig, run_engine, sample
+    from gift_jax.rollout import SamplingConfig, run_engine
 
     rng = np.random.RandomState(1)
     prompts = [
@@ -62,9 +62,11 @@ def figure_a(model, args):
     useful = sum(budgets)
 
     def static():
+        chunks = range(0, len(prompts), args.slots)
+        key = jax.random.key(0)
         outs = [
-            sample(model, prompts[i : i + args.slots], config, jax.random.key(0), budgets=budgets[i : i + args.slots])
-            for i in range(0, len(prompts), args.slots)
+            run_engine(model, prompts[i : i + args.slots], config, key, budgets=budgets[i : i + args.slots])[0]
+            for i in chunks
         ]
         return sum(int(o.lengths.sum()) for o in outs)
 
@@ -105,8 +107,8 @@ def figure_b(args):
     from flax import nnx
 
     from gift_jax.models import ModelConfig, Transformer
-    from gift_jax.rollout.engine import EngineShape, decode_k_steps, init_state
-    from gift_jax.rollout.token_sampling import TokenRule
+    from gift_jax.rollout import StopRule, TokenRule
+    from gift_jax.rollout.decode_step import EngineShape, decode_steps, init_state
 
     config = ModelConfig(
         family="qwen2",
@@ -125,14 +127,14 @@ def figure_b(args):
     )
     steps = 8
     decode = jax.jit(
-        lambda g, p, s: decode_k_steps(g, p, s, steps=steps, rule=TokenRule(0.0), stop_ids=(), pad_id=0),
+        lambda g, p, s: decode_steps(nnx.merge(g, p), s, TokenRule(0.0), StopRule(), steps),
         static_argnums=0,
     )
     times = {}
     for fraction in (0.1, 0.5, 1.0):
         filled = int(fraction * args.fill_len) - steps
         state = jax.jit(lambda: init_state(config, shape, 0))()
-        state = state._replace(
+        state = state.replace(
             cache=state.cache._replace(
                 index=jnp.full((shape.slots,), filled, jnp.int32),
                 key_mask=jnp.broadcast_to(jnp.arange(shape.max_len) < filled, (shape.slots, shape.max_len)),
@@ -184,7 +186,7 @@ def figure_c(torch_model, folder, args):
     from bench_sampler import prepare_transformers
 
     from gift_jax.models import load_hf
-    from gift_jax.rollout import SamplingConfig, sample
+    from gift_jax.rollout import SamplingConfig, run_engine
 
     model, _ = load_hf(folder)
     print("(c) fixed shapes, greedy, 32-token prompts (16-32 tokens), engine slots = batch")
@@ -201,7 +203,8 @@ def figure_c(torch_model, folder, args):
             )
             hf_s, _ = median_seconds(prepare_transformers(torch_model, prompts, ns), args.repeats)
             ours_s, _ = median_seconds(
-                lambda prompts=prompts, config=config: sample(model, prompts, config, jax.random.key(0)), args.repeats
+                lambda prompts=prompts, config=config: run_engine(model, prompts, config, jax.random.key(0)),
+                args.repeats,
             )
             tokens = batch * new_tokens
             floor_s = weight_stream_seconds(model, batch, max(args.repeats, 5))
@@ -217,15 +220,15 @@ def figure_c(torch_model, folder, args):
 def figure_d(model, args):
     import jax
 
-    from gift_jax.rollout import SamplingConfig, sample
+    from gift_jax.rollout import SamplingConfig, run_engine
 
     rng = np.random.RandomState(2)
     prompts = [rng.randint(1, args.vocab, args.prompt_len).tolist() for _ in range(args.slots)]
     config = SamplingConfig(
         max_new_tokens=args.budget, temperature=0.0, max_concurrent_rows=args.slots, decode_steps_per_call=args.k
     )
-    f32 = sample(model, prompts, config, jax.random.key(0))
-    bf16 = sample(model, prompts, dataclasses.replace(config, cache_dtype="bfloat16"), jax.random.key(0))
+    f32 = run_engine(model, prompts, config, jax.random.key(0))[0]
+    bf16 = run_engine(model, prompts, dataclasses.replace(config, cache_dtype="bfloat16"), jax.random.key(0))[0]
     same = f32.completion_ids == bf16.completion_ids
     before_first_diff = np.cumprod(same, axis=1).astype(bool)
     drift = np.abs(f32.logprobs - bf16.logprobs)[before_first_diff]
@@ -247,21 +250,22 @@ import jax
 from flax import nnx
 from gift_jax.models import ModelConfig, Transformer
 from gift_jax.parallel import MeshConfig, make_mesh, shard_model
-from gift_jax.rollout import EngineShape, abstract_decode_inputs
-from gift_jax.rollout.engine import decode_k_steps_jit
 from gift_jax.aot.hlo_stats import collectives
+from gift_jax.rollout import EngineShape, SamplingConfig, engine_programs
 from gift_jax.rollout.layout import decoding_layout
-from gift_jax.rollout.token_sampling import TokenRule
 config = ModelConfig(family="qwen2", vocab_size={args.vocab}, hidden_size={args.hidden},
                      intermediate_size={4 * args.hidden}, num_layers={args.layers}, num_heads={args.hidden // 64},
                      num_kv_heads=2, head_dim=64, qkv_bias=True)
 mesh = make_mesh(MeshConfig(data=1, fsdp=4, tensor=2))
 training = shard_model(Transformer(config, rngs=nnx.Rngs(0)), mesh)
 shape = EngineShape(slots={args.slots}, max_len=512, rows=64, max_new_bucket=256)
+programs = engine_programs(config, SamplingConfig(max_new_tokens=256, temperature=0.0, decode_steps_per_call=1),
+                           shape, mesh)
 for name, model in (("training (fsdp)", training), ("decoding", decoding_layout(training, mesh))):
-    graphdef, params, state = abstract_decode_inputs(model, shape, mesh=mesh)
-    compiled = decode_k_steps_jit.lower(graphdef, params, state, steps=1, rule=TokenRule(0.0), stop_ids=(),
-                                        pad_id=0).compile()
+    graphdef, params = nnx.split(model)
+    targets = programs.compile_targets(graphdef, params, prompts=1, new_rows=1, width=16)
+    jitted, inputs, static = targets["decode_k_steps"]
+    compiled = jitted.lower(*inputs, **static).compile()
     found = collectives(compiled.as_text())
     total = sum(b for _, b in found.values())
     print(f"    {{name:16s}}: {{total / 1024:8.1f}} KiB per decode step ({{total / {args.slots}:.0f}} B per token), "

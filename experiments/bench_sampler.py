@@ -62,11 +62,11 @@ def prepare_ours(folder: str, prompts, args):
     import jax
 
     from gift_jax.models import load_hf
-    from gift_jax.rollout import SamplingConfig, sample
+    from gift_jax.rollout import SamplingConfig, run_engine
 
     model, _ = load_hf(folder)
     config = SamplingConfig(max_new_tokens=args.new_tokens, temperature=0.0, pad_id=0)
-    return lambda: sample(model, prompts, config, jax.random.key(0)).completion_ids
+    return lambda: run_engine(model, prompts, config, jax.random.key(0))[0].completion_ids
 
 
 def prepare_transformers(torch_model, prompts, args):

@@ -11,9 +11,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from gift_jax.aot.abstract_inputs import (
     abstract_batch,
@@ -26,23 +24,13 @@ from gift_jax.aot.hlo_stats import collective_bytes, required_bytes_from_error
 from gift_jax.aot.topologies import LOCAL, hbm_bytes_per_chip, topology_devices
 from gift_jax.models import ModelConfig
 from gift_jax.models.attention import resolve_backend
-from gift_jax.parallel import batch_parallelism, make_mesh
-from gift_jax.rl.algorithms import ALGORITHMS
+from gift_jax.parallel import make_mesh
 from gift_jax.rl.config import RLStageConfig, validate_rl_config
+from gift_jax.rl.rollout_settings import needs_base, rollout_sampling
 from gift_jax.rl.trainer import jit_rl_update, rl_step_config
-from gift_jax.rollout.bucketing import bucket_size
-from gift_jax.rollout.engine import (
-    _init_state_jit,
-    decode_k_steps_jit,
-    default_slots,
-    engine_shape,
-    insert,
-    prefix_width,
-    shrink,
-    slots_for_budget,
-)
+from gift_jax.rollout.engine import resolve_slots
 from gift_jax.rollout.layout import DECODE_RULES, decode_param_dtype
-from gift_jax.rollout.sampler import SamplingConfig
+from gift_jax.rollout.programs import engine_programs, engine_shape, prefix_width, row_bucket
 from gift_jax.runtime.optim import make_optimizer
 from gift_jax.runtime.train_state import abstract_train_state
 from gift_jax.train.init_config import InitStageConfig, validate_init_config
@@ -275,91 +263,63 @@ def rollout_fit(
 ) -> FitReport:
     """Compiles the rollout engine's programs for one RL step's rollouts, as `run_engine` runs them.
 
-    - `decode_k_steps` (the hot loop) and `insert` (the first scheduling round: every slot filled,
-      each prompt prefilled once for its samples);
+    - the programs `engine_programs` builds from the run's own rollout settings
+      (`rl.rollout_settings.rollout_sampling`: the token rule with top-k / top-p, the slots):
+      `decode_k_steps` (the hot loop), `insert` (the first scheduling round: every slot filled,
+      each prompt prefilled once for its samples) and, with `rollout.shrink_tail`, `shrink` (the
+      first halving of the slots once no request waits: the old and the new state are both held);
     - the weights in the decoding layout (`rollout.layout`: compute dtype, replicated over the
       batch axes, split over `tensor`);
-    - `rollout.max_concurrent_rows` slots (default `slots_for_budget`) of
-      `prompt_length + rollout.max_new_tokens` tokens (bucketed), output buffers for
-      `train.prompts_per_step` x samples rows;
-    - the training state (f32 master weights, optimizer state) and the frozen base stay on the
-      chips meanwhile: `resident_bytes`;
-    - `shrink` (with `rollout.shrink_tail`), the first halving of the slots once no request waits:
-      the old and the new cache are both held for that call, and the decoding copy of the weights
-      stays resident.
+    - prompts of `prompt_length` tokens, output buffers for `train.prompts_per_step` x samples rows;
+    - the training state (f32 master weights, optimizer state) and the frozen base (when the run
+      loads it) stay on the chips meanwhile: `resident_bytes`; for `shrink` the decoding copy too.
     The report is the program with the largest peak; `shapes["programs"]` gives every peak.
     """
     devices, _, model_config, mesh = _target(config, model_config, topology, validate_rl_config, training=False)
-    m, r, a = config.model, config.rollout, config.algo
+    m = config.model
     _, train_params = abstract_model(model_config, mesh)
     resident = {"train_state": abstract_train_state(train_params, make_optimizer(config.optim, 1000), mesh)}
-    if a.kl_coef or a.track_kl_to_base:
+    if needs_base(config):
         base_config = model_config.replace(param_dtype=m.base_param_dtype or m.param_dtype)
         _, resident["base"] = abstract_model(base_config, mesh)
     decode_config = model_config.replace(param_dtype=str(decode_param_dtype(model_config)))
     graphdef, params = abstract_model(decode_config, mesh, rules=DECODE_RULES)
 
-    samples = ALGORITHMS[a.method].samples_per_prompt(r.group_size)
-    sampling = SamplingConfig(
-        max_new_tokens=r.max_new_tokens, num_samples=samples, temperature=r.temperature, shrink_tail=r.shrink_tail
-    )
-    rows = config.train.prompts_per_step * samples
-    slots = default_slots(min(r.max_concurrent_rows or slots_for_budget(r.max_new_tokens), rows), mesh)
-    shape = engine_shape(sampling, slots=slots, rows=rows, longest_prompt=prompt_length)
-    width = prefix_width(sampling, prompt_length)
-    init = _init_state_jit.lower(model_config=decode_config, shape=shape, pad_id=0, mesh=mesh).compile()
-    state = jax.tree.map(
-        lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-        jax.eval_shape(lambda: _init_state_jit(model_config=decode_config, shape=shape, pad_id=0, mesh=mesh)),
-        init.output_shardings,
-    )
+    sampling = rollout_sampling(config)
+    rows = config.train.prompts_per_step * sampling.num_samples
+    shape = engine_shape(sampling, slots=resolve_slots(sampling, rows, mesh), rows=rows, longest_prompt=prompt_length)
+    programs = engine_programs(decode_config, sampling, shape, mesh)
     # The first round fills every slot: slots / samples prompts prefilled, each copied `samples` times.
-    new_rows = bucket_size(slots, minimum=1, granularity=sampling.bucket_granularity)
-    prompts = bucket_size(-(-slots // samples), minimum=1, granularity=sampling.bucket_granularity)
-    replicated = NamedSharding(mesh, P())
-    host = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=replicated)  # noqa: E731
-    insert_args = (
+    prompts = row_bucket(-(-shape.slots // sampling.num_samples), sampling)
+    targets = programs.compile_targets(
         graphdef,
         params,
-        state,
-        host((prompts, width), jnp.int32),
-        host((prompts, width), jnp.int32),
-        *(host((new_rows,), jnp.int32) for _ in range(3)),
-        host((new_rows,), jax.random.key(0).dtype),
-        *(host((new_rows,), jnp.int32) for _ in range(2)),
+        prompts=prompts,
+        new_rows=row_bucket(shape.slots, sampling),
+        width=prefix_width(sampling, prompt_length),
     )
-    decode_options = dict(steps=sampling.decode_steps_per_call, rule=sampling.token_rule(), stop_ids=(0,), pad_id=0)
+    if not sampling.shrink_tail:
+        targets.pop("shrink", None)
     shapes = _shapes(
         model_config,
         mesh,
         rows=rows,
-        slots=slots,
+        slots=shape.slots,
         cache_len=shape.max_len,
         decode_steps_per_call=sampling.decode_steps_per_call,
         prefill_prompts=prompts,
         decode_param_dtype=str(decode_config.param_dtype),
+        token_rule=dataclasses.asdict(programs.token_rule),
     )
-    common = dict(
-        stage="rollout",
-        topology=topology,
-        devices=devices,
-        model_config=model_config,
-        shapes=shapes,
-        resident=resident,
-    )
-    reports = {
-        "decode_k_steps": _compile_report(
-            decode_k_steps_jit, (graphdef, params, state), hlo_file=hlo_file, static=decode_options, **common
-        ),
-        "insert": _compile_report(insert, insert_args, hlo_file=None, **common),
-    }
-    blocks = batch_parallelism(mesh)
-    if sampling.shrink_tail and slots % (2 * blocks) == 0:  # the first halving holds most: both caches
-        keep = host((slots // 2,), jnp.int32)
-        held = {**common, "resident": {**resident, "decoding_weights": params}}  # not an argument of shrink
-        reports["shrink"] = _compile_report(shrink, (state, keep), hlo_file=None, static=dict(mesh=mesh), **held)
-    programs = {name: rep.peak_bytes_per_chip for name, rep in reports.items()}
+    common = dict(stage="rollout", topology=topology, devices=devices, model_config=model_config, shapes=shapes)
+    reports = {}
+    for name, (jitted, args, static) in targets.items():
+        # `shrink` does not take the weights, which stay on the chips meanwhile.
+        held = {**resident, "decoding_weights": params} if name == "shrink" else resident
+        hlo = hlo_file if name == "decode_k_steps" else None
+        reports[name] = _compile_report(jitted, args, hlo_file=hlo, static=static, resident=held, **common)
+    programs_peak = {name: rep.peak_bytes_per_chip for name, rep in reports.items()}
     report = max(reports.values(), key=lambda rep: rep.peak_bytes_per_chip)
     return dataclasses.replace(
-        report, shapes={**shapes, "programs": programs}, fits=all(rep.fits for rep in reports.values())
+        report, shapes={**shapes, "programs": programs_peak}, fits=all(rep.fits for rep in reports.values())
     )

@@ -16,6 +16,7 @@ import string
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Literal
 
 import jax
 import numpy as np
@@ -28,7 +29,7 @@ from gift_jax.evaluation.benchmarks import BenchmarkProblem
 from gift_jax.evaluation.metrics import avg_at_k, markdown_table, mean_pass_at_k
 from gift_jax.models import Transformer
 from gift_jax.rewards import RewardScorer, is_correct
-from gift_jax.rollout import SampleResult, SamplingConfig, sample, slots_for_budget
+from gift_jax.rollout import SampleResult, SamplingConfig, run_engine
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +41,8 @@ class EvalConfig:
     max_new_tokens: response budget; a response cut there scores on what it has.
     problems_per_batch: problems per sampler call (rows = problems_per_batch * num_samples).
     seed: batch b of a benchmark samples with `fold_in(key(seed), b)`.
-    max_concurrent_rows: decode slots of the rollout engine (None: sized from max_new_tokens).
+    max_concurrent_rows: decode slots of the rollout engine ("auto": sized by the engine; None: the
+      static reference, every row at once).
     """
 
     num_samples: int = 4
@@ -50,7 +52,7 @@ class EvalConfig:
     max_new_tokens: int = 8192
     problems_per_batch: int = 32
     seed: int = 0
-    max_concurrent_rows: int | None = None
+    max_concurrent_rows: int | Literal["auto"] | None = "auto"
 
     def __post_init__(self):
         if self.problems_per_batch < 1:
@@ -65,7 +67,7 @@ class EvalConfig:
             top_p=self.top_p,
             stop_ids=tokenizer.stop_ids,
             pad_id=tokenizer.pad_id,
-            max_concurrent_rows=self.max_concurrent_rows or slots_for_budget(self.max_new_tokens),
+            max_concurrent_rows=self.max_concurrent_rows,
         )
 
 
@@ -207,7 +209,7 @@ def evaluate_problems(
         for batch, start in enumerate(range(0, len(problems), config.problems_per_batch)):
             chunk = problems[start : start + config.problems_per_batch]
             rng = jax.random.fold_in(jax.random.key(config.seed), batch)
-            result = sample(model, prompt_ids[start : start + len(chunk)], sampling, rng, mesh=mesh)
+            result, _ = run_engine(model, prompt_ids[start : start + len(chunk)], sampling, rng, mesh=mesh)
             texts = response_texts(result, tokenizer)
             batch_correct, batch_failures = score_responses(scorer, chunk, texts, n)
             correct.append(batch_correct)

@@ -31,15 +31,16 @@ from gift_jax.data import load_tokenizer, read_records
 from gift_jax.data.prompt_stream import PromptStream
 from gift_jax.data.unknown_tokens import check_record_fields
 from gift_jax.evaluation.benchmarks import load_benchmark, read_benchmark_records
-from gift_jax.evaluation.evaluate import EvalConfig, evaluate_problems
+from gift_jax.evaluation.evaluate import evaluate_problems
 from gift_jax.parallel import place_global_batch
 from gift_jax.rewards import RewardScorer, is_correct
 from gift_jax.rl.algorithms import ALGORITHMS, GRPO, RLContext
 from gift_jax.rl.config import RLStageConfig, validate_rl_config
 from gift_jax.rl.grpo import grpo_advantages
+from gift_jax.rl.rollout_settings import needs_base, rollout_sampling, validation_config
 from gift_jax.rl.rollouts import group_outcomes, update_batch
 from gift_jax.rl.step import RLStepConfig, rl_train_step, rollout_logprobs
-from gift_jax.rollout import SamplingConfig, run_engine, slots_for_budget
+from gift_jax.rollout import SamplingConfig, run_engine
 from gift_jax.runtime.batching import split_minibatches
 from gift_jax.runtime.optim import make_optimizer
 from gift_jax.runtime.run import StageRun, jit_update, loading_phase, param_shardings
@@ -219,9 +220,9 @@ def jit_rl_update(step_config: RLStepConfig, state, mesh, *, graphdef, tx):
 
 def _build_step(config: RLStageConfig, run: StageRun, scorer, tokenizer, records, sizes, total_steps: int):
     """Policy, base, optimizer, algorithm and jitted functions -> (initial state, `_RLStep`)."""
-    m, r, a = config.model, config.rollout, config.algo
+    r, a = config.rollout, config.algo
     graphdef, params = run.load_policy()
-    base_params = run.load_base()[1] if m.base_path and (a.kl_coef or a.track_kl_to_base) else None
+    base_params = run.load_base()[1] if needs_base(config) else None
     tx = make_optimizer(config.optim, total_steps * sizes.mini_batches * a.ppo_epochs)
     state = init_train_state(params, tx, run.mesh)
     algorithm = ALGORITHMS[a.method](
@@ -237,17 +238,7 @@ def _build_step(config: RLStageConfig, run: StageRun, scorer, tokenizer, records
             num_micro=sizes.mini_batches * sizes.num_micro,
         )
     )
-    sampling = SamplingConfig(
-        max_new_tokens=r.max_new_tokens,
-        num_samples=algorithm.samples_per_prompt(r.group_size),
-        temperature=r.temperature,
-        top_k=r.top_k,
-        top_p=r.top_p,
-        stop_ids=tokenizer.stop_ids,
-        pad_id=tokenizer.pad_id,
-        max_concurrent_rows=r.max_concurrent_rows or slots_for_budget(r.max_new_tokens),
-        shrink_tail=r.shrink_tail,
-    )
+    sampling = rollout_sampling(config, stop_ids=tokenizer.stop_ids, pad_id=tokenizer.pad_id)
     return state, _RLStep(
         config, tokenizer, algorithm, scorer, run.mesh, sizes, graphdef, base_params, update_fn, logprob_fn, sampling
     )
@@ -255,7 +246,7 @@ def _build_step(config: RLStageConfig, run: StageRun, scorer, tokenizer, records
 
 def run_rl_stage(config: RLStageConfig, workdir: str | Path, *, max_steps: int | None = None) -> dict:
     """Runs (or resumes) the RL stage in `workdir`; returns a summary dict."""
-    m, d, r, a, t = config.model, config.data, config.rollout, config.algo, config.train
+    m, d, a, t = config.model, config.data, config.algo, config.train
     keys = (d.prompt_key, d.answer_key) + ((d.expert_key,) if ALGORITHMS[a.method].reads_expert else ())
     with loading_phase():
         sizes = validate_rl_config(config, num_devices=jax.device_count())
@@ -272,13 +263,7 @@ def run_rl_stage(config: RLStageConfig, workdir: str | Path, *, max_steps: int |
         )
         stream = PromptStream(records, seed=t.seed)  # the whole batch on every process (module docstring)
         val_problems = _validation_problems(d) if d.val_file else None
-        eval_config = EvalConfig(
-            num_samples=t.eval_k,
-            temperature=t.eval_temperature,
-            seed=t.seed,
-            max_new_tokens=t.eval_max_new_tokens or r.max_new_tokens,
-            max_concurrent_rows=r.max_concurrent_rows,
-        )
+        eval_config = validation_config(config)
         state, rl_step = _build_step(config, run, scorer, tokenizer, records, sizes, total_steps)
         state, meta = run.resume(state, stop_at=stop_at)
         if meta:

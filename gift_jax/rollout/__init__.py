@@ -1,37 +1,28 @@
-"""Rollouts: KV-cache sampling from the policy, as one static batch (`sampler.py`) or on the
-continuous-batching engine (`engine.py`)."""
+"""Rollouts: KV-cache sampling from the policy with one decode step (`decode_step.py`), scheduled by
+the continuous-batching engine or as the static reference (`engine.run_engine`)."""
 
 from gift_jax.rollout.bucketing import bucket_size
-from gift_jax.rollout.engine import (
-    EngineShape,
-    EngineStats,
-    RolloutAborted,
-    abstract_decode_inputs,
-    run_engine,
-    sample_continuous,
-    slots_for_budget,
-)
-from gift_jax.rollout.sampler import Generation, SampleResult, SamplingConfig, generate, left_pad, sample, sample_static
+from gift_jax.rollout.decode_step import DecodeState, EngineShape
+from gift_jax.rollout.engine import EngineStats, RolloutAborted, run_engine, slots_for_budget
+from gift_jax.rollout.programs import EnginePrograms, engine_programs
 from gift_jax.rollout.token_sampling import TokenChoice, TokenRule, choose_tokens, first_argmax
+from gift_jax.rollout.types import SampleResult, SamplingConfig, StopRule
 
 __all__ = [
+    "DecodeState",
+    "EnginePrograms",
     "EngineShape",
     "EngineStats",
-    "Generation",
-    "SampleResult",
     "RolloutAborted",
+    "SampleResult",
     "SamplingConfig",
+    "StopRule",
     "TokenChoice",
     "TokenRule",
-    "abstract_decode_inputs",
     "bucket_size",
     "choose_tokens",
+    "engine_programs",
     "first_argmax",
-    "generate",
-    "left_pad",
     "run_engine",
-    "sample",
-    "sample_continuous",
-    "sample_static",
     "slots_for_budget",
 ]

@@ -16,7 +16,7 @@ from gift_jax.evaluation.evaluate import EvalConfig
 from gift_jax.evaluation.metrics import mean_pass_at_k
 from gift_jax.models import load_hf
 from gift_jax.rewards import RewardScorer
-from gift_jax.rollout import SamplingConfig, sample
+from gift_jax.rollout import SamplingConfig, run_engine
 from gift_jax.toy.presets import Preset
 from gift_jax.toy.styles import BOXED_PREFIX, STYLE_HEADERS, classify_style
 
@@ -74,7 +74,7 @@ def style_skill(model_dir: Path, problems, budget: int) -> dict[str, float]:
     skill = {}
     for style, header in STYLE_HEADERS.items():
         prompts = [tokenizer.encode_prompt(p.prompt) + tokenizer.encode(header) for p in problems]
-        result = sample(model, prompts, config, jax.random.key(0))
+        result, _ = run_engine(model, prompts, config, jax.random.key(0))
         texts = [
             tokenizer.decode(ids[:n], skip_special_tokens=True) for ids, n in zip(result.completion_ids, result.lengths)
         ]

@@ -1,5 +1,6 @@
 """The compile-only fit check: the trainer's step compiled from abstract inputs, figures read back."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -10,6 +11,9 @@ import pytest
 
 from experiments import aot_compile
 from gift_jax.aot import collective_bytes, required_bytes_from_error
+from gift_jax.config_io import load_config
+from gift_jax.rl.config import RLStageConfig
+from gift_jax.rl.rollout_settings import rollout_sampling
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -83,22 +87,14 @@ def test_init_step_compiles_for_the_local_backend(tmp_path):
     assert "while" in hlo.read_text()  # the micro-batch scan
 
 
+RL_CONFIG = str(ROOT / "experiments/configs/rl_paper_grpo.yaml")
+# One RL step of 4 prompts x 4 rollouts: a mini-batch of 16 rows, 2 per device on the 8-device mesh.
+RL_SMALL = ["--set", "algo.mini_batch_prompts=4", "--set", "train.prompts_per_step=4", "--set", "rollout.group_size=4"]
+
+
 @pytest.mark.slow
 def test_rl_update_and_sampler_compile_for_the_local_backend(tmp_path):
-    rl = [
-        "--config",
-        str(ROOT / "experiments/configs/rl_paper_grpo.yaml"),
-        "--set",
-        "algo.mini_batch_prompts=4",
-        "--set",
-        "train.prompts_per_step=4",
-        "--set",
-        "rollout.group_size=4",
-        "--set",
-        "rollout.max_new_tokens=16",
-        "--prompt-length",
-        "8",
-    ]
+    rl = ["--config", RL_CONFIG, *RL_SMALL, "--set", "rollout.max_new_tokens=16", "--prompt-length", "8"]
     for stage in ("rl", "rollout"):
         out = tmp_path / f"{stage}.json"
         assert aot_compile.main([*rl, *TINY, "--stage", stage, "--json", str(out)]) == 0
@@ -196,3 +192,24 @@ def test_init_step_compiles_for_a_tpu_slice(tmp_path):
     assert report["shapes"]["mesh"]["fsdp"] == 4
     assert report["shapes"]["attention"] == "splash"  # the yaml's `auto`, resolved for the TPU target
     assert sum(report["collective_bytes"].values()) > 0  # FSDP over 4 chips moves weights / gradients
+
+
+@pytest.mark.slow
+def test_the_rollout_fit_compiles_the_runs_own_sampling_rule(tmp_path):
+    """The fit check takes its token rule where the trainer does (`rl.rollout_settings`): with top_p < 1
+    its decode program sorts the vocabulary (nucleus filter); with top_p = 1 it does not."""
+    small = [*RL_SMALL, "--set", "rollout.max_new_tokens=8", "--set", "rollout.shrink_tail=false"]
+    sorts = {}
+    for top_p in (0.9, 1.0):
+        out, hlo = tmp_path / f"{top_p}.json", tmp_path / f"{top_p}.hlo"
+        overrides = [*small, "--set", f"rollout.top_p={top_p}"]
+        args = ["--config", RL_CONFIG, *overrides, *TINY, "--stage", "rollout", "--json", str(out), "--hlo", str(hlo)]
+        args += ["--prompt-length", "4"]
+        assert aot_compile.main(args) == 0
+        report = json.loads(out.read_text())
+        run_config = load_config(RLStageConfig, RL_CONFIG, overrides[1::2])  # the values after each --set
+        run_rule = rollout_sampling(run_config).token_rule()
+        assert report["shapes"]["token_rule"] == {"temperature": 1.0, "top_k": 0, "top_p": top_p}
+        assert report["shapes"]["token_rule"] == dataclasses.asdict(run_rule)
+        sorts[top_p] = " sort(" in hlo.read_text()
+    assert sorts == {0.9: True, 1.0: False}, sorts

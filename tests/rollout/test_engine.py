@@ -1,4 +1,4 @@
-"""The continuous-batching engine against the static sampler: scheduling never changes the samples."""
+"""The continuous-batching engine against the static reference: scheduling never changes the samples."""
 
 import dataclasses
 
@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from gift_jax.rollout import SamplingConfig, run_engine, sample
+from gift_jax.rollout import SamplingConfig, run_engine
 from gift_jax.rollout.engine import shrink_plan, spread_over_devices
 from tests.rollout.test_sampler import PROMPTS, tiny_policy
 
@@ -20,11 +20,11 @@ def policy():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_engine_with_1_3_64_slots_equals_static_sampler(policy, temperature):
+def test_engine_with_1_3_64_slots_equals_the_static_reference(policy, temperature):
     config = SamplingConfig(
         max_new_tokens=20, num_samples=3, temperature=temperature, stop_ids=(3, 7), decode_steps_per_call=4
     )
-    static = sample(policy, PROMPTS, config, jax.random.key(4), budgets=BUDGETS)
+    static = run_engine(policy, PROMPTS, config, jax.random.key(4), budgets=BUDGETS)[0]
     assert static.truncated.any() and (~static.truncated).any()  # a mix of stops and cut rows
     assert len(set(static.lengths.tolist())) >= 3
     for slots in (1, 3, 64):

@@ -9,10 +9,8 @@ from flax import nnx
 
 from gift_jax.aot.hlo_stats import collectives
 from gift_jax.parallel import MeshConfig, make_mesh, shard_model
-from gift_jax.rollout import EngineShape, SamplingConfig, abstract_decode_inputs, run_engine
-from gift_jax.rollout.engine import decode_k_steps_jit
+from gift_jax.rollout import EngineShape, SamplingConfig, engine_programs, run_engine
 from gift_jax.rollout.layout import decoding_layout
-from gift_jax.rollout.token_sampling import TokenRule
 from tests.rollout.test_sampler import PROMPTS, tiny_policy
 
 MESH = MeshConfig(data=1, fsdp=4, tensor=2)
@@ -58,12 +56,13 @@ def test_decoding_layout_needs_fewer_collectives_per_token():
     mesh = make_mesh(MESH)
     training = shard_model(tiny_policy(), mesh)
     shape = EngineShape(slots=4, max_len=64, rows=8, max_new_bucket=32)
+    sampling = SamplingConfig(max_new_tokens=32, temperature=0.0, decode_steps_per_call=1)
+    programs = engine_programs(training.config, sampling, shape, mesh)
     totals = {}
     for name, model in (("training", training), ("decoding", decoding_layout(training, mesh))):
-        graphdef, params, state = abstract_decode_inputs(model, shape, mesh=mesh)
-        compiled = decode_k_steps_jit.lower(
-            graphdef, params, state, steps=1, rule=TokenRule(0.0), stop_ids=(), pad_id=0
-        ).compile()
+        targets = programs.compile_targets(*nnx.split(model), prompts=1, new_rows=1, width=16)
+        jitted, args, static = targets["decode_k_steps"]
+        compiled = jitted.lower(*args, **static).compile()
         found = collectives(compiled.as_text())
         totals[name] = (sum(n for n, _ in found.values()), sum(b for _, b in found.values()))
     assert totals["training"][0] > 0

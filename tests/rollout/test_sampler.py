@@ -1,4 +1,5 @@
-"""The KV-cache sampler against the training forward: log-probs, greedy paths, stopping, layout."""
+"""Rollouts (the static reference schedule) against the training forward: log-probs, greedy paths,
+stopping, grouping, layout, compilation reuse."""
 
 import jax
 import numpy as np
@@ -7,7 +8,8 @@ from flax import nnx
 
 from gift_jax.models import ModelConfig, Transformer
 from gift_jax.parallel import MeshConfig, make_mesh, shard_model
-from gift_jax.rollout import SamplingConfig, generate, sample
+from gift_jax.rollout import SamplingConfig, run_engine
+from gift_jax.rollout.programs import generate_program
 from tests.rollout.designed_model import bigram_model, chain, token_ids
 
 TINY = ModelConfig(
@@ -67,7 +69,7 @@ def _full_forward_greedy(model, prompt, steps, width=16):
 
 def test_logprobs_equal_teacher_forced_training_forward(policy):
     config = SamplingConfig(max_new_tokens=12, num_samples=2, temperature=0.7, top_p=0.9, top_k=20)
-    result = sample(policy, PROMPTS, config, jax.random.key(1))
+    result = run_engine(policy, PROMPTS, config, jax.random.key(1))[0]
     expected = _teacher_forced_logprobs(policy, result, temperature=0.7)
     on = result.completion_mask == 1
     assert on.sum() == 8 * 12
@@ -89,7 +91,7 @@ def test_designed_distribution_is_sampled_at_the_temperature():
     model, _ = bigram_model(successors, {box[0]: 1.0}, vocab_size=320)
     temperature, n = 0.6, 256
     config = SamplingConfig(max_new_tokens=10, num_samples=n, temperature=temperature, stop_ids=(eos,))
-    result = sample(model, [[5, 7, 11]], config, jax.random.key(5))
+    result = run_engine(model, [[5, 7, 11]], config, jax.random.key(5))[0]
 
     assert (result.lengths == 6).all() and not result.truncated.any()
     assert (result.completion_ids[:, [0, 1, 2, 4, 5]] == [*box, close, eos]).all()
@@ -106,7 +108,7 @@ def test_designed_distribution_is_sampled_at_the_temperature():
 
 
 def test_greedy_equals_full_forward_argmax(policy):
-    result = sample(policy, PROMPTS, SamplingConfig(max_new_tokens=8, temperature=0.0), jax.random.key(0))
+    result = run_engine(policy, PROMPTS, SamplingConfig(max_new_tokens=8, temperature=0.0), jax.random.key(0))[0]
     for row, prompt in enumerate(PROMPTS):
         assert result.completion_ids[row].tolist() == _full_forward_greedy(policy, prompt, 8)
     assert result.truncated.all() and (result.lengths == 8).all()
@@ -114,10 +116,10 @@ def test_greedy_equals_full_forward_argmax(policy):
 
 def test_rows_stop_at_their_first_stop_token_and_are_padded_after(policy):
     n, pad = 10, 63
-    free = sample(policy, PROMPTS, SamplingConfig(max_new_tokens=n, temperature=0.0), jax.random.key(0))
+    free = run_engine(policy, PROMPTS, SamplingConfig(max_new_tokens=n, temperature=0.0), jax.random.key(0))[0]
     stop = int(free.completion_ids[0, 3])  # a token row 0 produces: some rows stop, maybe not all
     config = SamplingConfig(max_new_tokens=n, temperature=0.0, stop_ids=(stop,), pad_id=pad)
-    result = sample(policy, PROMPTS, config, jax.random.key(0))
+    result = run_engine(policy, PROMPTS, config, jax.random.key(0))[0]
     for row in range(len(PROMPTS)):
         hits = np.flatnonzero(free.completion_ids[row] == stop)
         length = int(hits[0]) + 1 if hits.size else n
@@ -132,7 +134,7 @@ def test_rows_stop_at_their_first_stop_token_and_are_padded_after(policy):
 
 def test_samples_are_grouped_by_prompt(policy):
     config = SamplingConfig(max_new_tokens=6, num_samples=3, temperature=1.0)
-    result = sample(policy, PROMPTS, config, jax.random.key(2))
+    result = run_engine(policy, PROMPTS, config, jax.random.key(2))[0]
     assert result.completion_ids.shape == (12, 6)
     for i, prompt in enumerate(PROMPTS):
         for row in range(3 * i, 3 * i + 3):
@@ -142,9 +144,11 @@ def test_samples_are_grouped_by_prompt(policy):
 
 
 def test_top_k_one_and_tiny_top_p_equal_greedy(policy):
-    greedy = sample(policy, PROMPTS, SamplingConfig(max_new_tokens=8, temperature=0.0), jax.random.key(0))
+    greedy = run_engine(policy, PROMPTS, SamplingConfig(max_new_tokens=8, temperature=0.0), jax.random.key(0))[0]
     for rule in ({"top_k": 1}, {"top_p": 1e-6}):
-        result = sample(policy, PROMPTS, SamplingConfig(max_new_tokens=8, temperature=1.5, **rule), jax.random.key(3))
+        result = run_engine(
+            policy, PROMPTS, SamplingConfig(max_new_tokens=8, temperature=1.5, **rule), jax.random.key(3)
+        )[0]
         assert (result.completion_ids == greedy.completion_ids).all(), rule
 
 
@@ -157,35 +161,37 @@ def test_sharded_on_8_devices_equals_single_device():
         SamplingConfig(max_new_tokens=8, temperature=0.0),
         SamplingConfig(max_new_tokens=8, temperature=1.0, num_samples=2),
     ):
-        a = sample(single, prompts, config, jax.random.key(4))
-        b = sample(sharded, prompts, config, jax.random.key(4), mesh=mesh)
+        a = run_engine(single, prompts, config, jax.random.key(4))[0]
+        b = run_engine(sharded, prompts, config, jax.random.key(4), mesh=mesh)[0]
         assert a.completion_ids.shape == b.completion_ids.shape == (3 * config.num_samples, 8)
         assert (a.completion_ids == b.completion_ids).all()
         np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5)
 
 
 def test_no_recompilation_inside_a_bucket(policy):
-    # Widths <= 16, budgets <= 16 and 3 or 4 rows all share one bucket: (rows 4, width 16, length 16).
+    # Prefixes (all but the last prompt token) <= 16, budgets <= 16 and 3 or 4 rows share one bucket.
     calls = [([[1, 2, 3, 4, 5]] * 3, 5), ([[1] * 9, [2] * 12, [3], [4] * 2], 11), ([[3] * 16] * 3, 16)]
 
     def config(budget):
         return SamplingConfig(max_new_tokens=budget, temperature=0.9, stop_ids=(0,))
 
-    sample(policy, calls[0][0], config(calls[0][1]), jax.random.key(0))
-    compiled = generate._cache_size()
+    run_engine(policy, calls[0][0], config(calls[0][1]), jax.random.key(0))
+    compiled = generate_program._cache_size()
     for prompts, budget in calls[1:]:
-        result = sample(policy, prompts, config(budget), jax.random.key(0))
+        result = run_engine(policy, prompts, config(budget), jax.random.key(0))[0]
         assert result.completion_ids.shape == (len(prompts), budget)
-    assert generate._cache_size() == compiled
-    sample(policy, [[1] * 17] * 3, config(5), jax.random.key(0))  # next prompt bucket: one new compilation
-    assert generate._cache_size() == compiled + 1
+    assert generate_program._cache_size() == compiled
+    run_engine(
+        policy, [[1] * 18] * 3, config(5), jax.random.key(0)
+    )  # a 17-token prefix: the next bucket, one compilation
+    assert generate_program._cache_size() == compiled + 1
 
 
 def test_bad_prompts_are_rejected(policy):
     config = SamplingConfig(max_new_tokens=4)
     with pytest.raises(ValueError, match="prompt 1 is empty"):
-        sample(policy, [[1], []], config, jax.random.key(0))
+        run_engine(policy, [[1], []], config, jax.random.key(0))[0]
     with pytest.raises(ValueError, match=f"prompt 0 holds token id {TINY.vocab_size}"):
-        sample(policy, [[TINY.vocab_size]], config, jax.random.key(0))
+        run_engine(policy, [[TINY.vocab_size]], config, jax.random.key(0))[0]
     with pytest.raises(ValueError, match="stop / pad id 99"):
-        sample(policy, [[1]], SamplingConfig(max_new_tokens=4, stop_ids=(99,)), jax.random.key(0))
+        run_engine(policy, [[1]], SamplingConfig(max_new_tokens=4, stop_ids=(99,)), jax.random.key(0))[0]

@@ -1,0 +1,250 @@
+"""The decode step: one state and one step function, shared by the engine's loop and the static
+reference (the shape of gemma's sampler: a `_SamplingState` and one `_sample_step`).
+
+`DecodeState` holds S slots (decode rows) and the outputs of R request rows. A slot carries the row it
+fills (`row`, R when idle), the token it runs next (`feed`), its base key, how many tokens its row has
+generated and may generate, and whether it is alive. `decode_step` runs every slot through the model
+once, draws each live row's next token and writes it straight into the row's outputs (indexed by
+request row, never by slot, so nothing is gathered when a row ends and the result comes back in
+request order); a row that draws a stop token or reaches its budget leaves its slot idle.
+
+Rows sit in their slot from cache position 0: prompt tokens at `[0, p - 1)`, the last prompt token
+fed by the first decode step, generated tokens after. Each row's draws are keyed by (prompt, sample,
+position) (`token_sampling.row_keys`), so which slot a row decodes in, and when, never changes its
+samples.
+
+- `insert` prefills a few prompts once each (the n samples of a prompt copy one prefill's cache rows)
+  and places new rows in free slots;
+- `decode_steps` runs K steps (the engine, between scheduling rounds); `decode_until_done` runs
+  until every slot is idle (the static reference);
+- `shrink` moves the slots into fewer (the engine's tail).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, PartitionSpec as P
+
+from gift_jax.models import KVCache, ModelConfig, Transformer, init_cache
+from gift_jax.parallel import logical_to_spec
+from gift_jax.rollout.token_sampling import TokenRule, choose_tokens, position_keys
+from gift_jax.rollout.types import KV_AXES, StopRule, constrain_cache
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineShape:
+    """Static sizes of one rollout (hashable: a static jit argument).
+
+    slots: decode rows. max_len: cache positions per slot (prompt bucket + generation bucket, rounded
+    up by `cache_length`). rows: request rows (prompts x samples). max_new_bucket: width of the output
+    buffers. cache_dtype: None = the model's compute dtype, or e.g. "bfloat16".
+    """
+
+    slots: int
+    max_len: int
+    rows: int
+    max_new_bucket: int
+    cache_dtype: str | None = None
+
+
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=[
+        "cache",
+        "feed",
+        "keys",
+        "row",
+        "count",
+        "budget",
+        "alive",
+        "tokens",
+        "logprobs",
+        "entropies",
+        "lengths",
+        "stopped",
+        "busy_slot_steps",
+    ],
+    meta_fields=[],
+)
+@dataclasses.dataclass(frozen=True)
+class DecodeState:
+    """Device state of a rollout (S slots, R request rows, N_b bucketed generation length).
+
+    cache: `KVCache` with a per-slot `[S]` index. Per slot `[S]`: feed int32 (the token it runs next),
+    keys (its row's base key), row int32 (the request row it fills; R when idle), count int32 (tokens
+    its row has generated), budget int32, alive bool. Per request row: tokens `[R, N_b]` int32,
+    logprobs / entropies `[R, N_b]` float32, lengths `[R]` int32, stopped `[R]` bool.
+    busy_slot_steps `[]` int32: live slots summed over decode steps (occupancy = busy / slot-steps).
+    """
+
+    cache: KVCache
+    feed: jax.Array
+    keys: jax.Array
+    row: jax.Array
+    count: jax.Array
+    budget: jax.Array
+    alive: jax.Array
+    tokens: jax.Array
+    logprobs: jax.Array
+    entropies: jax.Array
+    lengths: jax.Array
+    stopped: jax.Array
+    busy_slot_steps: jax.Array
+
+    def replace(self, **changes) -> DecodeState:
+        return dataclasses.replace(self, **changes)
+
+
+SLOT_FIELDS = ("feed", "keys", "row", "count", "budget", "alive")  # the per-slot vectors besides the cache
+
+
+def init_state(model_config: ModelConfig, shape: EngineShape, pad_id: int, mesh: Mesh | None = None) -> DecodeState:
+    """Idle slots and empty outputs (call under jit so the cache is created on device)."""
+    s, r = shape.slots, shape.rows
+    cache = init_cache(model_config, s, shape.max_len, dtype=shape.cache_dtype and jnp.dtype(shape.cache_dtype))
+    cache = cache._replace(index=jnp.zeros((s,), jnp.int32))
+    if mesh is not None:
+        cache = constrain_cache(cache, mesh)
+    return DecodeState(
+        cache=cache,
+        feed=jnp.full((s,), pad_id, jnp.int32),
+        keys=jax.random.split(jax.random.key(0), s),
+        row=jnp.full((s,), r, jnp.int32),
+        count=jnp.zeros((s,), jnp.int32),
+        budget=jnp.zeros((s,), jnp.int32),
+        alive=jnp.zeros((s,), bool),
+        tokens=jnp.full((r, shape.max_new_bucket), pad_id, jnp.int32),
+        logprobs=jnp.zeros((r, shape.max_new_bucket), jnp.float32),
+        entropies=jnp.zeros((r, shape.max_new_bucket), jnp.float32),
+        lengths=jnp.zeros((r,), jnp.int32),
+        stopped=jnp.zeros((r,), bool),
+        busy_slot_steps=jnp.zeros((), jnp.int32),
+    )
+
+
+def insert(
+    model: Transformer,
+    state: DecodeState,
+    prefix_ids: jax.Array,
+    prefix_mask: jax.Array,
+    source: jax.Array,
+    slot: jax.Array,
+    last_token: jax.Array,
+    keys: jax.Array,
+    row: jax.Array,
+    budget: jax.Array,
+) -> DecodeState:
+    """Prefills U prompts once and places M new rows, copied from them, into free slots.
+
+    Args:
+      model: the policy (decoding copy).
+      state: the rollout state.
+      prefix_ids, prefix_mask: `[U, W]` int32, each prompt but its last token, right-padded (a
+        one-token prompt has an empty prefix).
+      source: `[M]` int32, which prefilled prompt each new row copies.
+      slot: `[M]` int32, the free slot it goes to (S for padding entries, which are dropped).
+      last_token: `[M]` int32, the prompt's last token (fed by the row's first decode step).
+      keys: `[M]` row base keys. row: `[M]` int32 request rows. budget: `[M]` int32.
+    """
+    num, width = prefix_ids.shape
+    prefill = init_cache(model.config, num, width, dtype=state.cache.k[0].dtype)
+    _, prefill = model.decode(prefix_ids, prefill, attention_mask=prefix_mask)
+    cache = state.cache
+    slots = cache.key_mask.shape[1]
+
+    def place(layer, fresh):
+        return layer.at[slot, :, :width].set(fresh[source], mode="drop")
+
+    cache = KVCache(
+        tuple(place(c, p) for c, p in zip(cache.k, prefill.k, strict=True)),
+        tuple(place(c, p) for c, p in zip(cache.v, prefill.v, strict=True)),
+        cache.key_mask.at[slot].set(jnp.pad(prefill.key_mask[source], ((0, 0), (0, slots - width))), mode="drop"),
+        cache.index.at[slot].set(jnp.sum(prefix_mask, axis=1)[source], mode="drop"),
+    )
+
+    def put(x, values):
+        return x.at[slot].set(values, mode="drop")
+
+    return state.replace(
+        cache=cache,
+        feed=put(state.feed, last_token),
+        keys=put(state.keys, keys),
+        row=put(state.row, row),
+        count=put(state.count, jnp.zeros_like(row)),
+        budget=put(state.budget, budget),
+        alive=put(state.alive, budget > 0),
+    )
+
+
+def decode_step(model: Transformer, state: DecodeState, token_rule: TokenRule, stop_rule: StopRule) -> DecodeState:
+    """One token for every live slot; rows that stop or reach their budget leave their slot idle."""
+    num_rows = state.lengths.shape[0]
+    alive = state.alive
+    logits, cache = model.decode(state.feed[:, None], state.cache, attention_mask=alive[:, None])
+    choice = choose_tokens(logits[:, -1], position_keys(state.keys, state.count), token_rule)
+    tokens = jnp.where(alive, choice.tokens, stop_rule.pad_id)
+    out_row = jnp.where(alive, state.row, num_rows)  # idle slots write out of range: dropped
+    hit_stop = alive & stop_rule.hits(tokens)
+    count = state.count + alive.astype(jnp.int32)
+    finished = alive & (hit_stop | (count >= state.budget))
+    # Idle slots keep index 0, so they do not widen the span decode attention visits.
+    index = jnp.where(alive & ~finished, cache.index, 0)
+    return state.replace(
+        cache=cache._replace(index=index),
+        feed=tokens,
+        count=count,
+        alive=alive & ~finished,
+        row=jnp.where(finished, num_rows, state.row),
+        tokens=state.tokens.at[out_row, state.count].set(tokens, mode="drop"),
+        logprobs=state.logprobs.at[out_row, state.count].set(choice.logprobs, mode="drop"),
+        entropies=state.entropies.at[out_row, state.count].set(choice.entropies, mode="drop"),
+        lengths=state.lengths.at[out_row].set(count, mode="drop"),
+        stopped=state.stopped.at[out_row].set(hit_stop, mode="drop"),
+        busy_slot_steps=state.busy_slot_steps + jnp.sum(alive, dtype=jnp.int32),
+    )
+
+
+def decode_steps(
+    model: Transformer, state: DecodeState, token_rule: TokenRule, stop_rule: StopRule, steps: int
+) -> DecodeState:
+    """`steps` decode steps (the engine's call between two scheduling rounds)."""
+    return jax.lax.fori_loop(0, steps, lambda _, s: decode_step(model, s, token_rule, stop_rule), state)
+
+
+def decode_until_done(
+    model: Transformer, state: DecodeState, token_rule: TokenRule, stop_rule: StopRule
+) -> DecodeState:
+    """Decode steps until every slot is idle (the static reference: no refill)."""
+    return jax.lax.while_loop(lambda s: jnp.any(s.alive), lambda s: decode_step(model, s, token_rule, stop_rule), state)
+
+
+def shrink(state: DecodeState, keep: jax.Array, mesh: Mesh | None = None) -> DecodeState:
+    """The state cut down to `S'` slots: new slot j is old slot `keep[j]`, counted within j's device.
+
+    keep: `[S']` int32 (from `engine.shrink_plan`). The slots are split over the mesh's batch axes in P
+    equal blocks; block b of the new slots takes from block b of the old, and `keep` holds local
+    indices (`0 <= keep < S / P`), so each device moves only its own cache rows (a `shard_map`-ed
+    take). A take by global index over the sharded slot axis would not: XLA partitions it as a
+    masked take on every device plus an all-reduce of the whole result. Without a mesh P = 1.
+    Request-row outputs are untouched.
+    """
+
+    def take(x, logical):
+        if mesh is None:
+            return x[keep]
+        spec = logical_to_spec(logical, x.shape, mesh)
+        local = jax.shard_map(lambda block, index: block[index], mesh=mesh, in_specs=(spec, P(spec[0])), out_specs=spec)
+        return local(x, keep)
+
+    cache = state.cache
+    cache = KVCache(
+        tuple(take(k, KV_AXES) for k in cache.k),
+        tuple(take(v, KV_AXES) for v in cache.v),
+        take(cache.key_mask, ("batch", None)),
+        take(cache.index, ("batch",)),
+    )
+    return state.replace(cache=cache, **{name: take(getattr(state, name), ("batch",)) for name in SLOT_FIELDS})
