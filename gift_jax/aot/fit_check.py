@@ -24,7 +24,8 @@ from gift_jax.aot.hlo_stats import collective_bytes, required_bytes_from_error
 from gift_jax.aot.topologies import LOCAL, hbm_bytes_per_chip, topology_devices
 from gift_jax.models import ModelConfig
 from gift_jax.models.attention import resolve_backend
-from gift_jax.parallel import make_mesh
+from gift_jax.models.paged_attention import backend_for
+from gift_jax.parallel import batch_parallelism, make_mesh
 from gift_jax.rl.config import RLStageConfig, validate_rl_config
 from gift_jax.rl.rollout_settings import needs_base, rollout_sampling
 from gift_jax.rl.trainer import jit_rl_update, rl_step_config
@@ -267,7 +268,9 @@ def rollout_fit(
       (`rl.rollout_settings.rollout_sampling`: the token rule with top-k / top-p, the slots):
       `decode_k_steps` (the hot loop), `insert` (the first scheduling round: every slot filled,
       each prompt prefilled once for its samples) and, with `rollout.shrink_tail`, `shrink` (the
-      first halving of the slots once no request waits: the old and the new state are both held);
+      first halving of the slots once no request waits);
+    - the paged KV cache: a pool that holds every slot's longest row, the paged attention of the
+      target's platform (the Pallas ragged paged-attention kernel on TPU);
     - the weights in the decoding layout (`rollout.layout`: compute dtype, replicated over the
       batch axes, split over `tensor`);
     - prompts of `prompt_length` tokens, output buffers for `train.prompts_per_step` x samples rows;
@@ -287,7 +290,14 @@ def rollout_fit(
 
     sampling = rollout_sampling(config)
     rows = config.train.prompts_per_step * sampling.num_samples
-    shape = engine_shape(sampling, slots=resolve_slots(sampling, rows, mesh), rows=rows, longest_prompt=prompt_length)
+    shape = engine_shape(
+        sampling,
+        slots=resolve_slots(sampling, rows, mesh),
+        rows=row_bucket(rows, sampling),
+        longest_prompt=prompt_length,
+        devices=batch_parallelism(mesh),
+        backend=backend_for(devices[0].platform),
+    )
     programs = engine_programs(decode_config, sampling, shape, mesh)
     # The first round fills every slot: slots / samples prompts prefilled, each copied `samples` times.
     prompts = row_bucket(-(-shape.slots // sampling.num_samples), sampling)
@@ -305,7 +315,10 @@ def rollout_fit(
         mesh,
         rows=rows,
         slots=shape.slots,
-        cache_len=shape.max_len,
+        page_size=shape.page_size,
+        pages_per_slot=shape.pages_per_slot,
+        pages=shape.pages,
+        paged_attention=shape.backend,
         decode_steps_per_call=sampling.decode_steps_per_call,
         prefill_prompts=prompts,
         decode_param_dtype=str(decode_config.param_dtype),

@@ -1,6 +1,6 @@
 """Decoder-only transformer (Qwen2 / Llama 3 layout) in Flax NNX, with a functional KV cache.
 
-Shapes: B batch, T new tokens, S cache slots, d hidden, H query heads, K kv heads, D head dim,
+Shapes: B batch, T new tokens, S cache positions, d hidden, H query heads, K kv heads, D head dim,
 F MLP width, V vocabulary. Kernels are stored `[in, out]` (torch Linear is `[out, in]`).
 
 Padding is handled by explicit `positions` and an `attention_mask` (1 = real token), so the same
@@ -8,8 +8,10 @@ code serves right-padded training batches and left-padded generation batches. Pa
 (several examples per row) pass `segment_ids` (0 = padding, one id per example) and per-example
 `positions`; attention then stays within each example. Without a cache the attention implementation
 is `config.attention` (see `gift_jax.models.attention`). Without a cache a
-query attends to earlier keys of the same call; with a cache (`KVCache`) the new keys are written at
-slots `[cache.index, cache.index + T)` and queries attend to every earlier valid slot.
+query attends to earlier keys of the same call; with a cache (`KVCache`, dense: a prefill) the new keys
+are written at positions `[cache.index, cache.index + T)` and queries attend to every earlier valid
+position. `decode_paged` is one decode step against a paged cache (`gift_jax.models.paged_attention`):
+each row attends over its own pages up to its own length.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from flax import nnx
 
 from gift_jax.models.attention import causal_attention
 from gift_jax.models.config import ModelConfig
-from gift_jax.models.decode_attention import block_size_for, blocked_decode_attention, write_at
+from gift_jax.models.paged_attention import PagedKVCache, paged_decode_attention
 from gift_jax.models.rope import apply_rope, inverse_frequencies
 from gift_jax.parallel.activations import (
     BATCH,
@@ -38,9 +40,9 @@ from gift_jax.parallel.activations import (
 
 
 class KVCache(NamedTuple):
-    """Per-layer keys and values plus which slots hold real tokens (a pytree; jit/donate friendly).
+    """Per-layer keys and values plus which positions hold real tokens (a pytree; jit/donate friendly).
 
-    k, v: tuples of `[B, K, S, D]` per layer; key_mask: `[B, S]` bool; index: next slot, `[]` int32
+    k, v: tuples of `[B, K, S, D]` per layer; key_mask: `[B, S]` bool; index: next position, `[]` int32
     shared by all rows or `[B]` int32 per row (rows holding sequences of different lengths).
     Heads before slots: each decode step then reads the cache in the layout the attention matmuls
     want (batch dims B, K leading, D contracted last), instead of transposing all of it every step.
@@ -53,11 +55,31 @@ class KVCache(NamedTuple):
 
 
 def init_cache(config: ModelConfig, batch: int, max_len: int, dtype=None) -> KVCache:
-    """An empty cache of `max_len` slots (dtype defaults to the compute dtype)."""
+    """An empty cache of `max_len` positions (dtype defaults to the compute dtype)."""
     dtype = dtype or config.jnp_dtype
     shape = (batch, config.num_kv_heads, max_len, config.head_dim)
     zeros = tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers))
     return KVCache(zeros, zeros, jnp.zeros((batch, max_len), bool), jnp.zeros((), jnp.int32))
+
+
+class PagedLayer(NamedTuple):
+    """One layer's view of a `PagedKVCache` (its pages, and the rows' page table, lengths and backend)."""
+
+    pages: tuple[jax.Array, ...]
+    page_table: jax.Array
+    lengths: jax.Array
+    backend: str
+
+
+def write_at(buffer: jax.Array, update: jax.Array, index: jax.Array, axis: int) -> jax.Array:
+    """`buffer` with `update` written from `index` along `axis`; index `[]` (all rows) or `[B]` (per row).
+
+    Both arrays lead with the batch dimension B. A per-row index writes row b at `index[b]`.
+    """
+    index = jnp.asarray(index)
+    if index.ndim == 0:
+        return jax.lax.dynamic_update_slice_in_dim(buffer, update, index, axis)
+    return jax.vmap(lambda b, u, i: jax.lax.dynamic_update_slice_in_dim(b, u, i, axis - 1))(buffer, update, index)
 
 
 class RMSNorm(nnx.Module):
@@ -96,9 +118,10 @@ class Attention(nnx.Module):
         self.config = config
 
     def __call__(self, x, positions, mask, inv_freq, cache_kv=None, cache_index=None):
-        """x `[B, T, d]`, positions `[B, T]` -> (`[B, T, d]`, new (k, v)).
+        """x `[B, T, d]`, positions `[B, T]` -> (`[B, T, d]`, new (k, v), or new pages when paged).
 
-        mask: with a cache, `[B, 1, T, S]` bool; without one, segment ids `[B, T]` int (0 = padding).
+        mask: with a dense cache, `[B, 1, T, S]` bool; without one, segment ids `[B, T]` int (0 =
+        padding); unused with a `PagedLayer` (T = 1: each row sees its own pages up to its length).
         """
         c = self.config
         b, t, _ = x.shape
@@ -108,18 +131,20 @@ class Attention(nnx.Module):
         q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
         if cache_kv is None:
             out = causal_attention(q, k, v, mask, backend=c.attention)
+        elif isinstance(cache_kv, PagedLayer):
+            paged = cache_kv
+            out, pages = paged_decode_attention(
+                q[:, 0], k[:, 0], v[:, 0], paged.pages, paged.page_table, paged.lengths, paged.backend
+            )
+            out = out[:, None]
         else:
             k_all, v_all = cache_kv
             k = write_at(k_all, k.swapaxes(1, 2).astype(k_all.dtype), cache_index, axis=2)
             v = write_at(v_all, v.swapaxes(1, 2).astype(v_all.dtype), cache_index, axis=2)
-            block = block_size_for(k.shape[2], t)
-            out = (
-                _cached_attention(q, k, v, mask)
-                if block is None
-                else blocked_decode_attention(q, k, v, mask, jnp.max(cache_index) + t, block)
-            )
+            out = _cached_attention(q, k, v, mask)
         out = constrain(out.reshape(b, t, c.num_heads * c.head_dim), (BATCH, LENGTH, HEADS))
-        return constrain(self.o_proj(out), (BATCH, LENGTH, EMBED)), (k, v)
+        new = pages if isinstance(cache_kv, PagedLayer) else (k, v)
+        return constrain(self.o_proj(out), (BATCH, LENGTH, EMBED)), new
 
 
 def _cached_attention(q, k, v, mask):
@@ -224,9 +249,28 @@ class Transformer(nnx.Module):
         return hidden
 
     def decode(self, input_ids, cache: KVCache, positions=None, attention_mask=None):
-        """Prefill (T > 1) or decode step (T = 1) against `cache` -> (logits `[B, T, V]`, new cache)."""
+        """Prefill (T > 1) or decode step (T = 1) against a dense `cache` -> (logits `[B, T, V]`, new cache)."""
         hidden, cache = self._forward(input_ids, positions, attention_mask, cache)
         return self.logits_from_hidden(hidden), cache
+
+    def decode_paged(self, tokens: jax.Array, cache: PagedKVCache) -> tuple[jax.Array, PagedKVCache]:
+        """One decode step against a paged cache: tokens `[B]` int -> (logits `[B, V]` float32, cache).
+
+        Row b's token sits at position `cache.lengths[b]` (its key and value are written there) and
+        attends over the row's positions `[0, lengths[b]]`; the returned cache counts one more token
+        per row (the caller resets rows that hold nothing).
+        """
+        c = self.config
+        positions = cache.lengths[:, None]
+        inv_freq = inverse_frequencies(c.head_dim, c.rope_theta, c.rope_scaling)
+        x = constrain(self.embed_tokens(tokens[:, None]), (BATCH, LENGTH, EMBED))
+        pages = []
+        for layer, layer_pages in zip(self.layers, cache.pages, strict=True):
+            paged = PagedLayer(layer_pages, cache.page_table, cache.lengths, cache.backend)
+            x, new_pages = layer(x, positions, None, inv_freq, paged)
+            pages.append(new_pages)
+        hidden = constrain(self.norm(x), (BATCH, LENGTH, EMBED))
+        return self.logits_from_hidden(hidden)[:, 0], cache.replace(pages=tuple(pages), lengths=cache.lengths + 1)
 
     def output_projection(self) -> jax.Array:
         """The `[d, V]` matrix mapping final hidden states to logits (tied embeddings transposed)."""

@@ -29,26 +29,32 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec as P
 
-from gift_jax.models import KVCache, ModelConfig, Transformer, init_cache
+from gift_jax.models import ModelConfig, Transformer, init_cache
+from gift_jax.models.paged_attention import SCRATCH_PAGE, PagedKVCache, init_paged_cache, write_prefill
 from gift_jax.parallel import logical_to_spec
 from gift_jax.rollout.token_sampling import TokenRule, choose_tokens, position_keys
-from gift_jax.rollout.types import KV_AXES, StopRule, constrain_cache
+from gift_jax.rollout.types import StopRule, constrain_cache
 
 
 @dataclasses.dataclass(frozen=True)
 class EngineShape:
     """Static sizes of one rollout (hashable: a static jit argument).
 
-    slots: decode rows. max_len: cache positions per slot (prompt bucket + generation bucket, rounded
-    up by `cache_length`). rows: request rows (prompts x samples). max_new_bucket: width of the output
-    buffers. cache_dtype: None = the model's compute dtype, or e.g. "bfloat16".
+    slots: decode rows S. rows: request rows R (prompts x samples, bucketed). max_new_bucket: width of
+    the output buffers. page_size: positions per page; pages_per_slot: the page table's width (a
+    row's prompt bucket + generation bucket); pages: the pool over all devices (scratch pages
+    included). cache_dtype: None = the model's compute dtype, or e.g. "bfloat16". backend: the paged
+    attention's (`models.paged_attention.BACKENDS`).
     """
 
     slots: int
-    max_len: int
     rows: int
     max_new_bucket: int
+    page_size: int
+    pages_per_slot: int
+    pages: int
     cache_dtype: str | None = None
+    backend: str = "xla"
 
 
 @functools.partial(
@@ -74,14 +80,15 @@ class EngineShape:
 class DecodeState:
     """Device state of a rollout (S slots, R request rows, N_b bucketed generation length).
 
-    cache: `KVCache` with a per-slot `[S]` index. Per slot `[S]`: feed int32 (the token it runs next),
+    cache: the paged KV cache (`PagedKVCache`: pages, `[S, pages per slot]` table, `[S]` lengths).
+    Per slot `[S]`: feed int32 (the token it runs next),
     keys (its row's base key), row int32 (the request row it fills; R when idle), count int32 (tokens
     its row has generated), budget int32, alive bool. Per request row: tokens `[R, N_b]` int32,
     logprobs / entropies `[R, N_b]` float32, lengths `[R]` int32, stopped `[R]` bool.
     busy_slot_steps `[]` int32: live slots summed over decode steps (occupancy = busy / slot-steps).
     """
 
-    cache: KVCache
+    cache: PagedKVCache
     feed: jax.Array
     keys: jax.Array
     row: jax.Array
@@ -103,10 +110,17 @@ SLOT_FIELDS = ("feed", "keys", "row", "count", "budget", "alive")  # the per-slo
 
 
 def init_state(model_config: ModelConfig, shape: EngineShape, pad_id: int, mesh: Mesh | None = None) -> DecodeState:
-    """Idle slots and empty outputs (call under jit so the cache is created on device)."""
+    """Idle slots, an empty pool and empty outputs (call under jit so the cache is created on device)."""
     s, r = shape.slots, shape.rows
-    cache = init_cache(model_config, s, shape.max_len, dtype=shape.cache_dtype and jnp.dtype(shape.cache_dtype))
-    cache = cache._replace(index=jnp.zeros((s,), jnp.int32))
+    cache = init_paged_cache(
+        model_config,
+        s,
+        shape.pages,
+        shape.page_size,
+        shape.pages_per_slot,
+        dtype=shape.cache_dtype and jnp.dtype(shape.cache_dtype),
+        backend=shape.backend,
+    )
     if mesh is not None:
         cache = constrain_cache(cache, mesh)
     return DecodeState(
@@ -137,6 +151,8 @@ def insert(
     keys: jax.Array,
     row: jax.Array,
     budget: jax.Array,
+    table: jax.Array,
+    pad_id: int = 0,
 ) -> DecodeState:
     """Prefills U prompts once and places M new rows, copied from them, into free slots.
 
@@ -148,26 +164,24 @@ def insert(
       source: `[M]` int32, which prefilled prompt each new row copies.
       slot: `[M]` int32, the free slot it goes to (S for padding entries, which are dropped).
       last_token: `[M]` int32, the prompt's last token (fed by the row's first decode step).
-      keys: `[M]` row base keys. row: `[M]` int32 request rows. budget: `[M]` int32.
+      keys: `[M]` row base keys. row: `[M]` int32 request rows (R for padding). budget: `[M]` int32.
+      table: `[S, pages per slot]` int32, the host's page table (`pages.PagePool.table`), the new
+        rows' pages included.
+      pad_id: the new rows' outputs start as padding (a row redone after preemption starts afresh).
     """
-    num, width = prefix_ids.shape
-    prefill = init_cache(model.config, num, width, dtype=state.cache.k[0].dtype)
-    _, prefill = model.decode(prefix_ids, prefill, attention_mask=prefix_mask)
+    s = state.alive.shape[0]
     cache = state.cache
-    slots = cache.key_mask.shape[1]
-
-    def place(layer, fresh):
-        return layer.at[slot, :, :width].set(fresh[source], mode="drop")
-
-    cache = KVCache(
-        tuple(place(c, p) for c, p in zip(cache.k, prefill.k, strict=True)),
-        tuple(place(c, p) for c, p in zip(cache.v, prefill.v, strict=True)),
-        cache.key_mask.at[slot].set(jnp.pad(prefill.key_mask[source], ((0, 0), (0, slots - width))), mode="drop"),
-        cache.index.at[slot].set(jnp.sum(prefix_mask, axis=1)[source], mode="drop"),
-    )
+    prefill = init_cache(model.config, prefix_ids.shape[0], prefix_ids.shape[1], dtype=cache.pages[0][0].dtype)
+    _, prefill = model.decode(prefix_ids, prefill, attention_mask=prefix_mask)
+    prefix_len = jnp.sum(prefix_mask, axis=1)[source]
+    cache = write_prefill(cache, prefill.k, prefill.v, source, slot, table[jnp.minimum(slot, s - 1)], prefix_len)
+    cache = cache.replace(page_table=table, lengths=cache.lengths.at[slot].set(prefix_len, mode="drop"))
 
     def put(x, values):
         return x.at[slot].set(values, mode="drop")
+
+    def clear(x, value):  # a row restarted after preemption writes its outputs afresh
+        return x.at[row].set(value, mode="drop")
 
     return state.replace(
         cache=cache,
@@ -177,28 +191,37 @@ def insert(
         count=put(state.count, jnp.zeros_like(row)),
         budget=put(state.budget, budget),
         alive=put(state.alive, budget > 0),
+        tokens=clear(state.tokens, pad_id),
+        logprobs=clear(state.logprobs, 0.0),
+        entropies=clear(state.entropies, 0.0),
     )
 
 
 def decode_step(model: Transformer, state: DecodeState, token_rule: TokenRule, stop_rule: StopRule) -> DecodeState:
-    """One token for every live slot; rows that stop or reach their budget leave their slot idle."""
+    """One token for every live slot; rows that stop or reach their budget leave their slot idle.
+
+    An idle slot holds no token (length 0) and its page-table row points at scratch: it writes there,
+    never into pages a live row (or a row sharing its prompt pages) still reads.
+    """
     num_rows = state.lengths.shape[0]
     alive = state.alive
-    logits, cache = model.decode(state.feed[:, None], state.cache, attention_mask=alive[:, None])
-    choice = choose_tokens(logits[:, -1], position_keys(state.keys, state.count), token_rule)
+    logits, cache = model.decode_paged(state.feed, state.cache)
+    choice = choose_tokens(logits, position_keys(state.keys, state.count), token_rule)
     tokens = jnp.where(alive, choice.tokens, stop_rule.pad_id)
     out_row = jnp.where(alive, state.row, num_rows)  # idle slots write out of range: dropped
     hit_stop = alive & stop_rule.hits(tokens)
     count = state.count + alive.astype(jnp.int32)
-    finished = alive & (hit_stop | (count >= state.budget))
-    # Idle slots keep index 0, so they do not widen the span decode attention visits.
-    index = jnp.where(alive & ~finished, cache.index, 0)
+    live = alive & ~(hit_stop | (count >= state.budget))
+    cache = cache.replace(
+        lengths=jnp.where(live, cache.lengths, 0),
+        page_table=jnp.where(live[:, None], cache.page_table, SCRATCH_PAGE),
+    )
     return state.replace(
-        cache=cache._replace(index=index),
+        cache=cache,
         feed=tokens,
         count=count,
-        alive=alive & ~finished,
-        row=jnp.where(finished, num_rows, state.row),
+        alive=live,
+        row=jnp.where(live, state.row, num_rows),
         tokens=state.tokens.at[out_row, state.count].set(tokens, mode="drop"),
         logprobs=state.logprobs.at[out_row, state.count].set(choice.logprobs, mode="drop"),
         entropies=state.entropies.at[out_row, state.count].set(choice.entropies, mode="drop"),
@@ -206,6 +229,16 @@ def decode_step(model: Transformer, state: DecodeState, token_rule: TokenRule, s
         stopped=state.stopped.at[out_row].set(hit_stop, mode="drop"),
         busy_slot_steps=state.busy_slot_steps + jnp.sum(alive, dtype=jnp.int32),
     )
+
+
+def schedule(state: DecodeState, table: jax.Array, keep: jax.Array) -> DecodeState:
+    """The state with the host's page table and without the slots it takes back (`keep` `[S]` bool
+    False: preempted rows, redone from the start later)."""
+    alive = state.alive & keep
+    cache = state.cache.replace(
+        page_table=jnp.where(alive[:, None], table, SCRATCH_PAGE), lengths=jnp.where(alive, state.cache.lengths, 0)
+    )
+    return state.replace(cache=cache, alive=alive, row=jnp.where(alive, state.row, state.lengths.shape[0]))
 
 
 def decode_steps(
@@ -227,10 +260,10 @@ def shrink(state: DecodeState, keep: jax.Array, mesh: Mesh | None = None) -> Dec
 
     keep: `[S']` int32 (from `engine.shrink_plan`). The slots are split over the mesh's batch axes in P
     equal blocks; block b of the new slots takes from block b of the old, and `keep` holds local
-    indices (`0 <= keep < S / P`), so each device moves only its own cache rows (a `shard_map`-ed
-    take). A take by global index over the sharded slot axis would not: XLA partitions it as a
-    masked take on every device plus an all-reduce of the whole result. Without a mesh P = 1.
-    Request-row outputs are untouched.
+    indices (`0 <= keep < S / P`), so each device moves only its own slots (a `shard_map`-ed take;
+    their pages stay where they are, in the device's pool). A take by global index over the sharded
+    slot axis would not: XLA partitions it as a masked take on every device plus an all-reduce of
+    the whole result. Without a mesh P = 1. Request-row outputs are untouched.
     """
 
     def take(x, logical):
@@ -241,10 +274,5 @@ def shrink(state: DecodeState, keep: jax.Array, mesh: Mesh | None = None) -> Dec
         return local(x, keep)
 
     cache = state.cache
-    cache = KVCache(
-        tuple(take(k, KV_AXES) for k in cache.k),
-        tuple(take(v, KV_AXES) for v in cache.v),
-        take(cache.key_mask, ("batch", None)),
-        take(cache.index, ("batch",)),
-    )
+    cache = cache.replace(page_table=take(cache.page_table, ("batch", None)), lengths=take(cache.lengths, ("batch",)))
     return state.replace(cache=cache, **{name: take(getattr(state, name), ("batch",)) for name in SLOT_FIELDS})

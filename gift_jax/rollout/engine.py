@@ -1,12 +1,19 @@
 """Rollouts: `run_engine`, the one entry point, and the host side of its scheduling.
 
-The static reference (`SamplingConfig.max_concurrent_rows=None`) gives every request row its own slot
-and decodes all of them in one program until the last one stops. The engine (a number of slots, the
-memory knob) is a host loop, JetStream-style, over the jitted programs of `programs.py`:
+The KV cache is paged (`models.paged_attention`): a pool of pages per device, which the host hands
+out to rows as they grow and takes back when they stop (`pages.PagePool`), so its memory follows the
+tokens held; and each row attends over its own pages only.
 
-- `insert` fills free slots with waiting rows (each prompt prefilled once for its samples);
+The static reference (`SamplingConfig.max_concurrent_rows=None`) gives every request row its own slot
+and all its pages, and decodes all of them in one program until the last one stops. The engine (a
+number of slots) is a host loop, JetStream-style, over the jitted programs of `programs.py`; a round:
+
+- pages for every live row's next K tokens; when a device's pool runs out, its latest rows give
+  theirs back and wait again (preemption: a redone row draws the same tokens, its draws are keyed);
+- `insert` fills free slots with waiting rows that have pages for their prompt (each prompt
+  prefilled once for its samples);
 - `decode` runs K decode steps for every slot; a row that stops or reaches its budget leaves its
-  slot idle, to be refilled at the next round;
+  slot idle and its pages free, to be refilled at the next round;
 - `shrink` (once no request waits, `SamplingConfig.shrink_tail`): the live rows move into half as
   many slots whenever they fit, so the tail, a few long rows, stops decoding idle slots.
 
@@ -27,8 +34,10 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from gift_jax.models import Transformer
+from gift_jax.models.paged_attention import backend_for
 from gift_jax.parallel import batch_parallelism, fetch_global
 from gift_jax.rollout.layout import decoding_layout
+from gift_jax.rollout.pages import PagePool
 from gift_jax.rollout.programs import (
     EnginePrograms,
     InsertBatch,
@@ -60,6 +69,7 @@ class EngineStats:
     busy_slot_steps: int
     prefilled_prompts: int
     seconds: float
+    preempted_rows: int = 0  # rows that gave their pages back when the pool ran out, and were redone
 
     @property
     def slot_occupancy(self) -> float:
@@ -81,6 +91,7 @@ class EngineStats:
             "rollout_slots": float(self.slots),
             "rollout_decode_steps": float(self.decode_steps),
             "rollout_slot_steps": float(self.slot_steps),
+            "rollout_preempted_rows": float(self.preempted_rows),
         }
 
 
@@ -156,9 +167,16 @@ class _Requests:
     budgets: list[int]
     keys: jax.Array  # [R] row base keys
 
-    def insert_batch(self, rows: list[int], slots: list[int], config: SamplingConfig, idle_slot: int) -> InsertBatch:
+    def prompt(self, row: int) -> Sequence[int]:
+        return self.prompts[row // self.samples]
+
+    def positions(self, row: int) -> int:
+        """Cache positions a request row fills at most: its prompt but the last token, then one per step."""
+        return len(self.prompt(row)) - 1 + self.budgets[row // self.samples]
+
+    def insert_batch(self, rows: list[int], slots: list[int], config: SamplingConfig, shape) -> InsertBatch:
         """Host arrays of an insert of request `rows` into `slots`: their unique prompts prefilled once,
-        counts padded to buckets (few compilations), padding rows sent to `idle_slot` (dropped)."""
+        counts padded to buckets (few compilations), padding entries out of range (dropped)."""
         n = self.samples
         unique = sorted({r // n for r in rows})
         position = {p: i for i, p in enumerate(unique)}
@@ -169,15 +187,14 @@ class _Requests:
             prefix = self.prompts[p][:-1]
             prefix_ids[i, : len(prefix)], prefix_mask[i, : len(prefix)] = prefix, 1
         pad = row_bucket(len(rows), config) - len(rows)
-        row = np.array(rows + [0] * pad, np.int32)
         return InsertBatch(
             prefix_ids=prefix_ids,
             prefix_mask=prefix_mask,
             source=np.array([position[r // n] for r in rows] + [0] * pad, np.int32),
-            slot=np.array(slots + [idle_slot] * pad, np.int32),
-            last_token=np.array([self.prompts[r // n][-1] for r in rows] + [config.pad_id] * pad, np.int32),
-            keys=self.keys[row],
-            row=row,
+            slot=np.array(slots + [shape.slots] * pad, np.int32),
+            last_token=np.array([self.prompt(r)[-1] for r in rows] + [config.pad_id] * pad, np.int32),
+            keys=self.keys[np.array(rows + [0] * pad)],
+            row=np.array(rows + [shape.rows] * pad, np.int32),
             budget=np.array([self.budgets[r // n] for r in rows] + [0] * pad, np.int32),
         )
 
@@ -201,8 +218,9 @@ def run_engine(
       config: decoding options; `max_concurrent_rows` picks the engine's slots or the static reference.
       rng: PRNG key; sample j of prompt i draws its token t from
         `fold_in(fold_in(fold_in(rng, i), j), t)`.
-      mesh: when given, slots are split over its batch axes (their count rounded up to a multiple).
-        With several processes, every process passes the same prompts and receives all rows.
+      mesh: when given, slots and the page pool are split over its batch axes (the slot count rounded
+        up to a multiple). With several processes, every process passes the same prompts and
+        receives all rows.
       budgets: optional per-prompt generation budgets (each in [1, max_new_tokens]); a row that
         reaches its budget without a stop token is truncated there.
       should_stop: asked once per decode call (every process of a multi-host run asks it the same
@@ -219,24 +237,39 @@ def run_engine(
     rows = [list(prompt) for prompt in prompts for _ in range(n)]
     requests = _Requests(prompts, n, prompt_budgets, row_keys(rng, *request_indices(len(prompts), n)))
     graphdef, params = nnx.split(model)
-    slots = resolve_slots(config, len(rows), mesh)
+    blocks = batch_parallelism(mesh) if mesh is not None else 1
+    platform = mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
     # Output buffers for a bucket of request rows, so calls with similar row counts share compilations.
     shape = engine_shape(
-        config, slots=slots, rows=row_bucket(len(rows), config), longest_prompt=max(len(p) for p in prompts)
+        config,
+        slots=resolve_slots(config, len(rows), mesh),
+        rows=row_bucket(len(rows), config),
+        longest_prompt=max(len(p) for p in prompts),
+        devices=blocks,
+        pages_per_device=None if config.max_concurrent_rows is None else config.pages_per_device,
+        backend=backend_for(platform),
     )
     programs = engine_programs(model.config, config, shape, mesh)
+    pool = PagePool(
+        devices=blocks,
+        pages_per_device=shape.pages // blocks,
+        slots=shape.slots,
+        pages_per_slot=shape.pages_per_slot,
+        page_size=shape.page_size,
+    )
     if config.max_concurrent_rows is None:
-        state, counts = _run_static(programs, graphdef, params, requests, config)
+        state, counts = _run_static(programs, graphdef, params, requests, config, pool)
     else:
-        state, counts = _run_scheduled(programs, graphdef, params, requests, config, mesh, should_stop)
+        loop = _Schedule(programs, graphdef, params, requests, config, pool, blocks)
+        state, counts = loop.run(should_stop)
     outputs = (state.tokens, state.logprobs, state.entropies, state.lengths, state.stopped, state.busy_slot_steps)
     *per_row, busy = fetch_global(outputs)  # every process gets every row
     row_budgets = np.repeat(np.asarray(prompt_budgets, np.int32), n)
     result = assemble_result(rows, config, *(x[: len(rows)] for x in per_row), row_budgets)
-    decode_steps, slot_steps, prefilled = counts
+    decode_steps, slot_steps, prefilled, preempted = counts
     if decode_steps is None:  # static: the loop ran until the longest row ended
         decode_steps = int(result.lengths.max())
-        slot_steps = decode_steps * slots
+        slot_steps = decode_steps * shape.slots
     stats = EngineStats(
         decode_steps=decode_steps,
         generated_tokens=int(result.lengths.sum()),
@@ -244,45 +277,120 @@ def run_engine(
         slot_steps=slot_steps,
         busy_slot_steps=int(busy),
         prefilled_prompts=prefilled,
+        preempted_rows=preempted,
         seconds=time.perf_counter() - started,
     )
     return result, stats
 
 
-def _run_static(programs: EnginePrograms, graphdef, params, requests: _Requests, config):
-    """Every request row in its own slot, one program: -> (final state, (None, None, prompts prefilled))."""
+def _run_static(programs: EnginePrograms, graphdef, params, requests: _Requests, config, pool: PagePool):
+    """Every request row in its own slot with all its pages, one program -> (final state, counts)."""
     rows = list(range(len(requests.prompts) * requests.samples))
-    batch = requests.insert_batch(rows, rows, config, programs.shape.slots)
-    return programs.generate(graphdef, params, batch), (None, None, len(requests.prompts))
+    for row in rows:
+        pool.grow(row, requests.positions(row))
+    batch = requests.insert_batch(rows, rows, config, programs.shape)
+    return programs.generate(graphdef, params, batch, pool.table), (None, None, len(requests.prompts), 0)
 
 
-def _run_scheduled(programs: EnginePrograms, graphdef, params, requests: _Requests, config, mesh, should_stop):
-    """The engine's host loop -> (final state, (decode steps, slot-steps, prompts prefilled))."""
-    slots = programs.shape.slots
-    blocks = batch_parallelism(mesh) if mesh is not None else 1
-    state = programs.init()
-    pending = deque(range(len(requests.prompts) * requests.samples))
-    occupied = np.zeros(slots, bool)
-    decode_calls = prefilled = slot_steps = 0
-    while True:
-        if pending and not occupied.all():
-            targets = spread_over_devices(occupied, min(int((~occupied).sum()), len(pending)), blocks)
-            batch = [pending.popleft() for _ in targets]
-            occupied[targets] = True
-            insert = requests.insert_batch(batch, targets, config, slots)
-            state = programs.insert(graphdef, params, state, insert)
-            prefilled += len({r // requests.samples for r in batch})
-        if not occupied.any():
-            break
-        if should_stop is not None and should_stop():
-            raise RolloutAborted(f"rollout abandoned after {decode_calls} decode calls")
-        state = programs.decode(graphdef, params, state)
-        decode_calls += 1
-        slot_steps += slots * programs.steps
-        occupied &= np.asarray(fetch_global(state.alive))
-        keep = shrink_plan(occupied, blocks) if config.shrink_tail and not pending else None
-        if keep is not None:
-            state = programs.shrink(state, keep)
-            old_share, slots = slots // blocks, len(keep)
-            occupied = occupied[keep + np.arange(slots) // (slots // blocks) * old_share]
-    return state, (decode_calls * programs.steps, slot_steps, prefilled)
+class _Schedule:
+    """The engine's host loop (see the module docstring): rounds of preempt / admit / insert / decode /
+    release / shrink until every request row has finished."""
+
+    def __init__(self, programs: EnginePrograms, graphdef, params, requests: _Requests, config, pool, blocks: int):
+        self.programs, self.graphdef, self.params = programs, graphdef, params
+        self.requests, self.config, self.pool, self.blocks = requests, config, pool, blocks
+        slots = programs.shape.slots
+        self.row = np.full(slots, -1)  # request row in each slot, -1 when idle
+        self.held = np.zeros(slots, np.int64)  # cache positions each slot's row has written
+        self.since = np.zeros(slots, np.int64)  # round each slot's row came in (preemption is LIFO)
+        self.pending = deque(range(len(requests.prompts) * requests.samples))
+        self.decode_calls = self.slot_steps = self.prefilled = self.preempted = 0
+
+    def run(self, should_stop) -> tuple:
+        longest = max(self.requests.positions(row) for row in self.pending)
+        if self.pool.pages_for(longest) > self.pool.pages_per_device - 1:
+            raise ValueError(
+                f"rollout: a device's pool of {self.pool.pages_per_device} pages of {self.pool.page_size} "
+                f"positions (one of them scratch) cannot hold the longest row ({longest} positions); "
+                f"raise pages_per_device or shorten the budget"
+            )
+        state = self.programs.init()
+        steps = self.programs.steps
+        while True:
+            self._make_room(steps)
+            state = self._admit(state, steps)
+            occupied = self.row >= 0
+            if not occupied.any():
+                break
+            if should_stop is not None and should_stop():
+                raise RolloutAborted(f"rollout abandoned after {self.decode_calls} decode calls")
+            state = self.programs.decode(self.graphdef, self.params, state, self.pool.table, occupied)
+            self.decode_calls += 1
+            self.slot_steps += len(self.row) * steps
+            alive = np.asarray(fetch_global(state.alive))
+            self.held[occupied] += steps
+            for slot in np.flatnonzero(occupied & ~alive):
+                self._free(slot)
+            state = self._shrink(state)
+        return state, (self.decode_calls * steps, self.slot_steps, self.prefilled, self.preempted)
+
+    def _wanted(self, slot: int, steps: int) -> int:
+        """Positions the slot's row may hold after the next decode call."""
+        return min(self.held[slot] + steps, self.requests.positions(self.row[slot]))
+
+    def _make_room(self, steps: int) -> None:
+        """Pages for every live row's next `steps` tokens; when a device runs out, its latest rows give
+        theirs back and wait again (redone from the start: their draws are keyed, so nothing changes)."""
+        for slot in np.argsort(self.since, kind="stable"):  # the oldest rows first
+            if self.row[slot] < 0:
+                continue
+            while not self.pool.grow(slot, self._wanted(slot, steps)):
+                device = self.pool.device(slot)
+                mine = [s for s in np.flatnonzero(self.row >= 0) if self.pool.device(s) == device]
+                victim = max(mine, key=lambda s: self.since[s])
+                self.pending.appendleft(int(self.row[victim]))
+                self._free(victim)
+                self.preempted += 1
+                if victim == slot:
+                    break
+
+    def _admit(self, state, steps: int):
+        """Waiting rows into free slots that have pages for their prompt and first `steps` tokens."""
+        if not self.pending:
+            return state
+        free = self.row < 0
+        candidates = spread_over_devices(~free, int(free.sum()), self.blocks)
+        rows, targets = [], []
+        for slot in candidates:
+            if not self.pending:
+                break
+            row = self.pending[0]
+            prefix = len(self.requests.prompt(row)) - 1
+            if not self.pool.grow(slot, min(prefix + steps, self.requests.positions(row))):
+                continue  # this device's pool is full; another may have room
+            self.pending.popleft()
+            rows.append(row)
+            targets.append(slot)
+            self.row[slot], self.held[slot], self.since[slot] = row, prefix, self.decode_calls
+        if not rows:
+            return state
+        batch = self.requests.insert_batch(rows, targets, self.config, self.programs.shape)
+        self.prefilled += len({r // self.requests.samples for r in rows})
+        return self.programs.insert(self.graphdef, self.params, state, batch, self.pool.table)
+
+    def _free(self, slot: int) -> None:
+        self.pool.release(slot)
+        self.row[slot], self.held[slot] = -1, 0
+
+    def _shrink(self, state):
+        """Once no row waits: the live rows into half the slots (repeatedly) when they fit."""
+        if not self.config.shrink_tail or self.pending:
+            return state
+        keep = shrink_plan(self.row >= 0, self.blocks)
+        if keep is None:
+            return state
+        state = self.programs.shrink(state, keep)
+        source = keep + np.arange(len(keep)) // (len(keep) // self.blocks) * (len(self.row) // self.blocks)
+        self.pool.move(keep)
+        self.row, self.held, self.since = self.row[source], self.held[source], self.since[source]
+        return state

@@ -6,8 +6,9 @@ and stop rules, decode steps per call, the mesh) to module-level jitted function
 same settings share one compilation:
 
 - `init`: idle slots and empty outputs;
-- `insert`: prefill a few prompts and place new rows (state donated);
-- `decode`: `decode_steps_per_call` decode steps for every slot (state donated);
+- `insert`: prefill a few prompts and place new rows, with the host's page table (state donated);
+- `decode`: the host's page table and preemptions (`decode_step.schedule`), then
+  `decode_steps_per_call` decode steps for every slot (state donated);
 - `shrink`: the live slots moved into fewer;
 - `generate`: the static reference, init + insert of every row + decode until all stop, as one
   program (the cache never leaves it: the state comes back without it).
@@ -25,8 +26,8 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from gift_jax.models import ModelConfig
-from gift_jax.models.decode_attention import cache_length
 from gift_jax.parallel import batch_parallelism
+from gift_jax.parallel.activations import activation_sharding
 from gift_jax.rollout.bucketing import bucket_size
 from gift_jax.rollout.decode_step import (
     DecodeState,
@@ -35,6 +36,7 @@ from gift_jax.rollout.decode_step import (
     decode_until_done,
     init_state,
     insert,
+    schedule,
     shrink,
 )
 from gift_jax.rollout.token_sampling import TokenRule
@@ -59,14 +61,19 @@ def init_program(*, model_config: ModelConfig, shape: EngineShape, pad_id: int, 
     return init_state(model_config, shape, pad_id, mesh)
 
 
-@functools.partial(jax.jit, donate_argnames=("state",))
-def insert_program(graphdef, params, state: DecodeState, batch: InsertBatch) -> DecodeState:
-    return insert(nnx.merge(graphdef, params), state, *batch)
+@functools.partial(jax.jit, static_argnames=("pad_id", "mesh"), donate_argnames=("state",))
+def insert_program(graphdef, params, state: DecodeState, batch: InsertBatch, table, *, pad_id: int, mesh):
+    with activation_sharding(mesh):
+        return insert(nnx.merge(graphdef, params), state, *batch, table, pad_id)
 
 
-@functools.partial(jax.jit, static_argnames=("token_rule", "stop_rule", "steps"), donate_argnames=("state",))
-def decode_program(graphdef, params, state: DecodeState, *, token_rule: TokenRule, stop_rule: StopRule, steps: int):
-    return decode_steps(nnx.merge(graphdef, params), state, token_rule, stop_rule, steps)
+@functools.partial(jax.jit, static_argnames=("token_rule", "stop_rule", "steps", "mesh"), donate_argnames=("state",))
+def decode_program(
+    graphdef, params, state: DecodeState, table, keep, *, token_rule: TokenRule, stop_rule: StopRule, steps: int, mesh
+):
+    with activation_sharding(mesh):
+        state = schedule(state, table, keep)
+        return decode_steps(nnx.merge(graphdef, params), state, token_rule, stop_rule, steps)
 
 
 @functools.partial(jax.jit, static_argnames=("mesh",))
@@ -79,6 +86,7 @@ def generate_program(
     graphdef,
     params,
     batch: InsertBatch,
+    table,
     *,
     model_config: ModelConfig,
     shape: EngineShape,
@@ -86,9 +94,11 @@ def generate_program(
     stop_rule: StopRule,
     mesh: Mesh | None,
 ) -> DecodeState:
-    model = nnx.merge(graphdef, params)
-    state = insert(model, init_state(model_config, shape, stop_rule.pad_id, mesh), *batch)
-    return decode_until_done(model, state, token_rule, stop_rule).replace(cache=None)  # the cache stays inside
+    with activation_sharding(mesh):
+        model = nnx.merge(graphdef, params)
+        state = init_state(model_config, shape, stop_rule.pad_id, mesh)
+        state = insert(model, state, *batch, table, stop_rule.pad_id)
+        return decode_until_done(model, state, token_rule, stop_rule).replace(cache=None)  # the cache stays inside
 
 
 def prefix_width(config: SamplingConfig, longest_prompt: int) -> int:
@@ -96,15 +106,34 @@ def prefix_width(config: SamplingConfig, longest_prompt: int) -> int:
     return config.bucket(max(longest_prompt - 1, 1))
 
 
-def engine_shape(config: SamplingConfig, *, slots: int, rows: int, longest_prompt: int) -> EngineShape:
-    """The static sizes of a rollout of `rows` request rows, prompts of up to `longest_prompt` tokens."""
+def engine_shape(
+    config: SamplingConfig,
+    *,
+    slots: int,
+    rows: int,
+    longest_prompt: int,
+    devices: int = 1,
+    pages_per_device: int | None = None,
+    backend: str = "xla",
+) -> EngineShape:
+    """The static sizes of a rollout of `rows` request rows, prompts of up to `longest_prompt` tokens.
+
+    devices: the blocks the slots and the pool are split into. pages_per_device: each device's pool
+    (scratch included); None: enough for every slot's longest row (a row never waits for pages).
+    """
     generation = config.bucket(config.max_new_tokens)
+    pages_per_slot = -(-(prefix_width(config, longest_prompt) + generation) // config.page_size)
+    if pages_per_device is None:
+        pages_per_device = slots // devices * pages_per_slot + 1
     return EngineShape(
         slots=slots,
-        max_len=cache_length(prefix_width(config, longest_prompt) + generation),
         rows=rows,
         max_new_bucket=generation,
+        page_size=config.page_size,
+        pages_per_slot=pages_per_slot,
+        pages=devices * pages_per_device,
         cache_dtype=config.cache_dtype,
+        backend=backend,
     )
 
 
@@ -129,24 +158,25 @@ class EnginePrograms:
     mesh: Mesh | None
 
     def init(self) -> DecodeState:
-        return init_program(
-            model_config=self.model_config, shape=self.shape, pad_id=self.stop_rule.pad_id, mesh=self.mesh
-        )
+        return init_program(**self._init_options())
 
-    def insert(self, graphdef, params, state: DecodeState, batch: InsertBatch) -> DecodeState:
-        return insert_program(graphdef, params, state, batch)
+    def insert(self, graphdef, params, state: DecodeState, batch: InsertBatch, table) -> DecodeState:
+        return insert_program(graphdef, params, state, batch, table, pad_id=self.stop_rule.pad_id, mesh=self.mesh)
 
-    def decode(self, graphdef, params, state: DecodeState) -> DecodeState:
-        return decode_program(graphdef, params, state, **self._decode_options())
+    def decode(self, graphdef, params, state: DecodeState, table, keep) -> DecodeState:
+        return decode_program(graphdef, params, state, table, keep, **self._decode_options())
 
     def shrink(self, state: DecodeState, keep) -> DecodeState:
         return shrink_program(state, keep, self.mesh)
 
-    def generate(self, graphdef, params, batch: InsertBatch) -> DecodeState:
-        return generate_program(graphdef, params, batch, **self._generate_options())
+    def generate(self, graphdef, params, batch: InsertBatch, table) -> DecodeState:
+        return generate_program(graphdef, params, batch, table, **self._generate_options())
+
+    def _init_options(self) -> dict:
+        return dict(model_config=self.model_config, shape=self.shape, pad_id=self.stop_rule.pad_id, mesh=self.mesh)
 
     def _decode_options(self) -> dict:
-        return dict(token_rule=self.token_rule, stop_rule=self.stop_rule, steps=self.steps)
+        return dict(token_rule=self.token_rule, stop_rule=self.stop_rule, steps=self.steps, mesh=self.mesh)
 
     def _generate_options(self) -> dict:
         return dict(
@@ -160,43 +190,46 @@ class EnginePrograms:
     # -- abstract arguments, for compiling without running (`gift_jax.aot`) ------------------------
     def abstract_state(self) -> DecodeState:
         """The state as sharded `ShapeDtypeStruct`s, laid out as `init` lays it out."""
-        options = dict(model_config=self.model_config, shape=self.shape, pad_id=self.stop_rule.pad_id, mesh=self.mesh)
-        shardings = init_program.lower(**options).compile().output_shardings
-        return jax.tree.map(_abstract, jax.eval_shape(lambda: init_program(**options)), shardings)
+        shardings = init_program.lower(**self._init_options()).compile().output_shardings
+        return jax.tree.map(_abstract, jax.eval_shape(lambda: init_program(**self._init_options())), shardings)
+
+    def _host(self, shape, dtype) -> jax.ShapeDtypeStruct:
+        """A host array's abstract form (replicated on the mesh, as jit places numpy arguments)."""
+        return jax.ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(self.mesh, P()) if self.mesh else None)
+
+    def abstract_table(self) -> jax.ShapeDtypeStruct:
+        return self._host((self.shape.slots, self.shape.pages_per_slot), jnp.int32)
 
     def abstract_insert_batch(self, prompts: int, new_rows: int, width: int) -> InsertBatch:
         """An insert of `new_rows` rows copied from `prompts` prefilled prompts of `width` tokens."""
-        sharding = NamedSharding(self.mesh, P()) if self.mesh is not None else None
-
-        def host(shape, dtype):
-            return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
-
         return InsertBatch(
-            host((prompts, width), jnp.int32),
-            host((prompts, width), jnp.int32),
-            *(host((new_rows,), jnp.int32) for _ in range(3)),
-            host((new_rows,), jax.random.key(0).dtype),
-            *(host((new_rows,), jnp.int32) for _ in range(2)),
+            self._host((prompts, width), jnp.int32),
+            self._host((prompts, width), jnp.int32),
+            *(self._host((new_rows,), jnp.int32) for _ in range(3)),
+            self._host((new_rows,), jax.random.key(0).dtype),
+            *(self._host((new_rows,), jnp.int32) for _ in range(2)),
         )
 
     def compile_targets(self, graphdef, params, *, prompts: int, new_rows: int, width: int) -> dict:
         """`{name: (jitted, args, static kwargs)}` of the engine's programs as `run_engine` calls them:
         `decode`, `insert` (of `new_rows` rows from `prompts` prompts of `width` prefix tokens) and,
-        when the slots can halve, `shrink` at its first halving (the state is held twice then).
+        when the slots can halve, `shrink` at its first halving (the slot vectors are held twice then).
         `params` may be abstract (sharded `ShapeDtypeStruct`s)."""
-        state = self.abstract_state()
+        state, table = self.abstract_state(), self.abstract_table()
+        keep = self._host((self.shape.slots,), jnp.bool_)
+        batch = self.abstract_insert_batch(prompts, new_rows, width)
         targets = {
-            "decode_k_steps": (decode_program, (graphdef, params, state), self._decode_options()),
+            "decode_k_steps": (decode_program, (graphdef, params, state, table, keep), self._decode_options()),
             "insert": (
                 insert_program,
-                (graphdef, params, state, self.abstract_insert_batch(prompts, new_rows, width)),
-                {},
+                (graphdef, params, state, batch, table),
+                dict(pad_id=self.stop_rule.pad_id, mesh=self.mesh),
             ),
         }
         blocks = 1 if self.mesh is None else batch_parallelism(self.mesh)
         if self.shape.slots % (2 * blocks) == 0:
-            keep = jax.ShapeDtypeStruct((self.shape.slots // 2,), jnp.int32, sharding=state.feed.sharding)
-            targets["shrink"] = (shrink_program, (state, keep), dict(mesh=self.mesh))
+            halved = jax.ShapeDtypeStruct((self.shape.slots // 2,), jnp.int32, sharding=state.feed.sharding)
+            targets["shrink"] = (shrink_program, (state, halved), dict(mesh=self.mesh))
         return targets
 
 

@@ -16,9 +16,10 @@ from typing import Literal, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from gift_jax.models import KVCache, ModelConfig
+from gift_jax.models import ModelConfig
+from gift_jax.models.paged_attention import PagedKVCache, pool_specs
 from gift_jax.parallel import logical_to_spec
 from gift_jax.rollout.bucketing import bucket_size
 from gift_jax.rollout.token_sampling import TokenRule
@@ -40,6 +41,11 @@ class SamplingConfig:
       slot, decoded in one program until all stop. Results do not depend on it (rows are keyed by
       request, sample and position).
     decode_steps_per_call: engine only, tokens decoded per jitted call between scheduling rounds.
+    page_size: positions per page of the paged KV cache (`models.paged_attention`): a row holds
+      `ceil(tokens / page_size)` pages, handed out as it grows and taken back when it stops.
+    pages_per_device: engine only, each device's page pool (one scratch page included). None: enough
+      for every slot's longest row, so no row ever waits for pages. Fewer: memory follows the tokens
+      held, and when a device runs out its latest rows give their pages back and are redone.
     cache_dtype: the KV cache's dtype (None: the model's compute dtype; "bfloat16" halves the cache
       of a float32 model at a small log-prob drift, see bench_rollouts.py).
     shrink_tail: engine only, once no request waits, move the live rows into half as many slots
@@ -58,6 +64,8 @@ class SamplingConfig:
     bucket_granularity: int = 512
     max_concurrent_rows: int | Literal["auto"] | None = None
     decode_steps_per_call: int = 8
+    page_size: int = 64
+    pages_per_device: int | None = None
     cache_dtype: str | None = None
     shrink_tail: bool = True
 
@@ -69,6 +77,10 @@ class SamplingConfig:
         slots = self.max_concurrent_rows
         if slots not in (None, "auto") and not (isinstance(slots, int) and slots >= 1):
             raise ValueError(f"max_concurrent_rows must be >= 1, 'auto' or None, got {slots!r}")
+        if self.page_size < 1:
+            raise ValueError(f"page_size must be >= 1, got {self.page_size}")
+        if self.pages_per_device is not None and self.pages_per_device < 2:
+            raise ValueError(f"pages_per_device must be >= 2 (scratch + one), got {self.pages_per_device}")
         if self.decode_steps_per_call < 1:
             raise ValueError(f"decode_steps_per_call must be >= 1, got {self.decode_steps_per_call}")
         if self.cache_dtype is not None:
@@ -132,20 +144,19 @@ class SampleResult(NamedTuple):
     entropies: np.ndarray
 
 
-KV_AXES = ("batch", "kv_heads", None, None)  # logical axes of a cache layer `[S, K, positions, D]`
+def constrain_cache(cache: PagedKVCache, mesh: Mesh) -> PagedKVCache:
+    """The cache on the mesh: slots and each device's pool over the batch axes, kv heads over `tensor`
+    when it divides them (as the per-device attention reads them, `models.paged_attention`)."""
+    specs = pool_specs(cache.backend, mesh, cache.kv_heads)
 
+    def place(x, spec):
+        return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
-def constrain_cache(cache: KVCache, mesh: Mesh) -> KVCache:
-    """The cache's slots on the mesh's batch axes, kv heads on `tensor` (where they divide)."""
-
-    def place(x, logical):
-        return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, logical_to_spec(logical, x.shape, mesh)))
-
-    return KVCache(
-        tuple(place(k, KV_AXES) for k in cache.k),
-        tuple(place(v, KV_AXES) for v in cache.v),
-        place(cache.key_mask, ("batch", None)),
-        cache.index,
+    rows = logical_to_spec(("batch", None), cache.page_table.shape, mesh)
+    return cache.replace(
+        pages=tuple(tuple(place(x, spec) for x, spec in zip(layer, specs, strict=True)) for layer in cache.pages),
+        page_table=place(cache.page_table, rows),
+        lengths=place(cache.lengths, P(rows[0])),
     )
 
 

@@ -6,6 +6,7 @@ import numpy as np
 from flax import nnx
 
 from gift_jax.models import ModelConfig, Transformer, init_cache
+from gift_jax.models.transformer import write_at
 
 CONFIG = ModelConfig(
     family="qwen2",
@@ -71,3 +72,14 @@ def test_remat_gives_same_gradients():
     g1, g2 = nnx.grad(loss)(plain), nnx.grad(loss)(remat)
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
         np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_per_row_and_shared_writes():
+    buffer = jnp.zeros((2, 6), jnp.int32)
+    np.testing.assert_array_equal(
+        write_at(buffer, jnp.ones((2, 2), jnp.int32), jnp.array([0, 3]), axis=1),
+        [[1, 1, 0, 0, 0, 0], [0, 0, 0, 1, 1, 0]],
+    )
+    np.testing.assert_array_equal(
+        write_at(buffer, jnp.ones((2, 2), jnp.int32), jnp.int32(4), axis=1), [[0, 0, 0, 0, 1, 1]] * 2
+    )

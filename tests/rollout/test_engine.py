@@ -18,28 +18,40 @@ def policy():
     return tiny_policy()
 
 
+# (slots, page size, pages per device): one slot, three, more slots than rows, small pages, and a pool
+# of 12 pages of 4 positions for 12 rows of up to 30: rows wait for pages, and some are preempted.
+SCHEDULES = [(1, 64, None), (3, 16, None), (64, 64, None), (12, 4, 12), (6, 8, 9)]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_engine_with_1_3_64_slots_equals_the_static_reference(policy, temperature):
+def test_engine_for_any_slots_and_pages_equals_the_static_reference(policy, temperature):
     config = SamplingConfig(
         max_new_tokens=20, num_samples=3, temperature=temperature, stop_ids=(3, 7), decode_steps_per_call=4
     )
     static = run_engine(policy, PROMPTS, config, jax.random.key(4), budgets=BUDGETS)[0]
     assert static.truncated.any() and (~static.truncated).any()  # a mix of stops and cut rows
     assert len(set(static.lengths.tolist())) >= 3
-    for slots in (1, 3, 64):
-        engine, stats = run_engine(
-            policy, PROMPTS, dataclasses.replace(config, max_concurrent_rows=slots), jax.random.key(4), budgets=BUDGETS
-        )
+    preempted = 0
+    for slots, page_size, pages in SCHEDULES:
+        schedule = dataclasses.replace(config, max_concurrent_rows=slots, page_size=page_size, pages_per_device=pages)
+        engine, stats = run_engine(policy, PROMPTS, schedule, jax.random.key(4), budgets=BUDGETS)
+        label = f"{slots} slots, pages of {page_size}, pool {pages}"
         for name in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "lengths", "truncated"):
-            np.testing.assert_array_equal(
-                getattr(engine, name), getattr(static, name), err_msg=f"{name}, {slots} slots"
-            )
-        np.testing.assert_allclose(engine.logprobs, static.logprobs, atol=1e-5, err_msg=f"{slots} slots")
-        np.testing.assert_allclose(engine.entropies, static.entropies, atol=1e-5, err_msg=f"{slots} slots")
+            np.testing.assert_array_equal(getattr(engine, name), getattr(static, name), err_msg=f"{name}, {label}")
+        np.testing.assert_allclose(engine.logprobs, static.logprobs, atol=1e-5, err_msg=label)
+        np.testing.assert_allclose(engine.entropies, static.entropies, atol=1e-5, err_msg=label)
         assert stats.slots == min(slots, 12) and stats.generated_tokens == static.lengths.sum()
         assert 0 < stats.slot_occupancy <= 1
         assert stats.slot_steps <= stats.decode_steps * stats.slots
+        preempted += stats.preempted_rows
+    assert preempted > 0  # the small pools made rows give their pages back, and nothing changed
+
+
+def test_a_pool_too_small_for_one_row_is_refused(policy):
+    config = SamplingConfig(max_new_tokens=20, max_concurrent_rows=2, page_size=4, pages_per_device=3)
+    with pytest.raises(ValueError, match="cannot hold the longest row"):
+        run_engine(policy, PROMPTS, config, jax.random.key(0))
 
 
 def test_shrinking_the_tail_keeps_the_samples_and_decodes_fewer_slots(policy):

@@ -9,8 +9,9 @@ from flax import nnx
 
 from gift_jax.aot.hlo_stats import collectives
 from gift_jax.parallel import MeshConfig, make_mesh, shard_model
-from gift_jax.rollout import EngineShape, SamplingConfig, engine_programs, run_engine
+from gift_jax.rollout import SamplingConfig, engine_programs, run_engine
 from gift_jax.rollout.layout import decoding_layout
+from gift_jax.rollout.programs import engine_shape
 from tests.rollout.test_sampler import PROMPTS, tiny_policy
 
 MESH = MeshConfig(data=1, fsdp=4, tensor=2)
@@ -55,8 +56,8 @@ def test_decoding_layout_needs_fewer_collectives_per_token():
     """
     mesh = make_mesh(MESH)
     training = shard_model(tiny_policy(), mesh)
-    shape = EngineShape(slots=4, max_len=64, rows=8, max_new_bucket=32)
     sampling = SamplingConfig(max_new_tokens=32, temperature=0.0, decode_steps_per_call=1)
+    shape = engine_shape(sampling, slots=4, rows=8, longest_prompt=32, devices=4)
     programs = engine_programs(training.config, sampling, shape, mesh)
     totals = {}
     for name, model in (("training", training), ("decoding", decoding_layout(training, mesh))):
