@@ -29,7 +29,7 @@ from gift_jax.parallel import batch_parallelism, make_mesh
 from gift_jax.rl.config import RLStageConfig, validate_rl_config
 from gift_jax.rl.rollout_settings import needs_base, rollout_sampling
 from gift_jax.rl.trainer import jit_rl_update, rl_step_config
-from gift_jax.rollout.engine import resolve_slots
+from gift_jax.rollout.engine import plan_cache
 from gift_jax.rollout.layout import DECODE_RULES, decode_param_dtype
 from gift_jax.rollout.programs import engine_programs, engine_shape, prefix_width, row_bucket
 from gift_jax.runtime.optim import make_optimizer
@@ -279,7 +279,7 @@ def rollout_fit(
     The report is the program with the largest peak; `shapes["programs"]` gives every peak.
     """
     devices, _, model_config, mesh = _target(config, model_config, topology, validate_rl_config, training=False)
-    m = config.model
+    m, r = config.model, config.rollout
     _, train_params = abstract_model(model_config, mesh)
     resident = {"train_state": abstract_train_state(train_params, make_optimizer(config.optim, 1000), mesh)}
     if needs_base(config):
@@ -290,12 +290,21 @@ def rollout_fit(
 
     sampling = rollout_sampling(config)
     rows = config.train.prompts_per_step * sampling.num_samples
+    # "auto" sizes slots and pool from what the chips have left: HBM - training state, base, decoding copy
+    # (a CPU target keeps the engine's fixed rule, as a run on CPU does).
+    hbm = hbm_bytes_per_chip(topology, devices)
+    held = per_device_bytes(resident) + per_device_bytes(params)
+    memory = None if devices[0].platform == "cpu" else (hbm - held, hbm)
+    slots, pages_per_device, size = plan_cache(
+        sampling, decode_config, rows=rows, longest_row=prompt_length - 1 + r.max_new_tokens, mesh=mesh, memory=memory
+    )
     shape = engine_shape(
         sampling,
-        slots=resolve_slots(sampling, rows, mesh),
+        slots=slots,
         rows=row_bucket(rows, sampling),
         longest_prompt=prompt_length,
         devices=batch_parallelism(mesh),
+        pages_per_device=pages_per_device,
         backend=backend_for(devices[0].platform),
     )
     programs = engine_programs(decode_config, sampling, shape, mesh)
@@ -315,6 +324,8 @@ def rollout_fit(
         mesh,
         rows=rows,
         slots=shape.slots,
+        slots_per_chip=shape.slots // batch_parallelism(mesh),
+        cache=size.report() if size is not None else None,
         page_size=shape.page_size,
         pages_per_slot=shape.pages_per_slot,
         pages=shape.pages,

@@ -33,7 +33,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from gift_jax.models import Transformer
+from gift_jax.models import ModelConfig, Transformer
 from gift_jax.models.paged_attention import backend_for
 from gift_jax.parallel import batch_parallelism, fetch_global
 from gift_jax.rollout.layout import decoding_layout
@@ -46,6 +46,7 @@ from gift_jax.rollout.programs import (
     prefix_width,
     row_bucket,
 )
+from gift_jax.rollout.sizing import CacheSize, free_device_bytes, size_cache
 from gift_jax.rollout.token_sampling import row_keys
 from gift_jax.rollout.types import SampleResult, SamplingConfig, assemble_result, check_request, request_indices
 
@@ -109,18 +110,42 @@ def default_slots(num_rows: int, mesh: Mesh | None = None) -> int:
     return -(-num_rows // multiple) * multiple
 
 
-def resolve_slots(config: SamplingConfig, rows: int, mesh: Mesh | None = None) -> int:
-    """The slot count of a rollout of `rows` request rows (a multiple of the mesh's batch parallelism).
+def plan_cache(
+    config: SamplingConfig,
+    model_config: ModelConfig,
+    *,
+    rows: int,
+    longest_row: int,
+    mesh: Mesh | None = None,
+    memory: tuple[int, int] | None = None,
+) -> tuple[int, int | None, CacheSize | None]:
+    """`(slots, pages per device, the memory-based sizing)` of a rollout of `rows` request rows of up to
+    `longest_row` cache positions. Slots are a multiple of the mesh's batch parallelism.
 
-    The static reference gives every row a slot (rows bucket from 1 up: 1, 2, 4, ...); the engine
-    never uses more slots than rows; "auto" holds `DEFAULT_CACHE_TOKENS` generated tokens.
+    The static reference gives every row a slot (rows bucket from 1 up: 1, 2, 4, ...) and all its pages.
+    "auto" with `memory` (`(free, limit)` bytes per device, `sizing.free_device_bytes`) sizes slots and
+    pool from it (`sizing.size_cache`); without (a CPU), it holds `DEFAULT_CACHE_TOKENS` generated
+    tokens. Pages per device None: a pool that holds every slot's longest row.
     """
     if config.max_concurrent_rows is None:
-        return default_slots(row_bucket(rows, config), mesh)
+        return default_slots(row_bucket(rows, config), mesh), None, None
+    if config.max_concurrent_rows == "auto" and memory is not None:
+        size = size_cache(
+            model_config,
+            rows=rows,
+            longest_row=longest_row,
+            page_size=config.page_size,
+            cache_dtype=config.cache_dtype or model_config.dtype,
+            free_bytes=memory[0],
+            hbm_bytes=memory[1],
+            blocks=batch_parallelism(mesh) if mesh is not None else 1,
+            tensor=mesh.shape["tensor"] if mesh is not None else 1,
+        )
+        return size.slots, size.pages_per_device, size
     wanted = config.max_concurrent_rows
     if wanted == "auto":
         wanted = slots_for_budget(config.max_new_tokens)
-    return default_slots(min(wanted, rows), mesh)
+    return default_slots(min(wanted, rows), mesh), config.pages_per_device, None
 
 
 def spread_over_devices(occupied: np.ndarray, count: int, blocks: int = 1) -> list[int]:
@@ -238,16 +263,24 @@ def run_engine(
     requests = _Requests(prompts, n, prompt_budgets, row_keys(rng, *request_indices(len(prompts), n)))
     graphdef, params = nnx.split(model)
     blocks = batch_parallelism(mesh) if mesh is not None else 1
-    platform = mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
+    devices = list(mesh.devices.flat) if mesh is not None else jax.local_devices()
+    slots, pages_per_device, _ = plan_cache(
+        config,
+        model.config,
+        rows=len(rows),
+        longest_row=max(requests.positions(row) for row in range(len(rows))),
+        mesh=mesh,
+        memory=free_device_bytes([d for d in devices if d.process_index == jax.process_index()]),
+    )
     # Output buffers for a bucket of request rows, so calls with similar row counts share compilations.
     shape = engine_shape(
         config,
-        slots=resolve_slots(config, len(rows), mesh),
+        slots=slots,
         rows=row_bucket(len(rows), config),
         longest_prompt=max(len(p) for p in prompts),
         devices=blocks,
-        pages_per_device=None if config.max_concurrent_rows is None else config.pages_per_device,
-        backend=backend_for(platform),
+        pages_per_device=pages_per_device,
+        backend=backend_for(devices[0].platform),
     )
     programs = engine_programs(model.config, config, shape, mesh)
     pool = PagePool(

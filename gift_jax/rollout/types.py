@@ -36,8 +36,8 @@ class SamplingConfig:
     pad_id: fills prompt padding and the completion after its stop token.
     min_bucket, bucket_granularity: shape buckets for prompt width, generation length and rows.
     max_concurrent_rows: the slots (decode rows) of the engine, i.e. the memory knob: the cache holds
-      `max_concurrent_rows x (prompt bucket + generation bucket)` tokens. "auto": sized by the engine
-      (`engine.resolve_slots`). None runs the static reference instead: every request row in its own
+      `max_concurrent_rows x (prompt bucket + generation bucket)` tokens. "auto": slots and page pool
+      sized from the free device memory (`sizing`). None runs the static reference instead: every request row in its own
       slot, decoded in one program until all stop. Results do not depend on it (rows are keyed by
       request, sample and position).
     decode_steps_per_call: engine only, tokens decoded per jitted call between scheduling rounds.
