@@ -211,3 +211,10 @@ def test_an_internal_value_error_keeps_its_traceback(tiny_run_inputs, tmp_path, 
     monkeypatch.setattr(init_stage, "run_init_stage", broken_step)
     with pytest.raises(ValueError, match="a bug, not bad input"):
         init_stage.main(_argv(tmp_path / "run", init_overrides(tiny_run_inputs)))
+
+
+def test_a_bad_validation_file_is_refused_before_the_workdir_is_claimed(tiny_run_inputs, tmp_path, capsys):
+    bad = _jsonl(tmp_path / "val.jsonl", [b'{"sft_prompt": "a"}\n'])
+    assert init_stage.main(_argv(tmp_path / "run", init_overrides({**tiny_run_inputs, "val": bad}))) == 2
+    assert re.search(r"val.jsonl.*solution", capsys.readouterr().err)
+    assert not (tmp_path / "run" / "config.json").exists()

@@ -125,3 +125,17 @@ def test_config_settings_the_model_lacks_or_mistyped_are_named(folder, key, valu
     (folder / "config.json").write_text(json.dumps(hf))
     with pytest.raises(CheckpointError, match=message):
         load_hf(folder)
+
+
+def test_an_export_killed_half_way_is_undone(folder, tmp_path):
+    from gift_jax.models.hf_io import recover_interrupted_export
+
+    parent = tmp_path / "run"
+    (parent / ".hf_final.tmp-abc123").mkdir(parents=True)  # killed while writing
+    (parent / ".hf_final.tmp-abc123" / "model.safetensors").write_bytes(b"partial")
+    (parent / ".hf_best.old").mkdir()  # killed between setting the old export aside and renaming the new one in
+    (parent / ".hf_best.old" / "config.json").write_text("{}")
+    recover_interrupted_export(parent / "hf_final")
+    recover_interrupted_export(parent / "hf_best")
+    assert sorted(p.name for p in parent.iterdir()) == ["hf_best"]  # the previous export is back, no leftovers
+    assert (parent / "hf_best" / "config.json").read_text() == "{}"
