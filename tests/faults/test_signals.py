@@ -10,7 +10,9 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from safetensors.numpy import load_file
 
 from gift_jax.config_io import load_config
 from gift_jax.errors import RunStopped
@@ -25,7 +27,14 @@ pytestmark = pytest.mark.slow  # subprocess runs, signalled, then resumed
 
 REPO = Path(__file__).resolve().parents[2]
 # No periodic checkpoint before the end: whatever is saved at the signal was saved because of it.
-NO_PERIODIC = {"train.checkpoint_every": 100, "train.eval_every": 100}
+NO_PERIODIC = {"train.checkpoint_every": 100, "train.eval_every": 100, "train.export_hf": True}
+
+
+def _assert_same_export(straight: Path, resumed: Path):
+    a, b = (load_file(str(folder / "hf_final" / "model.safetensors")) for folder in (straight, resumed))
+    assert sorted(a) == sorted(b)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
 
 
 def _signal_at_random_moment(script: str, overrides: list[str], workdir: Path, signum: int, max_steps: int):
@@ -64,6 +73,7 @@ def test_signalled_init_run_checkpoints_its_step_and_resumes_bit_identically(tin
     assert _train_lines(tmp_path / "stopped") == saved  # every finished step logged, once
     assert run_init_stage(config, tmp_path / "stopped")["steps"] == 9
     _assert_same_final_params(tmp_path / "straight", tmp_path / "stopped", 9)
+    _assert_same_export(tmp_path / "straight", tmp_path / "stopped")
 
 
 def test_sigterm_during_an_rl_run_redoes_at_most_one_step(tiny_run_inputs, tmp_path, capsys):
@@ -80,3 +90,4 @@ def test_sigterm_during_an_rl_run_redoes_at_most_one_step(tiny_run_inputs, tmp_p
     assert run_rl_stage(config, tmp_path / "stopped")["steps"] == 6
     assert f"resumed from loop step {saved} of 6: " in capsys.readouterr().out
     _assert_same_final_params(tmp_path / "straight", tmp_path / "stopped", 6)
+    _assert_same_export(tmp_path / "straight", tmp_path / "stopped")
