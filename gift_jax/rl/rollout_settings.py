@@ -28,7 +28,8 @@ def rollout_sampling(config: RLStageConfig, *, stop_ids: tuple[int, ...] = (0,),
         top_p=r.top_p,
         stop_ids=stop_ids,
         pad_id=pad_id,
-        max_concurrent_rows=r.max_concurrent_rows or "auto",
+        max_concurrent_rows=r.max_concurrent_rows,
+        page_size=r.page_size,
         shrink_tail=r.shrink_tail,
     )
 
@@ -41,5 +42,5 @@ def validation_config(config: RLStageConfig) -> EvalConfig:
         temperature=t.eval_temperature,
         seed=t.seed,
         max_new_tokens=t.eval_max_new_tokens or r.max_new_tokens,
-        max_concurrent_rows=r.max_concurrent_rows or "auto",
+        max_concurrent_rows=r.max_concurrent_rows,
     )
