@@ -26,11 +26,12 @@ from gift_jax.models import ModelConfig
 from gift_jax.models.attention import resolve_backend
 from gift_jax.models.paged_attention import backend_for
 from gift_jax.parallel import batch_parallelism, make_mesh
+from gift_jax.parallel.chips import chip_for
 from gift_jax.rl.config import RLStageConfig, validate_rl_config
 from gift_jax.rl.rollout_settings import needs_base, rollout_sampling
 from gift_jax.rl.trainer import jit_rl_update, rl_step_config
-from gift_jax.rollout.engine import plan_cache
-from gift_jax.rollout.layout import DECODE_RULES, decode_param_dtype
+from gift_jax.rollout.layout import DECODE_RULES, decode_mesh, decode_param_dtype
+from gift_jax.rollout.plan import plan_decode
 from gift_jax.rollout.programs import engine_programs, engine_shape, prefix_width, row_bucket
 from gift_jax.runtime.optim import make_optimizer
 from gift_jax.runtime.train_state import abstract_train_state
@@ -269,42 +270,49 @@ def rollout_fit(
       `decode_k_steps` (the hot loop), `insert` (the first scheduling round: every slot filled,
       each prompt prefilled once for its samples) and, with `rollout.shrink_tail`, `shrink` (the
       first halving of the slots once no request waits);
-    - the paged KV cache: a pool that holds every slot's longest row, the paged attention of the
-      target's platform (the Pallas ragged paged-attention kernel on TPU);
-    - the weights in the decoding layout (`rollout.layout`: compute dtype, replicated over the
-      batch axes, split over `tensor`);
+    - the paged KV cache and the paged attention of the target's platform (the Pallas ragged
+      paged-attention kernel on TPU);
+    - the decode plan `run_engine` makes (`rollout.plan`): the decode mesh's tensor axis, slots and
+      page pool from the HBM left with the training state and base resident;
+    - the weights in the decoding layout on the decode mesh (`rollout.layout`: compute dtype,
+      replicated over its batch axes, split over its `tensor`);
     - prompts of `prompt_length` tokens, output buffers for `train.prompts_per_step` x samples rows;
     - the training state (f32 master weights, optimizer state) and the frozen base (when the run
       loads it) stay on the chips meanwhile: `resident_bytes`; for `shrink` the decoding copy too.
     The report is the program with the largest peak; `shapes["programs"]` gives every peak.
     """
     devices, _, model_config, mesh = _target(config, model_config, topology, validate_rl_config, training=False)
-    m, r = config.model, config.rollout
+    m = config.model
     _, train_params = abstract_model(model_config, mesh)
     resident = {"train_state": abstract_train_state(train_params, make_optimizer(config.optim, 1000), mesh)}
     if needs_base(config):
         base_config = model_config.replace(param_dtype=m.base_param_dtype or m.param_dtype)
         _, resident["base"] = abstract_model(base_config, mesh)
     decode_config = model_config.replace(param_dtype=str(decode_param_dtype(model_config)))
-    graphdef, params = abstract_model(decode_config, mesh, rules=DECODE_RULES)
-
     sampling = rollout_sampling(config)
     rows = config.train.prompts_per_step * sampling.num_samples
-    # "auto" sizes slots and pool from what the chips have left: HBM - training state, base, decoding copy
-    # (a CPU target keeps the engine's fixed rule, as a run on CPU does).
+    # The decode plan as the engine makes it: memory is what the chips have left with the training state
+    # and base resident (a CPU target, like a run on CPU, keeps the mesh and the fixed slot rule).
     hbm = hbm_bytes_per_chip(topology, devices)
-    held = per_device_bytes(resident) + per_device_bytes(params)
-    memory = None if devices[0].platform == "cpu" else (hbm - held, hbm)
-    slots, pages_per_device, size = plan_cache(
-        sampling, decode_config, rows=rows, longest_row=prompt_length - 1 + r.max_new_tokens, mesh=mesh, memory=memory
+    memory = None if devices[0].platform == "cpu" else (hbm - per_device_bytes(resident), hbm)
+    plan = plan_decode(
+        sampling,
+        decode_config,
+        rows=rows,
+        longest_row=prompt_length - 1 + config.rollout.max_new_tokens,
+        mesh=mesh,
+        memory=memory,
+        chip=chip_for(devices[0].device_kind),
     )
+    mesh = decode_mesh(mesh, plan.tensor)
+    graphdef, params = abstract_model(decode_config, mesh, rules=DECODE_RULES)
     shape = engine_shape(
         sampling,
-        slots=slots,
+        slots=plan.slots,
         rows=row_bucket(rows, sampling),
         longest_prompt=prompt_length,
         devices=batch_parallelism(mesh),
-        pages_per_device=pages_per_device,
+        pages_per_device=plan.pages_per_device,
         backend=backend_for(devices[0].platform),
     )
     programs = engine_programs(decode_config, sampling, shape, mesh)
@@ -325,7 +333,7 @@ def rollout_fit(
         rows=rows,
         slots=shape.slots,
         slots_per_chip=shape.slots // batch_parallelism(mesh),
-        cache=size.report() if size is not None else None,
+        decode_plan=plan.report(),
         page_size=shape.page_size,
         pages_per_slot=shape.pages_per_slot,
         pages=shape.pages,

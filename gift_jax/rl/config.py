@@ -51,13 +51,17 @@ class RolloutSection:
     # state (gift_jax.rollout.sizing).
     max_concurrent_rows: int | Literal["auto"] = "auto"
     page_size: int = 64  # positions per page of the paged KV cache
+    # Tensor axis of the decode mesh (the same devices as (1, N / t, t)); "auto": the roofline estimate's
+    # pick on known chips, else mesh.tensor (gift_jax.rollout.plan).
+    decode_tensor: int | Literal["auto"] = "auto"
     shrink_tail: bool = True  # once no prompt waits, halve the engine's slots as rows finish (SamplingConfig)
 
     def __post_init__(self):
         require_at_least(self, 2, "group_size")
         require_at_least(self, 1, "max_new_tokens", "page_size")
-        if self.max_concurrent_rows != "auto":
-            require_at_least(self, 1, "max_concurrent_rows")
+        for name in ("max_concurrent_rows", "decode_tensor"):
+            if getattr(self, name) != "auto":
+                require_at_least(self, 1, name)
         if not self.temperature > 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
             raise ValueError(
                 f"need temperature > 0, top_p in (0, 1], top_k >= 0; got {self.temperature}, {self.top_p}, {self.top_k}"

@@ -30,6 +30,7 @@ def rollout_sampling(config: RLStageConfig, *, stop_ids: tuple[int, ...] = (0,),
         pad_id=pad_id,
         max_concurrent_rows=r.max_concurrent_rows,
         page_size=r.page_size,
+        decode_tensor=r.decode_tensor,
         shrink_tail=r.shrink_tail,
     )
 

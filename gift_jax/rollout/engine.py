@@ -33,11 +33,13 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from gift_jax.models import ModelConfig, Transformer
+from gift_jax.models import Transformer
 from gift_jax.models.paged_attention import backend_for
 from gift_jax.parallel import batch_parallelism, fetch_global
-from gift_jax.rollout.layout import decoding_layout
+from gift_jax.parallel.chips import chip_for
+from gift_jax.rollout.layout import decode_mesh, decode_param_dtype, decoding_layout
 from gift_jax.rollout.pages import PagePool
+from gift_jax.rollout.plan import plan_decode
 from gift_jax.rollout.programs import (
     EnginePrograms,
     InsertBatch,
@@ -46,7 +48,7 @@ from gift_jax.rollout.programs import (
     prefix_width,
     row_bucket,
 )
-from gift_jax.rollout.sizing import CacheSize, free_device_bytes, size_cache
+from gift_jax.rollout.sizing import free_device_bytes
 from gift_jax.rollout.token_sampling import row_keys
 from gift_jax.rollout.types import SampleResult, SamplingConfig, assemble_result, check_request, request_indices
 
@@ -94,58 +96,6 @@ class EngineStats:
             "rollout_slot_steps": float(self.slot_steps),
             "rollout_preempted_rows": float(self.preempted_rows),
         }
-
-
-DEFAULT_CACHE_TOKENS = 2**20  # generated tokens the default slot count holds (~57 GB of bf16 cache at 7B)
-
-
-def slots_for_budget(max_new_tokens: int, cache_tokens: int = DEFAULT_CACHE_TOKENS) -> int:
-    """As many slots as `cache_tokens` generated tokens allow (e.g. 128 for an 8,192-token budget)."""
-    return max(1, cache_tokens // max_new_tokens)
-
-
-def default_slots(num_rows: int, mesh: Mesh | None = None) -> int:
-    """`num_rows` slots rounded up to the mesh's batch parallelism (each batch device gets as many)."""
-    multiple = batch_parallelism(mesh) if mesh is not None else 1
-    return -(-num_rows // multiple) * multiple
-
-
-def plan_cache(
-    config: SamplingConfig,
-    model_config: ModelConfig,
-    *,
-    rows: int,
-    longest_row: int,
-    mesh: Mesh | None = None,
-    memory: tuple[int, int] | None = None,
-) -> tuple[int, int | None, CacheSize | None]:
-    """`(slots, pages per device, the memory-based sizing)` of a rollout of `rows` request rows of up to
-    `longest_row` cache positions. Slots are a multiple of the mesh's batch parallelism.
-
-    The static reference gives every row a slot (rows bucket from 1 up: 1, 2, 4, ...) and all its pages.
-    "auto" with `memory` (`(free, limit)` bytes per device, `sizing.free_device_bytes`) sizes slots and
-    pool from it (`sizing.size_cache`); without (a CPU), it holds `DEFAULT_CACHE_TOKENS` generated
-    tokens. Pages per device None: a pool that holds every slot's longest row.
-    """
-    if config.max_concurrent_rows is None:
-        return default_slots(row_bucket(rows, config), mesh), None, None
-    if config.max_concurrent_rows == "auto" and memory is not None:
-        size = size_cache(
-            model_config,
-            rows=rows,
-            longest_row=longest_row,
-            page_size=config.page_size,
-            cache_dtype=config.cache_dtype or model_config.dtype,
-            free_bytes=memory[0],
-            hbm_bytes=memory[1],
-            blocks=batch_parallelism(mesh) if mesh is not None else 1,
-            tensor=mesh.shape["tensor"] if mesh is not None else 1,
-        )
-        return size.slots, size.pages_per_device, size
-    wanted = config.max_concurrent_rows
-    if wanted == "auto":
-        wanted = slots_for_budget(config.max_new_tokens)
-    return default_slots(min(wanted, rows), mesh), config.pages_per_device, None
 
 
 def spread_over_devices(occupied: np.ndarray, count: int, blocks: int = 1) -> list[int]:
@@ -243,9 +193,10 @@ def run_engine(
       config: decoding options; `max_concurrent_rows` picks the engine's slots or the static reference.
       rng: PRNG key; sample j of prompt i draws its token t from
         `fold_in(fold_in(fold_in(rng, i), j), t)`.
-      mesh: when given, slots and the page pool are split over its batch axes (the slot count rounded
-        up to a multiple). With several processes, every process passes the same prompts and
-        receives all rows.
+      mesh: when given, the rollout decodes on a mesh of the same devices laid out for decoding
+        (`layout.decode_mesh`, `config.decode_tensor`): slots and the page pool split over its batch
+        axes (the slot count rounded up to a multiple), weights and kv heads over its `tensor`. With
+        several processes, every process passes the same prompts and receives all rows.
       budgets: optional per-prompt generation budgets (each in [1, max_new_tokens]); a row that
         reaches its budget without a stop token is truncated there.
       should_stop: asked once per decode call (every process of a multi-host run asks it the same
@@ -256,30 +207,33 @@ def run_engine(
     """
     started = time.perf_counter()
     prompt_budgets = check_request(model.config, prompts, config, budgets)
-    if mesh is not None:
-        model = decoding_layout(model, mesh)  # no per-token all-gather of fsdp-sharded weights
     n = config.num_samples
     rows = [list(prompt) for prompt in prompts for _ in range(n)]
     requests = _Requests(prompts, n, prompt_budgets, row_keys(rng, *request_indices(len(prompts), n)))
-    graphdef, params = nnx.split(model)
-    blocks = batch_parallelism(mesh) if mesh is not None else 1
     devices = list(mesh.devices.flat) if mesh is not None else jax.local_devices()
-    slots, pages_per_device, _ = plan_cache(
+    decode_config = model.config.replace(param_dtype=str(decode_param_dtype(model.config)))
+    plan = plan_decode(
         config,
-        model.config,
+        decode_config,
         rows=len(rows),
         longest_row=max(requests.positions(row) for row in range(len(rows))),
         mesh=mesh,
         memory=free_device_bytes([d for d in devices if d.process_index == jax.process_index()]),
+        chip=chip_for(devices[0].device_kind),
     )
+    if mesh is not None:  # a copy in the decoding layout, on the decode mesh; dropped on return
+        mesh = decode_mesh(mesh, plan.tensor)
+        model = decoding_layout(model, mesh)
+    graphdef, params = nnx.split(model)
+    blocks = batch_parallelism(mesh) if mesh is not None else 1
     # Output buffers for a bucket of request rows, so calls with similar row counts share compilations.
     shape = engine_shape(
         config,
-        slots=slots,
+        slots=plan.slots,
         rows=row_bucket(len(rows), config),
         longest_prompt=max(len(p) for p in prompts),
         devices=blocks,
-        pages_per_device=pages_per_device,
+        pages_per_device=plan.pages_per_device,
         backend=backend_for(devices[0].platform),
     )
     programs = engine_programs(model.config, config, shape, mesh)

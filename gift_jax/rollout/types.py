@@ -46,6 +46,9 @@ class SamplingConfig:
     pages_per_device: engine only, each device's page pool (one scratch page included). None: enough
       for every slot's longest row, so no row ever waits for pages. Fewer: memory follows the tokens
       held, and when a device runs out its latest rows give their pages back and are redone.
+    decode_tensor: on a mesh, the tensor axis of the decode mesh (`layout.decode_mesh`: the same
+      devices as `(1, N / t, t)`); "auto": chosen by the roofline estimate on known chips, else the
+      mesh's own (`plan`); None: the mesh's own.
     cache_dtype: the KV cache's dtype (None: the model's compute dtype; "bfloat16" halves the cache
       of a float32 model at a small log-prob drift, see bench_rollouts.py).
     shrink_tail: engine only, once no request waits, move the live rows into half as many slots
@@ -66,6 +69,7 @@ class SamplingConfig:
     decode_steps_per_call: int = 8
     page_size: int = 64
     pages_per_device: int | None = None
+    decode_tensor: int | Literal["auto"] | None = "auto"
     cache_dtype: str | None = None
     shrink_tail: bool = True
 
@@ -77,6 +81,10 @@ class SamplingConfig:
         slots = self.max_concurrent_rows
         if slots not in (None, "auto") and not (isinstance(slots, int) and slots >= 1):
             raise ValueError(f"max_concurrent_rows must be >= 1, 'auto' or None, got {slots!r}")
+        if self.decode_tensor not in (None, "auto") and not (
+            isinstance(self.decode_tensor, int) and self.decode_tensor >= 1
+        ):
+            raise ValueError(f"decode_tensor must be >= 1, 'auto' or None, got {self.decode_tensor!r}")
         if self.page_size < 1:
             raise ValueError(f"page_size must be >= 1, got {self.page_size}")
         if self.pages_per_device is not None and self.pages_per_device < 2:

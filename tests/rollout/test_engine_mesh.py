@@ -47,6 +47,41 @@ def test_engine_on_the_mesh_equals_one_device():
     np.testing.assert_allclose(wide.logprobs, single.logprobs, atol=1e-5)
 
 
+def test_a_decode_mesh_of_its_own_equals_one_device():
+    """Trained on a pure-FSDP mesh (fsdp 8), decoded on the same devices as fsdp 4 x tensor 2 (and a
+    small pool that preempts): the same samples as one device, the training layout untouched."""
+    config = SamplingConfig(
+        max_new_tokens=10,
+        num_samples=2,
+        temperature=1.0,
+        stop_ids=(3,),
+        max_concurrent_rows=8,
+        decode_steps_per_call=4,
+        page_size=4,
+        pages_per_device=7,
+    )
+    budgets = [4, 4, 10, 10]
+    single = run_engine(
+        tiny_policy(), PROMPTS, dataclasses.replace(config, pages_per_device=None), jax.random.key(3), budgets=budgets
+    )[0]
+    mesh = make_mesh(MeshConfig(data=1, fsdp=8, tensor=1))
+    sharded = shard_model(tiny_policy(), mesh)
+    before = jax.tree.map(lambda x: x.sharding, nnx.state(sharded))
+    for tensor in (2, 1):
+        result, stats = run_engine(
+            sharded,
+            PROMPTS,
+            dataclasses.replace(config, decode_tensor=tensor),
+            jax.random.key(3),
+            mesh=mesh,
+            budgets=budgets,
+        )
+        assert stats.slots == 8
+        np.testing.assert_array_equal(result.completion_ids, single.completion_ids, err_msg=f"tensor {tensor}")
+        np.testing.assert_allclose(result.logprobs, single.logprobs, atol=1e-5, err_msg=f"tensor {tensor}")
+    assert jax.tree.map(lambda x: x.sharding, nnx.state(sharded)) == before
+
+
 def test_decoding_layout_needs_fewer_collectives_per_token():
     """One decode step compiled from abstract shapes in both layouts; collectives counted in the HLO.
 

@@ -5,7 +5,7 @@ import pytest
 
 from gift_jax.models import ModelConfig
 from gift_jax.rollout import SamplingConfig
-from gift_jax.rollout.engine import plan_cache, slots_for_budget
+from gift_jax.rollout.plan import plan_cache, slots_for_budget
 from gift_jax.rollout.sizing import HBM_MARGIN, LOGITS_COPIES, ROW_SHARE, kv_bytes_per_position, size_cache
 
 GIB = 2**30
