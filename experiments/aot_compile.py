@@ -16,16 +16,19 @@ Iterate with `--model-set num_layers=4`; a 28-layer 7B step takes minutes and Gi
 """
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
 import yaml
 
-from gift_jax.aot import LOCAL, STAGES, TOPOLOGIES, init_step_fit, rl_step_fit, rollout_fit
+from gift_jax.aot import LOCAL, STAGES, TOPOLOGIES, init_step_fit, rl_step_fit, rollout_fit, topology_devices
+from gift_jax.aot.estimate import ANALYTIC_TARGETS, rl_step_estimate, target_of
 from gift_jax.config_io import ConfigError, load_config
 from gift_jax.models import config_from_hf, read_config
 from gift_jax.rl.config import RLStageConfig
+from gift_jax.rollout import DecodePlan
 from gift_jax.train.init_config import InitStageConfig
 
 GIB = 1024**3
@@ -78,10 +81,31 @@ def _print(report) -> None:
         print(f"  collectives per chip: {gib(total)} = {total / report.model_bytes:.1f} model copies ({kinds})")
 
 
+def _print_estimate(estimate: dict) -> None:
+    """One line per rollout layout and the RL step totals (roofline lower bounds, analytic)."""
+    for name in ("before", "after"):
+        r = estimate["rollout"][name]
+        e = r["estimate"]
+        print(
+            f"  estimate, {name}: decode tensor {r['decode_tensor']}, {r['slots_per_chip']} rows per chip, "
+            f"decoding copy {r['decode_weight_bytes_per_chip'] / GIB:.2f} GiB per chip, "
+            f"step {e['decode_step_s'] * 1e3:.2f} ms ({e['bound']}-bound), "
+            f"{e['tokens_per_s_per_chip']:.0f} tokens/s per chip (weights-only ceiling "
+            f"{e['weights_only_tokens_per_s_per_chip']:.0f}), rollout phase {e['rollout_phase_s']:.0f} s "
+            f"({e['preempted_rows']} rows preempted)"
+        )
+    p = estimate["passes"]
+    print(
+        "  estimate, one RL step: "
+        + ", ".join(f"{k.removesuffix('_s')} {v:.1f} s" for k, v in p.items() if k.endswith("_s"))
+        + f"; total {estimate['rl_step_s']['after']:.0f} s (before: {estimate['rl_step_s']['before']:.0f} s)"
+    )
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="stage YAML (init or RL)")
-    parser.add_argument("--topology", default=LOCAL, choices=[LOCAL, *TOPOLOGIES])
+    parser.add_argument("--topology", default=LOCAL, choices=[LOCAL, *TOPOLOGIES, *ANALYTIC_TARGETS])
     parser.add_argument("--stage", default="init", choices=STAGES)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="stage-config override")
     parser.add_argument("--model-config", default=None, help="HF config.json (or folder) giving the shapes")
@@ -96,10 +120,35 @@ def main(argv=None) -> int:
     parser.add_argument("--prompt-length", type=int, default=512, help="rl / rollout: prompt tokens per row")
     parser.add_argument("--json", default=None, help="write the report here")
     parser.add_argument("--hlo", default=None, help="write the optimized HLO text here")
+    parser.add_argument(
+        "--estimate",
+        action="store_true",
+        help="rl / rollout: add the roofline estimate of one RL step (gift_jax.aot.estimate); the GPU targets "
+        f"{', '.join(ANALYTIC_TARGETS)} are estimated only (nothing compiles for them here)",
+    )
     args = parser.parse_args(argv)
+    analytic = args.topology in ANALYTIC_TARGETS
     try:
         config = load_config(InitStageConfig if args.stage == "init" else RLStageConfig, args.config, args.set)
         model_config = _model_config(config.model.path, args.model_config, args.model_set)
+        if args.estimate and args.stage == "init":
+            raise ConfigError("--estimate: the estimate is of an RL step (--stage rl or rollout)")
+        if analytic and not args.estimate:
+            raise ConfigError(f"--topology {args.topology} is estimated only: add --estimate (--stage rl or rollout)")
+        if analytic:
+            estimate = rl_step_estimate(
+                args.stage,
+                config,
+                model_config,
+                target_of(args.topology, config),
+                prompt_length=args.prompt_length,
+            )
+            _print_estimate(estimate)
+            if args.json:
+                Path(args.json).write_text(
+                    json.dumps({"topology": args.topology, "estimate": estimate}, indent=2) + "\n"
+                )
+            return 0
         if args.stage == "init":
             report = init_step_fit(
                 config, model_config, topology=args.topology, seq_len=args.seq_len, hlo_file=args.hlo
@@ -109,10 +158,24 @@ def main(argv=None) -> int:
             report = fit(
                 config, model_config, topology=args.topology, prompt_length=args.prompt_length, hlo_file=args.hlo
             )
+        if args.estimate:
+            plan = report.shapes.get("decode_plan")
+            target = target_of(args.topology, config, topology_devices(args.topology), report.hbm_bytes_per_chip)
+            estimate = rl_step_estimate(
+                args.stage,
+                config,
+                model_config,
+                target,
+                prompt_length=args.prompt_length,
+                plan=DecodePlan.from_report(plan) if plan else None,
+            )
+            report = dataclasses.replace(report, estimate=estimate)
     except (ConfigError, ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     _print(report)
+    if report.estimate:
+        _print_estimate(report.estimate)
     if args.json:
         Path(args.json).write_text(report.to_json() + "\n")
     return 0 if report.fits else 1

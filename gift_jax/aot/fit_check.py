@@ -63,6 +63,7 @@ class FitReport:
     # Held on each chip while the step runs without being one of its arguments (the RL training
     # state while rollouts decode); part of `peak_bytes_per_chip`.
     resident_bytes: int = 0
+    estimate: dict | None = None  # `--estimate`: the roofline estimate of one RL step (`aot.estimate`)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -300,7 +301,8 @@ def rollout_fit(
         decode_config,
         rows=rows,
         longest_row=prompt_length - 1 + config.rollout.max_new_tokens,
-        mesh=mesh,
+        chips=len(devices),
+        mesh_tensor=mesh.shape["tensor"],
         memory=memory,
         chip=chip_for(devices[0].device_kind),
     )

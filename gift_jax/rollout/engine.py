@@ -217,7 +217,8 @@ def run_engine(
         decode_config,
         rows=len(rows),
         longest_row=max(requests.positions(row) for row in range(len(rows))),
-        mesh=mesh,
+        chips=len(devices) if mesh is not None else 1,
+        mesh_tensor=mesh.shape["tensor"] if mesh is not None else 1,
         memory=free_device_bytes([d for d in devices if d.process_index == jax.process_index()]),
         chip=chip_for(devices[0].device_kind),
     )

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 
-from jax.sharding import Mesh
-
 from gift_jax.models import ModelConfig
 from gift_jax.parallel.chips import Chip
 from gift_jax.rollout.bucketing import bucket_size
@@ -48,6 +46,11 @@ class DecodePlan:
 
     def report(self) -> dict:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_report(cls, report: dict) -> DecodePlan:
+        cache = report["cache"]
+        return cls(**{**report, "cache": CacheSize(**cache) if cache is not None else None})
 
 
 def plan_cache(
@@ -95,18 +98,17 @@ def plan_decode(
     *,
     rows: int,
     longest_row: int,
-    mesh: Mesh | None,
-    memory: tuple[int, int] | None,
-    chip: Chip | None,
+    chips: int = 1,
+    mesh_tensor: int = 1,
+    memory: tuple[int, int] | None = None,
+    chip: Chip | None = None,
 ) -> DecodePlan:
-    """The decode plan (see the module docstring). `model_config`: the decoding copy's (its dtype)."""
-    chips = mesh.devices.size if mesh is not None else 1
-    if mesh is None:
-        tensor = 1
-    elif config.decode_tensor != "auto":
-        tensor = config.decode_tensor or mesh.shape["tensor"]
+    """The decode plan (see the module docstring) over `chips` devices whose mesh has `mesh_tensor`.
+    `model_config`: the decoding copy's (its dtype)."""
+    if config.decode_tensor != "auto":
+        tensor = config.decode_tensor or mesh_tensor
     elif memory is None or chip is None:
-        tensor = mesh.shape["tensor"]
+        tensor = mesh_tensor
     else:
         tensor = choose_tensor(
             config, model_config, rows=rows, longest_row=longest_row, chips=chips, memory=memory, chip=chip
