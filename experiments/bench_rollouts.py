@@ -270,7 +270,7 @@ programs = engine_programs(config, SamplingConfig(max_new_tokens=256, temperatur
                            shape, mesh)
 for name, model in (("training (fsdp)", training), ("decoding", decoding_layout(training, mesh))):
     graphdef, params = nnx.split(model)
-    targets = programs.compile_targets(graphdef, params, prompts=1, new_rows=1, width=16)
+    targets = programs.compile_targets(graphdef, params, prompts=1, new_rows=1, width=16, writes=1)
     jitted, inputs, static = targets["decode_k_steps"]
     compiled = jitted.lower(*inputs, **static).compile()
     found = collectives(compiled.as_text())

@@ -318,7 +318,8 @@ def rollout_fit(
         backend=backend_for(devices[0].platform),
     )
     programs = engine_programs(decode_config, sampling, shape, mesh)
-    # The first round fills every slot: slots / samples prompts prefilled, each copied `samples` times.
+    # The first round fills every slot: slots / samples prompts prefilled, each written into its row's
+    # pages and its template page (`rollout.admission`), every other row copying the template.
     prompts = row_bucket(-(-shape.slots // sampling.num_samples), sampling)
     targets = programs.compile_targets(
         graphdef,
@@ -326,6 +327,7 @@ def rollout_fit(
         prompts=prompts,
         new_rows=row_bucket(shape.slots, sampling),
         width=prefix_width(sampling, prompt_length),
+        writes=row_bucket(2 * prompts, sampling),
     )
     if not sampling.shrink_tail:
         targets.pop("shrink", None)

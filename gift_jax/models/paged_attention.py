@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -281,56 +280,73 @@ def paged_decode_attention(q, k, v, cache_layer: tuple[jax.Array, ...], page_tab
     return local(q, k, v, cache_layer, page_table, lengths)
 
 
+def _per_device(cache: PagedKVCache, layer_fn, extra_specs: tuple, kv_heads: int):
+    """`layer_fn(layer, *args)` on each device's own pool (`shard_map` over the ambient mesh, if any):
+    pages are indices within a device's pool, so each device applies only the entries addressed to it
+    (`layer_fn` gets `device`, this device's index over the batch axes)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    rows, heads = _split(mesh, kv_heads) if not mesh.empty else (None, None)
+    if rows is None and heads is None:
+        return functools.partial(layer_fn, device=0)
+
+    def local(layer, *args):
+        return layer_fn(layer, *args, device=0 if rows is None else jax.lax.axis_index(rows))
+
+    pool = _pool_spec(cache.backend, rows, heads)
+    specs = tuple(P(None, heads, None, None) if spec == "heads" else P() for spec in extra_specs)
+    return jax.shard_map(local, mesh=mesh, in_specs=(pool, *specs), out_specs=pool, check_vma=False)
+
+
 def write_prefill(
     cache: PagedKVCache,
     k: tuple[jax.Array, ...],
     v: tuple[jax.Array, ...],
     source: jax.Array,
-    slot: jax.Array,
+    device: jax.Array,
     page_table: jax.Array,
     lengths: jax.Array,
 ) -> PagedKVCache:
-    """Copies prefilled keys / values into the pages of new rows.
+    """Copies prefilled keys / values into pages.
 
-    k, v: per layer `[U, K, W, D]` (a dense prefill of U prompts). source: `[M]` which prompt each new
-    row copies; slot: `[M]` the row's slot (S: padding, dropped); page_table: `[M, n]` the row's pages
-    for positions `[0, n * page_size)`, indices within its device's pool; lengths: `[M]` how many
-    positions to copy (the rest of the last page is written over by the row's decode steps). On a
-    mesh each device writes the rows of its own slots (the slots are split over the batch axes in
-    equal blocks) into its own pool.
+    k, v: per layer `[U, K, W, D]` (a dense prefill of U prompts). Per write entry `[E]`: source, which
+    prompt; device, whose pool (out of range: padding, dropped); page_table `[E, n]`, the pages for
+    positions `[0, n * page_size)` (indices within that device's pool); lengths, how many positions to
+    copy (the rest of the last page is written over by decode steps).
     """
     page_size, width = cache.page_size, k[0].shape[2]
-    mesh = jax.sharding.get_abstract_mesh()
-    rows, heads = _split(mesh, k[0].shape[1]) if not mesh.empty else (None, None)
-    blocks = 1 if rows is None else math.prod(mesh.shape[a] for a in rows)
-    per_device = cache.lengths.shape[0] // blocks
 
-    def device_write(layer, k_layer, v_layer, source, slot, page_table, lengths):
-        mine = slot // per_device == (0 if rows is None else jax.lax.axis_index(rows))
+    def layer_write(layer, k_layer, v_layer, source, target, page_table, lengths, *, device):
         position = jnp.arange(width)
         in_table = jnp.minimum(position // page_size, page_table.shape[1] - 1)
         # Past the pool: dropped (a negative index would wrap around to the last page).
         outside = layer[0].shape[0 if cache.backend == "tpu" else 1]
-        keep = mine[:, None] & (position[None, :] < lengths[:, None])
-        pages = jnp.where(keep, page_table[:, in_table], outside).reshape(-1)  # [M * W]
-        offsets = jnp.tile(position % page_size, slot.shape[0])
+        keep = (target == device)[:, None] & (position[None, :] < lengths[:, None])
+        pages = jnp.where(keep, page_table[:, in_table], outside).reshape(-1)  # [E * W]
+        offsets = jnp.tile(position % page_size, source.shape[0])
 
-        def flat(x):  # [U, K, W, D] -> the new rows' positions [M * W, K, D]
+        def flat(x):  # [U, K, W, D] -> the entries' positions [E * W, K, D]
             return x[source].transpose(0, 2, 1, 3).reshape(-1, x.shape[1], x.shape[3])
 
         return _write(layer, cache.backend, pages, offsets, flat(k_layer), flat(v_layer))
 
-    if rows is not None or heads is not None:
-        replicated, prefill = P(), P(None, heads, None, None)
-        device_write = jax.shard_map(
-            device_write,
-            mesh=mesh,
-            in_specs=(_pool_spec(cache.backend, rows, heads), prefill, prefill, *(replicated,) * 4),
-            out_specs=_pool_spec(cache.backend, rows, heads),
-            check_vma=False,
-        )
+    write = _per_device(cache, layer_write, ("heads", "heads", None, None, None, None), cache.kv_heads)
     pages = tuple(
-        device_write(layer, k_layer, v_layer, source, slot, page_table, lengths)
+        write(layer, k_layer, v_layer, source, device, page_table, lengths)
         for layer, k_layer, v_layer in zip(cache.pages, k, v, strict=True)
     )
     return cache.replace(pages=pages)
+
+
+def copy_pages(cache: PagedKVCache, device: jax.Array, source: jax.Array, target: jax.Array) -> PagedKVCache:
+    """Page `source[c]` copied onto page `target[c]` of device `device[c]`'s pool, per entry `[C]`
+    (a shared prompt page copied for the row that writes into it; out-of-range devices: padding)."""
+    axis = 0 if cache.backend == "tpu" else 1
+
+    def layer_copy(layer, owner, source, target, *, device):
+        target = jnp.where(owner == device, target, layer[0].shape[axis])  # past the pool: dropped
+        if axis == 0:
+            return tuple(x.at[target].set(x[source], mode="drop") for x in layer)
+        return tuple(x.at[:, target].set(x[:, source], mode="drop") for x in layer)
+
+    copy = _per_device(cache, layer_copy, (None, None, None), cache.kv_heads)
+    return cache.replace(pages=tuple(copy(layer, device, source, target) for layer in cache.pages))

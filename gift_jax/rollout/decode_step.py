@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec as P
 
 from gift_jax.models import ModelConfig, Transformer, init_cache
-from gift_jax.models.paged_attention import SCRATCH_PAGE, PagedKVCache, init_paged_cache, write_prefill
+from gift_jax.models.paged_attention import SCRATCH_PAGE, PagedKVCache, copy_pages, init_paged_cache, write_prefill
 from gift_jax.parallel import logical_to_spec
 from gift_jax.rollout.token_sampling import TokenRule, choose_tokens, position_keys
 from gift_jax.rollout.types import StopRule, constrain_cache
@@ -140,42 +140,31 @@ def init_state(model_config: ModelConfig, shape: EngineShape, pad_id: int, mesh:
     )
 
 
-def insert(
-    model: Transformer,
-    state: DecodeState,
-    prefix_ids: jax.Array,
-    prefix_mask: jax.Array,
-    source: jax.Array,
-    slot: jax.Array,
-    last_token: jax.Array,
-    keys: jax.Array,
-    row: jax.Array,
-    budget: jax.Array,
-    table: jax.Array,
-    pad_id: int = 0,
-) -> DecodeState:
-    """Prefills U prompts once and places M new rows, copied from them, into free slots.
+def insert(model: Transformer, state: DecodeState, batch, table: jax.Array, pad_id: int = 0) -> DecodeState:
+    """Prefills U prompts once, writes their prefixes into pages, and places M new rows in free slots.
 
     Args:
       model: the policy (decoding copy).
       state: the rollout state.
-      prefix_ids, prefix_mask: `[U, W]` int32, each prompt but its last token, right-padded (a
-        one-token prompt has an empty prefix).
-      source: `[M]` int32, which prefilled prompt each new row copies.
-      slot: `[M]` int32, the free slot it goes to (S for padding entries, which are dropped).
-      last_token: `[M]` int32, the prompt's last token (fed by the row's first decode step).
-      keys: `[M]` row base keys. row: `[M]` int32 request rows (R for padding). budget: `[M]` int32.
+      batch: a `programs.InsertBatch` (built by `admission.Admission`): the prompts' prefixes
+        `[U, W]` (each prompt but its last token, right-padded), the page writes of the prefill
+        (`models.paged_attention.write_prefill`), the page copies of shared prompt pages
+        (`copy_pages`: a row's own copy of its prompt's partial last page), and per new row its slot
+        (S: padding, dropped), its prefix length, its prompt's last token (fed by its first decode
+        step), its base key, request row (R: padding) and budget.
       table: `[S, pages per slot]` int32, the host's page table (`pages.PagePool.table`), the new
         rows' pages included.
       pad_id: the new rows' outputs start as padding (a row redone after preemption starts afresh).
     """
-    s = state.alive.shape[0]
     cache = state.cache
-    prefill = init_cache(model.config, prefix_ids.shape[0], prefix_ids.shape[1], dtype=cache.pages[0][0].dtype)
-    _, prefill = model.decode(prefix_ids, prefill, attention_mask=prefix_mask)
-    prefix_len = jnp.sum(prefix_mask, axis=1)[source]
-    cache = write_prefill(cache, prefill.k, prefill.v, source, slot, table[jnp.minimum(slot, s - 1)], prefix_len)
-    cache = cache.replace(page_table=table, lengths=cache.lengths.at[slot].set(prefix_len, mode="drop"))
+    prefill = init_cache(model.config, *batch.prefix_ids.shape, dtype=cache.pages[0][0].dtype)
+    _, prefill = model.decode(batch.prefix_ids, prefill, attention_mask=batch.prefix_mask)
+    cache = write_prefill(
+        cache, prefill.k, prefill.v, batch.write_source, batch.write_device, batch.write_table, batch.write_length
+    )
+    cache = copy_pages(cache, batch.copy_device, batch.copy_source, batch.copy_target)
+    slot, row = batch.slot, batch.row
+    cache = cache.replace(page_table=table, lengths=cache.lengths.at[slot].set(batch.length, mode="drop"))
 
     def put(x, values):
         return x.at[slot].set(values, mode="drop")
@@ -185,12 +174,12 @@ def insert(
 
     return state.replace(
         cache=cache,
-        feed=put(state.feed, last_token),
-        keys=put(state.keys, keys),
+        feed=put(state.feed, batch.last_token),
+        keys=put(state.keys, batch.keys),
         row=put(state.row, row),
         count=put(state.count, jnp.zeros_like(row)),
-        budget=put(state.budget, budget),
-        alive=put(state.alive, budget > 0),
+        budget=put(state.budget, batch.budget),
+        alive=put(state.alive, batch.budget > 0),
         tokens=clear(state.tokens, pad_id),
         logprobs=clear(state.logprobs, 0.0),
         entropies=clear(state.entropies, 0.0),

@@ -37,15 +37,14 @@ from gift_jax.models import Transformer
 from gift_jax.models.paged_attention import backend_for
 from gift_jax.parallel import batch_parallelism, fetch_global
 from gift_jax.parallel.chips import chip_for
+from gift_jax.rollout.admission import Admission, Requests
 from gift_jax.rollout.layout import decode_mesh, decode_param_dtype, decoding_layout
 from gift_jax.rollout.pages import PagePool
 from gift_jax.rollout.plan import plan_decode
 from gift_jax.rollout.programs import (
     EnginePrograms,
-    InsertBatch,
     engine_programs,
     engine_shape,
-    prefix_width,
     row_bucket,
 )
 from gift_jax.rollout.sizing import free_device_bytes
@@ -133,47 +132,6 @@ def shrink_plan(occupied: np.ndarray, blocks: int = 1) -> np.ndarray | None:
     return order.reshape(-1).astype(np.int32)
 
 
-@dataclasses.dataclass
-class _Requests:
-    """The host's view of one call: prompts, samples per prompt, each prompt's budget and the row keys."""
-
-    prompts: Sequence[Sequence[int]]
-    samples: int
-    budgets: list[int]
-    keys: jax.Array  # [R] row base keys
-
-    def prompt(self, row: int) -> Sequence[int]:
-        return self.prompts[row // self.samples]
-
-    def positions(self, row: int) -> int:
-        """Cache positions a request row fills at most: its prompt but the last token, then one per step."""
-        return len(self.prompt(row)) - 1 + self.budgets[row // self.samples]
-
-    def insert_batch(self, rows: list[int], slots: list[int], config: SamplingConfig, shape) -> InsertBatch:
-        """Host arrays of an insert of request `rows` into `slots`: their unique prompts prefilled once,
-        counts padded to buckets (few compilations), padding entries out of range (dropped)."""
-        n = self.samples
-        unique = sorted({r // n for r in rows})
-        position = {p: i for i, p in enumerate(unique)}
-        width = prefix_width(config, max(len(self.prompts[p]) for p in unique))
-        prefix_ids = np.full((row_bucket(len(unique), config), width), config.pad_id, np.int32)
-        prefix_mask = np.zeros_like(prefix_ids)
-        for i, p in enumerate(unique):
-            prefix = self.prompts[p][:-1]
-            prefix_ids[i, : len(prefix)], prefix_mask[i, : len(prefix)] = prefix, 1
-        pad = row_bucket(len(rows), config) - len(rows)
-        return InsertBatch(
-            prefix_ids=prefix_ids,
-            prefix_mask=prefix_mask,
-            source=np.array([position[r // n] for r in rows] + [0] * pad, np.int32),
-            slot=np.array(slots + [shape.slots] * pad, np.int32),
-            last_token=np.array([self.prompt(r)[-1] for r in rows] + [config.pad_id] * pad, np.int32),
-            keys=self.keys[np.array(rows + [0] * pad)],
-            row=np.array(rows + [shape.rows] * pad, np.int32),
-            budget=np.array([self.budgets[r // n] for r in rows] + [0] * pad, np.int32),
-        )
-
-
 def run_engine(
     model: Transformer,
     prompts: Sequence[Sequence[int]],
@@ -209,7 +167,7 @@ def run_engine(
     prompt_budgets = check_request(model.config, prompts, config, budgets)
     n = config.num_samples
     rows = [list(prompt) for prompt in prompts for _ in range(n)]
-    requests = _Requests(prompts, n, prompt_budgets, row_keys(rng, *request_indices(len(prompts), n)))
+    requests = Requests(prompts, n, prompt_budgets, row_keys(rng, *request_indices(len(prompts), n)))
     devices = list(mesh.devices.flat) if mesh is not None else jax.local_devices()
     decode_config = model.config.replace(param_dtype=str(decode_param_dtype(model.config)))
     plan = plan_decode(
@@ -245,11 +203,11 @@ def run_engine(
         pages_per_slot=shape.pages_per_slot,
         page_size=shape.page_size,
     )
+    admission = Admission(requests, pool, config, shape.slots, shape.rows)
     if config.max_concurrent_rows is None:
-        state, counts = _run_static(programs, graphdef, params, requests, config, pool)
+        state, counts = _run_static(programs, graphdef, params, admission)
     else:
-        loop = _Schedule(programs, graphdef, params, requests, config, pool, blocks)
-        state, counts = loop.run(should_stop)
+        state, counts = _Schedule(programs, graphdef, params, admission, blocks).run(should_stop)
     outputs = (state.tokens, state.logprobs, state.entropies, state.lengths, state.stopped, state.busy_slot_steps)
     *per_row, busy = fetch_global(outputs)  # every process gets every row
     row_budgets = np.repeat(np.asarray(prompt_budgets, np.int32), n)
@@ -271,36 +229,36 @@ def run_engine(
     return result, stats
 
 
-def _run_static(programs: EnginePrograms, graphdef, params, requests: _Requests, config, pool: PagePool):
+def _run_static(programs: EnginePrograms, graphdef, params, admission: Admission):
     """Every request row in its own slot with all its pages, one program -> (final state, counts)."""
-    rows = list(range(len(requests.prompts) * requests.samples))
-    for row in rows:
-        pool.grow(row, requests.positions(row))
-    batch = requests.insert_batch(rows, rows, config, programs.shape)
-    return programs.generate(graphdef, params, batch, pool.table), (None, None, len(requests.prompts), 0)
+    for row in range(len(admission.requests.prompts) * admission.requests.samples):
+        assert admission.admit(row, row, admission.requests.positions(row)), "the static pool holds every row"
+    state = programs.generate(graphdef, params, admission.batch(), admission.pool.table)
+    return state, (None, None, admission.prefilled, 0)
 
 
 class _Schedule:
     """The engine's host loop (see the module docstring): rounds of preempt / admit / insert / decode /
     release / shrink until every request row has finished."""
 
-    def __init__(self, programs: EnginePrograms, graphdef, params, requests: _Requests, config, pool, blocks: int):
+    def __init__(self, programs: EnginePrograms, graphdef, params, admission: Admission, blocks: int):
         self.programs, self.graphdef, self.params = programs, graphdef, params
-        self.requests, self.config, self.pool, self.blocks = requests, config, pool, blocks
+        self.admission, self.requests, self.pool = admission, admission.requests, admission.pool
+        self.config, self.blocks = admission.config, blocks
         slots = programs.shape.slots
         self.row = np.full(slots, -1)  # request row in each slot, -1 when idle
         self.held = np.zeros(slots, np.int64)  # cache positions each slot's row has written
         self.since = np.zeros(slots, np.int64)  # round each slot's row came in (preemption is LIFO)
-        self.pending = deque(range(len(requests.prompts) * requests.samples))
-        self.decode_calls = self.slot_steps = self.prefilled = self.preempted = 0
+        self.pending = deque(range(len(self.requests.prompts) * self.requests.samples))
+        self.decode_calls = self.slot_steps = self.preempted = 0
 
     def run(self, should_stop) -> tuple:
         longest = max(self.requests.positions(row) for row in self.pending)
-        if self.pool.pages_for(longest) > self.pool.pages_per_device - 1:
+        if self.pool.pages_for(longest) + 1 > self.pool.pages_per_device - 1:
             raise ValueError(
                 f"rollout: a device's pool of {self.pool.pages_per_device} pages of {self.pool.page_size} "
-                f"positions (one of them scratch) cannot hold the longest row ({longest} positions); "
-                f"raise pages_per_device or shorten the budget"
+                f"positions (one of them scratch) cannot hold the longest row ({longest} positions) and "
+                f"its prompt's template page; raise pages_per_device or shorten the budget"
             )
         state = self.programs.init()
         steps = self.programs.steps
@@ -320,7 +278,8 @@ class _Schedule:
             for slot in np.flatnonzero(occupied & ~alive):
                 self._free(slot)
             state = self._shrink(state)
-        return state, (self.decode_calls * steps, self.slot_steps, self.prefilled, self.preempted)
+        counts = (self.decode_calls * steps, self.slot_steps, self.admission.prefilled, self.preempted)
+        return state, counts
 
     def _wanted(self, slot: int, steps: int) -> int:
         """Positions the slot's row may hold after the next decode call."""
@@ -337,34 +296,33 @@ class _Schedule:
                 mine = [s for s in np.flatnonzero(self.row >= 0) if self.pool.device(s) == device]
                 victim = max(mine, key=lambda s: self.since[s])
                 self.pending.appendleft(int(self.row[victim]))
+                self.admission.requeue(int(self.row[victim]))
                 self._free(victim)
                 self.preempted += 1
                 if victim == slot:
                     break
 
     def _admit(self, state, steps: int):
-        """Waiting rows into free slots that have pages for their prompt and first `steps` tokens."""
-        if not self.pending:
-            return state
+        """Waiting rows into free slots with pages for their prompt and first `steps` tokens: on a device
+        holding the prompt's pages when one has room, else on the device with the most free slots."""
         free = self.row < 0
-        candidates = spread_over_devices(~free, int(free.sum()), self.blocks)
-        rows, targets = [], []
-        for slot in candidates:
-            if not self.pending:
-                break
+        while self.pending and free.any():
             row = self.pending[0]
-            prefix = len(self.requests.prompt(row)) - 1
-            if not self.pool.grow(slot, min(prefix + steps, self.requests.positions(row))):
-                continue  # this device's pool is full; another may have room
+            slot = self.admission.device_for(row, free)
+            if slot is None:
+                slot = spread_over_devices(~free, 1, self.blocks)[0]
+            positions = min(self.requests.prefix(row) + steps, self.requests.positions(row))
+            if not self.admission.admit(row, slot, positions):
+                device = self.pool.device(slot)  # this device's pool is short this round
+                free.reshape(self.blocks, -1)[device] = False
+                continue
             self.pending.popleft()
-            rows.append(row)
-            targets.append(slot)
-            self.row[slot], self.held[slot], self.since[slot] = row, prefix, self.decode_calls
-        if not rows:
-            return state
-        batch = self.requests.insert_batch(rows, targets, self.config, self.programs.shape)
-        self.prefilled += len({r // self.requests.samples for r in rows})
-        return self.programs.insert(self.graphdef, self.params, state, batch, self.pool.table)
+            free[slot] = False
+            self.row[slot], self.held[slot], self.since[slot] = row, self.requests.prefix(row), self.decode_calls
+        batch = self.admission.batch()
+        return (
+            state if batch is None else self.programs.insert(self.graphdef, self.params, state, batch, self.pool.table)
+        )
 
     def _free(self, slot: int) -> None:
         self.pool.release(slot)

@@ -70,19 +70,13 @@ class PagePool:
     def share(self, slot: int, pages: list[int]) -> None:
         """Lists `pages` (of `slot`'s device, already held elsewhere) as the first pages of the empty `slot`."""
         assert self.held[slot] == 0, f"slot {slot} already holds pages"
-        device = self.device(slot)
-        for index, page in enumerate(pages):
-            self.refs[device, page] += 1
-            self.table[slot, index] = page
+        self.retain(self.device(slot), pages)
+        self.table[slot, : len(pages)] = pages
         self.held[slot] = len(pages)
 
     def release(self, slot: int) -> None:
-        """Takes back `slot`'s pages (each goes free when no other slot lists it); the row is scratch."""
-        device = self.device(slot)
-        for page in self.table[slot, : self.held[slot]]:
-            self.refs[device, page] -= 1
-            if self.refs[device, page] == 0:
-                self._free[device].append(int(page))
+        """Takes back `slot`'s pages (each goes free when nothing else holds it); the row is scratch."""
+        self.drop(self.device(slot), self.table[slot, : self.held[slot]].tolist())
         self.table[slot] = SCRATCH_PAGE
         self.held[slot] = 0
 
@@ -95,3 +89,23 @@ class PagePool:
         dropped = np.setdiff1d(np.arange(len(self.held)), source)
         assert not self.held[dropped].any(), "shrink would drop slots that hold pages"
         self.table, self.held, self.slots_per_device = self.table[source], self.held[source], new
+
+    def allocate(self, device: int) -> int | None:
+        """One free page of `device`, held once (by the caller), or None when none is free."""
+        if not self._free[device]:
+            return None
+        page = self._free[device].pop()
+        self.refs[device, page] += 1
+        return page
+
+    def retain(self, device: int, pages: list[int]) -> None:
+        """One more holder of each of `pages` (e.g. the prompt-page cache, `admission`)."""
+        for page in pages:
+            self.refs[device, page] += 1
+
+    def drop(self, device: int, pages: list[int]) -> None:
+        """One holder fewer of each of `pages`; a page nobody holds goes free."""
+        for page in pages:
+            self.refs[device, page] -= 1
+            if self.refs[device, page] == 0:
+                self._free[device].append(int(page))

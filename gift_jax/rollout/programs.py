@@ -44,12 +44,20 @@ from gift_jax.rollout.types import SamplingConfig, StopRule
 
 
 class InsertBatch(NamedTuple):
-    """The arguments of one `insert` (U prefilled prompts, M new rows; see `decode_step.insert`)."""
+    """The arguments of one `insert` (U prefilled prompts, E page writes, C page copies, M new rows;
+    see `decode_step.insert`, built by `admission.Admission`)."""
 
     prefix_ids: jax.Array  # [U, W] int32
     prefix_mask: jax.Array  # [U, W] int32
-    source: jax.Array  # [M] int32
+    write_source: jax.Array  # [E] int32
+    write_device: jax.Array  # [E] int32
+    write_table: jax.Array  # [E, pages per slot] int32
+    write_length: jax.Array  # [E] int32
+    copy_device: jax.Array  # [C] int32
+    copy_source: jax.Array  # [C] int32
+    copy_target: jax.Array  # [C] int32
     slot: jax.Array  # [M] int32
+    length: jax.Array  # [M] int32
     last_token: jax.Array  # [M] int32
     keys: jax.Array  # [M] PRNG keys
     row: jax.Array  # [M] int32
@@ -64,7 +72,7 @@ def init_program(*, model_config: ModelConfig, shape: EngineShape, pad_id: int, 
 @functools.partial(jax.jit, static_argnames=("pad_id", "mesh"), donate_argnames=("state",))
 def insert_program(graphdef, params, state: DecodeState, batch: InsertBatch, table, *, pad_id: int, mesh):
     with activation_sharding(mesh):
-        return insert(nnx.merge(graphdef, params), state, *batch, table, pad_id)
+        return insert(nnx.merge(graphdef, params), state, batch, table, pad_id)
 
 
 @functools.partial(jax.jit, static_argnames=("token_rule", "stop_rule", "steps", "mesh"), donate_argnames=("state",))
@@ -76,7 +84,7 @@ def decode_program(
         return decode_steps(nnx.merge(graphdef, params), state, token_rule, stop_rule, steps)
 
 
-@functools.partial(jax.jit, static_argnames=("mesh",))
+@functools.partial(jax.jit, static_argnames=("mesh",), donate_argnames=("state",))
 def shrink_program(state: DecodeState, keep: jax.Array, mesh: Mesh | None) -> DecodeState:
     return shrink(state, keep, mesh)
 
@@ -97,7 +105,7 @@ def generate_program(
     with activation_sharding(mesh):
         model = nnx.merge(graphdef, params)
         state = init_state(model_config, shape, stop_rule.pad_id, mesh)
-        state = insert(model, state, *batch, table, stop_rule.pad_id)
+        state = insert(model, state, batch, table, stop_rule.pad_id)
         return decode_until_done(model, state, token_rule, stop_rule).replace(cache=None)  # the cache stays inside
 
 
@@ -119,12 +127,13 @@ def engine_shape(
     """The static sizes of a rollout of `rows` request rows, prompts of up to `longest_prompt` tokens.
 
     devices: the blocks the slots and the pool are split into. pages_per_device: each device's pool
-    (scratch included); None: enough for every slot's longest row (a row never waits for pages).
+    (scratch included); None: enough for every slot's longest row and its prompt's template page
+    (`admission`): a row never waits for pages.
     """
     generation = config.bucket(config.max_new_tokens)
     pages_per_slot = -(-(prefix_width(config, longest_prompt) + generation) // config.page_size)
-    if pages_per_device is None:
-        pages_per_device = slots // devices * pages_per_slot + 1
+    if pages_per_device is None:  # each slot's longest row, a prompt template page per slot, scratch
+        pages_per_device = slots // devices * (pages_per_slot + 1) + 1
     return EngineShape(
         slots=slots,
         rows=rows,
@@ -200,24 +209,37 @@ class EnginePrograms:
     def abstract_table(self) -> jax.ShapeDtypeStruct:
         return self._host((self.shape.slots, self.shape.pages_per_slot), jnp.int32)
 
-    def abstract_insert_batch(self, prompts: int, new_rows: int, width: int) -> InsertBatch:
-        """An insert of `new_rows` rows copied from `prompts` prefilled prompts of `width` tokens."""
+    def abstract_insert_batch(self, prompts: int, new_rows: int, width: int, writes: int) -> InsertBatch:
+        """An insert of `new_rows` rows from `prompts` prefilled prompts of `width` tokens, `writes` page
+        writes of them and a page copy per new row."""
+        vector = functools.partial(self._host, dtype=jnp.int32)
         return InsertBatch(
-            self._host((prompts, width), jnp.int32),
-            self._host((prompts, width), jnp.int32),
-            *(self._host((new_rows,), jnp.int32) for _ in range(3)),
-            self._host((new_rows,), jax.random.key(0).dtype),
-            *(self._host((new_rows,), jnp.int32) for _ in range(2)),
+            prefix_ids=self._host((prompts, width), jnp.int32),
+            prefix_mask=self._host((prompts, width), jnp.int32),
+            write_source=vector((writes,)),
+            write_device=vector((writes,)),
+            write_table=self._host((writes, self.shape.pages_per_slot), jnp.int32),
+            write_length=vector((writes,)),
+            copy_device=vector((new_rows,)),
+            copy_source=vector((new_rows,)),
+            copy_target=vector((new_rows,)),
+            slot=vector((new_rows,)),
+            length=vector((new_rows,)),
+            last_token=vector((new_rows,)),
+            keys=self._host((new_rows,), jax.random.key(0).dtype),
+            row=vector((new_rows,)),
+            budget=vector((new_rows,)),
         )
 
-    def compile_targets(self, graphdef, params, *, prompts: int, new_rows: int, width: int) -> dict:
+    def compile_targets(self, graphdef, params, *, prompts: int, new_rows: int, width: int, writes: int) -> dict:
         """`{name: (jitted, args, static kwargs)}` of the engine's programs as `run_engine` calls them:
-        `decode`, `insert` (of `new_rows` rows from `prompts` prompts of `width` prefix tokens) and,
-        when the slots can halve, `shrink` at its first halving (the slot vectors are held twice then).
+        `decode`, `insert` (of `new_rows` rows from `prompts` prompts of `width` prefix tokens, with
+        `writes` page writes) and,
+        when the slots can halve, `shrink` at its first halving (the state donated: the pool stays put).
         `params` may be abstract (sharded `ShapeDtypeStruct`s)."""
         state, table = self.abstract_state(), self.abstract_table()
         keep = self._host((self.shape.slots,), jnp.bool_)
-        batch = self.abstract_insert_batch(prompts, new_rows, width)
+        batch = self.abstract_insert_batch(prompts, new_rows, width, writes)
         targets = {
             "decode_k_steps": (decode_program, (graphdef, params, state, table, keep), self._decode_options()),
             "insert": (

@@ -90,7 +90,7 @@ def size_cache(
     while slots > 1 and (usable - slots * workspace) // page_bytes - 1 < math.ceil(slots * ROW_SHARE * pages_for_row):
         slots -= 1
     pages = int((usable - slots * workspace) // page_bytes)
-    if pages - 1 < pages_for_row:
+    if pages - 2 < pages_for_row:  # scratch and the prompt's template page (`admission`) besides
         raise ValueError(
             f"rollout: {free_bytes / 2**30:.2f} GiB free per device (margin {HBM_MARGIN:.0%} of "
             f"{hbm_bytes / 2**30:.2f} GiB) cannot hold one row of {longest_row} positions "

@@ -103,7 +103,7 @@ def test_prefill_then_paged_decode_equals_the_uncached_forward(backend):
     cache = init_paged_cache(CONFIG, 2, 9, page_size, per_row, backend=backend)
     table = jnp.array([[7, 2, 5, 0], [1, 8, 3, 6]], jnp.int32)  # the rows' pages interleaved; 0: scratch
     lengths = jnp.array([len(r) for r in rows], jnp.int32)
-    cache = write_prefill(cache, prefill.k, prefill.v, jnp.arange(2), jnp.arange(2), table, lengths)
+    cache = write_prefill(cache, prefill.k, prefill.v, jnp.arange(2), jnp.zeros(2, jnp.int32), table, lengths)
     cache = cache.replace(page_table=table, lengths=lengths)
     logits, cache = model.decode_paged(jnp.asarray(nxt, jnp.int32), cache)
     np.testing.assert_array_equal(np.asarray(cache.lengths), [6, 19])

@@ -44,6 +44,8 @@ def test_engine_for_any_slots_and_pages_equals_the_static_reference(policy, temp
         assert stats.slots == min(slots, 12) and stats.generated_tokens == static.lengths.sum()
         assert 0 < stats.slot_occupancy <= 1
         assert stats.slot_steps <= stats.decode_steps * stats.slots
+        if not stats.preempted_rows:  # each prompt prefilled once, its samples spread over rounds or not
+            assert stats.prefilled_prompts == len(PROMPTS), label
         preempted += stats.preempted_rows
     assert preempted > 0  # the small pools made rows give their pages back, and nothing changed
 

@@ -1,8 +1,12 @@
-"""The host's book of the paged cache: pages handed out as rows grow, shared, taken back, moved."""
+"""The host's book of the paged cache: pages handed out as rows grow, shared, taken back, moved; a
+prompt's pages shared by its samples across insert rounds."""
 
+import jax
 import numpy as np
 import pytest
 
+from gift_jax.rollout import SamplingConfig
+from gift_jax.rollout.admission import Admission, Requests
 from gift_jax.rollout.pages import PagePool
 
 
@@ -36,3 +40,26 @@ def test_pages_follow_their_rows_when_the_slots_shrink():
     pool.move(np.array([2, 0, 1, 0]))  # each device keeps 2 slots: its live one first
     assert pool.slots_per_device == 2 and pool.held.tolist() == [2, 0, 1, 0]
     assert pool.table[0].tolist() == [1, 2] and pool.table[2].tolist() == [1, 0]
+
+
+def test_a_prompts_pages_are_shared_across_rounds_and_its_partial_page_copied():
+    requests = Requests(
+        prompts=[list(range(1, 12))], samples=3, budgets=[8], keys=jax.random.split(jax.random.key(0), 3)
+    )
+    pool = PagePool(devices=1, pages_per_device=12, slots=2, pages_per_slot=5, page_size=4)
+    admission = Admission(requests, pool, SamplingConfig(max_new_tokens=8), slots=2, rows_bucket=4)
+    assert admission.admit(0, 0, 14)  # prefix 10 positions: 2 whole pages + a partial one, then 4 more
+    first = admission.batch()
+    assert admission.prefilled == 1 and first.write_device.tolist()[:2] == [0, 0]  # the row's pages, the template
+    shared = pool.table[0, :2].tolist()
+    assert admission.admit(1, 1, 14)  # a later round: no prefill, the whole pages shared, the last copied
+    second = admission.batch()
+    assert admission.prefilled == 1 and (second.write_device == pool.devices).all()
+    assert pool.table[1, :2].tolist() == shared and pool.table[1, 2] != pool.table[0, 2]
+    assert second.copy_target[0] == pool.table[1, 2] and second.copy_device[0] == 0
+    pool.release(0)
+    pool.release(1)
+    assert pool.free_pages(0) == 11 - 3  # the prompt still waits for sample 2: its pages and template are kept
+    assert admission.admit(2, 0, 14) and admission.batch() is not None
+    pool.release(0)
+    assert pool.free_pages(0) == 11  # all its samples in: the cache let go, the last row too
