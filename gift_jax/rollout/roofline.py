@@ -116,13 +116,25 @@ class RolloutEstimate:
 
 
 def paper_lengths(rows: int, budget: int, *, mean: float = 3000.0, at_budget: float = 0.05, seed: int = 0):
-    """Response lengths like DeepMath-103K's under a reasoning model: log-normal (sigma 1) with mean
-    ~`mean`, capped at `budget`, `at_budget` of them at the budget (truncated)."""
+    """Response lengths like DeepMath-103K's under a reasoning model: `at_budget` of them at the budget
+    (truncated), the rest log-normal (sigma 1) below it, the whole with mean `mean` (the log-normal's
+    scale is found by bisection on the same draws)."""
     rng = np.random.RandomState(seed)
-    sigma = 1.0
-    lengths = np.clip(np.round(rng.lognormal(np.log(mean) - sigma**2 / 2, sigma, rows)), 1, budget).astype(int)
-    lengths[rng.choice(rows, max(1, round(at_budget * rows)), replace=False)] = budget
-    return lengths
+    normal = rng.standard_normal(rows * 4)
+    capped = rng.choice(rows, max(1, round(at_budget * rows)), replace=False)
+
+    def draw(scale: float) -> np.ndarray:
+        values = np.exp(np.log(scale) - 0.5 + normal)
+        values = values[values < budget][:rows]  # the log-normal truncated below the budget
+        lengths = np.clip(np.round(values), 1, budget - 1).astype(int)
+        lengths[capped] = budget
+        return lengths
+
+    low, high = 1.0, float(budget)
+    for _ in range(40):
+        middle = (low + high) / 2
+        low, high = (middle, high) if draw(middle).mean() < mean else (low, middle)
+    return draw(low)
 
 
 def simulate_rollout(

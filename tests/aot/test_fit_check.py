@@ -213,3 +213,24 @@ def test_the_rollout_fit_compiles_the_runs_own_sampling_rule(tmp_path):
         assert report["shapes"]["token_rule"] == dataclasses.asdict(run_rule)
         sorts[top_p] = " sort(" in hlo.read_text()
     assert sorts == {0.9: True, 1.0: False}, sorts
+
+
+def test_the_estimate_of_an_rl_step_on_an_analytic_gpu_target(tmp_path):
+    """`--estimate` on 8 x H200 (nothing compiles for it here): the fields the README table reads, the
+    new layout never above its weights-only ceiling, and the old defaults estimated the same way."""
+    out = tmp_path / "h200.json"
+    args = ["--config", RL_CONFIG, *RL_SMALL, "--set", "rollout.max_new_tokens=256", "--prompt-length", "32"]
+    assert (
+        aot_compile.main([*args, *TINY, "--stage", "rollout", "--topology", "8xh200", "--estimate", "--json", str(out)])
+        == 0
+    )
+    estimate = json.loads(out.read_text())["estimate"]
+    for name in ("before", "after"):
+        layout = estimate["rollout"][name]
+        assert {"slots_per_chip", "decode_weight_bytes_per_chip", "kv_bytes_per_token"} <= set(layout)
+        e = layout["estimate"]
+        assert e["bound"] in ("hbm", "flops", "ici") and e["decode_step_s"] > 0 and e["rollout_phase_s"] > 0
+        assert e["tokens_per_s_per_chip"] <= e["weights_only_tokens_per_s_per_chip"]
+    assert estimate["rollout"]["after"]["paged_attention"] and not estimate["rollout"]["before"]["paged_attention"]
+    assert estimate["rl_step_s"]["after"] > estimate["passes"]["update_s"] > estimate["passes"]["old_logprob_s"] > 0
+    assert aot_compile.main([*args, *TINY, "--stage", "rollout", "--topology", "8xh200"]) == 2  # estimate only
