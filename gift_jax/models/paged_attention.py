@@ -164,6 +164,8 @@ def ragged_attention_xla(
         row = jnp.minimum(jnp.searchsorted(ends, item, side="right"), b - 1)
         first = (item - starts[row]) * chunk_pages  # first page (in the row's table) of the item's chunk
         pages = jax.vmap(lambda r, f: jax.lax.dynamic_slice_in_dim(table[r], f, chunk_pages))(row, first)
+        # Materialised first: fused into the gather, XLA:CPU recomputed the page of every element (15x slower).
+        pages = jax.lax.optimization_barrier(pages)
         k, v = _read(layer, backend, pages)  # [W, n, K, page, D]
         queries = jnp.broadcast_to(q[row][:, None], (items, chunk_pages, kv_heads, groups, d)).astype(k.dtype)
         scores = jax.lax.dot_general(k, queries, (((4,), (4,)), batch), preferred_element_type=jnp.float32)
