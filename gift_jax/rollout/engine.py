@@ -10,8 +10,8 @@ number of slots) is a host loop, JetStream-style, over the jitted programs of `p
 
 - pages for every live row's next K tokens; when a device's pool runs out, its latest rows give
   theirs back and wait again (preemption: a redone row draws the same tokens, its draws are keyed);
-- `insert` fills free slots with waiting rows that have pages for their prompt (each prompt
-  prefilled once for its samples);
+- `insert` fills free slots with waiting rows that have pages for their prompt (a prompt is
+  prefilled once per device and its pages shared by its samples across rounds, `admission`);
 - `decode` runs K decode steps for every slot; a row that stops or reaches its budget leaves its
   slot idle and its pages free, to be refilled at the next round;
 - `shrink` (once no request waits, `SamplingConfig.shrink_tail`): the live rows move into half as
