@@ -264,16 +264,17 @@ from flax import nnx
 from gift_jax.models import ModelConfig, Transformer
 from gift_jax.parallel import MeshConfig, make_mesh, shard_model
 from gift_jax.aot.hlo_stats import collectives
-from gift_jax.rollout import EngineShape, SamplingConfig, engine_programs
+from gift_jax.rollout import SamplingConfig, engine_programs
+from gift_jax.rollout.programs import engine_shape
 from gift_jax.rollout.layout import decoding_layout
 config = ModelConfig(family="qwen2", vocab_size={args.vocab}, hidden_size={args.hidden},
                      intermediate_size={4 * args.hidden}, num_layers={args.layers}, num_heads={args.hidden // 64},
                      num_kv_heads=2, head_dim=64, qkv_bias=True)
 mesh = make_mesh(MeshConfig(data=1, fsdp=4, tensor=2))
 training = shard_model(Transformer(config, rngs=nnx.Rngs(0)), mesh)
-shape = EngineShape(slots={args.slots}, max_len=512, rows=64, max_new_bucket=256)
-programs = engine_programs(config, SamplingConfig(max_new_tokens=256, temperature=0.0, decode_steps_per_call=1),
-                           shape, mesh)
+sampling = SamplingConfig(max_new_tokens=256, temperature=0.0, decode_steps_per_call=1)
+shape = engine_shape(sampling, slots={args.slots}, rows=64, longest_prompt=256, devices=4)
+programs = engine_programs(config, sampling, shape, mesh)
 for name, model in (("training (fsdp)", training), ("decoding", decoding_layout(training, mesh))):
     graphdef, params = nnx.split(model)
     targets = programs.compile_targets(graphdef, params, prompts=1, new_rows=1, width=16, writes=1)

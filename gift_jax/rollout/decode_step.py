@@ -8,13 +8,15 @@ once, draws each live row's next token and writes it straight into the row's out
 request row, never by slot, so nothing is gathered when a row ends and the result comes back in
 request order); a row that draws a stop token or reaches its budget leaves its slot idle.
 
-Rows sit in their slot from cache position 0: prompt tokens at `[0, p - 1)`, the last prompt token
-fed by the first decode step, generated tokens after. Each row's draws are keyed by (prompt, sample,
-position) (`token_sampling.row_keys`), so which slot a row decodes in, and when, never changes its
-samples.
+A row's cache is paged (`models.paged_attention`): position t of its sequence (prompt tokens at
+`[0, p - 1)`, the last prompt token fed by the first decode step, generated tokens after) lies in page
+`page_table[slot, t // page_size]`, handed out by the host (`pages`, `admission`); the cache's
+`lengths[slot]` counts its positions. Each row's draws are keyed by (prompt, sample, position)
+(`token_sampling.row_keys`), so which slot a row decodes in, and when, never changes its samples.
 
-- `insert` prefills a few prompts once each (the n samples of a prompt copy one prefill's cache rows)
-  and places new rows in free slots;
+- `insert` prefills a few prompts once each, writes their prefixes into pages (the samples of a
+  prompt share its whole pages and copy its last, partial one) and places new rows in free slots;
+- `schedule` takes the host's page table and the slots it preempts;
 - `decode_steps` runs K steps (the engine, between scheduling rounds); `decode_until_done` runs
   until every slot is idle (the static reference);
 - `shrink` moves the slots into fewer (the engine's tail).
