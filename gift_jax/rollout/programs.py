@@ -84,9 +84,11 @@ def decode_program(
         return decode_steps(nnx.merge(graphdef, params), state, token_rule, stop_rule, steps)
 
 
-@functools.partial(jax.jit, static_argnames=("mesh",), donate_argnames=("state",))
-def shrink_program(state: DecodeState, keep: jax.Array, mesh: Mesh | None) -> DecodeState:
-    return shrink(state, keep, mesh)
+@functools.partial(jax.jit, static_argnames=("mesh",), donate_argnames=("pages",))
+def shrink_program(pages, state: DecodeState, keep: jax.Array, mesh: Mesh | None) -> DecodeState:
+    """`shrink` with the page pool donated apart from the rest: the pool comes back as it went in (no
+    copy), while the slot vectors change shape (their buffers could not be reused anyway)."""
+    return shrink(state.replace(cache=state.cache.replace(pages=pages)), keep, mesh)
 
 
 @functools.partial(jax.jit, static_argnames=("model_config", "shape", "token_rule", "stop_rule", "mesh"))
@@ -151,6 +153,11 @@ def row_bucket(count: int, config: SamplingConfig) -> int:
     return bucket_size(count, minimum=1, granularity=config.bucket_granularity)
 
 
+def _without_pages(state: DecodeState) -> tuple:
+    """`(pages, the state without them)`: the arguments of `shrink_program`."""
+    return state.cache.pages, state.replace(cache=state.cache.replace(pages=()))
+
+
 def _abstract(x, sharding):
     return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
 
@@ -176,7 +183,7 @@ class EnginePrograms:
         return decode_program(graphdef, params, state, table, keep, **self._decode_options())
 
     def shrink(self, state: DecodeState, keep) -> DecodeState:
-        return shrink_program(state, keep, self.mesh)
+        return shrink_program(*_without_pages(state), keep, self.mesh)
 
     def generate(self, graphdef, params, batch: InsertBatch, table) -> DecodeState:
         return generate_program(graphdef, params, batch, table, **self._generate_options())
@@ -235,7 +242,7 @@ class EnginePrograms:
         """`{name: (jitted, args, static kwargs)}` of the engine's programs as `run_engine` calls them:
         `decode`, `insert` (of `new_rows` rows from `prompts` prompts of `width` prefix tokens, with
         `writes` page writes) and,
-        when the slots can halve, `shrink` at its first halving (the state donated: the pool stays put).
+        when the slots can halve, `shrink` at its first halving (the pool donated: it stays put).
         `params` may be abstract (sharded `ShapeDtypeStruct`s)."""
         state, table = self.abstract_state(), self.abstract_table()
         keep = self._host((self.shape.slots,), jnp.bool_)
@@ -251,7 +258,7 @@ class EnginePrograms:
         blocks = 1 if self.mesh is None else batch_parallelism(self.mesh)
         if self.shape.slots % (2 * blocks) == 0:
             halved = jax.ShapeDtypeStruct((self.shape.slots // 2,), jnp.int32, sharding=state.feed.sharding)
-            targets["shrink"] = (shrink_program, (state, halved), dict(mesh=self.mesh))
+            targets["shrink"] = (shrink_program, (*_without_pages(state), halved), dict(mesh=self.mesh))
         return targets
 
 
