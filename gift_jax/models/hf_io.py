@@ -63,6 +63,8 @@ TOKENIZER_FILES = (
     "chat_template.jinja",
     "vocab.json",
     "merges.txt",
+    "added_tokens.json",
+    "tokenizer.model",
 )
 
 
@@ -244,8 +246,10 @@ def save_hf(
     """Writes `model` as a HF folder that `transformers.AutoModelForCausalLM.from_pretrained` loads.
 
     Tensors are split over several files with a `model.safetensors.index.json` above
-    `max_shard_bytes`. `dtype` converts on the way out (default: the parameter dtype). Tokenizer files
-    from `tokenizer_dir` are copied alongside. The folder is written to a temporary sibling and renamed
+    `max_shard_bytes`. `dtype` converts on the way out (default: the parameter dtype). `tokenizer_dir`
+    is the folder the model came from: its tokenizer files, chat template and generation config are
+    copied alongside, and its `config.json` keys that stay true are kept (`config_to_hf(source=...)`).
+    The rope settings are written for transformers 4.x and 5.x alike. The folder is written to a temporary sibling and renamed
     into place, so an existing checkpoint is never half-overwritten (an object-store `path` is uploaded
     instead, `config.json` last; see the module docstring); an existing non-empty `path` is
     an error unless `overwrite`. Every process must call this (arrays may need gathering); process 0
@@ -299,7 +303,14 @@ def _write_hf_folder(
     folder: Path, shards: list[dict[str, np.ndarray]], tensors: dict, config: ModelConfig, tokenizer_dir
 ):
     """config.json, the safetensors shard(s) (+ index when several) and the tokenizer files into `folder`."""
-    (folder / "config.json").write_text(json.dumps(config_to_hf(config), indent=2))
+    source = None
+    source_config = None if tokenizer_dir is None else as_path(tokenizer_dir) / "config.json"
+    if source_config is not None and source_config.exists():
+        try:
+            source = json.loads(source_config.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise CheckpointError(f"{source_config}: unreadable ({err}); it is the source of the export") from None
+    (folder / "config.json").write_text(json.dumps(config_to_hf(config, source=source), indent=2))
     if len(shards) == 1:
         save_file(shards[0], str(folder / "model.safetensors"), metadata={"format": "pt"})
     else:
