@@ -42,7 +42,7 @@ from gift_jax.evaluation.benchmarks import parse_benchmark_specs
 from gift_jax.evaluation.checkpoint_eval import EvalInputError, evaluate_checkpoint
 from gift_jax.evaluation.evaluate import EvalConfig, results_markdown, write_results
 from gift_jax.parallel import MeshConfig, make_mesh
-from gift_jax.run_checkpoints import CHECKPOINT_KINDS
+from gift_jax.runtime.run_checkpoints import CHECKPOINT_KINDS
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -14,7 +14,7 @@ import argparse
 import sys
 
 from gift_jax.models.config import DTYPES
-from gift_jax.run_checkpoints import CHECKPOINT_KINDS, export_run_checkpoint
+from gift_jax.runtime.run_checkpoints import CHECKPOINT_KINDS, export_run_checkpoint
 
 
 def main(argv: list[str] | None = None) -> int:

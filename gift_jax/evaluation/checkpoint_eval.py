@@ -22,7 +22,7 @@ from gift_jax.evaluation.benchmarks import BenchmarkSpec
 from gift_jax.evaluation.evaluate import BenchmarkResult, EvalConfig, evaluate_benchmarks
 from gift_jax.models import Transformer, load_hf
 from gift_jax.rewards import RewardScorer
-from gift_jax.run_checkpoints import is_run_workdir, load_run_checkpoint, read_run_config, run_chat_template
+from gift_jax.runtime.run_checkpoints import is_run_workdir, load_run_checkpoint, read_run_model
 from gift_jax.storage import as_path
 
 
@@ -75,7 +75,7 @@ def load_eval_model(
             model_path, step=step, kind=kind, dtype=dtype, mesh=mesh
         )
         # Prompts formatted as in training: the run's built-in template unless one is given here.
-        chat_template = chat_template or run_chat_template(read_run_config(model_path))
+        chat_template = chat_template or read_run_model(model_path).chat_template
         checkpoint = {"kind": kind, "step": found_step}
     else:
         if step is not None or kind != "periodic":

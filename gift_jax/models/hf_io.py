@@ -249,9 +249,10 @@ def save_hf(
     `max_shard_bytes`. `dtype` converts on the way out (default: the parameter dtype). `tokenizer_dir`
     is the folder the model came from: its tokenizer files, chat template and generation config are
     copied alongside, and its `config.json` keys that stay true are kept (`config_to_hf(source=...)`).
-    The rope settings are written for transformers 4.x and 5.x alike. The folder is written to a temporary sibling and renamed
-    into place, so an existing checkpoint is never half-overwritten (an object-store `path` is uploaded
-    instead, `config.json` last; see the module docstring); an existing non-empty `path` is
+    The rope settings are written for transformers 4.x and 5.x alike. The folder is written to a
+    temporary sibling and renamed into place, so an existing checkpoint is never half-overwritten (an
+    object-store `path` is uploaded instead, `config.json` last; see the module docstring); an
+    existing non-empty `path` is
     an error unless `overwrite`. Every process must call this (arrays may need gathering); process 0
     writes.
     """
