@@ -321,9 +321,11 @@ def load_benchmark(
         fields = _detect_fields(records[0])
         if fields is None:
             raise ValueError(
-                f"{path}: unknown benchmark layout; its records have keys "
-                f"{sorted(records[0])}. Pass problem_field / answer_field "
-                f"(and choices_field for multiple choice)."
+                f"{path}: unknown benchmark layout; its records have keys {sorted(records[0])}. Rename the "
+                f"question key to 'problem' (or 'question') and the answer key to 'answer' (a number or text; "
+                f"'final_answer' and a 'solution' ending in \\boxed{{}} also work); multiple choice: 'question' "
+                f"with an 'options' list and 'answer' (letter or index). From Python, "
+                f"load_benchmark(problem_field=..., answer_field=..., choices_field=...) reads any keys."
             )
     stop = None if limit is None else offset + limit
     problems = []

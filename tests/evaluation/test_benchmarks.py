@@ -221,7 +221,9 @@ def test_errors_name_the_file_and_what_is_wrong(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.jsonl does not exist"):
         load_benchmark(tmp_path / "missing.jsonl")
     unknown = _write_jsonl(tmp_path / "unknown.jsonl", [{"text": "hi", "label": 1}])
-    with pytest.raises(ValueError, match=r"unknown.jsonl: unknown benchmark layout.*'label', 'text'"):
+    with pytest.raises(
+        ValueError, match=r"unknown.jsonl: unknown benchmark layout.*'label', 'text'.*Rename the question key"
+    ):
         load_benchmark(unknown)
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"question": "q", "answer": "1"}\n{not json\n')
