@@ -1,7 +1,7 @@
 """Layers only point down: every `gift_jax` import, read from the source (AST, imports inside functions
 included), goes to the importing module's own layer or one below it.
 
-    storage / config_io / distributed -> models / parallel -> losses / data / rewards -> runtime (cli)
+    storage / config_io / distributed / errors -> models / parallel -> losses / data / rewards -> runtime (cli)
     -> rollout -> evaluation -> train / rl -> aot / toy -> experiments
 """
 
@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = (
-    ("storage", "config_io", "distributed"),
+    ("storage", "config_io", "distributed", "errors"),
     ("models", "parallel"),
     ("losses", "data", "rewards"),
     ("runtime", "cli"),

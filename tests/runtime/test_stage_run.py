@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import pytest
 
 from gift_jax.config_io import load_config
+from gift_jax.errors import RunFailure
 from gift_jax.rl.config import RLStageConfig
 from gift_jax.rl.trainer import run_rl_stage
 from gift_jax.runtime.checkpoint import Checkpointer
@@ -117,5 +118,6 @@ def test_rl_workdir_numbered_by_optimizer_update_is_refused_for_resume_but_reada
     assert _checkpoint_numbers(old, "periodic") == {2: 4}  # --step 2 finds it
     old.close()
     with StageRun(tmp_path / "run", config, desc="rl") as run:
-        with pytest.raises(ValueError, match="checkpoint 4 holds loop step 2.*fresh --workdir"):
-            run.resume(state, stop_at=10)
+        run.stop_at(10)
+        with pytest.raises(RunFailure, match="checkpoint 4 holds loop step 2.*fresh --workdir"):
+            run.resume(state)
