@@ -57,7 +57,8 @@ def make_parser() -> argparse.ArgumentParser:
         nargs="*",
         default=[],
         metavar="NAME=PATH[:instruction=TEXT]",
-        help="as in experiments/evaluate.py (TEXT: paper (default), none, or the instruction)",
+        help="as in experiments/evaluate.py (TEXT: checkpoint (default; here the project default instruction), "
+        "paper, none, or the instruction)",
     )
     parser.add_argument("--k", type=int, default=8, help="samples per problem for pass@k")
     parser.add_argument("--temperature", type=float, default=0.6)

@@ -145,9 +145,9 @@ def _name_the_source(message: str, path: Path | None, overrides: list[str]) -> s
             return (
                 f"--set {', '.join(given[k] for k in full)}: no such key in {key or 'the config'}; {unknown.group(2)}"
             )
-    inside = [item for k, item in given.items() if not key or k.startswith(f"{key}.")]
+    inside = [item for k, item in given.items() if key and k.startswith(f"{key}.")]  # a section's own check
     source = f"{path}: " if path is not None else ""
-    where = f"{key}: " if key else ""
+    where = f"{key}: " if key else ("" if path is not None else f"{_ROOT}: ")
     if inside:
         return f"{source}{where}{problem} (keys given with --set: {', '.join(inside)})"
     return f"{source}{where}{problem}"

@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import jax
@@ -265,6 +266,7 @@ def save_hf(
     tokenizer_dir: str | os.PathLike | None = None,
     overwrite: bool = False,
     run_workdir: str | os.PathLike | None = None,
+    extra_files: Mapping[str, str] | None = None,
 ) -> Path:
     """Writes `model` as a HF folder that `transformers.AutoModelForCausalLM.from_pretrained` loads.
 
@@ -279,7 +281,9 @@ def save_hf(
     replaced: a `path` that is a run workdir, contains one or lies inside one is refused, except a
     folder directly in `run_workdir` (a stage exporting its own `hf_final` / `hf_best`). A failed
     write (e.g. a full disk) raises `StorageError` naming `path` and leaves what was there. Every
-    process must call this (arrays may need gathering); process 0 writes.
+    process must call this (arrays may need gathering); process 0 writes. `extra_files` (file name ->
+    text) are written last, over any copied file of the same name (a run's prompt record and chat
+    template).
     """
     path = as_path(path)
     check_export_destination(path, overwrite=overwrite, run_workdir=run_workdir)
@@ -310,6 +314,8 @@ def save_hf(
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=local_parent))
         try:
             _write_hf_folder(tmp, shards, tensors, config.replace(param_dtype=str(out_dtype)), tokenizer_dir)
+            for name, text in (extra_files or {}).items():
+                (tmp / name).write_text(text)
             if is_url(path):
                 _upload_folder(tmp, path)
             elif path.exists():

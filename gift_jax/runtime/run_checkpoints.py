@@ -24,6 +24,7 @@ import jax
 from flax import nnx
 
 from gift_jax.config_io import from_dict
+from gift_jax.data.prompt_format import export_files
 from gift_jax.errors import InputError
 from gift_jax.models import ModelConfig, Transformer, read_config, save_hf
 from gift_jax.models.hf_io import check_export_destination
@@ -122,9 +123,19 @@ def export_run_checkpoint(
     dtype: str | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Writes one step of a run as an HF folder (weights in `dtype`, default as trained) with its tokenizer.
+    """Writes one step of a run as an HF folder (weights in `dtype`, default as trained) with its tokenizer
+    and the prompt format and chat template the run trained with (`gift_jax.data.prompt_format`).
 
     A destination save_hf would refuse (see there) is refused before any weight is read."""
     check_export_destination(out, overwrite=overwrite)
+    model_section = read_run_model(workdir)
     model, model_config, tokenizer_dir, _ = load_run_checkpoint(workdir, step=step, kind=kind)
-    return save_hf(model, model_config, out, dtype=dtype, tokenizer_dir=tokenizer_dir, overwrite=overwrite)
+    return save_hf(
+        model,
+        model_config,
+        out,
+        dtype=dtype,
+        tokenizer_dir=tokenizer_dir,
+        overwrite=overwrite,
+        extra_files=export_files(model_section.prompt, model_section.chat_template),
+    )

@@ -77,10 +77,10 @@ def test_pipeline_and_evaluate_script_give_the_same_numbers(eval_file, tmp_path)
 
 
 def test_the_paper_instruction_on_the_toy_world_is_refused_naming_file_and_row(eval_file, tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        _script(eval_file, tmp_path / "bad", k=1, temperature=0.6, instruction="")
+    # The shipped base has no prompt record: its prompt is the project default, an English sentence.
+    argv = ["--model", str(pipeline.SHIPPED_BASE), "--benchmarks", f"toy={eval_file}", "--k", "1"]
+    assert evaluate_main([*argv, "--max-new-tokens", "4", "--out", str(tmp_path / "bad"), "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert exit_info.value.code == 2
     assert f"{eval_file}: row 0" in err and "'<unk>'" in err and f"{PROBLEMS} of {PROBLEMS} rows" in err
     assert "Please reason step by step" in err and "instruction=none" in err
 

@@ -107,9 +107,7 @@ def test_evaluate_names_a_missing_step_and_refuses_step_for_a_model_folder(run, 
     workdir, summary = run
     (tmp_path / "bench.jsonl").write_text(json.dumps({"problem": "What is 1 + 1?", "answer": "2"}) + "\n")
     common = ["--benchmarks", f"toy={tmp_path / 'bench.jsonl'}", "--out", str(tmp_path / "eval"), "--no-progress"]
-    with pytest.raises(SystemExit) as exit_info:
-        evaluate_main(["--model", str(workdir), "--step", "99", *common])
-    assert exit_info.value.code == 2 and "no step 99; saved steps: [3, 6]" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exit_info:
-        evaluate_main(["--model", summary["hf_final"], "--step", "3", *common])
-    assert exit_info.value.code == 2 and "is a model folder" in capsys.readouterr().err
+    assert evaluate_main(["--model", str(workdir), "--step", "99", *common]) == 2
+    assert "no step 99; saved steps: [3, 6]" in capsys.readouterr().err
+    assert evaluate_main(["--model", summary["hf_final"], "--step", "3", *common]) == 2
+    assert "is a model folder" in capsys.readouterr().err
