@@ -167,7 +167,7 @@ def _typed(hf: dict[str, Any], key: str, kind: type, source: str, default: Any =
 
 def _check_supported(hf: dict[str, Any], source: str) -> None:
     for key, (accepted, missing) in UNSUPPORTED_SETTINGS.items():
-        if hf.get(key) not in accepted:
+        if key in hf and hf[key] not in accepted:  # absent: the architecture's default, which is supported
             raise ValueError(f"{source}: key {key!r} is {hf[key]!r}; {missing} (supported: {list(accepted)})")
 
 

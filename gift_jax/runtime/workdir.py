@@ -153,15 +153,12 @@ def check_resume(workdir, config, fingerprints: dict, *, allow_changed_data: boo
         )
     inputs = workdir / INPUTS_FILE
     saved = json.loads(inputs.read_text()) if inputs.exists() else {}
-    moved = [
-        f"{key} ({saved[key]['path']} -> {value['path']})"
-        for key, value in fingerprints.items()
-        if key in saved and saved[key]["sha256"] != value["sha256"]
-    ]
+    moved = [key for key, value in fingerprints.items() if key in saved and saved[key]["sha256"] != value["sha256"]]
     if moved and not allow_changed_data:
+        files = "; ".join(f"{key} ({fingerprints[key]['path']})" for key in moved)
         raise WorkdirRefused(
-            f"{inputs}: the data changed since this run started: {'; '.join(moved)} (different content). "
-            f"Restore the original file, use a fresh --workdir, or pass --allow-changed-data to go on with the new data"
+            f"{inputs}: the data changed since this run started: {files} holds different content. Restore the "
+            f"original file, use a fresh --workdir, or pass --allow-changed-data to go on with the new data"
         )
     return [f"{key}: {old!r} -> {new!r}" for key, old, new in changed] + [f"{key}: new content" for key in moved]
 

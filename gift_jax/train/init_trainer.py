@@ -14,6 +14,7 @@ import jax
 from jax.experimental import multihost_utils
 
 from gift_jax.data import make_eval_batches, make_sft_iterator, prepare_tfds, read_records
+from gift_jax.errors import storage_error
 from gift_jax.parallel import replicated, shard_batch
 from gift_jax.runtime.batching import split_minibatches
 from gift_jax.runtime.demonstrations import (
@@ -48,7 +49,10 @@ def _data_splits(config: InitStageConfig, workdir: Path):
     )
     # One writer: process 0 tokenizes into the shared workdir, the others then open the finished dataset.
     if jax.process_index() == 0:
-        prepared = prepare()
+        try:
+            prepared = prepare()
+        except OSError as err:  # a full disk while the dataset is written: one line, not a TFDS traceback
+            raise storage_error(str(workdir / "data"), err) from err
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("init_stage_data_prepared")
     if jax.process_index() != 0:

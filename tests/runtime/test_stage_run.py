@@ -121,3 +121,13 @@ def test_rl_workdir_numbered_by_optimizer_update_is_refused_for_resume_but_reada
         run.stop_at(10)
         with pytest.raises(RunFailure, match="checkpoint 4 holds loop step 2.*fresh --workdir"):
             run.resume(state)
+
+
+@pytest.mark.slow  # a stage run
+def test_checkpoint_every_minutes_saves_by_wall_time(tiny_run_inputs, tmp_path):
+    extra = {"train.checkpoint_every": 100, "train.checkpoint_every_minutes": 1e-6, "train.max_to_keep": 10}
+    config = load_config(InitStageConfig, None, init_overrides(tiny_run_inputs, **extra))
+    init_trainer.run_init_stage(config, tmp_path)
+    checkpointer = Checkpointer(tmp_path / "checkpoints", read_only=True)
+    assert checkpointer.steps() == [1, 2, 3, 4, 5, 6]  # every step took longer than the interval
+    checkpointer.close()
