@@ -230,6 +230,7 @@ def evaluate_problems(
                 samples += [
                     {
                         "prompt": problem.prompt,
+                        "chat_prompt": tokenizer.decode(prompt_ids[start + i]),  # what the model was given
                         "answer": problem.answer,
                         "responses": texts[i * n : (i + 1) * n],
                         "correct": batch_correct[i].tolist(),

@@ -34,7 +34,6 @@ class RLDataSection:
     answer_key: str = "answer"
     expert_key: str = "solution"  # LUFFY / ReLIFT: the expert demonstration column of train_file
     val_limit: int | None = None  # evaluate on the first N validation problems
-    val_instruction: str | None = None  # appended to validation prompts (None: as written, like train_file)
 
     def __post_init__(self):
         require_at_least(self, 1, "val_limit")
@@ -118,7 +117,11 @@ class RLTrainSection(RunSection):
     """A loop step is one RL step: rollouts of `prompts_per_step` prompts, then their updates.
     `eval_every` None: validate only at the end."""
 
-    RESUMABLE: ClassVar[tuple[str, ...]] = RunSection.RESUMABLE + ("eval_max_new_tokens",)
+    RESUMABLE: ClassVar[tuple[str, ...]] = RunSection.RESUMABLE + (
+        "eval_max_new_tokens",
+        "dump_rollouts_every",
+        "dump_rollouts_rows",
+    )
 
     log_every: int = 1
     eval_every: int | None = 10
@@ -129,11 +132,23 @@ class RLTrainSection(RunSection):
     eval_k: int = 4
     eval_temperature: float = 0.6
     eval_max_new_tokens: int | None = None  # default: rollout.max_new_tokens
+    # WORKDIR/rollouts/step_<N>.jsonl every this many steps, val_step_<N>.jsonl each validation (None: none;
+    # gift_jax.rl.rollout_dump), each at most dump_rollouts_rows rollouts (training) or problems (validation).
+    dump_rollouts_every: int | None = None
+    dump_rollouts_rows: int = 64
 
     def __post_init__(self):
         super().__post_init__()
         require_at_least(
-            self, 1, "prompts_per_step", "epochs", "micro_batch_per_device", "eval_k", "eval_max_new_tokens"
+            self,
+            1,
+            "prompts_per_step",
+            "epochs",
+            "micro_batch_per_device",
+            "eval_k",
+            "eval_max_new_tokens",
+            "dump_rollouts_every",
+            "dump_rollouts_rows",
         )
         if not (math.isfinite(self.eval_temperature) and self.eval_temperature >= 0):
             raise ValueError(f"eval_temperature must be >= 0 (0: greedy), got {self.eval_temperature}")

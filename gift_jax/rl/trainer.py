@@ -36,6 +36,7 @@ from gift_jax.rewards import RewardScorer, is_correct
 from gift_jax.rl.algorithms import ALGORITHMS, GRPO, RLContext
 from gift_jax.rl.config import RLSizes, RLStageConfig, validate_rl_config
 from gift_jax.rl.grpo import grpo_advantages
+from gift_jax.rl.rollout_dump import rollout_rows, validation_rows, write_dump
 from gift_jax.rl.rollouts import group_outcomes, update_batch
 from gift_jax.rl.step import RLStepConfig, rl_train_step, rollout_logprobs
 from gift_jax.rollout import RolloutAborted, SamplingConfig, run_engine, slots_for_budget
@@ -47,13 +48,20 @@ from gift_jax.runtime.run import StageRun, jit_update, param_shardings
 from gift_jax.runtime.train_state import init_train_state
 
 
-def _validation_problems(d) -> list:
-    """The validation set: in the RL prompts' own layout (`prompt_key` / `answer_key`) or any benchmark layout."""
+def _validation_problems(config: RLStageConfig) -> list:
+    """The validation set: in the RL prompts' own layout (`prompt_key` / `answer_key`) or any benchmark layout,
+    each question followed by the run's instruction, as the RL prompts are (`model.prompt`)."""
+    d, instruction = config.data, config.model.prompt.instruction
     records = read_benchmark_records(d.val_file)
     same_layout = bool(records) and {d.prompt_key, d.answer_key} <= set(records[0])
     fields = dict(problem_field=d.prompt_key, answer_field=d.answer_key) if same_layout else {}
     return load_benchmark(
-        d.val_file, name="validation", limit=d.val_limit, math_instruction=d.val_instruction, **fields
+        d.val_file,
+        name="validation",
+        limit=d.val_limit,
+        math_instruction=instruction,
+        choice_instruction=instruction or "",
+        **fields,
     )
 
 
@@ -274,7 +282,18 @@ def _check_inputs(config: RLStageConfig) -> tuple[RLSizes, list[dict], Any]:
     model_config, tokenizer = check_models(m)
     keys = (d.prompt_key, d.answer_key) + ((d.expert_key,) if ALGORITHMS[a.method].reads_expert else ())
     records = read_records(d.train_file, keys, ground_truth_key=d.answer_key, ground_truth_kind=config.reward.kind)
-    check_record_fields(tokenizer, records, source=str(d.train_file), keys=[k for k in keys if k != d.answer_key])
+    # Each question as the user turn of the run's prompt format, the same for rollouts, validation and evaluation.
+    records = [{**rec, d.prompt_key: m.prompt.user_message(rec[d.prompt_key])} for rec in records]
+    hint = (
+        f"Prompts end in model.prompt.instruction={m.prompt.instruction!r} (null: none)" if m.prompt.instruction else ""
+    )
+    check_record_fields(
+        tokenizer,
+        records,
+        source=str(d.train_file),
+        keys=[k for k in keys if k != d.answer_key],
+        hints={d.prompt_key: hint},
+    )
     context = model_config.max_position_embeddings
     for row, rec in enumerate(records):
         length = len(tokenizer.encode_prompt(rec[d.prompt_key]))
@@ -284,7 +303,7 @@ def _check_inputs(config: RLStageConfig) -> tuple[RLSizes, list[dict], Any]:
                 f"which leaves no room for a response in the model's context ({context}, {m.path}/config.json)"
             )
     if d.val_file:
-        _validation_problems(d)  # the file's layout and rows
+        _validation_problems(config)  # the file's layout and rows
     return sizes, records, tokenizer
 
 
@@ -303,7 +322,7 @@ def run_rl_stage(
         RewardScorer(num_workers=config.reward.num_workers, timeout_s=config.reward.timeout_s) as scorer,
     ):
         stream = PromptStream(records, seed=t.seed)  # the whole batch on every process (module docstring)
-        val_problems = _validation_problems(config.data) if config.data.val_file else None
+        val_problems = _validation_problems(config) if config.data.val_file else None
         eval_config = EvalConfig(
             num_samples=t.eval_k,
             temperature=t.eval_temperature,
@@ -312,6 +331,13 @@ def run_rl_stage(
             max_concurrent_rows=r.max_concurrent_rows,
         )
         state, rl_step = _build_step(config, run, scorer, tokenizer, records, sizes, total_steps)
+        dump_settings = dict(
+            prompt_key=config.data.prompt_key,
+            answer_key=config.data.answer_key,
+            group_size=r.group_size,
+            norm_by_std=a.norm_by_std,
+            max_rows=t.dump_rollouts_rows,
+        )
         run.stop_at(total_steps, t.max_steps, max_steps)
         state, meta = run.resume(state)
         if meta:
@@ -330,11 +356,15 @@ def run_rl_stage(
             )
             run.step += 1
             run.log(device_metrics, **rollout_metrics, **update_metrics)
+            dump = t.dump_rollouts_every is not None
+            if dump and run.due(t.dump_rollouts_every):
+                rows = rollout_rows(run.step, tokenizer, result, rewards, is_expert, batch_records, **dump_settings)
+                write_dump(run.workdir, f"step_{run.step:06d}", rows)
             score = None
             if val_problems is not None and run.due(t.eval_every):
                 with run.host_work():
                     model = nnx.merge(rl_step.graphdef, state.params)
-                    val = evaluate_problems(
+                    validation = evaluate_problems(
                         model,
                         tokenizer,
                         val_problems,
@@ -343,7 +373,12 @@ def run_rl_stage(
                         name="validation",
                         mesh=run.mesh,
                         progress=False,
-                    ).metrics()
+                        keep_responses=dump,
+                    )
+                    val = validation.metrics()
+                    if dump:
+                        rows = validation_rows(run.step, validation.samples, max_rows=t.dump_rollouts_rows)
+                        write_dump(run.workdir, f"val_step_{run.step:06d}", rows)
                 run.write(val, prefix="val/")
                 score = val[f"avg@{t.eval_k}"]
             run.checkpoint(

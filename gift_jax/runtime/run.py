@@ -55,6 +55,7 @@ import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 
+from gift_jax.data.prompt_format import export_files
 from gift_jax.errors import RunFailure, RunStopped, storage_error
 from gift_jax.models import load_hf, save_hf
 from gift_jax.models.hf_io import recover_interrupted_export
@@ -461,6 +462,7 @@ class StageRun:
             tokenizer_dir=self.config.model.path,
             overwrite=True,
             run_workdir=self.workdir,
+            extra_files=export_files(self.config.model.prompt, self.config.model.chat_template),
         )
 
     def _close_metrics(self) -> None:

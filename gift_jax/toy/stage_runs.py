@@ -15,6 +15,8 @@ from gift_jax.train.init_config import InitStageConfig, LossSection
 from gift_jax.train.init_trainer import run_init_stage
 
 RL_ALGORITHM_INITS = ("luffy", "relift")  # no init stage: that RL algorithm runs from the base
+# The toy world's prompts are the problems alone (its tokenizer knows no English), in every stage.
+TOY_PROMPT = {"instruction": None, "system_prompt": None}
 
 
 def init_label(init: str, beta: float | None) -> str:
@@ -31,7 +33,7 @@ def init_stage_config(
     return from_dict(
         InitStageConfig,
         {
-            "model": {"path": str(base)},
+            "model": {"path": str(base), "prompt": TOY_PROMPT},
             "data": {
                 "train_file": str(files["expert"]),
                 "val_file": str(files["expert_val"]),
@@ -65,7 +67,7 @@ def rl_stage_config(preset: Preset, files: dict, model: Path, base: Path, seed: 
     return from_dict(
         RLStageConfig,
         {
-            "model": {"path": str(model), "base_path": str(base)},
+            "model": {"path": str(model), "base_path": str(base), "prompt": TOY_PROMPT},
             "data": {
                 "train_file": str(files["rl_prompts"]),
                 "val_file": str(files["eval"]) if preset.rl_eval_every else None,

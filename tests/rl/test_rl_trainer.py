@@ -43,6 +43,11 @@ def _problems(path, num, seed, target=None):
     return path
 
 
+# The toy vocabulary knows no English: prompts are the problems alone, in both stages.
+TOY_PROMPT = {"instruction": None, "system_prompt": None}
+TOY_PROMPT_SET = {"model.prompt.instruction": None}
+
+
 @pytest.fixture(scope="module")
 def boxed_digit_policy(tmp_path_factory):
     """A tiny model that answers `\\boxed{d}` with d roughly uniform (SFT warm start); RL must find 7."""
@@ -64,7 +69,7 @@ def boxed_digit_policy(tmp_path_factory):
     warm = from_dict(
         InitStageConfig,
         {
-            "model": {"path": str(root / "random")},
+            "model": {"path": str(root / "random"), "prompt": TOY_PROMPT},
             "data": {
                 "train_file": str(_problems(root / "sft.jsonl", 256, 0)),
                 "max_length": 16,
@@ -93,6 +98,7 @@ def test_mean_reward_rises_within_20_steps(boxed_digit_policy, tmp_path):
     overrides = rl_overrides(
         boxed_digit_policy["model"],
         boxed_digit_policy["prompts"],
+        **TOY_PROMPT_SET,
         **{"rollout.group_size": 8, "rollout.max_new_tokens": 6, "optim.lr": 3e-3, "train.checkpoint_every": 100},
     )
     run_rl_stage(load_config(RLStageConfig, None, overrides), tmp_path, max_steps=20)
@@ -112,6 +118,7 @@ def test_stopped_and_resumed_rl_equals_straight_run(boxed_digit_policy, tmp_path
     overrides = rl_overrides(
         boxed_digit_policy["model"],
         boxed_digit_policy["prompts"],
+        **TOY_PROMPT_SET,
         **{
             "algo.method": method,
             "algo.relift_batch": 8,
@@ -161,6 +168,7 @@ def test_rl_with_fewer_decode_slots_than_rollouts_equals_one_with_enough(boxed_d
         overrides = rl_overrides(
             boxed_digit_policy["model"],
             boxed_digit_policy["prompts"],
+            **TOY_PROMPT_SET,
             **{"rollout.max_new_tokens": 6, "rollout.max_concurrent_rows": slots},
         )
         run_rl_stage(load_config(RLStageConfig, None, overrides), tmp_path / str(slots), max_steps=2)

@@ -11,7 +11,7 @@ from experiments.evaluate import main as evaluate_main
 from experiments.export_hf import main as export_main
 from gift_jax.config_io import load_config
 from gift_jax.models import load_hf
-from gift_jax.run_checkpoints import is_run_workdir, load_run_checkpoint
+from gift_jax.runtime.run_checkpoints import is_run_workdir, load_run_checkpoint
 from gift_jax.train.init_config import InitStageConfig
 from gift_jax.train.init_trainer import run_init_stage
 from tests.helpers import init_overrides
