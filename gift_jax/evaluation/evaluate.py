@@ -76,8 +76,8 @@ class BenchmarkResult:
     correct: `[P, n]` bool. lengths: `[P, n]` generated tokens (stop token included).
     truncated: `[P, n]` bool, cut at max_new_tokens. entropy_sum: summed per-token entropy of the
     sampling distribution over all generated tokens (nats). score_failures: items whose answer
-    check timed out or crashed, or whose ground truth could not be read (scored 0). samples: when kept, one dict per problem with its
-    prompt, answer, responses and their correctness.
+    check timed out or crashed, or whose ground truth could not be read (scored 0). samples: when
+    kept, one dict per problem with its prompt, answer, responses and their correctness.
     """
 
     name: str
