@@ -5,8 +5,9 @@ answer or ground truth split over several boxes is joined in the reference's not
 `answer_lists.py`), and `quick_math_verdict` settles the pair when plain string work can: no
 answer, equal normalised strings, an option letter against an option letter (`C. x = 42` names
 option `C`), a different number of primes (`E'` is not `E`), or plain numbers and lists of them
-(compared by the exact rule of `numeric.py`, percentages accepted). Only pairs it leaves open (`None`) need the symbolic check in `symbolic.py`, which runs in worker
-processes because sympy can be slow on adversarial input.
+(compared by the exact rule of `numeric.py`, percentages accepted). Only pairs it leaves open
+(`None`) need the symbolic check in `symbolic.py`, which runs in worker processes because sympy
+can be slow on adversarial input.
 """
 
 import re
