@@ -105,3 +105,36 @@ def mismatch_metrics(
         metrics["rollout_is_weight_max"] = jnp.max(jnp.where(on_mask, weights, 0.0), initial=0.0)
         metrics["rollout_is_masked_frac"] = masked_mean((weights == 0).astype(jnp.float32), mask)
     return metrics
+
+
+def rollout_mismatch(
+    trainer_logprobs: jax.Array,
+    rollout_logprobs: jax.Array,
+    mask: jax.Array,
+    is_expert: jax.Array,
+    *,
+    correction=None,
+) -> tuple[jax.Array | None, dict[str, jax.Array]]:
+    """An update batch's correction weights and mismatch metrics, over its sampled (not expert) rows.
+
+    Args:
+      trainer_logprobs, rollout_logprobs, mask: `[B, T]`; is_expert: `[B]` bool (LUFFY's expert rows
+        were not sampled: no rollout log-probs, no weights, no metrics).
+      correction: None (no weights) or settings with `level`, `mode`, `threshold`, `lower`
+        (`RolloutCorrectionSection`).
+    Returns:
+      `([B, T] weights or None, mismatch_metrics)`.
+    """
+    sampled = mask.astype(jnp.float32) * (~is_expert)[:, None]
+    weights = None
+    if correction is not None:
+        weights = rollout_correction_weights(
+            trainer_logprobs,
+            rollout_logprobs,
+            sampled,
+            level=correction.level,
+            mode=correction.mode,
+            threshold=correction.threshold,
+            lower=correction.lower,
+        )
+    return weights, mismatch_metrics(trainer_logprobs, rollout_logprobs, sampled, weights)

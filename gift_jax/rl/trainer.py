@@ -4,7 +4,11 @@ PPO-clip updates over mini-batches (jitted, sharded) -> metrics / validation / c
 The algorithm (`algo.method`: GRPO, LUFFY, ReLIFT) is picked by name from `gift_jax.rl.algorithms`.
 A loop step is one RL step; checkpoints carry its number. Resuming restores parameters, optimizer,
 step, prompt-stream position and the algorithm's own state; the sampling key of step s is
-`fold_in(key(seed), s)`, so a resumed run repeats an uninterrupted one.
+`fold_in(key(seed), s)` (and of its further dynamic-sampling rounds `round_key`), so a resumed run
+repeats an uninterrupted one. DAPO's pieces: `reward.overlong_buffer` shapes the reward,
+`algo.mask_truncated` drops cut rows from the loss, `algo.dynamic_sampling` refills the step with
+groups that carry a signal (`gift_jax.rl.dynamic_sampling`); `algo.rollout_correction` weights the
+loss by pi_trainer / pi_rollout, and the mismatch between the two is logged every step.
 
 Several processes (TPU pod slices, multi-host GPU): every process runs the same loop on the same
 host data. All draw the same prompts, the sampler runs sharded over the global mesh and hands every
@@ -36,8 +40,11 @@ from gift_jax.parallel import place_global_batch
 from gift_jax.rewards import RewardScorer, is_correct
 from gift_jax.rl.algorithms import ALGORITHMS, GRPO, RLContext
 from gift_jax.rl.config import RLStageConfig, validate_rl_config
+from gift_jax.rl.dapo import filter_groups, overlong_penalty
+from gift_jax.rl.dynamic_sampling import round_key, sample_step
 from gift_jax.rl.grpo import grpo_advantages
-from gift_jax.rl.rollouts import group_outcomes, update_batch
+from gift_jax.rl.rollout_correction import rollout_mismatch
+from gift_jax.rl.rollouts import Rollouts, group_outcomes, update_batch
 from gift_jax.rl.step import RLStepConfig, rl_train_step, rollout_logprobs
 from gift_jax.rollout import SamplingConfig, run_engine, slots_for_budget
 from gift_jax.runtime.batching import split_minibatches
@@ -58,8 +65,8 @@ def _validation_problems(d) -> list:
 
 def _score_once(
     scorer: RewardScorer, responses: list[str], answers: list[str], kind: str
-) -> tuple[np.ndarray, int, int]:
-    """`([B] float32 rewards, timed-out count, crashed count)`, identical on every process.
+) -> tuple[np.ndarray, int, int, int]:
+    """`([B] float32 rewards, timed-out, crashed, bad-ground-truth counts)`, identical on every process.
 
     Process 0 scores and sends the result: the per-item time limits are wall-clock, so processes
     scoring on their own could disagree, and with them the advantages and ReLIFT's buffer (whose
@@ -67,12 +74,13 @@ def _score_once(
     """
     if jax.process_count() == 1 or jax.process_index() == 0:
         scores = scorer.score(responses, answers, kind=kind)
-        payload = np.append(scores.scores, [scores.timed_out, scores.crashed]).astype(np.float32)
+        counts = [scores.timed_out, scores.crashed, scores.bad_ground_truth]
+        payload = np.append(scores.scores, counts).astype(np.float32)
     else:
-        payload = np.zeros(len(responses) + 2, np.float32)
+        payload = np.zeros(len(responses) + 3, np.float32)
     if jax.process_count() > 1:
         payload = np.asarray(multihost_utils.broadcast_one_to_all(payload))
-    return payload[:-2], int(payload[-2]), int(payload[-1])
+    return payload[:-3], int(payload[-3]), int(payload[-2]), int(payload[-1])
 
 
 def _response_texts(tokenizer, result, is_expert, expert_texts: list[str]) -> list[str]:
@@ -88,18 +96,23 @@ def _response_texts(tokenizer, result, is_expert, expert_texts: list[str]) -> li
     return [next(expert) if expert_row else text for text, expert_row in zip(texts, is_expert, strict=True)]
 
 
-def _rollout_metrics(result, rewards, is_expert, group_size: int) -> dict[str, float]:
-    """Reward and length statistics of the on-policy rows."""
-    on_policy = ~is_expert if is_expert is not None else np.ones(len(rewards), bool)
+def _rollout_metrics(rollouts: Rollouts, group_size: int) -> dict[str, float]:
+    """Reward and length statistics of the on-policy rows (accuracy and group outcomes from the answer
+    scores, reward_mean from the rewards the advantages use)."""
+    result, is_expert, scores = rollouts.result, rollouts.is_expert, rollouts.scores
+    on_policy = ~is_expert if is_expert is not None else np.ones(len(scores), bool)
     lengths = result.lengths[on_policy]
     return dict(
-        reward_mean=float(rewards[on_policy].mean()),
-        accuracy=float(is_correct(rewards[on_policy]).mean()),
+        reward_mean=float(rollouts.rewards[on_policy].mean()),
+        accuracy=float(is_correct(scores[on_policy]).mean()),
         response_length_mean=float(lengths.mean()),
         response_length_max=float(lengths.max()),
         truncated_frac=float(result.truncated[on_policy].mean()),
-        **group_outcomes(rewards, group_size),
+        **group_outcomes(scores, group_size),
     )
+
+
+_SCORING_FAILURES = ("reward_timed_out", "reward_crashed", "reward_bad_ground_truth")
 
 
 class _Timer(dict):
@@ -112,8 +125,9 @@ class _Timer(dict):
             def __enter__(self):
                 self.start = time.perf_counter()
 
-            def __exit__(self, *exc):
-                timer[f"time_{name}_s"] = time.perf_counter() - self.start
+            def __exit__(self, *exc):  # spans of one name add up (a step's sampling rounds)
+                key = f"time_{name}_s"
+                timer[key] = timer.get(key, 0.0) + time.perf_counter() - self.start
 
         return _Span()
 
@@ -132,47 +146,88 @@ class _RLStep:
     base_params: Any  # None: no reference forward (no KL term, no KL-to-base tracking)
     update_fn: Any
     logprob_fn: Any
+    mismatch_fn: Any
     sampling: SamplingConfig
 
-    def rollouts(self, params, records: list[dict], step: int, timer: _Timer):
-        """-> (rollouts incl. any expert rows, [B] is_expert or None, [B] rewards, host metrics)."""
+    def rollouts(self, params, records: list[dict], step: int, round_index: int, timer: _Timer):
+        """One sampling round of `step` -> (`Rollouts` incl. any expert rows, host metrics)."""
         c, tokenizer = self.config, self.tokenizer
+        started = time.perf_counter()
         with timer("rollout"):
             prompts = [tokenizer.encode_prompt(rec[c.data.prompt_key]) for rec in records]
             result, engine_stats = run_engine(
                 nnx.merge(self.graphdef, params),
                 prompts,
                 self.sampling,
-                jax.random.fold_in(jax.random.key(c.train.seed), step),
+                round_key(c.train.seed, step, round_index),
                 mesh=self.mesh,
             )
         metrics = {
-            "rollout_tokens_per_s": int(result.lengths.sum()) / max(timer["time_rollout_s"], 1e-9),
+            "rollout_tokens_per_s": int(result.lengths.sum()) / max(time.perf_counter() - started, 1e-9),
             **engine_stats.metrics(),
         }
         result, is_expert, extra = self.algorithm.augment(result, records)
         with timer("reward"):
             responses = _response_texts(tokenizer, result, is_expert, [rec.get(c.data.expert_key) for rec in records])
             answers = [rec[c.data.answer_key] for rec in records for _ in range(c.rollout.group_size)]
-            rewards, timed_out, crashed = _score_once(self.scorer, responses, answers, c.reward.kind)
-        metrics.update(
-            extra,
-            reward_timed_out=float(timed_out),
-            reward_crashed=float(crashed),
-            **_rollout_metrics(result, rewards, is_expert, c.rollout.group_size),
+            scores, timed_out, crashed, bad_ground_truth = _score_once(self.scorer, responses, answers, c.reward.kind)
+        rewards = scores
+        if c.reward.overlong_buffer is not None:  # DAPO's soft overlong punishment
+            penalty = np.array(
+                overlong_penalty(result.lengths, max_len=c.rollout.max_new_tokens, buffer=c.reward.overlong_buffer)
+            )
+            if is_expert is not None:
+                penalty[is_expert] = 0.0  # an expert solution's length is not the policy's doing
+            rewards = scores + penalty
+            metrics["overlong_penalty_mean"] = float(penalty.mean())
+        metrics.update(extra, reward_timed_out=float(timed_out), reward_crashed=float(crashed))
+        metrics["reward_bad_ground_truth"] = float(bad_ground_truth)
+        return Rollouts(records, result, is_expert, scores, rewards.astype(np.float32)), metrics
+
+    def sample(self, params, stream: PromptStream, step: int, timer: _Timer):
+        """The step's sampling rounds (`sample_step`) -> `(trained, trained_groups, sampled, host metrics)`."""
+        c = self.config
+        metrics = {}
+
+        def sample_round(records: list[dict], round_index: int) -> Rollouts:
+            rollouts, round_metrics = self.rollouts(params, records, step, round_index, timer)
+            for key in _SCORING_FAILURES:  # counts add up over the rounds; the engine's figures are the last round's
+                round_metrics[key] += metrics.get(key, 0.0)
+            metrics.update(round_metrics)
+            return rollouts
+
+        trained, trained_groups, sampled, sampling_metrics = sample_step(
+            sample_round,
+            stream,
+            prompts=c.train.prompts_per_step,
+            group_size=c.rollout.group_size,
+            pad_id=self.tokenizer.pad_id,
+            dynamic=c.algo.dynamic_sampling,
+            max_rounds=c.algo.max_sampling_rounds,
         )
-        return result, is_expert, rewards, metrics
+        metrics.update(_rollout_metrics(sampled, c.rollout.group_size), **sampling_metrics)
+        return trained, trained_groups, sampled, metrics
 
-    def update(self, state, result, is_expert, rewards, records: list[dict], timer: _Timer):
-        """PPO updates over the step's mini-batches, then the algorithm's own.
-
-        Returns `(state, device metrics, host metrics)`."""
+    def update(self, state, trained: Rollouts, trained_groups: np.ndarray, sampled: Rollouts, timer: _Timer):
+        """PPO updates over the step's mini-batches (rows of `trained`, groups outside `trained_groups`
+        and, with `algo.mask_truncated`, truncated rows left out of the loss), then the algorithm's own
+        (which sees every `sampled` question). Returns `(state, device metrics, host metrics)`."""
         a, group_size = self.config.algo, self.config.rollout.group_size
-        advantages = np.asarray(grpo_advantages(jnp.asarray(rewards), group_size, norm_by_std=a.norm_by_std))
-        batch = place_global_batch(update_batch(result, advantages, is_expert), self.mesh)
+        result, is_expert = trained.result, trained.is_expert
+        advantages = np.asarray(grpo_advantages(jnp.asarray(trained.rewards), group_size, norm_by_std=a.norm_by_std))
+        trained_rows = np.repeat(trained_groups, group_size)
+        if a.mask_truncated:  # DAPO's overlong filtering
+            trained_rows &= ~result.truncated
+        batch = place_global_batch(update_batch(result, advantages, is_expert, trained_rows=trained_rows), self.mesh)
         device_metrics = {}
         with timer("update"):
             batch["old_logprobs"], _ = self.logprob_fn(state.params, batch)  # the training forward: ratio 1 at first
+            weights, mismatch = self.mismatch_fn(
+                batch["old_logprobs"], batch.pop("rollout_logprobs"), batch["completion_mask"], batch["is_expert"]
+            )
+            if weights is not None:
+                batch["is_weights"] = weights
+            device_metrics.update(mismatch)
             if self.base_params is not None:
                 batch["ref_logprobs"], _ = self.logprob_fn(self.base_params, batch)
                 on_policy = batch["completion_mask"] * (~batch["is_expert"])[:, None]
@@ -184,12 +239,19 @@ class _RLStep:
                 for minibatch in split_minibatches(batch, self.sizes.mini_batches):
                     state, out = self.update_fn(state, minibatch)
                     outs.append(out)
-            state, host_metrics = self.algorithm.after_update(state, records, rewards)
+            state, host_metrics = self.algorithm.after_update(state, sampled.records, sampled.scores)
             jax.block_until_ready(state.params)
         device_metrics.update({k: jnp.mean(jnp.stack([out[k] for out in outs])) for k in outs[0]})
         host_metrics["update_tokens_per_s"] = (
             float(np.sum(result.completion_mask)) * a.ppo_epochs / max(timer["time_update_s"], 1e-9)
         )
+        # Share of the trained groups whose rewards are all equal (zero advantage): 0 with dynamic sampling.
+        without_signal = ~np.asarray(filter_groups(trained.rewards, group_size))[trained_groups]
+        host_metrics["update_groups_without_signal_frac"] = float(without_signal.mean()) if without_signal.size else 0.0
+        if a.mask_truncated:
+            host_metrics["masked_truncated_frac"] = float(
+                np.mean(result.truncated & np.repeat(trained_groups, group_size))
+            )
         return state, device_metrics, host_metrics
 
 
@@ -228,6 +290,7 @@ def _build_step(config: RLStageConfig, run: StageRun, scorer, tokenizer, records
         RLContext(config, tokenizer, run.mesh, graphdef, tx, state, param_shardings(params), sizes, records)
     )
     update_fn = jit_rl_update(rl_step_config(config, sizes), state, run.mesh, graphdef=graphdef, tx=tx)
+    mismatch_fn = jax.jit(functools.partial(rollout_mismatch, correction=a.rollout_correction))
     logprob_fn = jax.jit(
         functools.partial(
             rollout_logprobs,
@@ -249,7 +312,18 @@ def _build_step(config: RLStageConfig, run: StageRun, scorer, tokenizer, records
         shrink_tail=r.shrink_tail,
     )
     return state, _RLStep(
-        config, tokenizer, algorithm, scorer, run.mesh, sizes, graphdef, base_params, update_fn, logprob_fn, sampling
+        config,
+        tokenizer,
+        algorithm,
+        scorer,
+        run.mesh,
+        sizes,
+        graphdef,
+        base_params,
+        update_fn,
+        logprob_fn,
+        mismatch_fn,
+        sampling,
     )
 
 
@@ -285,11 +359,9 @@ def run_rl_stage(config: RLStageConfig, workdir: str | Path, *, max_steps: int |
             stream.set_state(meta["prompt_stream"])
             rl_step.algorithm.load_state_dict(meta)
         while run.step < stop_at:
-            timer, batch_records = _Timer(), stream.next_batch(t.prompts_per_step)
-            result, is_expert, rewards, rollout_metrics = rl_step.rollouts(state.params, batch_records, run.step, timer)
-            state, device_metrics, update_metrics = rl_step.update(
-                state, result, is_expert, rewards, batch_records, timer
-            )
+            timer = _Timer()
+            trained, trained_groups, sampled, rollout_metrics = rl_step.sample(state.params, stream, run.step, timer)
+            state, device_metrics, update_metrics = rl_step.update(state, trained, trained_groups, sampled, timer)
             run.step += 1
             run.log(device_metrics, **rollout_metrics, **update_metrics, **timer)
             score = None
