@@ -85,7 +85,7 @@ class AlgoSection:
     agg_mode: AggMode | None = None  # ppo_clip: token-mean
     rollout_correction: RolloutCorrectionSection | None = None  # None: no mismatch correction (the paper)
     mask_truncated: bool = False  # DAPO's overlong filtering: rows cut at max_new_tokens leave the loss
-    dynamic_sampling: bool = False  # DAPO: sample more prompts until prompts_per_step groups differ in reward
+    dynamic_sampling: bool = False  # DAPO: sample more prompts until prompts_per_step groups differ in score
     max_sampling_rounds: int = 10  # dynamic sampling: rounds of prompts_per_step prompts before training anyway
     kl_coef: float = 0.0  # the paper: no KL loss
     kl_kind: KLKind = "k3"

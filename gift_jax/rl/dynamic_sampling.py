@@ -2,9 +2,11 @@
 
 Without it a step samples one round: the next `prompts_per_step` prompts of the stream. With it the
 step keeps drawing rounds of `prompts_per_step` new prompts until `prompts_per_step` groups whose
-rewards are not all equal (`filter_groups`) are collected, or `algo.max_sampling_rounds` rounds are
-drawn. It trains on the first `prompts_per_step` such groups, in stream order (verl's DAPO trainer
-does the same); kept groups beyond those are discarded with the rest of the round. When the rounds
+answer scores are not all equal (`filter_groups`) are collected, or `algo.max_sampling_rounds` rounds
+are drawn. The filter reads the answer scores, not the shaped rewards, as DAPO's recipe does (verl's
+`filter_groups.metric=acc`): a group whose answers are all wrong is dropped even when the overlong
+penalty tells its rows apart. It trains on the first `prompts_per_step` such groups, in stream order
+(verl's DAPO trainer does the same); kept groups beyond those are discarded with the rest of the round. When the rounds
 run out first, the batch is filled up with dropped groups whose rows leave the loss (completion
 mask 0), so the update keeps its shapes, and the metrics say how many groups were short.
 
@@ -59,13 +61,13 @@ def sample_step(
     kept_groups = 0
     for round_index in range(max_rounds if dynamic else 1):
         rounds.append(sample_round(stream.next_batch(prompts), round_index))
-        kept_groups += int(np.sum(filter_groups(rounds[-1].rewards, group_size)))
+        kept_groups += int(np.sum(filter_groups(rounds[-1].scores, group_size)))
         if kept_groups >= prompts:
             break
     sampled = concat_rollouts(rounds, pad_id) if len(rounds) > 1 else rounds[0]
     if not dynamic:
         return sampled, np.ones(prompts, bool), sampled, {}
-    keep = np.asarray(filter_groups(sampled.rewards, group_size))
+    keep = np.asarray(filter_groups(sampled.scores, group_size))
     kept = np.flatnonzero(keep)[:prompts]
     filler = np.flatnonzero(~keep)[: prompts - len(kept)]
     trained = take_groups(sampled, np.concatenate([kept, filler]), group_size)
