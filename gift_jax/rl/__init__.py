@@ -16,13 +16,7 @@ from gift_jax.rl.grpo import (
     policy_loss,
     policy_stats,
 )
-from gift_jax.rl.policy_losses import (
-    POLICY_LOSSES,
-    cispo_per_token,
-    gspo_per_token,
-    policy_loss_per_token,
-    ppo_clip_per_token,
-)
+from gift_jax.rl.policy_losses import POLICY_LOSSES, policy_loss_per_token, ppo_clip_per_token
 from gift_jax.rl.rollout_correction import mismatch_metrics, rollout_correction_weights
 
 __all__ = [
@@ -31,11 +25,9 @@ __all__ = [
     "POLICY_LOSSES",
     "aggregate",
     "aggregate_loss",
-    "cispo_per_token",
     "filter_groups",
     "grpo_advantages",
     "grpo_loss_terms",
-    "gspo_per_token",
     "kl_penalty",
     "loss_denominator",
     "luffy_shaped_per_token",

@@ -247,10 +247,11 @@ def policy_loss(
         without gradient (e.g. `rollout_correction_weights`).
       seq_normaliser, global_denominator: see `aggregate` / `aggregate_loss`.
     Returns:
-      `(loss [], metrics)`; metrics are `policy_stats` plus `pg_loss`.
+      `(loss [], metrics)`; metrics are `grpo_loss_terms`' (`policy_stats` and `pg_loss_token_mean`)
+      plus `pg_loss`.
     """
     spec = resolve_policy_loss(loss, clip_low=clip_low, clip_high=clip_high, agg_mode=agg_mode)
-    per_token, clipped, dual_clipped = policy_loss_per_token(
+    per_token, metrics = grpo_loss_terms(
         logprobs,
         old_logprobs,
         advantages,
@@ -264,9 +265,7 @@ def policy_loss(
     value = aggregate_loss(
         per_token, mask, spec.agg_mode, seq_normaliser=seq_normaliser, global_denominator=global_denominator
     )
-    metrics = policy_stats(logprobs, old_logprobs, mask, clipped, dual_clipped)
-    metrics["pg_loss"] = value
-    return value, metrics
+    return value, {**metrics, "pg_loss": value}
 
 
 def grpo_loss_terms(

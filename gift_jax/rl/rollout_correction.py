@@ -17,6 +17,7 @@ padding.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Literal, get_args
 
@@ -120,7 +121,7 @@ def rollout_mismatch(
     Args:
       trainer_logprobs, rollout_logprobs, mask: `[B, T]`; is_expert: `[B]` bool (LUFFY's expert rows
         were not sampled: no rollout log-probs, no weights, no metrics).
-      correction: None (no weights) or settings with `level`, `mode`, `threshold`, `lower`
+      correction: None (no weights) or a dataclass of `rollout_correction_weights`' keyword arguments
         (`RolloutCorrectionSection`).
     Returns:
       `([B, T] weights or None, mismatch_metrics)`.
@@ -129,12 +130,6 @@ def rollout_mismatch(
     weights = None
     if correction is not None:
         weights = rollout_correction_weights(
-            trainer_logprobs,
-            rollout_logprobs,
-            sampled,
-            level=correction.level,
-            mode=correction.mode,
-            threshold=correction.threshold,
-            lower=correction.lower,
+            trainer_logprobs, rollout_logprobs, sampled, **dataclasses.asdict(correction)
         )
     return weights, mismatch_metrics(trainer_logprobs, rollout_logprobs, sampled, weights)

@@ -95,6 +95,33 @@ DAPO_RECIPE = {
     "reward": {"overlong_buffer": 8},
 }
 
+# The `tradeoff` world (an init stage is needed and beta has a two-sided trade-off): every init of
+# the paper, LUFFY and ReLIFT from the base, and the GIFT grid; 3 seeds; 3 runs at once. Sized for
+# about 90 minutes on 2 CPU cores (measured time in the README): fewer demonstrations and a
+# shorter RL stage than `default`, 128 eval problems.
+PAPER = dataclasses.replace(
+    DEFAULT,
+    seeds=(0, 1, 2),
+    variants=("tradeoff",),
+    inits=(
+        ("base", None),
+        ("sft", None),
+        *BASELINES,
+        ("luffy", None),
+        ("relift", None),
+        *(("gift", b) for b in PAPER_BETAS),
+    ),
+    world_sizes=dict(expert=1024, expert_val=128, rl_prompts=2000, eval=128),
+    init_epochs=2,
+    rl_steps=30,
+    rl_prompts_per_step=16,
+    rl_max_new_tokens=40,
+    eval_problems=128,
+    baseline_hparams=BASELINE_HPARAMS,
+    registered_beta=PAPER_REGISTERED_BETA,
+    jobs=3,
+)
+
 PRESETS = {
     "smoke": dataclasses.replace(
         DEFAULT,
@@ -122,39 +149,12 @@ PRESETS = {
         inits=(("base", None), ("sft", None), *BASELINES, ("gift", GIFT_TOY_BETA)),
         baseline_hparams=BASELINE_HPARAMS,
     ),
-    # The `tradeoff` world (an init stage is needed and beta has a two-sided trade-off): every init of
-    # the paper, LUFFY and ReLIFT from the base, and the GIFT grid; 3 seeds; 3 runs at once. Sized for
-    # about 90 minutes on 2 CPU cores (measured time in the README): fewer demonstrations and a
-    # shorter RL stage than `default`, 128 eval problems.
-    "paper": dataclasses.replace(
-        DEFAULT,
-        seeds=(0, 1, 2),
-        variants=("tradeoff",),
-        inits=(
-            ("base", None),
-            ("sft", None),
-            *BASELINES,
-            ("luffy", None),
-            ("relift", None),
-            *(("gift", b) for b in PAPER_BETAS),
-        ),
-        world_sizes=dict(expert=1024, expert_val=128, rl_prompts=2000, eval=128),
-        init_epochs=2,
-        rl_steps=30,
-        rl_prompts_per_step=16,
-        rl_max_new_tokens=40,
-        eval_problems=128,
-        baseline_hparams=BASELINE_HPARAMS,
-        registered_beta=PAPER_REGISTERED_BETA,
-        jobs=3,
-    ),
+    "paper": PAPER,
     # The paper's question under DAPO: the `tradeoff` world's base, SFT, ASFT and GIFT at the best
     # (8, under GRPO) and the registered (11) beta, each followed by the identical DAPO recipe; 3 seeds,
     # 5 for GIFT(8) and ASFT (they tied under GRPO). Predictions: gift_jax/toy/README.md.
     "dapo": dataclasses.replace(
-        DEFAULT,
-        seeds=(0, 1, 2),
-        variants=("tradeoff",),
+        PAPER,
         inits=(
             ("base", None),
             ("sft", None),
@@ -163,16 +163,8 @@ PRESETS = {
             ("gift", PAPER_REGISTERED_BETA),
         ),
         seeds_by_init={("asft", None): (0, 1, 2, 3, 4), ("gift", PAPER_BEST_BETA): (0, 1, 2, 3, 4)},
-        world_sizes=dict(expert=1024, expert_val=128, rl_prompts=2000, eval=128),
-        init_epochs=2,
-        rl_steps=30,
-        rl_prompts_per_step=16,
         rl_max_new_tokens=48,
-        eval_problems=128,
-        baseline_hparams=BASELINE_HPARAMS,
-        registered_beta=PAPER_REGISTERED_BETA,
         rl_recipe=DAPO_RECIPE,
-        jobs=3,
     ),
     "full": dataclasses.replace(
         DEFAULT,
