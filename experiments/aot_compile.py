@@ -16,6 +16,7 @@ Iterate with `--model-set num_layers=4`; a 28-layer 7B step takes minutes and Gi
 """
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -36,7 +37,11 @@ def _model_config(model_path: str, model_config_file: str | None, model_set: lis
     if source.is_dir():
         config = read_config(source)
     elif source.is_file():
-        config = config_from_hf(yaml.safe_load(source.read_text()), source=str(source))
+        # JSON as JSON: YAML 1.1 would read 1e-06 as a string
+        text = source.read_text()
+        config = config_from_hf(
+            json.loads(text) if source.suffix == ".json" else yaml.safe_load(text), source=str(source)
+        )
     else:
         raise ConfigError(
             f"no model shapes: {source} is neither a model folder nor a config.json (pass --model-config FILE)"

@@ -18,7 +18,9 @@ A benchmark is NAME=PATH[:instruction=TEXT]: the text appended to every problem 
 A prompt the tokenizer can only encode with its unknown token is an error naming the file and row.
 
 Writes `results.md` (markdown table, accuracies in %) and `results.json` to `--out`, plus
-`samples_<name>.jsonl` with `--save-samples`. Prompts use the model folder's chat template
+`samples_<name>.jsonl` with `--save-samples`. An `--out` that already holds results, a model or a run
+workdir is refused unless `--overwrite` (which replaces only the result files). Exit statuses:
+`gift_jax.errors`. Prompts use the model folder's chat template
 (`--chat-template` names a built-in one instead). Benchmark layouts are detected from the records
 (see `gift_jax.evaluation.benchmarks`). On several devices the batch is split over a mesh
 (`--data/--fsdp/--tensor`, default: pure data parallelism, weights replicated). The toy pipeline
@@ -37,12 +39,36 @@ from pathlib import Path
 
 import jax
 
-from gift_jax.data import DataFormatError
+from gift_jax.cli import at_least, report_errors
 from gift_jax.evaluation.benchmarks import parse_benchmark_specs
-from gift_jax.evaluation.checkpoint_eval import EvalInputError, evaluate_checkpoint
-from gift_jax.evaluation.evaluate import EvalConfig, results_markdown, write_results
+from gift_jax.evaluation.checkpoint_eval import evaluate_checkpoint
+from gift_jax.evaluation.evaluate import RESULT_FILES, EvalConfig, results_markdown, write_results
 from gift_jax.parallel import MeshConfig, make_mesh
 from gift_jax.run_checkpoints import CHECKPOINT_KINDS
+from gift_jax.storage import run_workdir_marker
+
+
+def top_p(text: str) -> float:
+    value = at_least(0.0, float)(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+def earlier_contents(out: Path) -> list[str]:
+    """What `--out` already holds that results could be confused with or written over."""
+    if not out.is_dir():
+        return []
+    found = []
+    if (out / "config.json").is_file() and any(out.glob("*.safetensors")):
+        found.append("a model (config.json + *.safetensors)")
+    marker = run_workdir_marker(out)
+    if marker is not None:
+        found.append(f"a run workdir ({marker})")
+    results = sorted(p.name for p in out.iterdir() if p.name in RESULT_FILES or p.name.startswith("samples_"))
+    if results:
+        found.append(f"earlier results ({', '.join(results)})")
+    return found
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -55,7 +81,7 @@ def make_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--step",
-        type=int,
+        type=at_least(0),
         default=None,
         help="workdir: loop step of the checkpoint (RL step / init update; default: newest)",
     )
@@ -68,13 +94,14 @@ def make_parser() -> argparse.ArgumentParser:
         help="benchmark files; TEXT: paper (default), none, or the instruction itself (see above)",
     )
     parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--k", type=int, default=4, help="samples per problem")
-    parser.add_argument("--temperature", type=float, default=0.6)
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--max-new-tokens", type=int, default=8192)
-    parser.add_argument("--problems-per-batch", type=int, default=32)
-    parser.add_argument("--limit", type=int, default=None, help="first N problems of each benchmark")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true", help="write over the results already in --out")
+    parser.add_argument("--k", type=at_least(1), default=4, help="samples per problem")
+    parser.add_argument("--temperature", type=at_least(0.0, float), default=0.6, help="0: greedy")
+    parser.add_argument("--top-p", type=top_p, default=1.0, help="nucleus sampling mass, in (0, 1]")
+    parser.add_argument("--max-new-tokens", type=at_least(1), default=8192)
+    parser.add_argument("--problems-per-batch", type=at_least(1), default=32)
+    parser.add_argument("--limit", type=at_least(1), default=None, help="first N problems of each benchmark")
+    parser.add_argument("--seed", type=at_least(0), default=0)
     parser.add_argument("--chat-template", default=None, help="built-in template name instead of the folder's")
     parser.add_argument(
         "--dtype", default="bfloat16", help="compute dtype (float32 for exact checks and to match the toy pipeline)"
@@ -87,13 +114,16 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
     try:
         specs = parse_benchmark_specs(args.benchmarks, limit=args.limit)
     except ValueError as err:
         parser.error(f"--benchmarks: {err}")
+    found = earlier_contents(args.out)
+    if found and not args.overwrite:
+        parser.error(f"--out {args.out} already holds {'; '.join(found)}; choose another folder or pass --overwrite")
     config = EvalConfig(
         num_samples=args.k,
         temperature=args.temperature,
@@ -103,7 +133,8 @@ def main(argv: list[str] | None = None) -> None:
         seed=args.seed,
     )
     mesh = make_mesh(MeshConfig(data=args.data, fsdp=args.fsdp, tensor=args.tensor)) if jax.device_count() > 1 else None
-    try:
+
+    def evaluate() -> int:
         evaluation = evaluate_checkpoint(
             args.model,
             specs,
@@ -116,24 +147,25 @@ def main(argv: list[str] | None = None) -> None:
             keep_responses=args.save_samples,
             progress=not args.no_progress,
         )
-    except (EvalInputError, DataFormatError) as err:
-        parser.error(f"--model {args.model} / --benchmarks: {err}")
-    if evaluation.checkpoint is not None:
-        print(f"{args.model}: {args.kind} checkpoint of step {evaluation.checkpoint['step']}", file=sys.stderr)
-    run_info = {
-        "model": str(args.model),
-        "checkpoint": evaluation.checkpoint,
-        "benchmarks": {spec.name: {"path": str(spec.path), "instruction": spec.instruction} for spec in specs},
-        "eval_config": dataclasses.asdict(config),
-        "dtype": args.dtype,
-        "limit": args.limit,
-        "chat_template": evaluation.chat_template,
-        "devices": jax.device_count(),
-    }
-    write_results(evaluation.results, args.out, run_info=run_info, save_samples=args.save_samples)
-    print(results_markdown(evaluation.results))
-    print(f"wrote {args.out / 'results.md'} and {args.out / 'results.json'}", file=sys.stderr)
+        if evaluation.checkpoint is not None:
+            print(f"{args.model}: {args.kind} checkpoint of step {evaluation.checkpoint['step']}", file=sys.stderr)
+        run_info = {
+            "model": str(args.model),
+            "checkpoint": evaluation.checkpoint,
+            "benchmarks": {spec.name: {"path": str(spec.path), "instruction": spec.instruction} for spec in specs},
+            "eval_config": dataclasses.asdict(config),
+            "dtype": args.dtype,
+            "limit": args.limit,
+            "chat_template": evaluation.chat_template,
+            "devices": jax.device_count(),
+        }
+        write_results(evaluation.results, args.out, run_info=run_info, save_samples=args.save_samples)
+        print(results_markdown(evaluation.results))
+        print(f"wrote {args.out / 'results.md'} and {args.out / 'results.json'}", file=sys.stderr)
+        return 0
+
+    return report_errors(evaluate)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -16,10 +16,11 @@ from typing import Any
 
 import yaml
 
+from gift_jax.errors import InputError
 from gift_jax.storage import as_path
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """An invalid config; the message names the key (and file)."""
 
 

@@ -23,34 +23,45 @@ import jax
 from flax import nnx
 
 from gift_jax.config_io import from_dict
+from gift_jax.errors import InputError
 from gift_jax.models import ModelConfig, Transformer, read_config, save_hf
+from gift_jax.models.hf_io import check_export_destination
 from gift_jax.parallel import MeshConfig, make_mesh, state_shardings
 from gift_jax.rl.config import RLStageConfig
 from gift_jax.runtime.checkpoint import Checkpointer
 from gift_jax.runtime.workdir import upgrade_run_config
-from gift_jax.storage import as_path
+from gift_jax.storage import as_path, run_workdir_marker
 from gift_jax.train.init_config import InitStageConfig
 
 CHECKPOINT_KINDS = ("periodic", "best")
 
 
+class RunNotFound(InputError, FileNotFoundError):
+    """A workdir, checkpoint kind or step that is not there (the message names what is)."""
+
+
 def is_run_workdir(path: str | os.PathLike) -> bool:
-    """Whether `path` is a stage workdir (a run config and a checkpoints folder), not an HF folder."""
+    """Whether `path` is a stage workdir (a run lock or checkpoints folder, or a run's config), not an HF folder."""
     path = as_path(path)
-    return (path / "checkpoints").is_dir() and (path / "config.json").is_file()
+    if run_workdir_marker(path) is not None:
+        return True
+    try:
+        return "train" in json.loads((path / "config.json").read_text())  # HF config.json has no such section
+    except (OSError, ValueError):
+        return False
 
 
 def read_run_config(workdir: str | os.PathLike) -> InitStageConfig | RLStageConfig:
     """The config a stage saved in its workdir (init stage or RL stage, told apart by their sections)."""
     path = as_path(workdir) / "config.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no run config here; is {workdir} a stage workdir?")
+        raise RunNotFound(f"{path}: no run config here; is {workdir} a stage workdir?")
     data = upgrade_run_config(json.loads(path.read_text()))
     if "loss" in data:
         return from_dict(InitStageConfig, data, where=str(path))
     if "algo" in data:
         return from_dict(RLStageConfig, data, where=str(path))
-    raise ValueError(f"{path}: neither an init-stage nor an RL-stage config (no 'loss' or 'algo' section)")
+    raise InputError(f"{path}: neither an init-stage nor an RL-stage config (no 'loss' or 'algo' section)")
 
 
 def run_chat_template(config: InitStageConfig | RLStageConfig) -> str | None:
@@ -61,7 +72,13 @@ def run_chat_template(config: InitStageConfig | RLStageConfig) -> str | None:
 def _checkpoint_numbers(checkpointer: Checkpointer, kind: str) -> dict[int, int]:
     """Loop step -> orbax step number. They are equal, except in RL workdirs written when checkpoints were
     numbered by optimizer update; there each checkpoint's metadata gives its loop step."""
-    return {checkpointer.meta(number, kind).get("step", number): number for number in checkpointer.steps(kind)}
+    numbers = {}
+    for number in checkpointer.steps(kind):
+        try:
+            numbers[checkpointer.meta(number, kind).get("step", number)] = number
+        except Exception:  # unreadable metadata: the restore of that step will say so, by name
+            numbers[number] = number
+    return numbers
 
 
 def load_run_checkpoint(
@@ -74,17 +91,17 @@ def load_run_checkpoint(
       device, parameters sharded over them).
     """
     if kind not in CHECKPOINT_KINDS:
-        raise ValueError(f"checkpoint kind must be one of {CHECKPOINT_KINDS}, got {kind!r}")
+        raise InputError(f"checkpoint kind must be one of {CHECKPOINT_KINDS}, got {kind!r}")
     workdir = as_path(workdir)
     config = read_run_config(workdir)
     checkpointer = Checkpointer(workdir / "checkpoints", read_only=True)
     try:
         numbers = _checkpoint_numbers(checkpointer, kind)
         if not numbers:
-            raise FileNotFoundError(f"{workdir / 'checkpoints' / kind}: no {kind} checkpoint")
+            raise RunNotFound(f"{workdir / 'checkpoints' / kind}: no {kind} checkpoint (has this run saved one yet?)")
         step = max(numbers) if step is None else step
         if step not in numbers:
-            raise FileNotFoundError(f"{workdir / 'checkpoints' / kind}: no step {step}; saved steps: {sorted(numbers)}")
+            raise RunNotFound(f"{workdir / 'checkpoints' / kind}: no step {step}; saved steps: {sorted(numbers)}")
         mesh = mesh if mesh is not None else make_mesh(MeshConfig())
         # The run's starting folder gives the architecture; the template is abstract (nothing allocated)
         # and only the parameters are read, so peak memory is one copy of the weights.
@@ -112,6 +129,9 @@ def export_run_checkpoint(
     dtype: str | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Writes one step of a run as an HF folder (weights in `dtype`, default as trained) with its tokenizer."""
+    """Writes one step of a run as an HF folder (weights in `dtype`, default as trained) with its tokenizer.
+
+    A destination save_hf would refuse (see there) is refused before any weight is read."""
+    check_export_destination(out, overwrite=overwrite)
     model, model_config, tokenizer_dir, _ = load_run_checkpoint(workdir, step=step, kind=kind)
     return save_hf(model, model_config, out, dtype=dtype, tokenizer_dir=tokenizer_dir, overwrite=overwrite)

@@ -13,6 +13,7 @@ checkpoints. Object stores differ from a file system in three ways the callers h
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import time
@@ -42,6 +43,19 @@ def as_path(path: str | os.PathLike) -> Path | epath.Path:
     return epath.Path(path)
 
 
+# What a stage's workdir holds and an exported model folder never does (`run_workdir_marker`).
+RUN_MARKERS = ("checkpoints", "run.lock")
+
+
+def run_workdir_marker(path: str | os.PathLike) -> str | None:
+    """What makes `path` a stage's workdir (`"checkpoints/"` or `"run.lock"`), or None for anything else."""
+    path = as_path(path)
+    for name in RUN_MARKERS:
+        if (path / name).exists():
+            return f"{name}/" if (path / name).is_dir() else name
+    return None
+
+
 def append_text(path: Path | epath.Path, text: str) -> None:
     """Appends `text` to the file at `path` (an object is read and rewritten whole)."""
     if is_url(path):
@@ -49,6 +63,26 @@ def append_text(path: Path | epath.Path, text: str) -> None:
     else:
         with path.open("a") as f:
             f.write(text)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes (hex), read in 1 MiB blocks (a data file's fingerprint)."""
+    digest = hashlib.sha256()
+    with as_path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_text_atomically(path: Path | epath.Path, text: str) -> None:
+    """Replaces the file at `path` with `text` so a reader (or a kill) sees the old file or the new one, never
+    a part (a local file is written beside it and renamed; an object is always written whole)."""
+    if is_url(path):
+        path.write_text(text)
+        return
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text, encoding="utf-8")
+    partial.replace(path)
 
 
 def copy_file(source: Path | epath.Path, target: Path | epath.Path, *, chunk_bytes: int = 64 * 2**20) -> None:

@@ -14,7 +14,7 @@ from gift_jax.models import CheckpointError, load_hf, save_hf
 from gift_jax.run_checkpoints import is_run_workdir, read_run_config
 from gift_jax.runtime.checkpoint import Checkpointer
 from gift_jax.runtime.metrics import MetricWriter
-from gift_jax.runtime.workdir import WorkdirLock, WorkdirRefused, check_writable, claim_workdir
+from gift_jax.runtime.workdir import WorkdirLock, WorkdirRefused, check_resume, check_writable, save_run_identity
 from gift_jax.storage import Appender, as_path, copy_file
 from gift_jax.train.init_config import InitStageConfig
 from tests.helpers import make_tiny_model_dir
@@ -46,12 +46,13 @@ def test_other_url_schemes_are_refused_by_name():
 def test_a_gs_workdir_keeps_its_run_config_and_refuses_another(memory_gcs, capsys):
     workdir = check_writable("gs://bucket/run")
     config = _config("gs://bucket/base")
-    claim_workdir(workdir, config)
-    claim_workdir(workdir, config)  # the same run resuming
+    save_run_identity(workdir, config, {})
+    assert check_resume(workdir, config, {}) == []  # the same run resuming
     assert read_run_config("gs://bucket/run") == config
+    (workdir / "checkpoints" / "periodic" / "1").mkdir(parents=True)  # a checkpoint: the config is now fixed
     other = _config("gs://bucket/other")
-    with pytest.raises(WorkdirRefused, match=r"gs://bucket/run/config.json: this workdir belongs to a run"):
-        claim_workdir(workdir, other)
+    with pytest.raises(WorkdirRefused, match=r"gs://bucket/run/config.json: .*model.path: 'gs://bucket/base' ->"):
+        check_resume(workdir, other, {})
     lock = WorkdirLock(workdir).acquire()  # no flock on an object store: said, not silently skipped
     lock.release()
     assert "gs://bucket/run: an object-store workdir cannot be locked" in capsys.readouterr().out
@@ -132,7 +133,7 @@ def test_checkpoints_on_an_epath_and_a_run_workdir_found_and_read_on_gs(memory_g
     local.close()
     np.testing.assert_array_equal(restored["w"], state["w"])
     config = _config(str(tmp_path / "hf"))
-    claim_workdir(tmp_path / "run", config)
+    save_run_identity(tmp_path / "run", config, {})
     for file in (tmp_path / "run").rglob("*"):
         if file.is_file():
             target = as_path(f"gs://bucket/run/{file.relative_to(tmp_path / 'run')}")

@@ -1,6 +1,7 @@
 """Any orbax step of a run restores as a model and exports as an HF folder, equal to the trainer's own exports."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -107,9 +108,72 @@ def test_evaluate_names_a_missing_step_and_refuses_step_for_a_model_folder(run, 
     workdir, summary = run
     (tmp_path / "bench.jsonl").write_text(json.dumps({"problem": "What is 1 + 1?", "answer": "2"}) + "\n")
     common = ["--benchmarks", f"toy={tmp_path / 'bench.jsonl'}", "--out", str(tmp_path / "eval"), "--no-progress"]
+    assert evaluate_main(["--model", str(workdir), "--step", "99", *common]) == 2
+    assert "no step 99; saved steps: [3, 6]" in capsys.readouterr().err
+    assert evaluate_main(["--model", summary["hf_final"], "--step", "3", *common]) == 2
+    assert "is a model folder" in capsys.readouterr().err
+
+
+def _digest(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_export_never_replaces_a_run_or_a_part_of_one(run, tmp_path, capsys):
+    workdir, _ = run
+    before = _digest(workdir)
+    for out, found in (
+        (workdir, "refusing to overwrite a run workdir (it holds checkpoints/)"),
+        (workdir / "checkpoints", f"refusing to overwrite a folder inside the run workdir {workdir}"),
+        (workdir.parent, f"refusing to overwrite a folder that contains the run workdir {workdir}"),
+    ):
+        assert export_main(["--workdir", str(workdir), "--out", str(out), "--overwrite"]) == 2
+        assert found in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        export_main(["--workdir", str(workdir), "--out", str(workdir / "hf_best")])
+    assert f"--out {workdir / 'hf_best'} exists and is not empty; pass --overwrite" in capsys.readouterr().err
+    assert _digest(workdir) == before
+
+
+def test_evaluate_refuses_an_out_folder_with_results_a_model_or_a_run(run, tmp_path, capsys):
+    workdir, summary = run
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text(json.dumps({"problem": "What is 1 + 1?", "answer": "2"}) + "\n")
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "results.json").write_text("{}")
+    for out, found in (
+        (tmp_path / "old", "earlier results (results.json)"),
+        (summary["hf_final"], "a model (config.json + *.safetensors)"),
+        (workdir, "a run workdir (checkpoints/)"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            evaluate_main(["--model", str(workdir), "--benchmarks", f"toy={bench}", "--out", str(out)])
+        assert exit_info.value.code == 2 and found in capsys.readouterr().err
+    assert (tmp_path / "old" / "results.json").read_text() == "{}"
+
+
+@pytest.mark.parametrize(
+    "flag,value", [("--k", "0"), ("--temperature", "-1"), ("--max-new-tokens", "0"), ("--limit", "0"), ("--top-p", "2")]
+)
+def test_evaluate_refuses_out_of_range_flags_by_name(tmp_path, capsys, flag, value):
     with pytest.raises(SystemExit) as exit_info:
-        evaluate_main(["--model", str(workdir), "--step", "99", *common])
-    assert exit_info.value.code == 2 and "no step 99; saved steps: [3, 6]" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exit_info:
-        evaluate_main(["--model", summary["hf_final"], "--step", "3", *common])
-    assert exit_info.value.code == 2 and "is a model folder" in capsys.readouterr().err
+        evaluate_main(["--model", str(tmp_path), "--benchmarks", "toy=x.jsonl", "--out", str(tmp_path), flag, value])
+    assert exit_info.value.code == 2 and f"argument {flag}" in capsys.readouterr().err
+
+
+def test_evaluate_names_a_run_without_checkpoints_and_one_whose_steps_are_all_unreadable(run, tmp_path, capsys):
+    workdir, _ = run
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text(json.dumps({"problem": "What is 1 + 1?", "answer": "2"}) + "\n")
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    shutil.copy(workdir / "config.json", fresh / "config.json")  # a run that has saved nothing yet
+    common = ["--benchmarks", f"toy={bench}", "--no-progress", "--max-new-tokens", "2"]
+    assert evaluate_main(["--model", str(fresh), "--out", str(tmp_path / "e1"), *common]) == 2
+    assert "no periodic checkpoint" in capsys.readouterr().err
+    damaged = tmp_path / "damaged"
+    shutil.copytree(workdir, damaged)
+    for data in (damaged / "checkpoints" / "periodic").glob("*/state/d/*"):
+        data.write_bytes(b"\0" * data.stat().st_size)
+    assert evaluate_main(["--model", str(damaged), "--out", str(tmp_path / "e2"), *common]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "periodic/6: unreadable" in err[0]

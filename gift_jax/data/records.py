@@ -15,12 +15,13 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from gift_jax.errors import InputError
 from gift_jax.rewards.ground_truth import check_ground_truth
 
 SUPPORTED_SUFFIXES = (".parquet", ".jsonl")
 
 
-class DataFormatError(ValueError):
+class DataFormatError(InputError):
     """An input data file is malformed (message names the file and the key / row / line)."""
 
 

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
+from gift_jax.data.records import DataFormatError
 from gift_jax.data.tokenizer import ChatTokenizer
 from gift_jax.data.unknown_tokens import check_known_tokens
 
@@ -116,7 +117,7 @@ def _assemble(
     loss_mask = np.arange(length) >= len(prompt)
     if length > max_length:
         if truncation == "error":
-            raise ValueError(
+            raise DataFormatError(
                 f"{source}: row {row} has {length} tokens (prompt {len(prompt)} + response {len(response)} + EOS), "
                 f"more than max_length={max_length} (truncation='error')"
             )

@@ -28,10 +28,11 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from gift_jax.data.records import read_records
+from gift_jax.data.records import DataFormatError, read_records
 from gift_jax.data.sft_examples import SFTBuildStats, build_sft_examples
 from gift_jax.data.sft_split import SFTSplit
 from gift_jax.data.tokenizer import ChatTokenizer, load_tokenizer
+from gift_jax.storage import file_sha256
 
 DATASET_VERSION = "1.0.0"
 
@@ -107,7 +108,7 @@ class TokenizedSFTDataset(tfds.core.GeneratorBasedBuilder):
             num_tokens.append(len(example.token_ids))
             yield index, {"token_ids": example.token_ids, "loss_mask": example.loss_mask, "row": example.row}
         if not num_tokens:
-            raise ValueError(f"{path}: no usable samples for split {split!r} ({stats.as_dict()})")
+            raise DataFormatError(f"{path}: no usable samples for split {split!r} ({stats.as_dict()})")
         self.info.metadata["splits"][split] = {"file": str(path), "stats": stats.as_dict(), "num_tokens": num_tokens}
 
 
@@ -170,7 +171,7 @@ def prepare_tfds(
     tokenizer = load_tokenizer(model_dir, chat_template)
     inputs = {
         "version": DATASET_VERSION,
-        "files": {split: _file_digest(Path(path)) for split, path in sorted(split_files.items())},
+        "files": {split: file_sha256(path) for split, path in sorted(split_files.items())},
         "keys": [prompt_key, response_key],
         "tokenizer": tokenizer.fingerprint,
         "max_length": max_length,
@@ -191,11 +192,3 @@ def prepare_tfds(
     builder = TokenizedSFTDataset(config=config, data_dir=os.fspath(data_dir), file_format="array_record")
     builder.download_and_prepare()
     return PreparedSFTDataset(builder=builder)
-
-
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -28,6 +28,7 @@ from typing import Any
 import tokenizers
 
 from gift_jax.data.chat_templates import NAMED_CHAT_TEMPLATES, render_chat
+from gift_jax.errors import ModelFolderError
 from gift_jax.storage import as_path
 
 # The named special tokens transformers passes to chat templates (SPECIAL_TOKENS_ATTRIBUTES).
@@ -110,7 +111,7 @@ def load_tokenizer(model_dir: str | os.PathLike, chat_template: str | None = Non
     try:
         tokenizer = tokenizers.Tokenizer.from_str(tokenizer_bytes.decode("utf-8"))
     except Exception as error:  # the tokenizers library raises a bare Exception for bad files
-        raise ValueError(f"{tokenizer_path}: not a readable tokenizers file ({error})") from error
+        raise ModelFolderError(f"{tokenizer_path}: not a readable tokenizers file ({error})") from error
 
     tokenizer_config = _read_json(model_dir / "tokenizer_config.json")
     special_tokens = _named_special_tokens(tokenizer_config, _read_json(model_dir / "special_tokens_map.json"))
@@ -152,9 +153,9 @@ def _read_json(path: Path) -> dict[str, Any]:
     try:
         content = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path}: not valid UTF-8 JSON ({error})") from error
+        raise ModelFolderError(f"{path}: not valid UTF-8 JSON ({error})") from error
     if not isinstance(content, dict):
-        raise ValueError(f"{path}: expected a JSON object at the top level")
+        raise ModelFolderError(f"{path}: expected a JSON object at the top level")
     return content
 
 
@@ -182,7 +183,7 @@ def _ids(config: dict[str, Any], key: str) -> list[int]:
         return []
     values = value if isinstance(value, list) else [value]
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        raise ValueError(f"config key {key!r}: expected an int or a list of ints, got {value!r}")
+        raise ModelFolderError(f"config key {key!r}: expected an int or a list of ints, got {value!r}")
     return values
 
 
@@ -202,7 +203,7 @@ def _special_ids(
             return None
         found = tokenizer.token_to_id(token)
         if found is None:
-            raise ValueError(
+            raise ModelFolderError(
                 f"{model_dir}: {name} {token!r} (tokenizer_config.json / special_tokens_map.json) "
                 "is not in tokenizer.json"
             )
@@ -212,7 +213,7 @@ def _special_ids(
     eos_id = token_id("eos_token")
     if eos_id is None:
         if not config_eos_ids:
-            raise ValueError(
+            raise ModelFolderError(
                 f"{model_dir}: no EOS token: tokenizer_config.json has no eos_token and neither "
                 "generation_config.json nor config.json has eos_token_id"
             )
@@ -225,14 +226,16 @@ def _special_ids(
     vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
     for name, value in [("pad id", pad_id), *(("stop id", i) for i in stop_ids)]:
         if not 0 <= value < vocab_size:
-            raise ValueError(f"{model_dir}: {name} {value} is outside the vocabulary [0, {vocab_size})")
+            raise ModelFolderError(f"{model_dir}: {name} {value} is outside the vocabulary [0, {vocab_size})")
     return eos_id, pad_id, stop_ids
 
 
 def _select_chat_template(model_dir: Path, tokenizer_config: dict[str, Any], name: str | None) -> str:
     if name is not None:
         if name not in NAMED_CHAT_TEMPLATES:
-            raise ValueError(f"unknown chat template {name!r}; named templates are {sorted(NAMED_CHAT_TEMPLATES)}")
+            raise ModelFolderError(
+                f"unknown chat template {name!r}; named templates are {sorted(NAMED_CHAT_TEMPLATES)}"
+            )
         return NAMED_CHAT_TEMPLATES[name]
     jinja_file = model_dir / "chat_template.jinja"
     if jinja_file.is_file():
@@ -243,7 +246,7 @@ def _select_chat_template(model_dir: Path, tokenizer_config: dict[str, Any], nam
         by_name = {entry.get("name"): entry.get("template") for entry in template if isinstance(entry, dict)}
         template = by_name.get("default")
     if not isinstance(template, str):
-        raise ValueError(
+        raise ModelFolderError(
             f"{model_dir}: no chat template (no chat_template.jinja, no usable 'chat_template' in "
             f"tokenizer_config.json); pass chat_template= one of {sorted(NAMED_CHAT_TEMPLATES)}"
         )

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from jax.sharding import Mesh
 
 from gift_jax.data import ChatTokenizer, load_tokenizer
+from gift_jax.errors import InputError
 from gift_jax.evaluation.benchmarks import BenchmarkSpec
 from gift_jax.evaluation.evaluate import BenchmarkResult, EvalConfig, evaluate_benchmarks
 from gift_jax.models import Transformer, load_hf
@@ -26,7 +27,7 @@ from gift_jax.run_checkpoints import is_run_workdir, load_run_checkpoint, read_r
 from gift_jax.storage import as_path
 
 
-class EvalInputError(ValueError):
+class EvalInputError(InputError):
     """A benchmark file, spec or model path that cannot be read (the message names it)."""
 
 

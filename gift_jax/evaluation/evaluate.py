@@ -24,11 +24,13 @@ from tqdm.auto import tqdm
 
 from gift_jax.data import ChatTokenizer
 from gift_jax.data.unknown_tokens import check_known_tokens
+from gift_jax.errors import storage_error
 from gift_jax.evaluation.benchmarks import BenchmarkProblem
 from gift_jax.evaluation.metrics import avg_at_k, markdown_table, mean_pass_at_k
 from gift_jax.models import Transformer
 from gift_jax.rewards import RewardScorer, is_correct
 from gift_jax.rollout import SampleResult, SamplingConfig, sample, slots_for_budget
+from gift_jax.storage import write_text_atomically
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,8 +55,17 @@ class EvalConfig:
     max_concurrent_rows: int | None = None
 
     def __post_init__(self):
-        if self.problems_per_batch < 1:
-            raise ValueError(f"problems_per_batch must be >= 1, got {self.problems_per_batch}")
+        problems = [
+            f"{name} must be >= 1, got {getattr(self, name)}"
+            for name in ("num_samples", "max_new_tokens", "problems_per_batch", "max_concurrent_rows")
+            if getattr(self, name) is not None and getattr(self, name) < 1
+        ]
+        if not self.temperature >= 0:
+            problems.append(f"temperature must be >= 0 (0: greedy), got {self.temperature}")
+        if not 0 < self.top_p <= 1 or self.top_k < 0 or self.seed < 0:
+            problems.append(f"need top_p in (0, 1], top_k >= 0, seed >= 0; got {self.top_p}, {self.top_k}, {self.seed}")
+        if problems:
+            raise ValueError("; ".join(problems))
 
     def sampling_config(self, tokenizer: ChatTokenizer) -> SamplingConfig:
         return SamplingConfig(
@@ -295,6 +306,9 @@ def results_markdown(results: Mapping[str, BenchmarkResult]) -> str:
     return markdown_table(rows, columns)
 
 
+RESULT_FILES = ("results.md", "results.json")
+
+
 def write_results(
     results: Mapping[str, BenchmarkResult],
     out_dir: str | Path,
@@ -303,16 +317,21 @@ def write_results(
     save_samples: bool = False,
 ) -> Path:
     """Writes `results.md`, `results.json` (metrics + `run_info`) and, if asked,
-    `samples_<benchmark>.jsonl` (one line per problem, from `BenchmarkResult.samples`)."""
+    `samples_<benchmark>.jsonl` (one line per problem, from `BenchmarkResult.samples`).
+
+    A failed write (e.g. a full disk) raises `StorageError` naming the folder."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.md").write_text(results_markdown(results) + "\n")
+    for name, result in results.items() if save_samples else ():
+        if result.samples is None:
+            raise ValueError(f"benchmark {name!r}: samples were not kept (keep_responses=False)")
     payload = {"run": dict(run_info or {}), "benchmarks": {name: r.metrics() for name, r in results.items()}}
-    (out_dir / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
-    if save_samples:
-        for name, result in results.items():
-            if result.samples is None:
-                raise ValueError(f"benchmark {name!r}: samples were not kept (keep_responses=False)")
-            with open(out_dir / f"samples_{name}.jsonl", "w", encoding="utf-8") as f:
-                f.writelines(json.dumps(sample_record, ensure_ascii=False) + "\n" for sample_record in result.samples)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomically(out_dir / "results.md", results_markdown(results) + "\n")
+        write_text_atomically(out_dir / "results.json", json.dumps(payload, indent=2) + "\n")
+        for name, result in results.items() if save_samples else ():
+            lines = (json.dumps(sample_record, ensure_ascii=False) + "\n" for sample_record in result.samples)
+            write_text_atomically(out_dir / f"samples_{name}.jsonl", "".join(lines))
+    except OSError as err:
+        raise storage_error(str(out_dir), err) from err
     return out_dir

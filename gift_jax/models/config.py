@@ -108,10 +108,12 @@ class ModelConfig:
         return v * d + self.num_layers * layer + d + head
 
 
-def _rope_block(hf: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
+def _rope_block(hf: dict[str, Any], source: str) -> tuple[float, dict[str, Any] | None]:
     """(rope_theta, scaling dict or None) from either the old top-level keys or `rope_parameters`."""
     params = hf.get("rope_parameters") or {}
     theta = params.get("rope_theta", hf.get("rope_theta", 10000.0))
+    if isinstance(theta, bool) or not isinstance(theta, (int, float)):
+        raise ValueError(f"{source}: key 'rope_theta': expected a number, got {theta!r}")
     scaling = hf.get("rope_scaling") or None
     rope_type = params.get("rope_type", params.get("type"))
     if rope_type not in (None, "default"):
@@ -138,42 +140,80 @@ def _parse_rope_scaling(scaling: dict[str, Any] | None, source: str) -> RopeScal
         raise ValueError(f"{source}: llama3 rope scaling is missing key {err}") from None
 
 
+# config.json settings this implementation does not have: a value other than the one given is refused by
+# name (running it anyway would silently compute another model). key -> (accepted values, what is missing).
+UNSUPPORTED_SETTINGS = {
+    "hidden_act": (("silu", "swish"), "only SiLU MLPs are implemented"),
+    "use_sliding_window": ((False, None), "sliding-window attention is not implemented"),
+    "mlp_bias": ((False, None), "MLP biases are not implemented"),
+    "attention_dropout": ((0, 0.0, None), "attention dropout is not implemented"),
+}
+
+
+def _typed(hf: dict[str, Any], key: str, kind: type, source: str, default: Any = KeyError) -> Any:
+    """`hf[key]` as `kind` (int / float / bool), or `default` when absent; a wrong type names file and key."""
+    if key not in hf or hf[key] is None:
+        if default is KeyError:
+            raise ValueError(f"{source}: missing required key {key!r}")
+        return default
+    value = hf[key]
+    ok = isinstance(value, bool) if kind is bool else isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int and ok and float(value) != int(value):
+        ok = False
+    if not ok:
+        raise ValueError(f"{source}: key {key!r}: expected {kind.__name__}, got {value!r}")
+    return kind(value)
+
+
+def _check_supported(hf: dict[str, Any], source: str) -> None:
+    for key, (accepted, missing) in UNSUPPORTED_SETTINGS.items():
+        if key in hf and hf[key] not in accepted:  # absent: the architecture's default, which is supported
+            raise ValueError(f"{source}: key {key!r} is {hf[key]!r}; {missing} (supported: {list(accepted)})")
+
+
 def config_from_hf(hf: dict[str, Any], *, source: str = "config.json", **overrides) -> ModelConfig:
-    """Builds a `ModelConfig` from a parsed HF `config.json` (`source` names it in errors)."""
+    """Builds a `ModelConfig` from a parsed HF `config.json` (`source` names it in errors).
+
+    Settings the model does not implement (`UNSUPPORTED_SETTINGS`, rope scaling other than llama3) and
+    values of the wrong type are refused naming the key."""
     archs = hf.get("architectures") or []
     family = next((ARCHITECTURES[a] for a in archs if a in ARCHITECTURES), None)
     if family is None:
         raise ValueError(
             f"{source}: unsupported architecture {archs or hf.get('model_type')!r}; supported: {sorted(ARCHITECTURES)}"
         )
-    try:
-        num_heads = int(hf["num_attention_heads"])
-        hidden = int(hf["hidden_size"])
-        theta, scaling = _rope_block(hf)
-        eos = hf.get("eos_token_id")
-        config = dict(
-            family=family,
-            vocab_size=int(hf["vocab_size"]),
-            hidden_size=hidden,
-            intermediate_size=int(hf["intermediate_size"]),
-            num_layers=int(hf["num_hidden_layers"]),
-            num_heads=num_heads,
-            num_kv_heads=int(hf.get("num_key_value_heads") or num_heads),
-            head_dim=int(hf.get("head_dim") or hidden // num_heads),
-            rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-            rope_theta=theta,
-            rope_scaling=_parse_rope_scaling(scaling, source),
-            max_position_embeddings=int(hf.get("max_position_embeddings", 4096)),
-            tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-            qkv_bias=bool(hf.get("attention_bias", family == "qwen2")),
-            bos_token_id=hf.get("bos_token_id"),
-            eos_token_id=tuple(eos) if isinstance(eos, list) else eos,
-            pad_token_id=hf.get("pad_token_id"),
-        )
-    except KeyError as err:
-        raise ValueError(f"{source}: missing required key {err}") from None
+    _check_supported(hf, source)
+    num_heads = _typed(hf, "num_attention_heads", int, source)
+    hidden = _typed(hf, "hidden_size", int, source)
+    theta, scaling = _rope_block(hf, source)
+    eos = hf.get("eos_token_id")
+    config = dict(
+        family=family,
+        vocab_size=_typed(hf, "vocab_size", int, source),
+        hidden_size=hidden,
+        intermediate_size=_typed(hf, "intermediate_size", int, source),
+        num_layers=_typed(hf, "num_hidden_layers", int, source),
+        num_heads=num_heads,
+        num_kv_heads=_typed(hf, "num_key_value_heads", int, source, num_heads),
+        head_dim=_typed(hf, "head_dim", int, source, hidden // max(num_heads, 1)),
+        rms_norm_eps=_typed(hf, "rms_norm_eps", float, source, 1e-6),
+        rope_theta=theta,
+        rope_scaling=_parse_rope_scaling(scaling, source),
+        max_position_embeddings=_typed(hf, "max_position_embeddings", int, source, 4096),
+        tie_word_embeddings=_typed(hf, "tie_word_embeddings", bool, source, False),
+        qkv_bias=_typed(hf, "attention_bias", bool, source, family == "qwen2"),
+        bos_token_id=hf.get("bos_token_id"),
+        eos_token_id=tuple(eos) if isinstance(eos, list) else eos,
+        pad_token_id=hf.get("pad_token_id"),
+    )
+    for key in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads"):
+        if config[key] < 1:
+            raise ValueError(f"{source}: {key} must be >= 1, got {config[key]}")
     config.update(overrides)
-    return ModelConfig(**config)
+    try:
+        return ModelConfig(**config)
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}") from None
 
 
 def config_to_hf(config: ModelConfig) -> dict[str, Any]:

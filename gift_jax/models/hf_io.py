@@ -24,13 +24,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
+from gift_jax.errors import InputError, ModelFolderError, storage_error
 from gift_jax.models.config import ModelConfig, config_from_hf, config_to_hf
 from gift_jax.models.transformer import Transformer
 from gift_jax.parallel.sharding import path_to_str, state_shardings
-from gift_jax.storage import as_path, copy_file, is_url
+from gift_jax.storage import as_path, copy_file, is_url, run_workdir_marker
 
 # (HF name, our parameter path, transpose?) per family. Fields in braces (`{layer}`, `{attn}`, ...) are
 # filled from the matched name (see _FIELDS). Torch Linear weights are [out, in], ours [in, out].
@@ -66,7 +67,7 @@ TOKENIZER_FILES = (
 )
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ModelFolderError):
     """A Hugging Face folder that cannot be loaded; the message names the file / tensor."""
 
 
@@ -95,7 +96,19 @@ def read_config(path: str | os.PathLike, **overrides) -> ModelConfig:
         raise CheckpointError(f"{config_path}: not found (is {path} a Hugging Face model folder?)") from None
     except (OSError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{config_path}: unreadable ({err})") from None
-    return config_from_hf(hf, source=str(config_path), **overrides)
+    try:
+        return config_from_hf(hf, source=str(config_path), **overrides)
+    except ValueError as err:  # config_from_hf names the file and the key
+        raise CheckpointError(str(err)) from None
+
+
+def check_hf_folder(path: str | os.PathLike) -> ModelConfig:
+    """The checks of `load_hf` that read no weights: config.json (types, settings the model lacks) and which
+    file holds each tensor (the index when present, else no tensor in two files). Returns the config."""
+    config = read_config(path)
+    if not is_url(path):  # an object-store folder is checked when it is copied in to load
+        _tensor_files(Path(path))
+    return config
 
 
 def _tensor_files(path: Path) -> dict[str, Path]:
@@ -113,7 +126,13 @@ def _tensor_files(path: Path) -> dict[str, Path]:
     names: dict[str, Path] = {}
     for f in files:
         with _open(f) as handle:
-            names.update({name: f for name in handle.keys()})
+            for name in handle.keys():
+                if name in names:  # e.g. a stray copy beside the real file: which one is meant is a guess
+                    raise CheckpointError(
+                        f"{path}: tensor {name!r} is in both {names[name].name} and {f.name}; remove the stray "
+                        f"file or add a {SAFETENSORS_INDEX} that says which file holds each tensor"
+                    )
+                names[name] = f
     return names
 
 
@@ -201,6 +220,9 @@ def _load_weights(path: Path, config: ModelConfig, mesh) -> tuple[Transformer, M
             want = tuple(abstract_leaf.shape)[::-1] if transpose else tuple(abstract_leaf.shape)
             raise CheckpointError(f"{file}: tensor {hf_name!r} has shape {hf_shape}, expected {want} from config.json")
         host = tensor_slice[:]
+        if jnp.issubdtype(host.dtype, jnp.floating) and not np.isfinite(host).all():
+            bad = int(np.size(host) - np.count_nonzero(np.isfinite(host)))
+            raise CheckpointError(f"{file}: tensor {hf_name!r} holds {bad} non-finite value(s) (NaN / inf)")
         host = host.T if transpose else host
         host = host.astype(abstract_leaf.dtype)
         if sharding is None:
@@ -240,6 +262,7 @@ def save_hf(
     dtype: str | None = None,
     tokenizer_dir: str | os.PathLike | None = None,
     overwrite: bool = False,
+    run_workdir: str | os.PathLike | None = None,
 ) -> Path:
     """Writes `model` as a HF folder that `transformers.AutoModelForCausalLM.from_pretrained` loads.
 
@@ -248,12 +271,14 @@ def save_hf(
     from `tokenizer_dir` are copied alongside. The folder is written to a temporary sibling and renamed
     into place, so an existing checkpoint is never half-overwritten (an object-store `path` is uploaded
     instead, `config.json` last; see the module docstring); an existing non-empty `path` is
-    an error unless `overwrite`. Every process must call this (arrays may need gathering); process 0
-    writes.
+    an error unless `overwrite`. Even then a stage's workdir is never replaced: a `path` that is a run
+    workdir, contains one or lies inside one is refused, except a folder directly in `run_workdir` (a
+    stage exporting its own `hf_final` / `hf_best`). A failed write (e.g. a full disk) raises
+    `StorageError` naming `path` and leaves what was there. Every process must call this (arrays may
+    need gathering); process 0 writes.
     """
     path = as_path(path)
-    if path.exists() and any(path.iterdir()) and not overwrite:
-        raise FileExistsError(f"{path}: exists and is not empty (pass overwrite=True to replace it)")
+    check_export_destination(path, overwrite=overwrite, run_workdir=run_workdir)
     out_dtype = jnp.dtype(dtype or config.param_dtype)
     tensors: dict[str, np.ndarray] = {}
     for key_path, leaf in jax.tree_util.tree_flatten_with_path(nnx.state(model, nnx.Param))[0]:
@@ -275,24 +300,88 @@ def save_hf(
 
     # A temporary sibling (renamed into place) for a local folder; a local temporary folder, uploaded, for a URL.
     local_parent = None if is_url(path) else path.parent
-    if local_parent is not None:
-        local_parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=local_parent))
     try:
-        _write_hf_folder(tmp, shards, tensors, config.replace(param_dtype=str(out_dtype)), tokenizer_dir)
-        if is_url(path):
-            _upload_folder(tmp, path)
-        elif path.exists():
-            backup = path.with_name(f".{path.name}.old")
-            shutil.rmtree(backup, ignore_errors=True)
-            path.rename(backup)
-            tmp.rename(path)
+        if local_parent is not None:
+            local_parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=local_parent))
+        try:
+            _write_hf_folder(tmp, shards, tensors, config.replace(param_dtype=str(out_dtype)), tokenizer_dir)
+            if is_url(path):
+                _upload_folder(tmp, path)
+            elif path.exists():
+                backup = _backup_name(path)
+                shutil.rmtree(backup, ignore_errors=True)
+                path.rename(backup)
+                tmp.rename(path)
+                shutil.rmtree(backup)
+            else:
+                tmp.rename(path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    except (OSError, SafetensorError) as err:
+        raise storage_error(str(path), err) from err
+    return path
+
+
+def _backup_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.old")
+
+
+def recover_interrupted_export(path: str | os.PathLike) -> None:
+    """Undoes what an export of `path` killed half way left behind: its temporary folders go, and a previous
+    export set aside for the swap (`.NAME.old`) is put back when the new one never arrived."""
+    path = as_path(path)
+    if is_url(path) or not path.parent.is_dir():
+        return
+    backup = _backup_name(path)
+    if backup.exists():
+        if path.exists():
             shutil.rmtree(backup)
         else:
-            tmp.rename(path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return path
+            backup.rename(path)
+    for partial in path.parent.glob(f".{path.name}.tmp-*"):
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def check_export_destination(
+    path: str | os.PathLike, *, overwrite: bool = False, run_workdir: str | os.PathLike | None = None
+) -> None:
+    """Raises unless `save_hf` may write `path` (see there); first undoes an export of it killed half way."""
+    path = as_path(path)
+    recover_interrupted_export(path)
+    if path.exists() and any(path.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{path}: exists and is not empty (pass overwrite=True to replace it)")
+        _refuse_replacing_a_run(path, run_workdir)
+
+
+def _refuse_replacing_a_run(path: Path, run_workdir) -> None:
+    """Raises `InputError` when replacing `path` would delete a run's workdir or part of one."""
+    marker = run_workdir_marker(path)
+    if marker is not None:
+        raise InputError(f"{path}: refusing to overwrite a run workdir (it holds {marker}); choose another --out")
+    own = run_workdir is not None and path.parent == as_path(run_workdir)
+    for parent in path.parents:
+        marker = run_workdir_marker(parent)
+        if marker is not None and not own:
+            raise InputError(
+                f"{path}: refusing to overwrite a folder inside the run workdir {parent} (it holds {marker}); "
+                f"choose a new --out"
+            )
+    for folder in _subfolders(path):
+        marker = run_workdir_marker(folder)
+        if marker is not None:
+            raise InputError(
+                f"{path}: refusing to overwrite a folder that contains the run workdir {folder} (it holds "
+                f"{marker}); choose another --out"
+            )
+
+
+def _subfolders(path: Path):
+    for child in path.iterdir():
+        if child.is_dir():
+            yield child
+            yield from _subfolders(child)
 
 
 def _write_hf_folder(

@@ -137,7 +137,11 @@ class WorkerPool:
         return results
 
     def _start_worker(self) -> _Worker:
-        process = subprocess.Popen(self._command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=self._env)
+        # Their own session: a terminal's Ctrl-C or a scheduler's SIGTERM to the process group reaches only the
+        # trainer, which finishes its step (rewards included) before stopping; workers exit when stdin closes.
+        process = subprocess.Popen(
+            self._command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=self._env, start_new_session=True
+        )
         worker = _Worker(process, startup_deadline=time.monotonic() + self._startup_timeout_s)
         self._workers.append(worker)
         self._processes.append(process)

@@ -7,8 +7,10 @@ the device count or the file system and returns the derived sizes.
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+import math
+from typing import ClassVar, Literal
 
+from gift_jax.config_io import ConfigError
 from gift_jax.losses import DEFAULT_CHUNK_SIZE
 from gift_jax.parallel import MeshConfig
 from gift_jax.rl.algorithms import ALGORITHMS
@@ -26,6 +28,8 @@ from gift_jax.runtime.optim import OptimConfig
 
 @dataclasses.dataclass(frozen=True)
 class RLDataSection:
+    RESUMABLE: ClassVar[tuple[str, ...]] = ("val_limit",)  # may change on resume (runtime.workdir.check_resume)
+
     train_file: str  # RL prompts with reference answers (parquet / jsonl)
     val_file: str | None = None  # validation problems (avg@k during RL): this file's layout or a benchmark's
     prompt_key: str = "prompt"
@@ -33,6 +37,9 @@ class RLDataSection:
     expert_key: str = "solution"  # LUFFY / ReLIFT: the expert demonstration column of train_file
     val_limit: int | None = None  # evaluate on the first N validation problems
     val_instruction: str | None = None  # appended to validation prompts (None: as written, like train_file)
+
+    def __post_init__(self):
+        require_at_least(self, 1, "val_limit")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,11 +124,15 @@ class AlgoSection:
         )
         problems = [
             f"{name} must be >= 0, got {getattr(self, name)}"
-            for name in ("clip_low", "clip_high", "kl_coef")
-            if getattr(self, name) < 0
+            for name in ("clip_low", "clip_high", "kl_coef", "entropy_coef")
+            if not getattr(self, name) >= 0
         ]
-        if not self.clip_low <= 1:
-            problems.append(f"clip_low must be <= 1 (1: no lower bound), got {self.clip_low}")
+        if not self.clip_low <= 1:  # the ratio stays above 1 - clip_low; 1: no lower bound
+            problems.append(f"clip_low must be <= 1, got {self.clip_low}")
+        if loss.max_clip_high is not None and not self.clip_high < loss.max_clip_high:
+            problems.append(
+                f"clip_high must be < {loss.max_clip_high:g}, got {self.clip_high} (policy loss {self.policy_loss})"
+            )
         if self.dual_clip_c is not None and self.dual_clip_c <= 1:
             problems.append(f"dual_clip_c must be > 1, got {self.dual_clip_c}")
         if self.luffy_gamma <= 0:
@@ -132,21 +143,27 @@ class AlgoSection:
 
 @dataclasses.dataclass(frozen=True)
 class RewardSection:
+    RESUMABLE: ClassVar[tuple[str, ...]] = ("timeout_s", "num_workers")  # may change on resume
+
     kind: Literal["math", "multiple_choice"] = "math"
-    timeout_s: float = 5.0
-    num_workers: int | None = None
+    timeout_s: float = 5.0  # per answer (math checking runs in worker processes)
+    num_workers: int | None = None  # None: one per CPU core
     # DAPO's soft overlong punishment (`gift_jax.rl.overlong_penalty`) added to the reward: 0 up to
     # rollout.max_new_tokens - overlong_buffer tokens, linear to -1 at max_new_tokens. None: off.
     overlong_buffer: int | None = None
 
     def __post_init__(self):
-        require_at_least(self, 1, "overlong_buffer")
+        require_at_least(self, 1, "num_workers", "overlong_buffer")
+        if not (math.isfinite(self.timeout_s) and self.timeout_s > 0):
+            raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
 
 
 @dataclasses.dataclass(frozen=True)
 class RLTrainSection(RunSection):
     """A loop step is one RL step: rollouts of `prompts_per_step` prompts, then their updates.
     `eval_every` None: validate only at the end."""
+
+    RESUMABLE: ClassVar[tuple[str, ...]] = RunSection.RESUMABLE + ("eval_max_new_tokens",)
 
     log_every: int = 1
     eval_every: int | None = 10
@@ -163,6 +180,8 @@ class RLTrainSection(RunSection):
         require_at_least(
             self, 1, "prompts_per_step", "epochs", "micro_batch_per_device", "eval_k", "eval_max_new_tokens"
         )
+        if not (math.isfinite(self.eval_temperature) and self.eval_temperature >= 0):
+            raise ValueError(f"eval_temperature must be >= 0 (0: greedy), got {self.eval_temperature}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,7 +235,7 @@ def validate_rl_config(config: RLStageConfig, *, num_devices: int, check_paths: 
         )
     problems += ALGORITHMS[a.method].size_problems(a, batch_devices=devices)
     if problems:
-        raise ValueError("invalid RL-stage config:\n  - " + "\n  - ".join(problems))
+        raise ConfigError("invalid RL-stage config:\n  - " + "\n  - ".join(problems))
     return RLSizes(
         num_micro=rows // per_update,
         mini_batches=t.prompts_per_step // a.mini_batch_prompts,

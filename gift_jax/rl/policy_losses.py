@@ -139,6 +139,9 @@ class PolicyLoss:
     clip_high: float
     agg_mode: AggMode
     dual_clip: bool  # whether `dual_clip_c` applies to it
+    # Configs refuse clip_high at or above this (a surrogate's clip range is a fraction; a clipped
+    # weight may be capped anywhere); None: no bound.
+    max_clip_high: float | None = 1.0
 
 
 POLICY_LOSSES: dict[str, PolicyLoss] = {
@@ -146,7 +149,7 @@ POLICY_LOSSES: dict[str, PolicyLoss] = {
     for loss in (
         PolicyLoss("ppo_clip", token_ratio, clipped_surrogate, 0.2, 0.2, "token-mean", dual_clip=True),
         PolicyLoss("gspo", sequence_ratio, clipped_surrogate, 3e-4, 4e-4, "seq-mean-token-mean", dual_clip=True),
-        PolicyLoss("cispo", token_ratio, clipped_weight, 1.0, 4.0, "token-mean", dual_clip=False),
+        PolicyLoss("cispo", token_ratio, clipped_weight, 1.0, 4.0, "token-mean", dual_clip=False, max_clip_high=None),
     )
 }
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from gift_jax.data import load_tokenizer, read_records
+from gift_jax.data import DataFormatError, read_records
 from gift_jax.data.prompt_stream import PromptStream
 from gift_jax.data.unknown_tokens import check_record_fields
 from gift_jax.evaluation.benchmarks import load_benchmark, read_benchmark_records
@@ -39,17 +38,19 @@ from gift_jax.evaluation.evaluate import EvalConfig, evaluate_problems
 from gift_jax.parallel import place_global_batch
 from gift_jax.rewards import RewardScorer, is_correct
 from gift_jax.rl.algorithms import ALGORITHMS, GRPO, RLContext
-from gift_jax.rl.config import RLStageConfig, validate_rl_config
+from gift_jax.rl.config import RLSizes, RLStageConfig, validate_rl_config
 from gift_jax.rl.dapo import filter_groups, overlong_penalty
 from gift_jax.rl.dynamic_sampling import round_key, sample_step
 from gift_jax.rl.grpo import grpo_advantages
 from gift_jax.rl.rollout_correction import rollout_mismatch
 from gift_jax.rl.rollouts import Rollouts, group_outcomes, update_batch
 from gift_jax.rl.step import RLStepConfig, rl_train_step, rollout_logprobs
-from gift_jax.rollout import SamplingConfig, run_engine, slots_for_budget
+from gift_jax.rollout import RolloutAborted, SamplingConfig, run_engine, slots_for_budget
+from gift_jax.runtime.accumulate import OPTIMIZER_COUNTERS
 from gift_jax.runtime.batching import split_minibatches
 from gift_jax.runtime.optim import make_optimizer
-from gift_jax.runtime.run import StageRun, jit_update, loading_phase, param_shardings
+from gift_jax.runtime.preflight import check_models
+from gift_jax.runtime.run import StageRun, jit_update, param_shardings
 from gift_jax.runtime.train_state import init_train_state
 
 
@@ -115,23 +116,6 @@ def _rollout_metrics(rollouts: Rollouts, group_size: int) -> dict[str, float]:
 _SCORING_FAILURES = ("reward_timed_out", "reward_crashed", "reward_bad_ground_truth")
 
 
-class _Timer(dict):
-    """`with timer("rollout"): ...` records seconds under `time_rollout_s`."""
-
-    def __call__(self, name: str):
-        timer = self
-
-        class _Span:
-            def __enter__(self):
-                self.start = time.perf_counter()
-
-            def __exit__(self, *exc):  # spans of one name add up (a step's sampling rounds)
-                key = f"time_{name}_s"
-                timer[key] = timer.get(key, 0.0) + time.perf_counter() - self.start
-
-        return _Span()
-
-
 @dataclasses.dataclass
 class _RLStep:
     """One RL step's pieces, built once per run: rollouts + rewards (host), then the updates (jitted)."""
@@ -148,26 +132,32 @@ class _RLStep:
     logprob_fn: Any
     mismatch_fn: Any
     sampling: SamplingConfig
+    context: int  # the policy's context (max_position_embeddings): prompt + response budget stay inside
 
-    def rollouts(self, params, records: list[dict], step: int, round_index: int, timer: _Timer):
-        """One sampling round of `step` -> (`Rollouts` incl. any expert rows, host metrics)."""
+    def rollouts(self, params, records: list[dict], run: StageRun, round_index: int = 0):
+        """One sampling round of the step -> (`Rollouts` incl. any expert rows, host metrics).
+
+        Raises `RolloutAborted` when the run is asked to stop while sampling (the step is redone on resume)."""
         c, tokenizer = self.config, self.tokenizer
-        started = time.perf_counter()
-        with timer("rollout"):
+        with run.timed("rollout") as span:
             prompts = [tokenizer.encode_prompt(rec[c.data.prompt_key]) for rec in records]
+            budgets = context_budgets(prompts, self.context, c.rollout.max_new_tokens)
             result, engine_stats = run_engine(
                 nnx.merge(self.graphdef, params),
                 prompts,
                 self.sampling,
-                round_key(c.train.seed, step, round_index),
+                round_key(c.train.seed, run.step, round_index),
                 mesh=self.mesh,
+                budgets=budgets,
+                should_stop=run.should_stop,
             )
         metrics = {
-            "rollout_tokens_per_s": int(result.lengths.sum()) / max(time.perf_counter() - started, 1e-9),
+            "rollout_tokens_per_s": int(result.lengths.sum()) / max(span.seconds, 1e-9),
+            "rollout_budget_cut_by_context": float(sum(b < c.rollout.max_new_tokens for b in budgets)),
             **engine_stats.metrics(),
         }
         result, is_expert, extra = self.algorithm.augment(result, records)
-        with timer("reward"):
+        with run.timed("reward"):
             responses = _response_texts(tokenizer, result, is_expert, [rec.get(c.data.expert_key) for rec in records])
             answers = [rec[c.data.answer_key] for rec in records for _ in range(c.rollout.group_size)]
             scores, timed_out, crashed, bad_ground_truth = _score_once(self.scorer, responses, answers, c.reward.kind)
@@ -184,13 +174,15 @@ class _RLStep:
         metrics["reward_bad_ground_truth"] = float(bad_ground_truth)
         return Rollouts(records, result, is_expert, scores, rewards.astype(np.float32)), metrics
 
-    def sample(self, params, stream: PromptStream, step: int, timer: _Timer):
-        """The step's sampling rounds (`sample_step`) -> `(trained, trained_groups, sampled, host metrics)`."""
+    def sample(self, params, stream: PromptStream, run: StageRun):
+        """The step's sampling rounds (`sample_step`) -> `(trained, trained_groups, sampled, host metrics)`.
+
+        Raises `RolloutAborted` as `rollouts` does."""
         c = self.config
         metrics = {}
 
         def sample_round(records: list[dict], round_index: int) -> Rollouts:
-            rollouts, round_metrics = self.rollouts(params, records, step, round_index, timer)
+            rollouts, round_metrics = self.rollouts(params, records, run, round_index)
             for key in _SCORING_FAILURES:  # counts add up over the rounds; the engine's figures are the last round's
                 round_metrics[key] += metrics.get(key, 0.0)
             metrics.update(round_metrics)
@@ -208,7 +200,7 @@ class _RLStep:
         metrics.update(_rollout_metrics(sampled, c.rollout.group_size), **sampling_metrics)
         return trained, trained_groups, sampled, metrics
 
-    def update(self, state, trained: Rollouts, trained_groups: np.ndarray, sampled: Rollouts, timer: _Timer):
+    def update(self, state, trained: Rollouts, trained_groups: np.ndarray, sampled: Rollouts, run: StageRun):
         """PPO updates over the step's mini-batches (rows of `trained`, groups outside `trained_groups`
         and, with `algo.mask_truncated`, truncated rows left out of the loss), then the algorithm's own
         (which sees every `sampled` question). Returns `(state, device metrics, host metrics)`."""
@@ -220,7 +212,7 @@ class _RLStep:
             trained_rows &= ~result.truncated
         batch = place_global_batch(update_batch(result, advantages, is_expert, trained_rows=trained_rows), self.mesh)
         device_metrics = {}
-        with timer("update"):
+        with run.timed("update") as span:
             batch["old_logprobs"], _ = self.logprob_fn(state.params, batch)  # the training forward: ratio 1 at first
             weights, mismatch = self.mismatch_fn(
                 batch["old_logprobs"], batch.pop("rollout_logprobs"), batch["completion_mask"], batch["is_expert"]
@@ -241,10 +233,15 @@ class _RLStep:
                     outs.append(out)
             state, host_metrics = self.algorithm.after_update(state, sampled.records, sampled.scores)
             jax.block_until_ready(state.params)
-        device_metrics.update({k: jnp.mean(jnp.stack([out[k] for out in outs])) for k in outs[0]})
-        host_metrics["update_tokens_per_s"] = (
-            float(np.sum(result.completion_mask)) * a.ppo_epochs / max(timer["time_update_s"], 1e-9)
+        # The optimizer's counters (skipped updates) are the last update's; the rest are means over updates.
+        device_metrics.update(
+            {
+                k: outs[-1][k] if k in OPTIMIZER_COUNTERS else jnp.mean(jnp.stack([out[k] for out in outs]))
+                for k in outs[0]
+            }
         )
+        tokens = float(np.sum(result.completion_mask)) * a.ppo_epochs
+        host_metrics["update_tokens_per_s"] = tokens / max(span.seconds, 1e-9)
         # Share of the trained groups whose rewards are all equal (zero advantage): 0 with dynamic sampling.
         without_signal = ~np.asarray(filter_groups(trained.rewards, group_size))[trained_groups]
         host_metrics["update_groups_without_signal_frac"] = float(without_signal.mean()) if without_signal.size else 0.0
@@ -311,6 +308,7 @@ def _build_step(config: RLStageConfig, run: StageRun, scorer, tokenizer, records
         max_concurrent_rows=r.max_concurrent_rows or slots_for_budget(r.max_new_tokens),
         shrink_tail=r.shrink_tail,
     )
+    context = run.model_config.max_position_embeddings
     return state, _RLStep(
         config,
         tokenizer,
@@ -324,28 +322,52 @@ def _build_step(config: RLStageConfig, run: StageRun, scorer, tokenizer, records
         logprob_fn,
         mismatch_fn,
         sampling,
+        context,
     )
 
 
-def run_rl_stage(config: RLStageConfig, workdir: str | Path, *, max_steps: int | None = None) -> dict:
-    """Runs (or resumes) the RL stage in `workdir`; returns a summary dict."""
-    m, d, r, a, t = config.model, config.data, config.rollout, config.algo, config.train
+def context_budgets(prompts: list[list[int]], context: int, max_new_tokens: int) -> list[int]:
+    """Each prompt's response budget: `max_new_tokens`, cut so prompt + response stay inside `context`."""
+    return [max(1, min(max_new_tokens, context - len(prompt))) for prompt in prompts]
+
+
+def _check_inputs(config: RLStageConfig) -> tuple[RLSizes, list[dict], Any]:
+    """Everything that can be checked before the workdir is claimed -> (sizes, RL records, tokenizer)."""
+    m, d, a = config.model, config.data, config.algo
+    sizes = validate_rl_config(config, num_devices=jax.device_count())
+    model_config, tokenizer = check_models(m)
     keys = (d.prompt_key, d.answer_key) + ((d.expert_key,) if ALGORITHMS[a.method].reads_expert else ())
-    with loading_phase():
-        sizes = validate_rl_config(config, num_devices=jax.device_count())
-        records = read_records(d.train_file, keys, ground_truth_key=d.answer_key, ground_truth_kind=config.reward.kind)
+    records = read_records(d.train_file, keys, ground_truth_key=d.answer_key, ground_truth_kind=config.reward.kind)
+    check_record_fields(tokenizer, records, source=str(d.train_file), keys=[k for k in keys if k != d.answer_key])
+    context = model_config.max_position_embeddings
+    for row, rec in enumerate(records):
+        length = len(tokenizer.encode_prompt(rec[d.prompt_key]))
+        if length >= context:
+            raise DataFormatError(
+                f"{d.train_file}: row {row}: field {d.prompt_key!r} is {length} tokens with the chat template, "
+                f"which leaves no room for a response in the model's context ({context}, {m.path}/config.json)"
+            )
+    if d.val_file:
+        _validation_problems(d)  # the file's layout and rows
+    return sizes, records, tokenizer
+
+
+def run_rl_stage(
+    config: RLStageConfig, workdir: str | Path, *, max_steps: int | None = None, allow_changed_data: bool = False
+) -> dict:
+    """Runs (or resumes) the RL stage in `workdir`; returns a summary dict.
+
+    `max_steps` stops after that many loop steps in total; `allow_changed_data` resumes although a data
+    file changed since the run started (`StageRun`)."""
+    r, a, t = config.rollout, config.algo, config.train
+    sizes, records, tokenizer = _check_inputs(config)
     total_steps = math.ceil(len(records) * t.epochs / t.prompts_per_step)
-    stop_at = min(total_steps, t.max_steps or total_steps, max_steps or total_steps)
     with (
-        StageRun(workdir, config, desc=f"rl[{a.method}]", best="max") as run,
+        StageRun(workdir, config, desc=f"rl[{a.method}]", best="max", allow_changed_data=allow_changed_data) as run,
         RewardScorer(num_workers=config.reward.num_workers, timeout_s=config.reward.timeout_s) as scorer,
     ):
-        tokenizer = load_tokenizer(m.path, m.chat_template)
-        check_record_fields(
-            tokenizer, records, source=str(d.train_file), keys=[k for k in records[0] if k != d.answer_key]
-        )
         stream = PromptStream(records, seed=t.seed)  # the whole batch on every process (module docstring)
-        val_problems = _validation_problems(d) if d.val_file else None
+        val_problems = _validation_problems(config.data) if config.data.val_file else None
         eval_config = EvalConfig(
             num_samples=t.eval_k,
             temperature=t.eval_temperature,
@@ -354,18 +376,23 @@ def run_rl_stage(config: RLStageConfig, workdir: str | Path, *, max_steps: int |
             max_concurrent_rows=r.max_concurrent_rows,
         )
         state, rl_step = _build_step(config, run, scorer, tokenizer, records, sizes, total_steps)
-        state, meta = run.resume(state, stop_at=stop_at)
+        run.stop_at(total_steps, t.max_steps, max_steps)
+        state, meta = run.resume(state)
         if meta:
             stream.set_state(meta["prompt_stream"])
             rl_step.algorithm.load_state_dict(meta)
-        while run.step < stop_at:
-            timer = _Timer()
-            trained, trained_groups, sampled, rollout_metrics = rl_step.sample(state.params, stream, run.step, timer)
-            state, device_metrics, update_metrics = rl_step.update(state, trained, trained_groups, sampled, timer)
+        while run.running():
+            before = {"prompt_stream": stream.get_state(), **rl_step.algorithm.state_dict()}
+            try:
+                trained, trained_groups, sampled, rollout_metrics = rl_step.sample(state.params, stream, run)
+            except RolloutAborted:  # asked to stop while sampling: save the state before this step's prompts
+                run.checkpoint(state, before, periodic=True)
+                continue
+            state, device_metrics, update_metrics = rl_step.update(state, trained, trained_groups, sampled, run)
             run.step += 1
-            run.log(device_metrics, **rollout_metrics, **update_metrics, **timer)
+            run.log(device_metrics, **rollout_metrics, **update_metrics)
             score = None
-            if val_problems is not None and (t.eval_every and run.step % t.eval_every == 0 or run.step == stop_at):
+            if val_problems is not None and run.due(t.eval_every):
                 with run.host_work():
                     model = nnx.merge(rl_step.graphdef, state.params)
                     val = evaluate_problems(
@@ -380,11 +407,10 @@ def run_rl_stage(config: RLStageConfig, workdir: str | Path, *, max_steps: int |
                     ).metrics()
                 run.write(val, prefix="val/")
                 score = val[f"avg@{t.eval_k}"]
-            periodic = bool(t.checkpoint_every and run.step % t.checkpoint_every == 0) or run.step == stop_at
             run.checkpoint(
                 state,
                 {"prompt_stream": stream.get_state(), **rl_step.algorithm.state_dict()},
                 score=score,
-                periodic=periodic,
+                periodic=run.due(t.checkpoint_every),
             )
         return run.finish(state, {f"best_val_avg@{t.eval_k}": run.best_score})

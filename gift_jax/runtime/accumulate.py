@@ -15,8 +15,11 @@ import jax.numpy as jnp
 import optax
 
 from gift_jax.parallel.activations import constrain_batch
-from gift_jax.runtime.optim import skipped_updates
+from gift_jax.runtime.optim import consecutive_skipped_updates, skipped_updates
 from gift_jax.runtime.train_state import TrainState
+
+# Update metrics that count (running totals), as opposed to per-update values a loop may average.
+OPTIMIZER_COUNTERS = ("skipped_updates", "consecutive_skipped")
 
 # (params, micro_batch) -> (scalar loss, dict of scalar statistics); differentiated in params.
 MicroLoss = Callable[[Any, dict[str, jax.Array]], tuple[jax.Array, dict[str, jax.Array]]]
@@ -45,7 +48,8 @@ def accumulate_and_apply(
         by (the init stage's supervised-token count, its losses being sums). None: the micro losses
         are already normalised by the whole batch (the RL stage's global denominator).
     Returns:
-      `(new state, per-micro statistics [num_micro] (loss included), {"grad_norm", "skipped_updates"})`.
+      `(new state, per-micro statistics [num_micro] (loss included),
+      {"grad_norm", "skipped_updates", "consecutive_skipped"})`.
     """
     grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
 
@@ -64,5 +68,6 @@ def accumulate_and_apply(
     update_metrics = {
         "grad_norm": optax.global_norm(grads),
         "skipped_updates": skipped_updates(opt_state).astype(jnp.float32),
+        "consecutive_skipped": consecutive_skipped_updates(opt_state).astype(jnp.float32),
     }
     return TrainState(params, opt_state, state.step + 1), per_micro, update_metrics

@@ -2,15 +2,20 @@
 
 Layout under `directory`: `periodic/<step>/` (the last `max_to_keep`) and `best/<step>/` (one).
 Each step holds `state` (the training pytree) and `meta` (JSON: data-iterator state, RNG seed
-material, best metric so far, ...). orbax writes a step into a temporary folder and renames it when
-complete, so a run killed mid-save never leaves a step that looks finished; `restore_latest` also
-falls back to the previous step, with a warning naming both, when the newest one cannot be read.
+material, scores, ...) with the step's manifest inside (`gift_jax.runtime.manifest`: checksums of
+every array and of the metadata). orbax writes a step into a temporary folder and renames it when
+complete, so a run killed mid-save never leaves a step that looks finished. Every restore is checked
+against the manifest; `restore_latest` falls back to the previous step, with a warning naming both,
+when the newest one is missing files, cannot be decoded, or differs from its manifest (bytes flipped
+in place, non-finite values). A best step is written before the periodic step of the same number, so
+metadata never names a best step that is not on disk.
 `directory` may be an object-store URL (`gs://...`); orbax writes there itself (tensorstore's GCS
 driver for the arrays, epath for the rest).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -20,13 +25,39 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from gift_jax.errors import InputError, RunFailure, StorageError
+from gift_jax.runtime.manifest import MANIFEST_KEY, ManifestMismatch, state_manifest, verify_restored
 from gift_jax.storage import as_path, is_url
 
 log = logging.getLogger(__name__)
 
 
-class CheckpointWriteError(RuntimeError):
+class CheckpointWriteError(StorageError):
     """A checkpoint could not be written; earlier checkpoints are untouched."""
+
+
+class CheckpointRestoreError(InputError):
+    """No checkpoint of a workdir can be restored (each one named with its reason)."""
+
+
+class _Quiet(logging.Filter):
+    """Drops absl / orbax log records while a step is probed: an unreadable step is reported once, by us."""
+
+    def filter(self, record):
+        return False
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+    loggers = [logging.getLogger(), logging.getLogger("absl"), logging.getLogger("orbax")]
+    quiet = _Quiet()
+    for logger in loggers:
+        logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(quiet)
 
 
 def _manager(path: Path | epath.Path, max_to_keep: int, read_only: bool) -> ocp.CheckpointManager:
@@ -53,13 +84,21 @@ class Checkpointer:
 
     # -- saving -----------------------------------------------------------------------------------
     def save(self, step: int, state: Any, meta: dict[str, Any], *, best: bool = False, periodic: bool = True) -> None:
-        """Writes step `step` as a periodic checkpoint and, when `best`, as the single best one.
+        """Writes step `step` as the single best one (when `best`), then as a periodic checkpoint.
 
-        Raises CheckpointWriteError (naming the folder) when the write fails, e.g. disk full; the
-        previous checkpoints remain restorable.
+        The best step comes first: a kill between the two leaves a best step that no periodic metadata
+        names yet (the resumed run redoes the step), never metadata naming a best step that is not there.
+        Raises CheckpointWriteError (naming the folder) when a write fails, e.g. disk full; the previous
+        checkpoints remain restorable.
         """
-        args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-        managers = ([self._periodic] if periodic else []) + ([self._best] if best else [])
+        try:
+            manifest = state_manifest(state, meta)
+        except ManifestMismatch as err:
+            raise RunFailure(f"{self.directory}: refusing to save step {step}: {err}") from None
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave({**meta, MANIFEST_KEY: manifest})
+        )
+        managers = ([self._best] if best else []) + ([self._periodic] if periodic else [])
         for manager in managers:
             if step in manager.all_steps():
                 continue
@@ -67,25 +106,33 @@ class Checkpointer:
                 manager.save(step, args=args, force=True)
                 manager.wait_until_finished()
             except Exception as err:  # orbax surfaces OSError wrapped in its own types
-                raise CheckpointWriteError(f"{manager.directory}: could not write step {step} ({err})") from err
+                reason = getattr(err, "strerror", None) or err
+                raise CheckpointWriteError(f"{manager.directory}: could not write step {step} ({reason})") from err
 
     # -- restoring --------------------------------------------------------------------------------
     def steps(self, kind: str = "periodic") -> list[int]:
         return sorted(self._manager(kind).all_steps())
 
     def restore(self, step: int, abstract_state: Any, kind: str = "periodic") -> tuple[Any, dict[str, Any]]:
-        """(state, meta) of one step; `abstract_state` gives structure, dtypes and shardings."""
+        """(state, meta) of one step, checked against its manifest; `abstract_state` gives structure,
+        dtypes and shardings. Raises `ManifestMismatch` when the step differs from what was saved."""
         args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
         restored = self._manager(kind).restore(step, args=args)
-        return restored["state"], dict(restored["meta"])
+        meta = dict(restored["meta"])
+        manifest = meta.pop(MANIFEST_KEY, None)
+        verify_restored(restored["state"], meta, manifest)
+        return restored["state"], meta
 
     def meta(self, step: int, kind: str = "periodic") -> dict[str, Any]:
         """Only the metadata of one step (its loop step, data position, scores, ...)."""
         args = ocp.args.Composite(meta=ocp.args.JsonRestore())
-        return dict(self._manager(kind).restore(step, args=args)["meta"])
+        meta = dict(self._manager(kind).restore(step, args=args)["meta"])
+        meta.pop(MANIFEST_KEY, None)
+        return meta
 
     def restore_params(self, step: int, abstract_params: Any, kind: str = "periodic") -> Any:
-        """Only `state.params` of one step (orbax partial restore: the optimizer state is never read).
+        """Only `state.params` of one step (orbax partial restore: the optimizer state is never read),
+        checked against the step's manifest.
 
         `abstract_params`: `jax.ShapeDtypeStruct`s (with shardings) in the structure of the params.
         """
@@ -93,22 +140,35 @@ class Checkpointer:
         args = ocp.args.Composite(
             state=ocp.args.PyTreeRestore(
                 item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True
-            )
+            ),
+            meta=ocp.args.JsonRestore(),
         )
-        return self._manager(kind).restore(step, args=args)["state"]["params"]
+        try:
+            with _quiet_orbax():
+                restored = self._manager(kind).restore(step, args=args)
+            meta = dict(restored["meta"])
+            manifest = meta.pop(MANIFEST_KEY, None)
+            verify_restored(restored["state"], meta, manifest)
+        except Exception as err:  # corrupt files raise many different error types
+            raise CheckpointRestoreError(
+                f"{self.directory / kind / str(step)}: unreadable ({type(err).__name__}: {_first_line(err)})"
+            ) from None
+        return restored["state"]["params"]
 
     def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict[str, Any]] | None:
         """The newest readable periodic step as `(step, state, meta)`, or None when there is none.
 
-        An unreadable step (truncated or corrupted files) is skipped with a warning that names it and
-        the step used instead.
+        An unreadable step (missing or truncated files, bytes that differ from its manifest) is skipped
+        with a warning that names it and the step used instead; when no step can be restored,
+        `CheckpointRestoreError` names each one with its reason.
         """
         failed: list[str] = []
         for step in reversed(self.steps()):
             try:
-                state, meta = self.restore(step, abstract_state)
+                with _quiet_orbax():
+                    state, meta = self.restore(step, abstract_state)
             except Exception as err:  # corrupt files raise many different error types
-                failed.append(f"{self.directory / 'periodic' / str(step)} ({type(err).__name__}: {err})")
+                failed.append(f"{self.directory / 'periodic' / str(step)} ({type(err).__name__}: {_first_line(err)})")
                 continue
             if failed:
                 message = (
@@ -120,7 +180,10 @@ class Checkpointer:
                     print(f"WARNING: {message}", flush=True)
             return step, state, meta
         if failed:
-            raise RuntimeError(f"no readable checkpoint under {self.directory}: {'; '.join(failed)}")
+            raise CheckpointRestoreError(
+                f"no checkpoint under {self.directory} can be restored: {'; '.join(failed)}. Move the "
+                f"checkpoints folder aside to start over, or use a fresh --workdir"
+            )
         return None
 
     def best_step(self) -> int | None:
@@ -135,3 +198,9 @@ class Checkpointer:
     def close(self) -> None:
         self._periodic.close()
         self._best.close()
+
+
+def _first_line(err: BaseException, limit: int = 300) -> str:
+    """An error's first line, shortened: orbax's messages can carry whole tracebacks."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -7,9 +7,11 @@ Every range is checked when the section is built, i.e. when the config is loaded
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
+from gift_jax.data.chat_templates import NAMED_CHAT_TEMPLATES
 from gift_jax.models.config import ATTENTION_BACKENDS
 
 Dtype = Literal["float32", "bfloat16", "float16"]
@@ -41,22 +43,55 @@ class ModelSection:
     def __post_init__(self):
         if self.attention not in ATTENTION_BACKENDS:
             raise ValueError(f"model.attention={self.attention!r} is not one of {list(ATTENTION_BACKENDS)}")
+        if self.chat_template is not None and self.chat_template not in NAMED_CHAT_TEMPLATES:
+            raise ValueError(
+                f"model.chat_template={self.chat_template!r} is not one of {sorted(NAMED_CHAT_TEMPLATES)} "
+                f"(or null: the model folder's own)"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
 class RunSection:
     """Seeds and intervals (counted in loop steps, the numbers checkpoints and metrics carry)."""
 
+    # Keys a resumed run may change (how the run goes on, not what it computes; `runtime.workdir.check_resume`).
+    RESUMABLE: ClassVar[tuple[str, ...]] = (
+        "max_steps",
+        "log_every",
+        "eval_every",
+        "checkpoint_every",
+        "checkpoint_every_minutes",
+        "max_to_keep",
+        "export_hf",
+        "max_consecutive_skipped",
+    )
+
     seed: int = 0
     max_steps: int | None = None  # stop early (the LR schedule still spans the whole run)
     log_every: int = 10  # loop steps per console progress line (metrics.jsonl gets every step)
     eval_every: int | None = None  # loop steps between validations (None: the stage's default)
     checkpoint_every: int | None = None  # loop steps between checkpoints (None: the stage's default)
+    # Also checkpoint once this many minutes have passed since the last one (bounds what a kill -9 loses).
+    checkpoint_every_minutes: float | None = None
     max_to_keep: int = 3
     export_hf: bool = True  # write hf_best/ and hf_final/ folders at the end
+    max_consecutive_skipped: int = 10  # non-finite updates in a row that end the run (TrainingDiverged)
 
     def __post_init__(self):
-        require_at_least(self, 1, "max_steps", "log_every", "eval_every", "checkpoint_every", "max_to_keep")
+        require_at_least(
+            self,
+            1,
+            "max_steps",
+            "log_every",
+            "eval_every",
+            "checkpoint_every",
+            "max_to_keep",
+            "max_consecutive_skipped",
+        )
+        require_at_least(self, 0, "seed")
+        minutes = self.checkpoint_every_minutes
+        if minutes is not None and not (math.isfinite(minutes) and minutes > 0):
+            raise ValueError(f"checkpoint_every_minutes must be > 0 (or null), got {minutes}")
 
 
 def placement_problems(config, num_devices: int, *, check_paths: bool = True) -> tuple[int, list[str]]:

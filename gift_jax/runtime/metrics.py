@@ -3,10 +3,15 @@
 Only process 0 writes; other processes get a writer that drops everything, so loops call it freely.
 The workdir may be an object-store URL (`gift_jax.storage`): both files are then rewritten whole at
 most every 30 s and at the end, since an object cannot be appended to.
+
+Every write happens on the calling thread: a write that fails (a full disk) raises `StorageError`
+naming the file, and the run ends with that one line. (tensorboardX's `SummaryWriter` writes on a
+thread of its own; when that thread dies on ENOSPC the trainer blocks forever on its full queue.)
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -17,7 +22,49 @@ import jax
 import numpy as np
 from etils import epath
 
+from gift_jax.errors import storage_error
 from gift_jax.storage import Appender, append_text, as_path, is_url, register_tensorboard_object_stores
+
+TENSORBOARD_FLUSH_S = 30.0  # event files are flushed (fsync'd) at most this often, and on close
+
+
+@contextlib.contextmanager
+def _writing(path):
+    """Turns an I/O error while writing `path` into one `StorageError` naming it."""
+    try:
+        yield
+    except OSError as err:
+        raise storage_error(str(path), err) from err
+
+
+class _EventFile:
+    """TensorBoard scalars appended to one event file on the calling thread (tensorboardX's synchronous
+    `EventsWriter`; object-store folders through `register_tensorboard_object_stores`)."""
+
+    def __init__(self, logdir):
+        from tensorboardX.event_file_writer import EventsWriter
+
+        self.logdir = as_path(logdir)
+        with _writing(self.logdir):
+            self.logdir.mkdir(parents=True, exist_ok=True)
+            self._events = EventsWriter(os.path.join(os.fspath(self.logdir), "events"))
+        self._flushed_at = time.monotonic()
+
+    def add_scalars(self, step: int, values: dict[str, float]) -> None:
+        from tensorboardX.proto.event_pb2 import Event
+        from tensorboardX.summary import scalar
+
+        now = time.time()
+        with _writing(self.logdir):
+            for name, value in values.items():
+                self._events.write_event(Event(wall_time=now, step=step, summary=scalar(name, value)))
+            if time.monotonic() - self._flushed_at >= TENSORBOARD_FLUSH_S:
+                self._events.flush()
+                self._flushed_at = time.monotonic()
+
+    def close(self) -> None:
+        with _writing(self.logdir):
+            self._events.close()
 
 
 def _scalar(value) -> float:
@@ -79,14 +126,14 @@ class MetricWriter:
         self.total_steps, self.desc = total_steps, desc
         if not self.enabled:
             return
-        from tensorboardX import SummaryWriter
-
         workdir = as_path(workdir)
         if is_url(workdir):
             register_tensorboard_object_stores()
-        _set_aside_lines_after(workdir / "metrics.jsonl", initial_step)
-        self._jsonl = Appender(workdir / "metrics.jsonl")
-        self._tb = SummaryWriter(str(workdir / "tensorboard"))
+        self._jsonl_path = workdir / "metrics.jsonl"
+        with _writing(self._jsonl_path):
+            _set_aside_lines_after(self._jsonl_path, initial_step)
+            self._jsonl = Appender(self._jsonl_path)
+        self._tb = _EventFile(workdir / "tensorboard")
         self._start = (time.perf_counter(), initial_step)  # for the ETA
 
     def write(self, step: int, metrics: dict, *, prefix: str = "") -> dict[str, float]:
@@ -94,11 +141,10 @@ class MetricWriter:
         values = {f"{prefix}{k}": _scalar(v) for k, v in metrics.items()}
         if not self.enabled:
             return values
-        self._jsonl.write(json.dumps({"step": step, "time": time.time(), **values}) + "\n")
-        self._jsonl.flush()
-        for name, value in values.items():
-            if math.isfinite(value):
-                self._tb.add_scalar(name, value, step)
+        with _writing(self._jsonl_path):
+            self._jsonl.write(json.dumps({"step": step, "time": time.time(), **values}) + "\n")
+            self._jsonl.flush()
+        self._tb.add_scalars(step, {name: value for name, value in values.items() if math.isfinite(value)})
         if prefix in ("", "train/") and (step % self.log_every == 0 or step == self.total_steps):
             print(self._progress_line(step, metrics), flush=True)
         elif prefix not in ("", "train/"):
@@ -117,8 +163,10 @@ class MetricWriter:
 
     def close(self):
         if self.enabled:
-            self._tb.close()
-            self._jsonl.close()
+            with contextlib.ExitStack() as closing:  # both close even if the first fails
+                closing.callback(self._tb.close)
+                with _writing(self._jsonl_path):
+                    self._jsonl.close()
 
 
 class LaggedTrainMetrics:
@@ -136,14 +184,17 @@ class LaggedTrainMetrics:
         self._pending = None
         self._last_fetch = time.perf_counter()
 
-    def push(self, step: int, metrics: dict, **host_values: float) -> None:
-        """Queues step `step`'s (device) metrics, plus host-side values; logs the previous step's."""
-        self.flush()
+    def push(self, step: int, metrics: dict, **host_values: float) -> tuple[int, dict[str, float]] | None:
+        """Queues step `step`'s (device) metrics, plus host-side values; logs the previous step's and
+        returns them as `flush` does."""
+        logged = self.flush()
         self._pending = (step, metrics, host_values)
+        return logged
 
-    def flush(self) -> None:
+    def flush(self) -> tuple[int, dict[str, float]] | None:
+        """Logs the pending step; returns `(its step, the values logged)`, or None when none was pending."""
         if self._pending is None:
-            return
+            return None
         step, metrics, host_values = self._pending
         self._pending = None
         values = jax.device_get(metrics)
@@ -151,7 +202,7 @@ class LaggedTrainMetrics:
         if "tokens" in values:
             values["tokens_per_s"] = float(values["tokens"]) / max(now - self._last_fetch, 1e-9)
         self._last_fetch = now
-        self._writer.write(step, {**values, **host_values}, prefix=self._prefix)
+        return step, self._writer.write(step, {**values, **host_values}, prefix=self._prefix)
 
     def restart_clock(self) -> None:
         """Excludes the time since the last fetch (validation, checkpointing) from the next rate."""

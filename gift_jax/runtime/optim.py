@@ -29,13 +29,25 @@ class OptimConfig:
     clip_norm: float | None = 1.0
 
     def __post_init__(self):
+        problems = []
         if not math.isfinite(self.lr) or self.lr <= 0:
-            raise ValueError(f"lr must be a positive number, got {self.lr}")
+            problems.append(f"lr must be a positive number, got {self.lr}")
         for name in ("warmup_ratio", "decay_ratio", "min_lr_ratio"):
             if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+                problems.append(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.schedule == "wsd" and self.warmup_ratio + self.decay_ratio > 1.0:
-            raise ValueError("wsd: warmup_ratio + decay_ratio must not exceed 1")
+            problems.append("wsd: warmup_ratio + decay_ratio must not exceed 1")
+        for name in ("b1", "b2"):  # Adam's moment decays: 1 or more never forgets, or grows without bound
+            if not 0.0 <= getattr(self, name) < 1.0:
+                problems.append(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if not self.eps > 0:
+            problems.append(f"eps must be > 0, got {self.eps}")
+        if not self.weight_decay >= 0:  # negative decay pushes the weights away from zero
+            problems.append(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.clip_norm is not None and not self.clip_norm > 0:  # a negative norm flips the gradient's sign
+            problems.append(f"clip_norm must be > 0 (or null for no clipping), got {self.clip_norm}")
+        if problems:
+            raise ValueError("; ".join(problems))
 
 
 def learning_rate_schedule(config: OptimConfig, total_steps: int) -> optax.Schedule:
@@ -80,6 +92,12 @@ def skipped_updates(opt_state):
     """Number of updates skipped for non-finite gradients so far (`apply_if_finite`'s counter, found
     wherever it sits in a chained state; 0 for an optimizer without that wrapper)."""
     return optax.tree_utils.tree_get(opt_state, "total_notfinite", jnp.zeros((), jnp.int32))
+
+
+def consecutive_skipped_updates(opt_state):
+    """Updates skipped in a row up to now (`apply_if_finite`'s `notfinite_count`; 0 without the wrapper):
+    the loops stop a run once it reaches `train.max_consecutive_skipped`."""
+    return optax.tree_utils.tree_get(opt_state, "notfinite_count", jnp.zeros((), jnp.int32))
 
 
 def _is_schedule_state(x) -> bool:

@@ -1,7 +1,10 @@
-"""Workdir hygiene shared by the stages: writable before anything starts, one run (config and process) per workdir."""
+"""Workdir hygiene shared by the stages: writable before anything starts, one live process per workdir
+(`WorkdirLock`), and one run per set of checkpoints (`check_resume`: the config's identity keys and the
+data files' fingerprints must match the run that wrote them)."""
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import os
@@ -13,8 +16,9 @@ from pathlib import Path
 
 from etils import epath
 
-from gift_jax.config_io import ConfigError, from_dict, save_config, to_dict
-from gift_jax.storage import as_path, is_url
+from gift_jax.config_io import ConfigError, from_dict, to_dict
+from gift_jax.errors import InputError
+from gift_jax.storage import as_path, file_sha256, is_url, write_text_atomically
 
 
 def check_writable(directory: str | os.PathLike) -> Path | epath.Path:
@@ -33,7 +37,7 @@ def check_writable(directory: str | os.PathLike) -> Path | epath.Path:
             probe.write(b"ok")
             probe.flush()
     except OSError as err:
-        raise PermissionError(f"{directory}: workdir is not writable ({err.strerror or err})") from None
+        raise WorkdirNotWritable(f"{directory}: workdir is not writable ({err.strerror or err})") from None
     return directory
 
 
@@ -45,7 +49,7 @@ def _check_object_store_writable(url: str | os.PathLike) -> epath.Path:
         probe.write_bytes(b"ok")
         probe.unlink()
     except OSError as err:
-        raise PermissionError(f"{directory}: workdir is not writable ({err.strerror or err})") from None
+        raise WorkdirNotWritable(f"{directory}: workdir is not writable ({err.strerror or err})") from None
     return directory
 
 
@@ -58,38 +62,108 @@ def upgrade_run_config(data: dict) -> dict:
     return data
 
 
-def _same_config_in_older_layout(previous: dict, config) -> bool:
-    try:
-        return from_dict(type(config), upgrade_run_config(previous)) == config
-    except ConfigError:
-        return False
+class WorkdirNotWritable(InputError, PermissionError):
+    """The workdir cannot be created or written (names it and the OS's reason)."""
 
 
-def claim_workdir(workdir: Path, config) -> None:
-    """Saves the config; a workdir holding a *different* run's config is refused (never overwritten)."""
-    path = as_path(workdir) / "config.json"
-    resolved = to_dict(config)
-    if path.exists():
-        previous = json.loads(path.read_text())
-        if previous != resolved and _same_config_in_older_layout(previous, config):
-            save_config(config, path)  # the same run, its config rewritten in today's layout
-            return
-        if previous != resolved:
-            changed = sorted(k for k in set(previous) | set(resolved) if previous.get(k) != resolved.get(k))
-            raise WorkdirRefused(
-                f"{path}: this workdir belongs to a run with a different config (sections {changed} "
-                f"differ); use a fresh --workdir or the same config to resume"
-            )
-        return
-    save_config(config, path)
-
-
-class WorkdirRefused(ValueError):
-    """This workdir cannot take this run (another run's config, or a live run holds it)."""
+class WorkdirRefused(InputError):
+    """This workdir cannot take this run (another run's config, changed data, or a live run holds it)."""
 
 
 class WorkdirBusyError(WorkdirRefused):
     """Another live run holds the workdir."""
+
+
+CONFIG_FILE, INPUTS_FILE = "config.json", "inputs.json"
+
+
+def has_checkpoints(workdir: str | os.PathLike) -> bool:
+    """Whether any finished checkpoint step (periodic or best) lies in `workdir/checkpoints`."""
+    root = as_path(workdir) / "checkpoints"
+    return any(
+        step.name.isdigit()
+        for kind in ("periodic", "best")
+        if (root / kind).is_dir()
+        for step in (root / kind).iterdir()
+    )
+
+
+def resumable_keys(config) -> set[str]:
+    """Dotted keys that may change when a run resumes: each section's `RESUMABLE` (intervals, limits,
+    worker counts: how the run goes on, not what it computes)."""
+    return {
+        f"{field.name}.{name}"
+        for field in dataclasses.fields(config)
+        for name in getattr(type(getattr(config, field.name)), "RESUMABLE", ())
+    }
+
+
+def data_fingerprints(config) -> dict[str, dict[str, str]]:
+    """`{"data.train_file": {"path", "sha256"}, ...}` of every data file the config names."""
+    return {
+        f"data.{field.name}": {"path": str(path), "sha256": file_sha256(path)}
+        for field in dataclasses.fields(config.data)
+        if field.name.endswith("_file") and (path := getattr(config.data, field.name)) is not None
+    }
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, object]:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _as_today(previous: dict, config) -> dict:
+    """A saved config in today's layout with today's defaults for keys added since (as saved if it no
+    longer parses, e.g. a key that was removed)."""
+    try:
+        return to_dict(from_dict(type(config), upgrade_run_config(previous)))
+    except ConfigError:
+        return previous
+
+
+def check_resume(workdir, config, fingerprints: dict, *, allow_changed_data: bool = False) -> list[str]:
+    """May `config` go on with the checkpoints in `workdir`? Returns the changed resumable keys as lines
+    (`train.log_every: 10 -> 2`) and raises `WorkdirRefused` naming every other changed key with both
+    values, or a data file whose fingerprint changed (unless `allow_changed_data`).
+
+    A workdir without checkpoints takes any config: nothing saved depends on the old one (so a launch that
+    failed while loading never blocks the corrected one)."""
+    workdir = as_path(workdir)
+    path = workdir / CONFIG_FILE
+    if not has_checkpoints(workdir) or not path.exists():
+        return []
+    before, after = _flat(_as_today(json.loads(path.read_text()), config)), _flat(to_dict(config))
+    changed = [(key, before.get(key), after.get(key)) for key in sorted(set(before) | set(after))]
+    changed = [(key, old, new) for key, old, new in changed if old != new]
+    allowed = resumable_keys(config)
+    refused = [f"{key}: {old!r} -> {new!r}" for key, old, new in changed if key not in allowed]
+    if refused:
+        raise WorkdirRefused(
+            f"{path}: this workdir holds checkpoints of a run with a different config; changed: "
+            f"{'; '.join(refused)}. Resume with the saved values or use a fresh --workdir"
+        )
+    inputs = workdir / INPUTS_FILE
+    saved = json.loads(inputs.read_text()) if inputs.exists() else {}
+    moved = [key for key, value in fingerprints.items() if key in saved and saved[key]["sha256"] != value["sha256"]]
+    if moved and not allow_changed_data:
+        files = "; ".join(f"{key} ({fingerprints[key]['path']})" for key in moved)
+        raise WorkdirRefused(
+            f"{inputs}: the data changed since this run started: {files} holds different content. Restore the "
+            f"original file, use a fresh --workdir, or pass --allow-changed-data to go on with the new data"
+        )
+    return [f"{key}: {old!r} -> {new!r}" for key, old, new in changed] + [f"{key}: new content" for key in moved]
+
+
+def save_run_identity(workdir, config, fingerprints: dict) -> None:
+    """Writes `config.json` and `inputs.json` (the data files' fingerprints), each replaced atomically."""
+    workdir = as_path(workdir)
+    write_text_atomically(workdir / CONFIG_FILE, json.dumps(to_dict(config), indent=2) + "\n")
+    write_text_atomically(workdir / INPUTS_FILE, json.dumps(fingerprints, indent=2) + "\n")
 
 
 class WorkdirLock:

@@ -7,7 +7,9 @@ need the device count or the file system and returns the derived sizes.
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
+from gift_jax.config_io import ConfigError
 from gift_jax.losses import DEFAULT_CHUNK_SIZE, INIT_LOSSES, LOSS_NAMES
 from gift_jax.losses.registry import resolve_init_loss_hparams
 from gift_jax.parallel import MeshConfig
@@ -24,6 +26,8 @@ _GIFT, _PSFT = INIT_LOSSES["gift"].hparam_defaults, INIT_LOSSES["psft"].hparam_d
 
 @dataclasses.dataclass(frozen=True)
 class DataSection:
+    RESUMABLE: ClassVar[tuple[str, ...]] = ("num_threads",)  # may change on resume (runtime.workdir.check_resume)
+
     train_file: str  # parquet / jsonl of demonstrations
     val_file: str | None = None  # held-out demonstrations (validation NLL)
     prompt_key: str = "sft_prompt"
@@ -31,15 +35,19 @@ class DataSection:
     max_length: int = 8192
     truncation: str = "right"  # or "error"
     bucket_lengths: tuple[int, ...] = ()  # padded lengths; () = powers of two up to max_length
-    num_threads: int = 2  # grain reader threads
+    num_threads: int = 2  # grain reader threads (0: read on the main thread)
     pack: bool = False  # several demonstrations per row (segment ids), rows of max(bucket_lengths) positions
 
     def __post_init__(self):
         require_at_least(self, 1, "max_length")
+        require_at_least(self, 0, "num_threads")
         if self.truncation not in ("right", "error"):
             raise ValueError(f"data.truncation={self.truncation!r}: expected 'right' or 'error'")
-        if self.bucket_lengths and max(self.bucket_lengths) < self.max_length - 1:
-            raise ValueError(f"bucket_lengths {self.bucket_lengths} cannot hold max_length {self.max_length}")
+        buckets = self.bucket_lengths
+        if buckets and (min(buckets) < 1 or any(a >= b for a, b in zip(buckets, buckets[1:]))):
+            raise ValueError(f"bucket_lengths {list(buckets)} must be positive and strictly increasing")
+        if buckets and max(buckets) < self.max_length - 1:
+            raise ValueError(f"bucket_lengths {list(buckets)} cannot hold max_length {self.max_length}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,13 +131,13 @@ def validate_init_config(
         )
     if t.global_batch % process_count:
         problems.append(f"train.global_batch={t.global_batch} is not divisible by {process_count} processes")
-    if t.global_batch % (loss.updates_per_batch * per_update):
+    if loss.updates_per_batch > 1 and t.global_batch % (loss.updates_per_batch * per_update):
         problems.append(
             f"psft: train.global_batch={t.global_batch} is not divisible by loss.psft_minibatches "
             f"({loss.psft_minibatches}) x {per_update}"
         )
     if problems:
-        raise ValueError("invalid init-stage config:\n  - " + "\n  - ".join(problems))
+        raise ConfigError("invalid init-stage config:\n  - " + "\n  - ".join(problems))
     return InitSizes(
         batch_parallelism=parallel,
         num_micro=t.global_batch // per_update // loss.updates_per_batch,

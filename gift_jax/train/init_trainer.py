@@ -13,7 +13,8 @@ from pathlib import Path
 import jax
 from jax.experimental import multihost_utils
 
-from gift_jax.data import make_eval_batches, make_sft_iterator, prepare_tfds
+from gift_jax.data import make_eval_batches, make_sft_iterator, prepare_tfds, read_records
+from gift_jax.errors import storage_error
 from gift_jax.parallel import replicated, shard_batch
 from gift_jax.runtime.batching import split_minibatches
 from gift_jax.runtime.demonstrations import (
@@ -23,7 +24,8 @@ from gift_jax.runtime.demonstrations import (
     policy_logprobs,
 )
 from gift_jax.runtime.optim import make_optimizer
-from gift_jax.runtime.run import StageRun, jit_update, loading_phase, param_shardings
+from gift_jax.runtime.preflight import check_models
+from gift_jax.runtime.run import StageRun, jit_update, param_shardings
 from gift_jax.runtime.train_state import init_train_state
 from gift_jax.train.init_config import InitSizes, InitStageConfig, validate_init_config
 
@@ -46,7 +48,10 @@ def _data_splits(config: InitStageConfig, workdir: Path):
     )
     # One writer: process 0 tokenizes into the shared workdir, the others then open the finished dataset.
     if jax.process_index() == 0:
-        prepared = prepare()
+        try:
+            prepared = prepare()
+        except OSError as err:  # a full disk while the dataset is written: one line, not a TFDS traceback
+            raise storage_error(str(workdir / "data"), err) from err
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("init_stage_data_prepared")
     if jax.process_index() != 0:
@@ -96,15 +101,28 @@ def jit_init_update(step_config: DemonstrationStepConfig, state, mesh, *, graphd
     return jit_update(step, state, mesh, num_inputs=2)
 
 
-def run_init_stage(config: InitStageConfig, workdir: str | Path, *, max_steps: int | None = None) -> dict:
+def _check_inputs(config: InitStageConfig) -> InitSizes:
+    """Everything that can be checked before the workdir is claimed: sizes, model folders, tokenizer, data files."""
+    sizes = validate_init_config(config, num_devices=jax.device_count(), process_count=jax.process_count())
+    check_models(config.model)
+    d = config.data
+    for path in (d.train_file, d.val_file):
+        if path is not None:
+            read_records(path, [d.prompt_key, d.response_key])  # columns, types, UTF-8: errors name the row
+    return sizes
+
+
+def run_init_stage(
+    config: InitStageConfig, workdir: str | Path, *, max_steps: int | None = None, allow_changed_data: bool = False
+) -> dict:
     """Trains the init stage in `workdir` (resuming if it holds checkpoints); returns a summary dict.
 
     `max_steps` stops after that many loop steps in total (also counting a resumed run's earlier ones).
+    `allow_changed_data` resumes although a data file changed since the run started (`StageRun`).
     """
-    with loading_phase():
-        sizes = validate_init_config(config, num_devices=jax.device_count(), process_count=jax.process_count())
+    sizes = _check_inputs(config)
     t, loss = config.train, config.loss
-    with StageRun(workdir, config, desc=f"init[{loss.name}]", best="min") as run:
+    with StageRun(workdir, config, desc=f"init[{loss.name}]", best="min", allow_changed_data=allow_changed_data) as run:
         prepared, train_split, val_split = _data_splits(config, run.workdir)
         graphdef, params = run.load_policy()
         step_config = init_step_config(config, sizes)
@@ -121,7 +139,7 @@ def run_init_stage(config: InitStageConfig, workdir: str | Path, *, max_steps: i
             pack=config.data.pack,
         )
         total_steps = iterator.num_batches * loss.updates_per_batch
-        stop_at = min(total_steps, t.max_steps or total_steps, max_steps or total_steps)
+        run.stop_at(total_steps, t.max_steps, max_steps)
         tx = make_optimizer(config.optim, total_steps)
         state = init_train_state(params, tx, run.mesh)
         step_fn = jit_init_update(step_config, state, run.mesh, graphdef=graphdef, base_graphdef=base_graphdef, tx=tx)
@@ -129,7 +147,7 @@ def run_init_stage(config: InitStageConfig, workdir: str | Path, *, max_steps: i
         eval_fn = jax.jit(functools.partial(eval_step, **no_grad), out_shardings=replicated(run.mesh))
         old_logprobs_fn = jax.jit(functools.partial(policy_logprobs, **no_grad))
 
-        state, meta = run.resume(state, stop_at=stop_at)
+        state, meta = run.resume(state)
         if meta:
             iterator.set_state(meta["data_iterator"])
         else:
@@ -140,7 +158,7 @@ def run_init_stage(config: InitStageConfig, workdir: str | Path, *, max_steps: i
         eval_every, checkpoint_every = t.eval_every or steps_per_epoch, t.checkpoint_every or steps_per_epoch
         val_loss = None
         pending: list[dict] = []  # PSFT: mini-batches of the current global batch still to apply
-        while run.step < stop_at:
+        while run.running():
             if not pending:
                 batch = shard_batch(next(iterator), run.mesh)
                 if step_config.needs_old_logprobs:
@@ -150,15 +168,18 @@ def run_init_stage(config: InitStageConfig, workdir: str | Path, *, max_steps: i
             run.step += 1
             run.log(metrics, epoch=run.step / steps_per_epoch)  # logs the previous step meanwhile
             score = None
-            if run.step % eval_every == 0 or run.step == stop_at:
+            if run.due(eval_every):
                 with run.host_work():
                     score = val_loss = _validation_loss(eval_fn, state.params, val_split, config, sizes, run.mesh)
                 if score is not None:
                     run.write({"val_loss": score}, prefix="val/")
             # Only a whole global batch has a data position to resume from; an improvement inside one
             # is still saved as the best checkpoint (hf_best).
-            periodic = not pending and (run.step % checkpoint_every == 0 or run.step == stop_at)
             run.checkpoint(
-                state, {"data_iterator": iterator.get_state(), "val_loss": score}, score=score, periodic=periodic
+                state,
+                {"data_iterator": iterator.get_state(), "val_loss": score},
+                score=score,
+                periodic=run.due(checkpoint_every),
+                resumable=not pending,
             )
         return run.finish(state, {"best_val_loss": run.best_score, "final_val_loss": val_loss})

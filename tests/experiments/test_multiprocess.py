@@ -7,9 +7,11 @@ and gathered to every process), checkpointing from all processes, and logging fr
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -116,3 +118,23 @@ def test_rl_on_two_processes_matches_one_process_with_the_same_devices(tiny_run_
     assert (tmp_path / "multi" / "hf_final" / "model.safetensors").exists()
     val = [json.loads(line) for line in (tmp_path / "multi" / "metrics.jsonl").read_text().splitlines()]
     assert any("val/avg@2" in line for line in val)
+
+
+def test_sigterm_to_one_process_stops_both_at_the_same_checkpointed_step(tiny_run_inputs, tmp_path):
+    # The preemption notice reaches one host; JAX's preemption sync point has every process stop after the
+    # same loop step, and each takes part in saving it (a save of different steps would hang).
+    overrides = init_overrides(tiny_run_inputs, **{"train.epochs": 6, "train.checkpoint_every": 100})
+    port = _free_port()
+    workers = [
+        _launch(tmp_path / "multi", overrides, devices=2, process_id=i, num_processes=2, port=port) for i in range(2)
+    ]
+    metrics, deadline = tmp_path / "multi" / "metrics.jsonl", time.time() + 300
+    while not (metrics.exists() and metrics.read_text().count('"train/loss"') >= 2) and time.time() < deadline:
+        time.sleep(0.05)
+    workers[1].send_signal(signal.SIGTERM)
+    outputs = [proc.communicate(timeout=300)[0] for proc in workers]
+    assert [proc.returncode for proc in workers] == [75, 75], "\n".join(out[-2000:] for out in outputs)
+    steps = sorted(p.name for p in (tmp_path / "multi" / "checkpoints" / "periodic").iterdir())
+    assert len(steps) == 1 and int(steps[0]) < 18  # one step, saved by both, before the end
+    for out in outputs:
+        assert f"stopped at loop step {steps[0]} of 18" in out.strip().splitlines()[-1]

@@ -8,7 +8,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from gift_jax.runtime.checkpoint import Checkpointer, CheckpointWriteError
+from gift_jax.errors import RunFailure
+from gift_jax.runtime.checkpoint import Checkpointer, CheckpointRestoreError, CheckpointWriteError
 from gift_jax.runtime.workdir import check_writable
 
 
@@ -88,3 +89,50 @@ def test_unwritable_workdir_is_a_clear_error_before_anything_starts(tmp_path):
     blocker.write_text("not a directory")
     with pytest.raises(PermissionError, match=r"a_file/run: workdir is not writable"):
         check_writable(blocker / "run")
+
+
+def test_bytes_flipped_in_place_fall_back_to_the_previous_step_naming_both(tmp_path, capsys):
+    _saved(tmp_path).close()
+    latest = tmp_path / "periodic" / "2"
+    # state/d/ holds the arrays orbax reads (ocdbt.process_*/d/ are the per-process files merged into it);
+    # flip one byte in the middle of each (sizes and names unchanged).
+    (target,) = (latest / "state" / "d").iterdir()
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    target.write_bytes(bytes(data))
+    step, state, _ = Checkpointer(tmp_path).restore_latest(_tree(0))
+    assert step == 1
+    np.testing.assert_array_equal(state["w"], np.full((4, 4), 1.0))
+    warning = capsys.readouterr().out
+    assert str(latest) in warning and str(tmp_path / "periodic" / "1") in warning
+
+
+def test_a_step_with_non_finite_values_is_never_restored(tmp_path, capsys):
+    checkpointer = _saved(tmp_path)
+    with pytest.raises(RunFailure, match=r"refusing to save step 3: .*non-finite values in w"):
+        checkpointer.save(3, {"w": jnp.full((4, 4), jnp.nan), "b": {"v": jnp.zeros(3)}}, {"step": 3})
+    checkpointer.close()
+    assert Checkpointer(tmp_path).restore_latest(_tree(0))[0] == 2
+
+
+def test_edited_metadata_is_caught_by_its_checksum(tmp_path, capsys):
+    _saved(tmp_path).close()
+    meta = next((tmp_path / "periodic" / "2").rglob("metadata"), None) or next(
+        p for p in (tmp_path / "periodic" / "2" / "meta").rglob("*") if p.is_file()
+    )
+    meta.write_text(meta.read_text().replace('"step": 2', '"step": 7'))
+    assert Checkpointer(tmp_path).restore_latest(_tree(0))[0] == 1
+    assert "metadata does not match its checksum" in capsys.readouterr().out
+
+
+def test_no_restorable_step_is_one_error_naming_each(tmp_path):
+    _saved(tmp_path).close()
+    for step in (1, 2):
+        for path in _data_files(tmp_path / "periodic" / str(step)):
+            path.unlink()
+    with pytest.raises(CheckpointRestoreError) as err:
+        Checkpointer(tmp_path).restore_latest(_tree(0))
+    message = str(err.value)
+    assert message.startswith(f"no checkpoint under {tmp_path} can be restored")
+    assert str(tmp_path / "periodic" / "1") in message and str(tmp_path / "periodic" / "2") in message
+    assert "\n" not in message

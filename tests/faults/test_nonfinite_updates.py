@@ -79,3 +79,35 @@ def test_poisoned_updates_are_skipped_counted_and_training_continues():
         skipped.append(int(metrics["skipped_updates"]))
     assert skipped == [0, 0, 1, 1, 2, 2, 2, 2]
     assert losses[-1] < losses[0]
+
+
+def _always_poisoned(monkeypatch):
+    """The init stage's optimizer with every gradient NaN (e.g. a data or model problem the checks missed)."""
+    from gift_jax.train import init_trainer
+
+    make = init_trainer.make_optimizer
+    poisoned = {step: jnp.nan for step in range(100)}
+    monkeypatch.setattr(init_trainer, "make_optimizer", lambda *a: optax.chain(poison_gradients(poisoned), make(*a)))
+
+
+@pytest.mark.slow  # init runs
+def test_a_run_whose_updates_keep_failing_stops_naming_the_steps(tiny_run_inputs, tmp_path, monkeypatch):
+    from gift_jax.config_io import load_config
+    from gift_jax.runtime.run import TrainingDiverged
+    from gift_jax.train.init_config import InitStageConfig
+    from gift_jax.train.init_trainer import run_init_stage
+    from tests.helpers import init_overrides
+
+    _always_poisoned(monkeypatch)
+    extra = {"train.max_consecutive_skipped": 3, "train.epochs": 3, "train.export_hf": True}
+    config = load_config(InitStageConfig, None, init_overrides(tiny_run_inputs, **extra))
+    with pytest.raises(TrainingDiverged, match=r"the last 3 updates \(loop steps 1\.\.3\) had non-finite gradients"):
+        run_init_stage(config, tmp_path / "run")
+    assert not (tmp_path / "run" / "hf_final").exists()
+
+    # Fewer updates than the limit, every one skipped: the run ends, but exports nothing as if it had trained.
+    short = {**extra, "train.epochs": 1, "train.max_consecutive_skipped": 5}  # 3 steps
+    config = load_config(InitStageConfig, None, init_overrides(tiny_run_inputs, **short))
+    with pytest.raises(TrainingDiverged, match="no update was applied"):
+        run_init_stage(config, tmp_path / "short")
+    assert not (tmp_path / "short" / "hf_final").exists()

@@ -90,3 +90,52 @@ def test_dtypes_are_names_or_jax_dtypes_and_others_are_named(folder):
         load_hf(folder, dtype="float8")
     with pytest.raises(ValueError, match="param_dtype: dtype .*int32"):
         load_hf(folder, param_dtype=jnp.int32)
+
+
+def test_non_finite_weight_is_refused_naming_the_tensor(folder):
+    def poison(t):
+        t["model.layers.1.mlp.down_proj.weight"][3, 5] = np.nan
+
+    _edit_tensors(folder, poison)
+    with pytest.raises(CheckpointError, match=r"'model\.layers\.1\.mlp\.down_proj\.weight' holds 1 non-finite"):
+        load_hf(folder)
+
+
+def test_a_tensor_in_two_files_is_refused_naming_both(folder):
+    tensors = load_file(str(folder / "model.safetensors"))
+    zeros = {name: np.zeros_like(value) for name, value in tensors.items()}
+    save_file(zeros, str(folder / "model.safetensors.bak.safetensors"))  # e.g. a stray copy beside the real file
+    with pytest.raises(CheckpointError, match=r"in both model.safetensors and model.safetensors.bak.safetensors"):
+        load_hf(folder)
+
+
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        ("hidden_act", "gelu", r"config.json: key 'hidden_act' is 'gelu'; only SiLU MLPs are implemented"),
+        ("use_sliding_window", True, r"key 'use_sliding_window' is True; sliding-window attention is not implemented"),
+        ("num_hidden_layers", "two", r"config.json: key 'num_hidden_layers': expected int, got 'two'"),
+        ("rms_norm_eps", "tiny", r"config.json: key 'rms_norm_eps': expected float, got 'tiny'"),
+        ("rope_scaling", {"rope_type": "yarn", "factor": 4.0}, r"unsupported rope scaling type 'yarn'"),
+    ],
+)
+def test_config_settings_the_model_lacks_or_mistyped_are_named(folder, key, value, message):
+    hf = json.loads((folder / "config.json").read_text())
+    hf[key] = value
+    (folder / "config.json").write_text(json.dumps(hf))
+    with pytest.raises(CheckpointError, match=message):
+        load_hf(folder)
+
+
+def test_an_export_killed_half_way_is_undone(folder, tmp_path):
+    from gift_jax.models.hf_io import recover_interrupted_export
+
+    parent = tmp_path / "run"
+    (parent / ".hf_final.tmp-abc123").mkdir(parents=True)  # killed while writing
+    (parent / ".hf_final.tmp-abc123" / "model.safetensors").write_bytes(b"partial")
+    (parent / ".hf_best.old").mkdir()  # killed between setting the old export aside and renaming the new one in
+    (parent / ".hf_best.old" / "config.json").write_text("{}")
+    recover_interrupted_export(parent / "hf_final")
+    recover_interrupted_export(parent / "hf_best")
+    assert sorted(p.name for p in parent.iterdir()) == ["hf_best"]  # the previous export is back, no leftovers
+    assert (parent / "hf_best" / "config.json").read_text() == "{}"

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import pytest
 
 from gift_jax.config_io import load_config
+from gift_jax.errors import RunFailure
 from gift_jax.rl.config import RLStageConfig
 from gift_jax.rl.trainer import run_rl_stage
 from gift_jax.runtime.checkpoint import Checkpointer
@@ -117,5 +118,16 @@ def test_rl_workdir_numbered_by_optimizer_update_is_refused_for_resume_but_reada
     assert _checkpoint_numbers(old, "periodic") == {2: 4}  # --step 2 finds it
     old.close()
     with StageRun(tmp_path / "run", config, desc="rl") as run:
-        with pytest.raises(ValueError, match="checkpoint 4 holds loop step 2.*fresh --workdir"):
-            run.resume(state, stop_at=10)
+        run.stop_at(10)
+        with pytest.raises(RunFailure, match="checkpoint 4 holds loop step 2.*fresh --workdir"):
+            run.resume(state)
+
+
+@pytest.mark.slow  # a stage run
+def test_checkpoint_every_minutes_saves_by_wall_time(tiny_run_inputs, tmp_path):
+    extra = {"train.checkpoint_every": 100, "train.checkpoint_every_minutes": 1e-6, "train.max_to_keep": 10}
+    config = load_config(InitStageConfig, None, init_overrides(tiny_run_inputs, **extra))
+    init_trainer.run_init_stage(config, tmp_path)
+    checkpointer = Checkpointer(tmp_path / "checkpoints", read_only=True)
+    assert checkpointer.steps() == [1, 2, 3, 4, 5, 6]  # every step took longer than the interval
+    checkpointer.close()
