@@ -99,12 +99,13 @@ def _response_texts(tokenizer, result, is_expert, expert_texts: list[str]) -> li
 
 def _rollout_metrics(rollouts: Rollouts, group_size: int) -> dict[str, float]:
     """Reward and length statistics of the on-policy rows (accuracy and group outcomes from the answer
-    scores, reward_mean from the rewards the advantages use)."""
+    scores, reward_mean from the rewards the advantages use, overlong_penalty_mean their difference)."""
     result, is_expert, scores = rollouts.result, rollouts.is_expert, rollouts.scores
     on_policy = ~is_expert if is_expert is not None else np.ones(len(scores), bool)
     lengths = result.lengths[on_policy]
     return dict(
         reward_mean=float(rollouts.rewards[on_policy].mean()),
+        overlong_penalty_mean=float((rollouts.rewards - scores)[on_policy].mean()),
         accuracy=float(is_correct(scores[on_policy]).mean()),
         response_length_mean=float(lengths.mean()),
         response_length_max=float(lengths.max()),
@@ -169,7 +170,6 @@ class _RLStep:
             if is_expert is not None:
                 penalty[is_expert] = 0.0  # an expert solution's length is not the policy's doing
             rewards = scores + penalty
-            metrics["overlong_penalty_mean"] = float(penalty.mean())
         metrics.update(extra, reward_timed_out=float(timed_out), reward_crashed=float(crashed))
         metrics["reward_bad_ground_truth"] = float(bad_ground_truth)
         return Rollouts(records, result, is_expert, scores, rewards.astype(np.float32)), metrics
