@@ -5,7 +5,7 @@ Budgets on a 2-core CPU (measured figures are in the README): `smoke` under a mi
 `default` ~9 minutes, `sweep` ~18 minutes, `baselines` ~40 minutes, `full` about 5 hours (estimated
 from those; 3 seeds, every baseline, the beta sweep, the control world and RL straight from the base);
 `paper` (the `tradeoff` world) 62 minutes with 3 runs at once; `dapo` (the same world, DAPO instead of
-GRPO) about an hour.
+GRPO) 70 minutes with 3 runs at once on a machine other work kept busy.
 """
 
 from __future__ import annotations
