@@ -87,8 +87,8 @@ class BenchmarkResult:
     correct: `[P, n]` bool. lengths: `[P, n]` generated tokens (stop token included).
     truncated: `[P, n]` bool, cut at max_new_tokens. entropy_sum: summed per-token entropy of the
     sampling distribution over all generated tokens (nats). score_failures: items whose answer
-    check timed out or crashed (scored 0). samples: when kept, one dict per problem with its
-    prompt, answer, responses and their correctness.
+    check timed out or crashed, or whose ground truth could not be read (scored 0). samples: when
+    kept, one dict per problem with its prompt, answer, responses and their correctness.
     """
 
     name: str
@@ -164,7 +164,7 @@ def score_responses(
         options = {"choices": choices} if choices else {}
         scores = scorer.score([responses[r] for r in rows], answers, kind=kind, **options)
         correct[indices] = is_correct(scores.scores.reshape(len(indices), num_samples))
-        failures += scores.timed_out + scores.crashed
+        failures += scores.timed_out + scores.crashed + scores.bad_ground_truth
     return correct, failures
 
 

@@ -233,12 +233,14 @@ class StageRun:
     @contextlib.contextmanager
     def timed(self, name: str):
         """`with run.timed("rollout") as span:` -> `time_rollout_s` in this step's metrics (`log`),
-        `span.seconds` after the block."""
+        `span.seconds` after the block. Spans of one name in a step add up (dynamic sampling's rounds)."""
         span, start = _Span(), time.perf_counter()
         try:
             yield span
         finally:
-            span.seconds = self._times[f"time_{name}_s"] = time.perf_counter() - start
+            span.seconds = time.perf_counter() - start
+            key = f"time_{name}_s"
+            self._times[key] = self._times.get(key, 0.0) + span.seconds
 
     def should_stop(self) -> bool:
         """Whether the run was asked to stop (SIGTERM / SIGINT). Every process of a run must call this

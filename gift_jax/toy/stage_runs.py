@@ -62,7 +62,8 @@ def run_init(preset: Preset, files: dict, base: Path, init: str, beta: float | N
 
 
 def rl_stage_config(preset: Preset, files: dict, model: Path, base: Path, seed: int, method: str) -> RLStageConfig:
-    """The RL-stage config of one run: identical for every init; `method` is grpo, luffy or relift."""
+    """The RL-stage config of one run: identical for every init; `method` is grpo, luffy or relift, and the
+    preset's `rl_recipe` (e.g. DAPO's) sets the algorithm's and the reward's options."""
     group = preset.rl_group_size
     return from_dict(
         RLStageConfig,
@@ -74,8 +75,13 @@ def rl_stage_config(preset: Preset, files: dict, model: Path, base: Path, seed: 
                 "val_limit": preset.eval_problems,
             },
             "rollout": {"group_size": group, "temperature": 1.0, "max_new_tokens": preset.rl_max_new_tokens},
-            "algo": {"method": method, "mini_batch_prompts": preset.rl_prompts_per_step // 2, "chunk_size": 64},
-            "reward": {"num_workers": 1},
+            "algo": {
+                "method": method,
+                "mini_batch_prompts": preset.rl_prompts_per_step // 2,
+                "chunk_size": 64,
+                **preset.rl_recipe.get("algo", {}),
+            },
+            "reward": {"num_workers": 1, **preset.rl_recipe.get("reward", {})},
             "optim": {"lr": preset.rl_lr, "b2": 0.95},  # the toy's RL uses the init stage's AdamW betas
             "train": {
                 "prompts_per_step": preset.rl_prompts_per_step,

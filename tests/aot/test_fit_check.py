@@ -84,10 +84,19 @@ def test_init_step_compiles_for_the_local_backend(tmp_path):
 
 
 @pytest.mark.slow
-def test_rl_update_and_sampler_compile_for_the_local_backend(tmp_path):
+@pytest.mark.parametrize(
+    "config, extra",
+    [
+        ("rl_paper_grpo.yaml", []),
+        # DAPO's update also takes the rollout-correction weights; the overlong buffer must fit in 16 tokens.
+        ("rl_dapo.yaml", ["--set", "reward.overlong_buffer=4"]),
+    ],
+)
+def test_rl_update_and_sampler_compile_for_the_local_backend(tmp_path, config, extra):
     rl = [
         "--config",
-        str(ROOT / "experiments/configs/rl_paper_grpo.yaml"),
+        str(ROOT / "experiments/configs" / config),
+        *extra,
         "--set",
         "algo.mini_batch_prompts=4",
         "--set",
