@@ -46,6 +46,6 @@ def test_a_bad_value_is_blamed_on_its_source(tmp_path):
     with pytest.raises(ConfigError, match=r"^--set algo.clipp=0.3: no such key in algo; known: \[.*'clip_low'"):
         load_config(RLStageConfig, config, ["rollout.group_size=8", "algo.clipp=0.3"])
     with pytest.raises(
-        ConfigError, match=rf"^{config}: algo: clip_low must be < 1, got 2.0 \(keys given with --set: algo"
+        ConfigError, match=rf"^{config}: algo: clip_low must be <= 1, got 2.0 \(keys given with --set: algo"
     ):
         load_config(RLStageConfig, config, ["rollout.group_size=8", "algo.clip_low=2"])
