@@ -20,5 +20,7 @@ setup(
     install_requires=requirements,
     # Compile-only fit checks for TPU slices on any host (experiments/aot_compile.py); the libtpu that
     # jax[tpu] 0.10.2 pins. Install it in a separate environment: present, it makes jax look for a TPU.
-    extras_require={"tpu": ["libtpu==0.0.42.*"]},
+    # `tensorboard`: the viewer of the events both stages write to WORKDIR/tensorboard
+    # (`pip install -e '.[tensorboard]'`, then `tensorboard --logdir WORKDIR`); not needed to train.
+    extras_require={"tpu": ["libtpu==0.0.42.*"], "tensorboard": ["tensorboard>=2.16,<3"]},
 )

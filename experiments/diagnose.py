@@ -25,6 +25,7 @@ import jax
 from gift_jax.data import load_tokenizer
 from gift_jax.evaluation.benchmarks import parse_benchmark_specs
 from gift_jax.evaluation.diagnostics import (
+    PROBE_CHUNK_SIZE,
     diagnostics_markdown,
     last_layer_params,
     parameter_geometry,
@@ -38,6 +39,7 @@ from gift_jax.evaluation.evaluate import (
     parse_named_paths,
 )
 from gift_jax.models import load_hf
+from gift_jax.models.config import ATTENTION_BACKENDS
 from gift_jax.parallel import MeshConfig, make_mesh
 from gift_jax.rewards import RewardScorer
 
@@ -55,7 +57,8 @@ def make_parser() -> argparse.ArgumentParser:
         nargs="*",
         default=[],
         metavar="NAME=PATH[:instruction=TEXT]",
-        help="as in experiments/evaluate.py (TEXT: paper (default), none, or the instruction)",
+        help="as in experiments/evaluate.py (TEXT: checkpoint (default; here the project default instruction), "
+        "paper, none, or the instruction)",
     )
     parser.add_argument("--k", type=int, default=8, help="samples per problem for pass@k")
     parser.add_argument("--temperature", type=float, default=0.6)
@@ -66,8 +69,20 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--top-k", type=int, default=10, help="K of the top-K token overlap")
     parser.add_argument("--probe-max-len", type=int, default=1024)
     parser.add_argument("--probe-batch-size", type=int, default=8)
+    parser.add_argument(
+        "--probe-chunk-size",
+        type=int,
+        default=PROBE_CHUNK_SIZE,
+        help="probe positions per output-projection chunk (memory: a few [batch, chunk, V] float32 buffers)",
+    )
     parser.add_argument("--chat-template", default=None, help="built-in template name instead of the base's")
     parser.add_argument("--dtype", default="bfloat16", help="compute dtype (float32 for exact checks)")
+    parser.add_argument(
+        "--attention",
+        default="blockwise",
+        choices=ATTENTION_BACKENDS,
+        help="the probe forward's attention (blockwise: O(T x block) memory, no [B, H, T, T] scores)",
+    )
     parser.add_argument("--data", type=int, default=-1)
     parser.add_argument("--fsdp", type=int, default=1)
     parser.add_argument("--tensor", type=int, default=1)
@@ -110,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
         seed=args.seed,
     )
 
-    base, _ = load_hf(args.base, dtype=args.dtype, mesh=mesh)
+    base, _ = load_hf(args.base, dtype=args.dtype, mesh=mesh, attention=args.attention)
     base_params = last_layer_params(base)
     report = {
         "checkpoints": {BASE: str(args.base), **{n: str(f) for n, f in checkpoints.items()}},
@@ -123,9 +138,15 @@ def main(argv: list[str] | None = None) -> None:
     with RewardScorer() as scorer:
         for name, folder in [(BASE, args.base), *checkpoints.items()]:
             print(f"[diagnose] {name}: {folder}", file=sys.stderr)
-            model = base if name == BASE else load_hf(folder, dtype=args.dtype, mesh=mesh)[0]
+            model = base if name == BASE else load_hf(folder, dtype=args.dtype, mesh=mesh, attention=args.attention)[0]
             report["probe"][name] = probe_divergence(
-                model, base, probe, top_k=args.top_k, batch_size=args.probe_batch_size, mesh=mesh
+                model,
+                base,
+                probe,
+                top_k=args.top_k,
+                batch_size=args.probe_batch_size,
+                mesh=mesh,
+                chunk_size=args.probe_chunk_size,
             )
             if benchmarks:
                 results = evaluate_benchmarks(
@@ -149,6 +170,8 @@ def main(argv: list[str] | None = None) -> None:
         "dtype": args.dtype,
         "limit": args.limit,
         "probe_max_len": args.probe_max_len,
+        "probe_chunk_size": args.probe_chunk_size,
+        "attention": args.attention,
         "devices": jax.device_count(),
     }
     write_diagnostics(report, args.out)

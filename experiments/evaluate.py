@@ -9,12 +9,18 @@
         --k 4 --temperature 0.6 --max-new-tokens 48 --dtype float32 --out runs/eval_toy   # the toy world
 
 A benchmark is NAME=PATH[:instruction=TEXT]: the text appended to every problem of that file.
-  (no option) / instruction=paper  the paper's protocol: math problems end in "Please reason step by
-                                   step, and put your final answer within \boxed{}.", multiple choice
-                                   asks for the option letter
+  (no option) / instruction=checkpoint  math problems end in the instruction the checkpoint was
+                                   trained with (its run's `model.prompt`: a workdir's config.json, an
+                                   export's prompt_format.json; the project default "Please reason step
+                                   by step, and put your final answer within \\boxed{}." for a folder
+                                   without either), multiple choice asks for the option letter
+  instruction=paper                the paper's protocol sentence (math) / the option-letter sentence
   instruction=none                 the problem text alone (the toy world: its tokenizer knows no
                                    English, and its prompts are written without an instruction)
   instruction=ANY TEXT             appended as given ({first}/{last}: first/last option letter)
+The system prompt is the checkpoint's too (`--system-prompt` sets another, `none` none). Any prompt
+other than the one the checkpoint was trained with is warned about: its accuracies are then not
+the run's `val/avg@k`. `results.json` records the prompt used and the one the checkpoint trained with.
 A prompt the tokenizer can only encode with its unknown token is an error naming the file and row.
 
 Writes `results.md` (markdown table, accuracies in %) and `results.json` to `--out`, plus
@@ -40,11 +46,11 @@ from pathlib import Path
 import jax
 
 from gift_jax.cli import at_least, report_errors
-from gift_jax.evaluation.benchmarks import parse_benchmark_specs
+from gift_jax.evaluation.benchmarks import CHECKPOINT_INSTRUCTIONS, NO_INSTRUCTION, parse_benchmark_specs
 from gift_jax.evaluation.checkpoint_eval import evaluate_checkpoint
 from gift_jax.evaluation.evaluate import RESULT_FILES, EvalConfig, results_markdown, write_results
 from gift_jax.parallel import MeshConfig, make_mesh
-from gift_jax.run_checkpoints import CHECKPOINT_KINDS
+from gift_jax.runtime.run_checkpoints import CHECKPOINT_KINDS
 from gift_jax.storage import run_workdir_marker
 
 
@@ -91,7 +97,7 @@ def make_parser() -> argparse.ArgumentParser:
         required=True,
         nargs="+",
         metavar="NAME=PATH[:instruction=TEXT]",
-        help="benchmark files; TEXT: paper (default), none, or the instruction itself (see above)",
+        help="benchmark files; TEXT: checkpoint (default), paper, none, or the instruction itself (see above)",
     )
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--overwrite", action="store_true", help="write over the results already in --out")
@@ -103,6 +109,12 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--limit", type=at_least(1), default=None, help="first N problems of each benchmark")
     parser.add_argument("--seed", type=at_least(0), default=0)
     parser.add_argument("--chat-template", default=None, help="built-in template name instead of the folder's")
+    parser.add_argument(
+        "--system-prompt",
+        default=CHECKPOINT_INSTRUCTIONS,
+        metavar="TEXT",
+        help="system turn before every prompt: checkpoint (default: the one it was trained with), none, or the text",
+    )
     parser.add_argument(
         "--dtype", default="bfloat16", help="compute dtype (float32 for exact checks and to match the toy pipeline)"
     )
@@ -146,7 +158,10 @@ def main(argv: list[str] | None = None) -> int:
             mesh=mesh,
             keep_responses=args.save_samples,
             progress=not args.no_progress,
+            system_prompt=None if args.system_prompt == NO_INSTRUCTION else args.system_prompt,
         )
+        for warning in evaluation.prompt["warnings"]:
+            print(f"WARNING: {warning}: accuracies measured with another prompt than training's", file=sys.stderr)
         if evaluation.checkpoint is not None:
             print(f"{args.model}: {args.kind} checkpoint of step {evaluation.checkpoint['step']}", file=sys.stderr)
         run_info = {
@@ -157,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             "dtype": args.dtype,
             "limit": args.limit,
             "chat_template": evaluation.chat_template,
+            "prompt": evaluation.prompt,
             "devices": jax.device_count(),
         }
         write_results(evaluation.results, args.out, run_info=run_info, save_samples=args.save_samples)

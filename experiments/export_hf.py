@@ -17,7 +17,7 @@ import sys
 
 from gift_jax.cli import at_least, report_errors
 from gift_jax.models.config import DTYPES
-from gift_jax.run_checkpoints import CHECKPOINT_KINDS, export_run_checkpoint
+from gift_jax.runtime.run_checkpoints import CHECKPOINT_KINDS, export_run_checkpoint
 from gift_jax.storage import as_path
 
 

@@ -7,6 +7,8 @@
     python experiments/pipeline.py --preset full --workdir runs/full          # hours: 3 seeds, sweep, baselines
     python experiments/pipeline.py --preset paper --workdir runs/paper        # the `tradeoff` world: every
         # init of the paper (incl. LUFFY / ReLIFT) and a beta grid, 3 seeds (time in the README)
+    python experiments/pipeline.py --preset dapo --workdir runs/dapo          # the same world, DAPO instead
+        # of GRPO: base, SFT, ASFT, GIFT at two betas, 3-5 seeds (time in the README)
 
 What each run does and what is written: `gift_jax.toy.pipeline`. The bases shipped beside this script
 (`toy_base`: the `hard` / `control` worlds; `toy_base_tradeoff`) are used when their world record

@@ -8,12 +8,18 @@ Reads every *.parquet under --source (columns `question`, `final_answer`, `r1_so
   val.parquet           sft_prompt, solution, answer   (validation NLL of the init stage)
   rl.parquet            prompt, answer, solution       (RL prompts; `solution` feeds LUFFY / ReLIFT)
   val_problems.parquet  problem, answer                (avg@k validation during RL)
-Rows without a question, answer or solution are skipped (counted). Existing output files are never
-overwritten: pick a fresh --out.
+Rows without a question, answer or solution are skipped (counted). Questions that repeat (the same
+text after Unicode NFKC normalisation, case folding and collapsing whitespace) are dropped before the
+split, keeping the first in file order, so no question lands in two of the sets (counted, and how many
+of the repeats carried a different answer). The split is a seeded permutation (`--seed`, default 0) of
+the remaining rows: the first --init rows, the next --rl, the next --val. Existing output files are
+never overwritten: pick a fresh --out.
 """
 
 import argparse
+import re
 import sys
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +49,29 @@ def load_rows(source: Path, solution_column: str) -> list[dict]:
     return rows
 
 
+def normalise_question(text: str) -> str:
+    """The text two copies of a question share: NFKC, case-folded, whitespace runs as one space."""
+    return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text)).strip().casefold()
+
+
+def drop_duplicate_questions(rows: list[dict]) -> list[dict]:
+    """The rows whose normalised question was not seen before (file order); prints what was dropped."""
+    first: dict[str, dict] = {}
+    conflicting = 0
+    for row in rows:
+        key = normalise_question(row["question"])
+        if key in first:
+            conflicting += first[key]["answer"].strip() != row["answer"].strip()
+        else:
+            first[key] = row
+    dropped = len(rows) - len(first)
+    print(
+        f"dropped {dropped} duplicate question(s) (same text after normalising Unicode, case and whitespace; "
+        f"{conflicting} of them with a different answer); {len(first)} unique questions left"
+    )
+    return list(first.values())
+
+
 def write(path: Path, columns: dict[str, list]) -> None:
     pq.write_table(pa.table(columns), path)
     print(f"wrote {path} ({len(next(iter(columns.values())))} rows)")
@@ -59,10 +88,13 @@ def main(argv=None) -> int:
     parser.add_argument("--solution-column", default="r1_solution_1")
     args = parser.parse_args(argv)
     try:
-        rows = load_rows(args.source, args.solution_column)
+        rows = drop_duplicate_questions(load_rows(args.source, args.solution_column))
         need = args.init + args.rl + args.val
         if len(rows) < need:
-            raise ValueError(f"{args.source}: {len(rows)} usable rows, but {need} are needed")
+            raise ValueError(
+                f"{args.source}: {len(rows)} usable rows with distinct questions, but --init {args.init} + "
+                f"--rl {args.rl} + --val {args.val} = {need} are needed"
+            )
         outputs = [args.out / n for n in ("init.parquet", "val.parquet", "rl.parquet", "val_problems.parquet")]
         existing = [str(p) for p in outputs if p.exists()]
         if existing:

@@ -10,6 +10,7 @@ a bug) keeps its full traceback.
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import sys
 from collections.abc import Callable
@@ -35,11 +36,15 @@ def at_least(minimum: float, kind: type = int) -> Callable[[str], float]:
 
 
 def report_errors(main: Callable[[], int | None]) -> int:
-    """Runs `main`; the project's own errors become one line on stderr and their exit status."""
+    """Runs `main`; the project's own errors become one line on stderr (its last) and their exit status."""
     try:
         return main() or 0
     except GiftError as err:
         print(f"{'stopped' if isinstance(err, RunStopped) else 'error'}: {err}", file=sys.stderr, flush=True)
+        # The line above is the last word: libraries' late complaints while the process winds down (e.g.
+        # orbax's asyncio futures of a failed write, collected at exit) would bury it.
+        logging.disable(logging.CRITICAL)
+        sys.unraisablehook = lambda unraisable: None
         return err.exit_status
 
 

@@ -6,9 +6,11 @@ before anything compiles; the resolved config is written into the workdir as JSO
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -122,13 +124,44 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+_ROOT = "config"  # the name `load_config` gives the top level; its errors are then reworded by source
+_KEYED_ERROR = re.compile(rf"^{_ROOT}(?:\.([\w.\[\]]+))?: (.*)$", re.DOTALL)
+
+
+def _name_the_source(message: str, path: Path | None, overrides: list[str]) -> str:
+    """A `from_dict` error reworded to name where the bad value came from: the `--set KEY=VALUE` that gave
+    it, or the config file and the key in it (`FILE: loss.beta: ...`), not a key glued to the file name."""
+    match = _KEYED_ERROR.match(message)
+    if match is None:
+        return message if path is None else f"{path}: {message}"
+    key, problem = match.group(1) or "", match.group(2)
+    given = {item.partition("=")[0]: item for item in overrides}
+    if key in given:
+        return f"--set {given[key]}: {problem}"
+    unknown = re.match(r"unknown key\(s\) (\[[^\]]*\]); (.*)$", problem, re.DOTALL)
+    if unknown:
+        full = [f"{key}.{name}" if key else name for name in ast.literal_eval(unknown.group(1))]
+        if all(k in given for k in full):
+            return (
+                f"--set {', '.join(given[k] for k in full)}: no such key in {key or 'the config'}; {unknown.group(2)}"
+            )
+    inside = [item for k, item in given.items() if key and k.startswith(f"{key}.")]  # a section's own check
+    source = f"{path}: " if path is not None else ""
+    where = f"{key}: " if key else ("" if path is not None else f"{_ROOT}: ")
+    if inside:
+        return f"{source}{where}{problem} (keys given with --set: {', '.join(inside)})"
+    return f"{source}{where}{problem}"
+
+
 def load_config(cls, path: str | os.PathLike | None, overrides: list[str] = ()):
-    """Reads a YAML / JSON file (or starts from defaults when `path` is None) and applies overrides."""
+    """Reads a YAML / JSON file (or starts from defaults when `path` is None) and applies overrides.
+
+    A bad value is reported with its source: `--set loss.beta=abc: expected float, got 'abc'` for an
+    override, `FILE: loss.beta: expected float, got 'abc'` for a value in the file."""
     data: dict[str, Any] = {}
-    where = "config"
+    overrides = list(overrides)
     if path is not None:
         path = Path(path)
-        where = str(path)
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except FileNotFoundError:
@@ -137,7 +170,10 @@ def load_config(cls, path: str | os.PathLike | None, overrides: list[str] = ()):
             raise ConfigError(f"{path}: not valid YAML/JSON ({err})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
-    return from_dict(cls, apply_overrides(data, list(overrides)), where=where)
+    try:
+        return from_dict(cls, apply_overrides(data, overrides), where=_ROOT)
+    except ConfigError as err:
+        raise ConfigError(_name_the_source(str(err), path, overrides)) from None
 
 
 def save_config(config, path: str | os.PathLike) -> None:

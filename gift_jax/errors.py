@@ -17,6 +17,9 @@ Exit statuses of the command-line scripts (`gift_jax.cli`, `experiments/*.py`):
 
 from __future__ import annotations
 
+import os
+import re
+
 
 class GiftError(Exception):
     """Base of the errors reported as one line; `exit_status` is the command line's status."""
@@ -50,8 +53,22 @@ class RunStopped(GiftError):
     exit_status = 75
 
 
+def io_reason(err: BaseException) -> str:
+    """The OS's words for a failed write (e.g. "No space left on device"), found in `err`, its causes, or an
+    `os_error_code` that tensorstore writes into its message; else the message's first line."""
+    seen = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.strerror:
+            return seen.strerror
+        seen = seen.__cause__ or seen.__context__
+    code = re.search(r"os_error_code='?(\d+)", str(err))
+    if code:
+        return os.strerror(int(code.group(1)))
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return text if len(text) <= 300 else text[:300] + "..."
+
+
 def storage_error(what: str, err: BaseException) -> StorageError:
     """A `StorageError` for a failed write of `what` (a path), keeping the OS's words (e.g. "No space left
     on device") so the one-line message says what to fix."""
-    reason = getattr(err, "strerror", None) or str(err) or type(err).__name__
-    return StorageError(f"{what}: could not write ({reason})")
+    return StorageError(f"{what}: could not write ({io_reason(err)})")

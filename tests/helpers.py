@@ -16,34 +16,49 @@ TINY_DIMS = dict(
 
 
 def make_tiny_hf(
-    path, family: str = "qwen2", *, tied: bool = False, llama3_scaling: bool = False, seed: int = 0, **overrides
+    path,
+    family: str = "qwen2",
+    *,
+    tied: bool = False,
+    llama3_scaling: bool = False,
+    seed: int = 0,
+    rope_theta: float | None = None,
+    rope_scaling: dict | None = None,
+    adjust=None,
+    **overrides,
 ):
-    """Saves a random tiny `Qwen2ForCausalLM` / `LlamaForCausalLM` to `path`; returns the torch model."""
+    """Saves a random tiny `Qwen2ForCausalLM` / `LlamaForCausalLM` to `path`; returns the torch model.
+
+    rope_theta: default 10000 (qwen2) / 500000 (llama); rope_scaling: an HF scaling dict (llama3_scaling
+    gives a llama3 one with original context 32); adjust: called with the torch model before it is saved.
+    """
     import torch
     import transformers
 
     torch.manual_seed(seed)
     dims = {**TINY_DIMS, **overrides}
+    if llama3_scaling:
+        rope_scaling = dict(
+            rope_type="llama3",
+            factor=8.0,
+            low_freq_factor=1.0,
+            high_freq_factor=4.0,
+            original_max_position_embeddings=32,
+        )
+    extra = {} if rope_scaling is None else {"rope_scaling": rope_scaling}
     if family == "qwen2":
-        config = transformers.Qwen2Config(tie_word_embeddings=tied, rope_theta=10000.0, **dims)
+        config = transformers.Qwen2Config(tie_word_embeddings=tied, rope_theta=rope_theta or 10000.0, **extra, **dims)
         model = transformers.Qwen2ForCausalLM(config)
     elif family == "llama":
-        extra = {}
-        if llama3_scaling:
-            extra["rope_scaling"] = dict(
-                rope_type="llama3",
-                factor=8.0,
-                low_freq_factor=1.0,
-                high_freq_factor=4.0,
-                original_max_position_embeddings=32,
-            )
-        config = transformers.LlamaConfig(tie_word_embeddings=tied, rope_theta=500000.0, **extra, **dims)
+        config = transformers.LlamaConfig(tie_word_embeddings=tied, rope_theta=rope_theta or 500000.0, **extra, **dims)
         model = transformers.LlamaForCausalLM(config)
     else:
         raise ValueError(family)
     with torch.no_grad():  # random init is tiny (std 0.02); larger weights make parity tests meaningful
         for p in model.parameters():
             p.normal_(0.0, 0.2)
+    if adjust is not None:
+        adjust(model)
     model.eval()
     model.save_pretrained(Path(path))
     return model

@@ -33,3 +33,19 @@ def test_unknown_and_mistyped_keys_are_named(tmp_path):
         from_dict(RLStageConfig, {"model": {}, "data": {"train_file": "f"}})
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(RLStageConfig, tmp_path / "missing.yaml")
+
+
+def test_a_bad_value_is_blamed_on_its_source(tmp_path):
+    config = tmp_path / "rl.yaml"
+    config.write_text("model:\n  path: m\ndata:\n  train_file: f\nrollout:\n  group_size: 8\nalgo:\n  clip_low: 0.2\n")
+    with pytest.raises(ConfigError, match=r"^--set rollout.group_size=eight: expected int, got 'eight'$"):
+        load_config(RLStageConfig, config, ["rollout.group_size=eight"])
+    config.write_text("model:\n  path: m\ndata:\n  train_file: f\nrollout:\n  group_size: eight\n")
+    with pytest.raises(ConfigError, match=rf"^{config}: rollout.group_size: expected int, got 'eight'$"):
+        load_config(RLStageConfig, config)
+    with pytest.raises(ConfigError, match=r"^--set algo.clipp=0.3: no such key in algo; known: \[.*'clip_low'"):
+        load_config(RLStageConfig, config, ["rollout.group_size=8", "algo.clipp=0.3"])
+    with pytest.raises(
+        ConfigError, match=rf"^{config}: algo: clip_low must be <= 1, got 2.0 \(keys given with --set: algo"
+    ):
+        load_config(RLStageConfig, config, ["rollout.group_size=8", "algo.clip_low=2"])

@@ -11,9 +11,9 @@ from etils import epath
 from gift_jax.config_io import from_dict
 from gift_jax.data import load_tokenizer
 from gift_jax.models import CheckpointError, load_hf, save_hf
-from gift_jax.run_checkpoints import is_run_workdir, read_run_config
 from gift_jax.runtime.checkpoint import Checkpointer
 from gift_jax.runtime.metrics import MetricWriter
+from gift_jax.runtime.run_checkpoints import is_run_workdir, read_run_model
 from gift_jax.runtime.workdir import WorkdirLock, WorkdirRefused, check_resume, check_writable, save_run_identity
 from gift_jax.storage import Appender, as_path, copy_file
 from gift_jax.train.init_config import InitStageConfig
@@ -48,7 +48,7 @@ def test_a_gs_workdir_keeps_its_run_config_and_refuses_another(memory_gcs, capsy
     config = _config("gs://bucket/base")
     save_run_identity(workdir, config, {})
     assert check_resume(workdir, config, {}) == []  # the same run resuming
-    assert read_run_config("gs://bucket/run") == config
+    assert read_run_model("gs://bucket/run") == config.model
     (workdir / "checkpoints" / "periodic" / "1").mkdir(parents=True)  # a checkpoint: the config is now fixed
     other = _config("gs://bucket/other")
     with pytest.raises(WorkdirRefused, match=r"gs://bucket/run/config.json: .*model.path: 'gs://bucket/base' ->"):
@@ -140,4 +140,4 @@ def test_checkpoints_on_an_epath_and_a_run_workdir_found_and_read_on_gs(memory_g
             target.parent.mkdir(parents=True, exist_ok=True)
             copy_file(file, target)
     assert is_run_workdir("gs://bucket/run") and not is_run_workdir("gs://bucket")
-    assert read_run_config("gs://bucket/run") == config
+    assert read_run_model("gs://bucket/run") == config.model

@@ -48,12 +48,16 @@ def init_batch_spec(rows: int, length: int, *, old_logprobs: bool, packed: bool 
     return spec
 
 
-def rl_batch_spec(rows: int, prompt_length: int, completion_length: int, *, expert: bool, reference: bool) -> dict:
-    """The arrays of a GRPO update batch (`gift_jax.rl.rollouts.update_batch` + the trainer's log-probs)."""
+def rl_batch_spec(
+    rows: int, prompt_length: int, completion_length: int, *, expert: bool, reference: bool, is_weights: bool = False
+) -> dict:
+    """The arrays of a GRPO update batch (`gift_jax.rl.rollouts.update_batch` + the trainer's log-probs,
+    and the importance weights of `algo.rollout_correction` when `is_weights`)."""
     width = prompt_length + completion_length - 1
     spec = {key: ((rows, width), jnp.int32) for key in ("input_ids", "positions", "attention_mask")}
     spec["targets"] = ((rows, completion_length), jnp.int32)
-    for key in ("completion_mask", "old_logprobs") + (("ref_logprobs",) if reference else ()):
+    optional = (("ref_logprobs",) if reference else ()) + (("is_weights",) if is_weights else ())
+    for key in ("completion_mask", "old_logprobs") + optional:
         spec[key] = ((rows, completion_length), jnp.float32)
     spec["advantages"] = ((rows,), jnp.float32)
     if expert:

@@ -238,7 +238,12 @@ def rl_step_fit(
     step_fn = jit_rl_update(step_config, state, mesh, graphdef=graphdef, tx=tx)
     rows = a.mini_batch_prompts * r.group_size
     spec = rl_batch_spec(
-        rows, prompt_length, r.max_new_tokens, expert=step_config.use_expert, reference=bool(a.kl_coef)
+        rows,
+        prompt_length,
+        r.max_new_tokens,
+        expert=step_config.use_expert,
+        reference=bool(a.kl_coef),
+        is_weights=a.rollout_correction is not None,
     )
     shapes = _shapes(
         model_config,

@@ -17,6 +17,7 @@ from gift_jax.data.batching import (
 )
 from gift_jax.data.chat_templates import NAMED_CHAT_TEMPLATES, render_chat
 from gift_jax.data.packing import best_fit_decreasing
+from gift_jax.data.prompt_format import DEFAULT_INSTRUCTION, PromptFormat
 from gift_jax.data.records import DataFormatError, read_records
 from gift_jax.data.sft_examples import SFTBuildStats, SFTExample, build_sft_examples
 from gift_jax.data.sft_pipeline import SFTBatchIterator, make_eval_batches, make_sft_iterator
@@ -26,11 +27,13 @@ from gift_jax.data.tokenizer import ChatTokenizer, load_tokenizer
 
 __all__ = [
     "BATCH_KEYS",
+    "DEFAULT_INSTRUCTION",
     "NAMED_CHAT_TEMPLATES",
     "PACKED_BATCH_KEYS",
     "ChatTokenizer",
     "DataFormatError",
     "PreparedSFTDataset",
+    "PromptFormat",
     "SFTBatchIterator",
     "SFTBuildStats",
     "SFTExample",

@@ -63,6 +63,7 @@ def build_sft_examples(
     stats: SFTBuildStats | None = None,
     source: str = "records",
     chunk_size: int = 256,
+    prompt_hint: str = "",
 ) -> Iterator[SFTExample]:
     """Yields one `SFTExample` per usable (prompt, response) pair, in input order.
 
@@ -75,6 +76,7 @@ def build_sft_examples(
       stats: if given, updated in place with the counts of kept / dropped / truncated rows.
       source: name for error messages (e.g. the file path).
       chunk_size: pairs tokenized per `encode_batch` call.
+      prompt_hint: appended to an unknown-token error about a prompt (how to fix it at the caller).
 
     Responses that are empty or only whitespace are dropped (nothing to supervise); so are
     samples whose prompt alone fills `max_length` under right truncation. Text the tokenizer can
@@ -94,7 +96,9 @@ def build_sft_examples(
         responses = [chunk[row - first_row][1] for row in rows]
         prompt_ids = tokenizer.encode_batch(prompts)
         response_ids = tokenizer.encode_batch(responses)
-        check_known_tokens(tokenizer, prompts, source=source, rows=rows, what="prompt", token_ids=prompt_ids)
+        check_known_tokens(
+            tokenizer, prompts, source=source, rows=rows, what="prompt", token_ids=prompt_ids, hint=prompt_hint
+        )
         check_known_tokens(tokenizer, responses, source=source, rows=rows, what="response", token_ids=response_ids)
         for row, prompt, response in zip(rows, prompt_ids, response_ids, strict=True):
             example = _assemble(prompt, response, tokenizer.eos_id, row, max_length, truncation, source, stats)

@@ -7,19 +7,24 @@ any compute is spent. Records keep the order of the source file (shuffling is th
 
 Caching. The builder config's name is a fingerprint of everything that shapes the samples: the
 contents of each split's file, the column keys, the tokenizer (`ChatTokenizer.fingerprint`:
-tokenizer.json, chat template, special ids), `max_length` and `truncation`. Preparing again with
+tokenizer.json, chat template, special ids, system prompt), the instruction, `max_length` and
+`truncation`. Preparing again with
 the same inputs finds `data_dir/tokenized_sft_dataset/<name>/<version>` and reuses it; any change
 writes a new dataset next to it. In a multi-host run, prepare on one process (or on each host's
 local disk) before the others read.
 
-Without TensorFlow installed, read back with `as_data_source` (done here), not `as_dataset`.
+Without TensorFlow installed, read back with `as_data_source` (done here), not `as_dataset`. Nothing
+is downloaded: TFDS's "Downloading and preparing dataset" line and its warning about a custom builder
+config (every dataset here has one) are replaced by one line saying what is tokenized where.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -28,6 +33,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
+from gift_jax.data.prompt_format import PromptFormat
 from gift_jax.data.records import DataFormatError, read_records
 from gift_jax.data.sft_examples import SFTBuildStats, build_sft_examples
 from gift_jax.data.sft_split import SFTSplit
@@ -35,6 +41,7 @@ from gift_jax.data.tokenizer import ChatTokenizer, load_tokenizer
 from gift_jax.storage import file_sha256
 
 DATASET_VERSION = "1.0.0"
+AS_WRITTEN = PromptFormat(instruction=None)  # prompts as the file has them, no system turn
 
 
 @dataclasses.dataclass
@@ -48,6 +55,12 @@ class SFTDatasetConfig(tfds.core.BuilderConfig):
     response_key: str = "solution"
     max_length: int = 8192
     truncation: str = "right"
+    instruction: str | None = None  # appended to every prompt (`PromptFormat.user_message`)
+    system_prompt: str | None = None
+
+    @property
+    def prompt_format(self) -> PromptFormat:
+        return PromptFormat(instruction=self.instruction, system_prompt=self.system_prompt)
 
 
 class TokenizedSFTDataset(tfds.core.GeneratorBasedBuilder):
@@ -55,6 +68,14 @@ class TokenizedSFTDataset(tfds.core.GeneratorBasedBuilder):
 
     VERSION = tfds.core.Version(DATASET_VERSION)
     RELEASE_NOTES = {DATASET_VERSION: "Tokenized samples with loss mask and source row."}
+
+    def _log_download_bytes(self) -> None:  # TFDS's own line speaks of a download; nothing is downloaded here
+        config: SFTDatasetConfig = self.builder_config
+        files = ", ".join(f"{split} {path}" for split, path in config.split_files)
+        print(f"tokenizing {files} with {config.model_dir}'s tokenizer into {self.data_dir} (reused while unchanged)")
+
+    def _log_download_done(self) -> None:
+        pass
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
@@ -75,7 +96,7 @@ class TokenizedSFTDataset(tfds.core.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager) -> dict[str, Iterator[tuple[int, dict[str, Any]]]]:
         del dl_manager  # inputs are local files named in the config; nothing is downloaded
         config: SFTDatasetConfig = self.builder_config
-        tokenizer = load_tokenizer(config.model_dir, config.chat_template)
+        tokenizer = load_tokenizer(config.model_dir, config.chat_template, system_prompt=config.system_prompt)
         self.info.metadata.update(
             {
                 "pad_id": tokenizer.pad_id,
@@ -97,12 +118,17 @@ class TokenizedSFTDataset(tfds.core.GeneratorBasedBuilder):
         stats = SFTBuildStats()
         num_tokens = []
         examples = build_sft_examples(
-            ((record[config.prompt_key], record[config.response_key]) for record in records),
+            ((config.prompt_format.user_message(r[config.prompt_key]), r[config.response_key]) for r in records),
             tokenizer,
             max_length=config.max_length,
             truncation=config.truncation,
             stats=stats,
             source=str(path),
+            prompt_hint=(
+                f"Prompts end in model.prompt.instruction={config.instruction!r} (null: none)"
+                if config.instruction
+                else ""
+            ),
         )
         for index, example in enumerate(examples):
             num_tokens.append(len(example.token_ids))
@@ -149,6 +175,7 @@ def prepare_tfds(
     response_key: str = "solution",
     max_length: int = 8192,
     truncation: str = "right",
+    prompt_format: PromptFormat = AS_WRITTEN,
 ) -> PreparedSFTDataset:
     """Tokenizes local SFT files into an ArrayRecord TFDS dataset (or reuses an identical one).
 
@@ -157,6 +184,8 @@ def prepare_tfds(
       model_dir: model folder with the tokenizer (see `load_tokenizer`).
       data_dir: TFDS data directory the dataset is written under.
       chat_template: None for the folder's template, or a named one ("qwen-2.5-math", ...).
+      prompt_format: how each prompt becomes the user turn (instruction, system prompt; default: the
+        prompt as written, no system turn).
       prompt_key, response_key: columns holding the raw prompt and the response.
       max_length, truncation: see `build_sft_examples`.
 
@@ -168,7 +197,7 @@ def prepare_tfds(
     for split, path in split_files.items():
         if not Path(path).is_file():
             raise FileNotFoundError(f"{path}: no such data file (split {split!r})")
-    tokenizer = load_tokenizer(model_dir, chat_template)
+    tokenizer = load_tokenizer(model_dir, chat_template, system_prompt=prompt_format.system_prompt)
     inputs = {
         "version": DATASET_VERSION,
         "files": {split: file_sha256(path) for split, path in sorted(split_files.items())},
@@ -176,6 +205,7 @@ def prepare_tfds(
         "tokenizer": tokenizer.fingerprint,
         "max_length": max_length,
         "truncation": truncation,
+        "instruction": prompt_format.instruction,
     }
     fingerprint = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
     config = SFTDatasetConfig(
@@ -188,7 +218,22 @@ def prepare_tfds(
         response_key=response_key,
         max_length=max_length,
         truncation=truncation,
+        instruction=prompt_format.instruction,
+        system_prompt=prompt_format.system_prompt,
     )
-    builder = TokenizedSFTDataset(config=config, data_dir=os.fspath(data_dir), file_format="array_record")
+    with _quiet_absl():  # TFDS warns that the config is not one of the builder's predefined ones: none are
+        builder = TokenizedSFTDataset(config=config, data_dir=os.fspath(data_dir), file_format="array_record")
     builder.download_and_prepare()
     return PreparedSFTDataset(builder=builder)
+
+
+@contextlib.contextmanager
+def _quiet_absl():
+    """absl's (TFDS's) warnings held back for the block."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

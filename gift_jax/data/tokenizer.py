@@ -55,6 +55,7 @@ class ChatTokenizer:
       pad_id: id written into padded positions.
       stop_ids: ids that end generation (EOS first, then the config files' `eos_token_id`s).
       fingerprint: hex digest of everything above; equal fingerprints tokenize identically.
+      system_prompt: a system turn rendered before every prompt (None: none; the template's default).
     """
 
     tokenizer: tokenizers.Tokenizer
@@ -64,6 +65,7 @@ class ChatTokenizer:
     pad_id: int
     stop_ids: tuple[int, ...]
     fingerprint: str
+    system_prompt: str | None = None
 
     @property
     def vocab_size(self) -> int:
@@ -82,10 +84,11 @@ class ChatTokenizer:
         return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
     def apply_chat_template(self, prompt: str) -> str:
-        """The prompt as one user turn, rendered with the generation prompt appended."""
+        """The prompt as one user turn (after the system turn, if set), rendered with the generation prompt appended."""
+        system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt is not None else []
         return render_chat(
             self.chat_template,
-            [{"role": "user", "content": prompt}],
+            [*system, {"role": "user", "content": prompt}],
             special_tokens=self.special_tokens,
             add_generation_prompt=True,
         )
@@ -95,13 +98,16 @@ class ChatTokenizer:
         return self.encode(self.apply_chat_template(prompt))
 
 
-def load_tokenizer(model_dir: str | os.PathLike, chat_template: str | None = None) -> ChatTokenizer:
+def load_tokenizer(
+    model_dir: str | os.PathLike, chat_template: str | None = None, *, system_prompt: str | None = None
+) -> ChatTokenizer:
     """Loads the tokenizer of a Hugging Face model folder.
 
     Args:
       model_dir: folder with `tokenizer.json` (and optionally the config files listed above).
       chat_template: None uses the folder's own template (error if it has none); a name from
         `NAMED_CHAT_TEMPLATES` ("qwen-2.5-math", "llama-3", "plain") uses that template instead.
+      system_prompt: a system turn before every prompt (`gift_jax.data.prompt_format`); None: none.
     """
     model_dir = as_path(model_dir)
     tokenizer_path = model_dir / "tokenizer.json"
@@ -132,6 +138,7 @@ def load_tokenizer(model_dir: str | os.PathLike, chat_template: str | None = Non
                 "eos_id": eos_id,
                 "pad_id": pad_id,
                 "stop_ids": stop_ids,
+                **({"system_prompt": system_prompt} if system_prompt is not None else {}),
             },
             sort_keys=True,
         ).encode()
@@ -144,6 +151,7 @@ def load_tokenizer(model_dir: str | os.PathLike, chat_template: str | None = Non
         pad_id=pad_id,
         stop_ids=stop_ids,
         fingerprint=fingerprint,
+        system_prompt=system_prompt,
     )
 
 

@@ -77,10 +77,22 @@ def check_known_tokens(
 
 
 def check_record_fields(
-    tokenizer: ChatTokenizer, records: Sequence[Mapping[str, str]], *, source: str, keys: Sequence[str] | None = None
+    tokenizer: ChatTokenizer,
+    records: Sequence[Mapping[str, str]],
+    *,
+    source: str,
+    keys: Sequence[str] | None = None,
+    hints: Mapping[str, str] | None = None,
 ) -> None:
-    """`check_known_tokens` on every string field `keys` (default: all of the first record's) of `records`."""
+    """`check_known_tokens` on every string field `keys` (default: all of the first record's) of `records`;
+    `hints[key]` is appended to the message about field `key`."""
     if not records:
         return
     for key in keys if keys is not None else list(records[0]):
-        check_known_tokens(tokenizer, [record[key] for record in records], source=source, what=f"field {key!r}")
+        check_known_tokens(
+            tokenizer,
+            [record[key] for record in records],
+            source=source,
+            what=f"field {key!r}",
+            hint=(hints or {}).get(key, ""),
+        )

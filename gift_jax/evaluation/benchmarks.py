@@ -33,13 +33,15 @@ from typing import Literal
 import numpy as np
 import pyarrow.parquet as pq
 
+from gift_jax.data.prompt_format import DEFAULT_INSTRUCTION, PromptFormat
 from gift_jax.data.records import DataFormatError
 from gift_jax.rewards.ground_truth import check_ground_truth
 
 ProblemKind = Literal["math", "multiple_choice"]
 
-# Qwen's standard math instruction; the reward reads the last \boxed{} of the response.
-DEFAULT_MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+# Qwen's standard math instruction (the project's default prompt, `gift_jax.data.prompt_format`); the reward
+# reads the last \boxed{} of the response.
+DEFAULT_MATH_INSTRUCTION = DEFAULT_INSTRUCTION
 # The multiple-choice reward takes the last standalone option letter of the response.
 DEFAULT_CHOICE_INSTRUCTION = (
     "Think step by step, then finish your response with the letter of the correct option ({first}-{last}) on its own."
@@ -48,6 +50,7 @@ LETTERS = string.ascii_uppercase
 GPQA_INCORRECT_KEYS = ("incorrect answer 1", "incorrect answer 2", "incorrect answer 3")
 _BOXED_OPEN = "\\boxed{"
 # `BenchmarkSpec.instruction` values with a meaning of their own.
+CHECKPOINT_INSTRUCTIONS = "checkpoint"  # math: the evaluated checkpoint's instruction; multiple choice: the letter one
 PAPER_INSTRUCTIONS = "paper"  # DEFAULT_MATH_INSTRUCTION / DEFAULT_CHOICE_INSTRUCTION, by problem kind
 NO_INSTRUCTION = "none"  # the problem text alone (the toy world's prompts)
 _SPEC_OPTION = ":instruction="
@@ -241,8 +244,9 @@ def format_multiple_choice(question: str, options: list[str], instruction: str =
 
 
 def format_math(question: str, instruction: str | None = DEFAULT_MATH_INSTRUCTION) -> str:
-    """Question followed by `instruction` (omitted when empty)."""
-    return f"{question}\n\n{instruction}" if instruction else question
+    """Question followed by `instruction` (omitted when empty): the user turn every stage builds
+    (`PromptFormat.user_message`)."""
+    return PromptFormat(instruction=instruction or None).user_message(question)
 
 
 def _scalar_fields(record: Mapping, used: set[str]) -> dict:
@@ -321,9 +325,11 @@ def load_benchmark(
         fields = _detect_fields(records[0])
         if fields is None:
             raise ValueError(
-                f"{path}: unknown benchmark layout; its records have keys "
-                f"{sorted(records[0])}. Pass problem_field / answer_field "
-                f"(and choices_field for multiple choice)."
+                f"{path}: unknown benchmark layout; its records have keys {sorted(records[0])}. Rename the "
+                f"question key to 'problem' (or 'question') and the answer key to 'answer' (a number or text; "
+                f"'final_answer' and a 'solution' ending in \\boxed{{}} also work); multiple choice: 'question' "
+                f"with an 'options' list and 'answer' (letter or index). From Python, "
+                f"load_benchmark(problem_field=..., answer_field=..., choices_field=...) reads any keys."
             )
     stop = None if limit is None else offset + limit
     problems = []
@@ -355,22 +361,24 @@ def load_benchmark(
 class BenchmarkSpec:
     """One benchmark to evaluate: a name, a file and the instruction appended to every problem.
 
-    instruction: `PAPER_INSTRUCTIONS` ("paper", the default) appends the paper's protocol sentence
-      by problem kind (`DEFAULT_MATH_INSTRUCTION`, `DEFAULT_CHOICE_INSTRUCTION`); `NO_INSTRUCTION`
-      ("none") or None leaves the problem text alone (the toy world, whose tokenizer knows no
-      English); any other text is appended as given (for multiple choice `{first}` / `{last}` become
-      the first and last option letters).
+    instruction: `CHECKPOINT_INSTRUCTIONS` ("checkpoint", the default) appends, to math problems, the
+      instruction the evaluated checkpoint was trained with (its run's `model.prompt`; the caller passes
+      it to `load`) and to multiple choice the option-letter sentence; `PAPER_INSTRUCTIONS` ("paper")
+      the paper's protocol sentence by problem kind (`DEFAULT_MATH_INSTRUCTION`,
+      `DEFAULT_CHOICE_INSTRUCTION`); `NO_INSTRUCTION` ("none") or None leaves the problem text alone
+      (the toy world, whose tokenizer knows no English); any other text is appended as given (for
+      multiple choice `{first}` / `{last}` become the first and last option letters).
     limit: the first `limit` problems of the file (None: all).
     """
 
     name: str
     path: Path
-    instruction: str | None = PAPER_INSTRUCTIONS
+    instruction: str | None = CHECKPOINT_INSTRUCTIONS
     limit: int | None = None
 
     @classmethod
     def parse(cls, text: str, *, limit: int | None = None) -> BenchmarkSpec:
-        """`NAME=PATH[:instruction=TEXT]` -> spec (TEXT: "paper", "none" or the sentence itself).
+        """`NAME=PATH[:instruction=TEXT]` -> spec (TEXT: "checkpoint", "paper", "none" or the sentence itself).
 
         Everything after the first `:instruction=` is the instruction, so it may hold any character.
         """
@@ -380,19 +388,23 @@ class BenchmarkSpec:
             raise ValueError(f"expected NAME=PATH[{_SPEC_OPTION}TEXT], got {text!r}")
         if has_option and not instruction:
             raise ValueError(f"{text!r}: empty instruction; write {_SPEC_OPTION}{NO_INSTRUCTION} for none")
-        return cls(name, Path(path), instruction if has_option else PAPER_INSTRUCTIONS, limit)
+        return cls(name, Path(path), instruction if has_option else CHECKPOINT_INSTRUCTIONS, limit)
 
-    def instructions(self) -> tuple[str | None, str]:
-        """(math instruction, multiple-choice instruction) for `load_benchmark`."""
+    def instructions(self, checkpoint_instruction: str | None = DEFAULT_INSTRUCTION) -> tuple[str | None, str]:
+        """(math instruction, multiple-choice instruction) for `load_benchmark`; `checkpoint_instruction`:
+        the instruction the evaluated checkpoint was trained with."""
+        if self.instruction == CHECKPOINT_INSTRUCTIONS:
+            return checkpoint_instruction, DEFAULT_CHOICE_INSTRUCTION
         if self.instruction == PAPER_INSTRUCTIONS:
             return DEFAULT_MATH_INSTRUCTION, DEFAULT_CHOICE_INSTRUCTION
         if self.instruction is None or self.instruction == NO_INSTRUCTION:
             return None, ""
         return self.instruction, self.instruction
 
-    def load(self) -> list[BenchmarkProblem]:
-        """The problems, their prompts ending in this spec's instruction (`meta["instruction"]`)."""
-        math_instruction, choice_instruction = self.instructions()
+    def load(self, checkpoint_instruction: str | None = DEFAULT_INSTRUCTION) -> list[BenchmarkProblem]:
+        """The problems, their prompts ending in this spec's instruction (`meta["instruction"]`: the spec's
+        setting, `meta["math_instruction"]`: the text math problems got)."""
+        math_instruction, choice_instruction = self.instructions(checkpoint_instruction)
         problems = load_benchmark(
             self.path,
             name=self.name,
@@ -402,6 +414,7 @@ class BenchmarkSpec:
         )
         for problem in problems:
             problem.meta["instruction"] = self.instruction
+            problem.meta["math_instruction"] = math_instruction
         return problems
 
 

@@ -91,8 +91,8 @@ class BenchmarkResult:
     correct: `[P, n]` bool. lengths: `[P, n]` generated tokens (stop token included).
     truncated: `[P, n]` bool, cut at max_new_tokens. entropy_sum: summed per-token entropy of the
     sampling distribution over all generated tokens (nats). score_failures: items whose answer
-    check timed out or crashed (scored 0). samples: when kept, one dict per problem with its
-    prompt, answer, responses and their correctness.
+    check timed out or crashed, or whose ground truth could not be read (scored 0). samples: when
+    kept, one dict per problem with its prompt, answer, responses and their correctness.
     """
 
     name: str
@@ -168,7 +168,7 @@ def score_responses(
         options = {"choices": choices} if choices else {}
         scores = scorer.score([responses[r] for r in rows], answers, kind=kind, **options)
         correct[indices] = is_correct(scores.scores.reshape(len(indices), num_samples))
-        failures += scores.timed_out + scores.crashed
+        failures += scores.timed_out + scores.crashed + scores.bad_ground_truth
     return correct, failures
 
 
@@ -234,6 +234,7 @@ def evaluate_problems(
                 samples += [
                     {
                         "prompt": problem.prompt,
+                        "chat_prompt": tokenizer.decode(prompt_ids[start + i]),  # what the model was given
                         "answer": problem.answer,
                         "responses": texts[i * n : (i + 1) * n],
                         "correct": batch_correct[i].tolist(),

@@ -216,11 +216,27 @@ def config_from_hf(hf: dict[str, Any], *, source: str = "config.json", **overrid
         raise ValueError(f"{source}: {err}") from None
 
 
-def config_to_hf(config: ModelConfig) -> dict[str, Any]:
-    """The HF `config.json` dict (transformers 5.x layout: rope settings in `rope_parameters`)."""
-    rope: dict[str, Any] = {"rope_type": "default", "rope_theta": config.rope_theta}
+# Keys of a source folder's `config.json` that say nothing true of an export: what is not ours
+# to claim (the library version, a quantization of weights written unquantized) or is written anew.
+_NOT_CARRIED_OVER = frozenset(
+    {"_name_or_path", "transformers_version", "quantization_config", "auto_map", "rope_scaling", "rope_theta"}
+)
+
+
+def config_to_hf(config: ModelConfig, *, source: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The HF `config.json` dict of `config`, readable by transformers 4.x and 5.x alike.
+
+    Rope settings are written in both layouts, agreeing: top level `rope_theta` and `rope_scaling`
+    (transformers 4.x, vLLM and tools that read the file themselves; without them 4.x falls back to
+    theta 10000 and no scaling, silently) and `rope_parameters` (transformers 5.x).
+    source: the `config.json` of the folder the model came from; its keys that the model config does
+    not describe (`initializer_range`, `use_cache`, sliding-window settings, ...) are kept, every key
+    written here replaces the source's.
+    """
+    scaling = None
     if config.rope_scaling is not None:
-        rope = {"rope_type": "llama3", "rope_theta": config.rope_theta, **dataclasses.asdict(config.rope_scaling)}
+        scaling = {"rope_type": "llama3", **dataclasses.asdict(config.rope_scaling)}
+    rope = {"rope_type": "default", **(scaling or {}), "rope_theta": config.rope_theta}
     eos = list(config.eos_token_id) if isinstance(config.eos_token_id, tuple) else config.eos_token_id
     hf = {
         "architectures": [FAMILY_TO_ARCHITECTURE[config.family]],
@@ -234,6 +250,8 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
         "head_dim": config.head_dim,
         "hidden_act": "silu",
         "rms_norm_eps": config.rms_norm_eps,
+        "rope_theta": config.rope_theta,
+        "rope_scaling": scaling,
         "rope_parameters": rope,
         "max_position_embeddings": config.max_position_embeddings,
         "tie_word_embeddings": config.tie_word_embeddings,
@@ -246,4 +264,5 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
     if config.family == "llama":
         hf["attention_bias"] = config.qkv_bias
         hf["mlp_bias"] = False
-    return hf
+    kept = {k: v for k, v in (source or {}).items() if k not in _NOT_CARRIED_OVER and k not in hf}
+    return {**kept, **hf}

@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import jax
@@ -64,6 +65,8 @@ TOKENIZER_FILES = (
     "chat_template.jinja",
     "vocab.json",
     "merges.txt",
+    "added_tokens.json",
+    "tokenizer.model",
 )
 
 
@@ -263,19 +266,24 @@ def save_hf(
     tokenizer_dir: str | os.PathLike | None = None,
     overwrite: bool = False,
     run_workdir: str | os.PathLike | None = None,
+    extra_files: Mapping[str, str] | None = None,
 ) -> Path:
     """Writes `model` as a HF folder that `transformers.AutoModelForCausalLM.from_pretrained` loads.
 
     Tensors are split over several files with a `model.safetensors.index.json` above
-    `max_shard_bytes`. `dtype` converts on the way out (default: the parameter dtype). Tokenizer files
-    from `tokenizer_dir` are copied alongside. The folder is written to a temporary sibling and renamed
-    into place, so an existing checkpoint is never half-overwritten (an object-store `path` is uploaded
-    instead, `config.json` last; see the module docstring); an existing non-empty `path` is
-    an error unless `overwrite`. Even then a stage's workdir is never replaced: a `path` that is a run
-    workdir, contains one or lies inside one is refused, except a folder directly in `run_workdir` (a
-    stage exporting its own `hf_final` / `hf_best`). A failed write (e.g. a full disk) raises
-    `StorageError` naming `path` and leaves what was there. Every process must call this (arrays may
-    need gathering); process 0 writes.
+    `max_shard_bytes`. `dtype` converts on the way out (default: the parameter dtype). `tokenizer_dir`
+    is the folder the model came from: its tokenizer files, chat template and generation config are
+    copied alongside, and its `config.json` keys that stay true are kept (`config_to_hf(source=...)`).
+    The rope settings are written for transformers 4.x and 5.x alike. The folder is written to a
+    temporary sibling and renamed into place, so an existing checkpoint is never half-overwritten (an
+    object-store `path` is uploaded instead, `config.json` last; see the module docstring); an
+    existing non-empty `path` is an error unless `overwrite`. Even then a stage's workdir is never
+    replaced: a `path` that is a run workdir, contains one or lies inside one is refused, except a
+    folder directly in `run_workdir` (a stage exporting its own `hf_final` / `hf_best`). A failed
+    write (e.g. a full disk) raises `StorageError` naming `path` and leaves what was there. Every
+    process must call this (arrays may need gathering); process 0 writes. `extra_files` (file name ->
+    text) are written last, over any copied file of the same name (a run's prompt record and chat
+    template).
     """
     path = as_path(path)
     check_export_destination(path, overwrite=overwrite, run_workdir=run_workdir)
@@ -306,6 +314,8 @@ def save_hf(
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=local_parent))
         try:
             _write_hf_folder(tmp, shards, tensors, config.replace(param_dtype=str(out_dtype)), tokenizer_dir)
+            for name, text in (extra_files or {}).items():
+                (tmp / name).write_text(text)
             if is_url(path):
                 _upload_folder(tmp, path)
             elif path.exists():
@@ -388,7 +398,14 @@ def _write_hf_folder(
     folder: Path, shards: list[dict[str, np.ndarray]], tensors: dict, config: ModelConfig, tokenizer_dir
 ):
     """config.json, the safetensors shard(s) (+ index when several) and the tokenizer files into `folder`."""
-    (folder / "config.json").write_text(json.dumps(config_to_hf(config), indent=2))
+    source = None
+    source_config = None if tokenizer_dir is None else as_path(tokenizer_dir) / "config.json"
+    if source_config is not None and source_config.exists():
+        try:
+            source = json.loads(source_config.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise CheckpointError(f"{source_config}: unreadable ({err}); it is the source of the export") from None
+    (folder / "config.json").write_text(json.dumps(config_to_hf(config, source=source), indent=2))
     if len(shards) == 1:
         save_file(shards[0], str(folder / "model.safetensors"), metadata={"format": "pt"})
     else:

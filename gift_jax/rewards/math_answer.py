@@ -3,10 +3,11 @@
 `prepare_math_item` turns a (response, ground truth) pair into the two final-answer strings (an
 answer or ground truth split over several boxes is joined in the reference's notation, see
 `answer_lists.py`), and `quick_math_verdict` settles the pair when plain string work can: no
-answer, equal normalised strings, a different number of primes (`E'` is not `E`), or plain
-numbers and lists of them (compared by the exact rule of `numeric.py`, percentages accepted).
-Only pairs it leaves open (`None`) need the symbolic check in `symbolic.py`, which runs in worker
-processes because sympy can be slow on adversarial input.
+answer, equal normalised strings, an option letter against an option letter (`C. x = 42` names
+option `C`), a different number of primes (`E'` is not `E`), or plain numbers and lists of them
+(compared by the exact rule of `numeric.py`, percentages accepted). Only pairs it leaves open
+(`None`) need the symbolic check in `symbolic.py`, which runs in worker processes because sympy
+can be slow on adversarial input.
 """
 
 import re
@@ -28,6 +29,9 @@ from gift_jax.rewards.numeric import numbers_match, written_places
 MAX_ANSWER_CHARS = 1000
 MAX_NESTING_DEPTH = 10
 _OPENING, _CLOSING = frozenset("{(["), frozenset("})]")
+# An option letter alone (`C`, `(C)`), or boxed with its option's text (`C. x = 42`, `(C) 42`, `C: 42`).
+_BARE_OPTION = re.compile(r"\(?([A-Z])\)?")
+_OPTION_WITH_TEXT = re.compile(r"(?:\(([A-Z])\)|([A-Z])[.):])\s*\S.*", re.DOTALL)
 # `2,74`, `0,111`: a comma between digits that cannot be a thousands separator (not three digits
 # after it, or a leading 0 before it).
 _DECIMAL_COMMA = re.compile(r"\s*(-?(?:0|\d+(?=,(?:\d{1,2}|\d{4,})\s*$))),(\d+)\s*")
@@ -97,6 +101,25 @@ def _read_decimal_comma(text: str, other_normalized: str) -> str | None:
     return f"{match[1]}.{match[2]}"
 
 
+def _option_letter(text: str) -> tuple[str, bool] | None:
+    """`(letter, bare)` when `text` names a multiple-choice option, alone or with its text; else None."""
+    text = text.strip()
+    bare = _BARE_OPTION.fullmatch(text)
+    if bare:
+        return bare[1], True
+    with_text = _OPTION_WITH_TEXT.fullmatch(text)
+    return (with_text[1] or with_text[2], False) if with_text else None
+
+
+def _option_verdict(answer: str, reference: str) -> bool | None:
+    """Compares option letters when one side is a bare option (`C`) and the other names one too
+    (`C. x = 42`); None when the pair is not a multiple-choice one."""
+    options = _option_letter(answer), _option_letter(reference)
+    if None in options or not (options[0][1] or options[1][1]):
+        return None
+    return options[0][0] == options[1][0]
+
+
 def quick_math_verdict(item: MathItem) -> bool | None:
     """True / False when string work settles the item, None when it needs the symbolic check."""
     answer, reference = item
@@ -108,6 +131,9 @@ def quick_math_verdict(item: MathItem) -> bool | None:
     reference_normalized = normalize_answer(reference)
     if answer_normalized == reference_normalized:
         return True
+    option = _option_verdict(answer, reference)
+    if option is not None:
+        return option
     if max(nesting_depth(answer), nesting_depth(reference)) > MAX_NESTING_DEPTH:
         return False
     if not answer_normalized:

@@ -22,6 +22,7 @@ class ItemStatus(enum.Enum):
     OK = "ok"
     TIMED_OUT = "timed_out"  # its check ran past the per-item (or batch) time limit
     CRASHED = "crashed"  # its worker died or its check raised
+    BAD_GROUND_TRUTH = "bad_ground_truth"  # its ground truth cannot be scored (readers refuse these earlier)
 
 
 class BatchScores(NamedTuple):
@@ -29,13 +30,14 @@ class BatchScores(NamedTuple):
 
     scores: [N] float32, 1.0 for a correct answer and 0.0 otherwise (also for failed items).
     statuses: N ItemStatus values, in input order.
-    timed_out, crashed: how many items have each failing status.
+    timed_out, crashed, bad_ground_truth: how many items have each failing status.
     """
 
     scores: np.ndarray
     statuses: tuple[ItemStatus, ...]
     timed_out: int
     crashed: int
+    bad_ground_truth: int = 0
 
     @classmethod
     def from_items(cls, correct: Sequence[bool], statuses: Sequence[ItemStatus]) -> "BatchScores":
@@ -48,4 +50,5 @@ class BatchScores(NamedTuple):
             statuses=statuses,
             timed_out=statuses.count(ItemStatus.TIMED_OUT),
             crashed=statuses.count(ItemStatus.CRASHED),
+            bad_ground_truth=statuses.count(ItemStatus.BAD_GROUND_TRUTH),
         )

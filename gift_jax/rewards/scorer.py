@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Sequence
 
+from gift_jax.rewards.ground_truth import check_ground_truth
 from gift_jax.rewards.math_answer import prepare_math_item, quick_math_verdict
 from gift_jax.rewards.multiple_choice import DEFAULT_CHOICES, extract_choice, reference_choice
 from gift_jax.rewards.results import BatchScores, ItemStatus
@@ -30,6 +31,20 @@ DEFAULT_MEMORY_LIMIT_BYTES = 4 << 30
 def default_num_workers() -> int:
     """Workers used when none are asked for: one per CPU core, at most 8."""
     return max(1, min(8, os.cpu_count() or 1))
+
+
+def _scorable(ground_truths: Sequence[str], kind: str, choices: str) -> list[bool]:
+    """Which ground truths `check_ground_truth` accepts. Readers refuse the others before a run; one
+    that slips through scores 0 with status BAD_GROUND_TRUTH instead of stopping the batch."""
+    scorable = []
+    for ground_truth in ground_truths:
+        try:
+            check_ground_truth(ground_truth, kind=kind, choices=choices)
+        except ValueError:
+            scorable.append(False)
+        else:
+            scorable.append(True)
+    return scorable
 
 
 def _check_batch(responses: Sequence[str], ground_truths: Sequence[str], kind: str) -> None:
@@ -112,34 +127,38 @@ class RewardScorer:
                 score 0 as TIMED_OUT, so the call returns by then.
             choices: valid option letters for "multiple_choice" (e.g. "ABCDEFGHIJ" for MMLU-Pro).
 
-        Raises ValueError / TypeError naming the row for malformed input, such as an empty
-        ground truth or one without an option letter.
+        Raises ValueError / TypeError naming the argument or row for malformed calls (lengths, types,
+        kind, time limits). A ground truth that `check_ground_truth` refuses (empty, an unclosed box,
+        no option letter) does not raise: its item scores 0 with status BAD_GROUND_TRUTH, counted in
+        `bad_ground_truth` (data readers refuse such rows before a run starts).
         """
         started = time.monotonic()
         _check_batch(responses, ground_truths, kind)
         timeout_s = self._timeout_s if timeout_s is None else timeout_s
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+        scorable = _scorable(ground_truths, kind, choices)
         if kind == "multiple_choice":
-            return self._score_multiple_choice(responses, ground_truths, choices)
+            return self._score_multiple_choice(responses, ground_truths, choices, scorable)
         deadline = None if batch_timeout_s is None else started + batch_timeout_s
         with self._lock:
-            return self._score_math(responses, ground_truths, timeout_s, deadline)
+            return self._score_math(responses, ground_truths, scorable, timeout_s, deadline)
 
     def _score_math(
         self,
         responses: Sequence[str],
         ground_truths: Sequence[str],
+        scorable: Sequence[bool],
         timeout_s: float,
         deadline: float | None,
     ) -> BatchScores:
         items = [
-            prepare_math_item(response, ground_truth, where=f"ground_truths[{index}]")
-            for index, (response, ground_truth) in enumerate(zip(responses, ground_truths))
+            prepare_math_item(response, ground_truth) if ok else None
+            for response, ground_truth, ok in zip(responses, ground_truths, scorable)
         ]
-        verdicts = [quick_math_verdict(item) for item in items]
+        verdicts = [quick_math_verdict(item) if item is not None else False for item in items]
         correct = [bool(verdict) for verdict in verdicts]
-        statuses = [ItemStatus.OK] * len(items)
+        statuses = [ItemStatus.OK if ok else ItemStatus.BAD_GROUND_TRUTH for ok in scorable]
         open_indices = [index for index, verdict in enumerate(verdicts) if verdict is None]
         # Identical (answer, reference) pairs are checked once.
         requests = list(dict.fromkeys(items[index] for index in open_indices))
@@ -150,13 +169,15 @@ class RewardScorer:
         return BatchScores.from_items(correct, statuses)
 
     @staticmethod
-    def _score_multiple_choice(responses: Sequence[str], ground_truths: Sequence[str], choices: str) -> BatchScores:
+    def _score_multiple_choice(
+        responses: Sequence[str], ground_truths: Sequence[str], choices: str, scorable: Sequence[bool]
+    ) -> BatchScores:
         references = [
-            reference_choice(ground_truth, choices, where=f"ground_truths[{index}]")
-            for index, ground_truth in enumerate(ground_truths)
+            reference_choice(ground_truth, choices) if ok else None for ground_truth, ok in zip(ground_truths, scorable)
         ]
         correct = [extract_choice(response, choices) == reference for response, reference in zip(responses, references)]
-        return BatchScores.from_items(correct, [ItemStatus.OK] * len(correct))
+        statuses = [ItemStatus.OK if ok else ItemStatus.BAD_GROUND_TRUTH for ok in scorable]
+        return BatchScores.from_items(correct, statuses)
 
 
 def score_batch(
@@ -191,6 +212,8 @@ def math_reward(response: str, ground_truth: str, *, timeout_s: float = 5.0) -> 
 
     `ground_truth` may be bare (`\\frac{1}{2}`) or boxed. Cheap cases are decided in this
     process; the symbolic check runs in one shared worker process (started on first need, kept
-    until exit) and scores 0.0 if it takes longer than `timeout_s`.
+    until exit) and scores 0.0 if it takes longer than `timeout_s`. It never raises on a malformed
+    ground truth (empty, an unclosed box, unbalanced braces): that scores 0.0 (`RewardScorer.score`
+    counts it as BAD_GROUND_TRUTH).
     """
     return float(_shared_scorer().score([response], [ground_truth], timeout_s=timeout_s).scores[0])

@@ -15,6 +15,8 @@ from gift_jax.losses import DEFAULT_CHUNK_SIZE
 from gift_jax.parallel import MeshConfig
 from gift_jax.rl.algorithms import ALGORITHMS
 from gift_jax.rl.grpo import LUFFY_GAMMA, AggMode, KLKind
+from gift_jax.rl.policy_losses import POLICY_LOSSES, resolve_policy_loss
+from gift_jax.rl.rollout_correction import CorrectionLevel, CorrectionMode, correction_problems
 from gift_jax.runtime.config import (
     ModelSection,
     RunSection,
@@ -34,7 +36,6 @@ class RLDataSection:
     answer_key: str = "answer"
     expert_key: str = "solution"  # LUFFY / ReLIFT: the expert demonstration column of train_file
     val_limit: int | None = None  # evaluate on the first N validation problems
-    val_instruction: str | None = None  # appended to validation prompts (None: as written, like train_file)
 
     def __post_init__(self):
         require_at_least(self, 1, "val_limit")
@@ -69,14 +70,38 @@ class RolloutSection:
 
 
 @dataclasses.dataclass(frozen=True)
+class RolloutCorrectionSection:
+    """Importance weights pi_trainer / pi_rollout on the policy loss (`rollout_correction_weights`)."""
+
+    level: CorrectionLevel = "token"  # token | sequence
+    mode: CorrectionMode = "truncate"  # truncate: min(w, threshold); mask: 0 outside [lower, threshold]
+    threshold: float = 2.0  # verl's default truncation
+    lower: float | None = None  # mask only; None: 1 / threshold
+
+    def __post_init__(self):
+        problems = correction_problems(self.level, self.mode, self.threshold, self.lower)
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+@dataclasses.dataclass(frozen=True)
 class AlgoSection:
-    """The algorithm (by name, `gift_jax.rl.algorithms`) and the policy-loss settings the update reads."""
+    """The algorithm (by name, `gift_jax.rl.algorithms`) and the policy-loss settings the update reads.
+
+    `clip_low`, `clip_high` and `agg_mode` left out take the policy loss's own defaults
+    (`gift_jax.rl.policy_losses.POLICY_LOSSES`); the loaded config holds the values that run.
+    """
 
     method: str = "grpo"  # grpo | luffy | relift (the registered algorithms)
-    clip_low: float = 0.2
-    clip_high: float = 0.2  # > clip_low for "clip-higher"
-    dual_clip_c: float | None = None
-    agg_mode: AggMode = "token-mean"
+    policy_loss: str = "ppo_clip"  # ppo_clip | gspo | cispo (the registered policy losses)
+    clip_low: float | None = None  # ppo_clip: 0.2; 1 leaves the ratio unbounded below
+    clip_high: float | None = None  # > clip_low for "clip-higher" (DAPO: 0.28)
+    dual_clip_c: float | None = None  # ppo_clip and gspo only
+    agg_mode: AggMode | None = None  # ppo_clip: token-mean
+    rollout_correction: RolloutCorrectionSection | None = None  # None: no mismatch correction (the paper)
+    mask_truncated: bool = False  # DAPO's overlong filtering: rows cut at max_new_tokens leave the loss
+    dynamic_sampling: bool = False  # DAPO: sample more prompts until prompts_per_step groups differ in score
+    max_sampling_rounds: int = 10  # dynamic sampling: rounds of prompts_per_step prompts before training anyway
     kl_coef: float = 0.0  # the paper: no KL loss
     kl_kind: KLKind = "k3"
     entropy_coef: float = 0.0
@@ -91,15 +116,31 @@ class AlgoSection:
     def __post_init__(self):
         if self.method not in ALGORITHMS:
             raise ValueError(f"algo.method={self.method!r} is not one of {sorted(ALGORITHMS)}")
-        require_at_least(self, 1, "ppo_epochs", "mini_batch_prompts", "relift_batch", "chunk_size")
+        if self.policy_loss not in POLICY_LOSSES:
+            raise ValueError(f"algo.policy_loss={self.policy_loss!r} is not one of {sorted(POLICY_LOSSES)}")
+        loss = resolve_policy_loss(
+            self.policy_loss,
+            clip_low=self.clip_low,
+            clip_high=self.clip_high,
+            agg_mode=self.agg_mode,
+            dual_clip_c=self.dual_clip_c,
+        )
+        for name in ("clip_low", "clip_high", "agg_mode"):
+            object.__setattr__(self, name, getattr(loss, name))
+        require_at_least(
+            self, 1, "ppo_epochs", "mini_batch_prompts", "relift_batch", "chunk_size", "max_sampling_rounds"
+        )
         problems = [
             f"{name} must be >= 0, got {getattr(self, name)}"
             for name in ("clip_low", "clip_high", "kl_coef", "entropy_coef")
             if not getattr(self, name) >= 0
         ]
-        for name in ("clip_low", "clip_high"):  # the ratio stays in [1 - clip_low, 1 + clip_high]
-            if not getattr(self, name) < 1:
-                problems.append(f"{name} must be < 1, got {getattr(self, name)}")
+        if not self.clip_low <= 1:  # the ratio stays above 1 - clip_low; 1: no lower bound
+            problems.append(f"clip_low must be <= 1, got {self.clip_low}")
+        if loss.max_clip_high is not None and not self.clip_high < loss.max_clip_high:
+            problems.append(
+                f"clip_high must be < {loss.max_clip_high:g}, got {self.clip_high} (policy loss {self.policy_loss})"
+            )
         if self.dual_clip_c is not None and self.dual_clip_c <= 1:
             problems.append(f"dual_clip_c must be > 1, got {self.dual_clip_c}")
         if self.luffy_gamma <= 0:
@@ -115,9 +156,12 @@ class RewardSection:
     kind: Literal["math", "multiple_choice"] = "math"
     timeout_s: float = 5.0  # per answer (math checking runs in worker processes)
     num_workers: int | None = None  # None: one per CPU core
+    # DAPO's soft overlong punishment (`gift_jax.rl.overlong_penalty`) added to the reward: 0 up to
+    # rollout.max_new_tokens - overlong_buffer tokens, linear to -1 at max_new_tokens. None: off.
+    overlong_buffer: int | None = None
 
     def __post_init__(self):
-        require_at_least(self, 1, "num_workers")
+        require_at_least(self, 1, "num_workers", "overlong_buffer")
         if not (math.isfinite(self.timeout_s) and self.timeout_s > 0):
             raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
 
@@ -127,7 +171,11 @@ class RLTrainSection(RunSection):
     """A loop step is one RL step: rollouts of `prompts_per_step` prompts, then their updates.
     `eval_every` None: validate only at the end."""
 
-    RESUMABLE: ClassVar[tuple[str, ...]] = RunSection.RESUMABLE + ("eval_max_new_tokens",)
+    RESUMABLE: ClassVar[tuple[str, ...]] = RunSection.RESUMABLE + (
+        "eval_max_new_tokens",
+        "dump_rollouts_every",
+        "dump_rollouts_rows",
+    )
 
     log_every: int = 1
     eval_every: int | None = 10
@@ -138,11 +186,23 @@ class RLTrainSection(RunSection):
     eval_k: int = 4
     eval_temperature: float = 0.6
     eval_max_new_tokens: int | None = None  # default: rollout.max_new_tokens
+    # WORKDIR/rollouts/step_<N>.jsonl every this many steps, val_step_<N>.jsonl each validation (None: none;
+    # gift_jax.rl.rollout_dump), each at most dump_rollouts_rows rollouts (training) or problems (validation).
+    dump_rollouts_every: int | None = None
+    dump_rollouts_rows: int = 64
 
     def __post_init__(self):
         super().__post_init__()
         require_at_least(
-            self, 1, "prompts_per_step", "epochs", "micro_batch_per_device", "eval_k", "eval_max_new_tokens"
+            self,
+            1,
+            "prompts_per_step",
+            "epochs",
+            "micro_batch_per_device",
+            "eval_k",
+            "eval_max_new_tokens",
+            "dump_rollouts_every",
+            "dump_rollouts_rows",
         )
         if not (math.isfinite(self.eval_temperature) and self.eval_temperature >= 0):
             raise ValueError(f"eval_temperature must be >= 0 (0: greedy), got {self.eval_temperature}")
@@ -162,6 +222,11 @@ class RLStageConfig:
     def __post_init__(self):
         if self.algo.kl_coef and not self.model.base_path:
             raise ValueError("algo.kl_coef > 0 needs model.base_path (the frozen reference)")
+        buffer = self.reward.overlong_buffer
+        if buffer is not None and buffer > self.rollout.max_new_tokens:
+            raise ValueError(
+                f"reward.overlong_buffer={buffer} exceeds rollout.max_new_tokens={self.rollout.max_new_tokens}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,4 +1,6 @@
-"""Pure GRPO pieces: group advantages, the clipped policy loss, KL estimators, LUFFY shaping.
+"""Pure GRPO pieces: group advantages, policy-loss aggregation, KL estimators, LUFFY shaping.
+
+The policy losses themselves (PPO-clip, GSPO, CISPO) are registered by name in `policy_losses.py`.
 
 Every function here runs under `jax.jit`: arrays and static options in, arrays out. Shapes use
 `B` for sequences (rollouts) and `T` for response positions; `mask` is 1 on the response tokens
@@ -17,18 +19,39 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
-AggMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
-KLKind = Literal["k1", "k2", "k3"]
-AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
-KL_KINDS = ("k1", "k2", "k3")
+from gift_jax.rl.policy_losses import (
+    AGG_MODES,
+    LOG_RATIO_CLAMP,
+    AggMode,
+    log_ratio,
+    per_sequence_to_tokens,
+    policy_loss_per_token,
+    resolve_policy_loss,
+)
 
-# Log-ratios are clamped before `exp`, as verl does: a token whose probability moved by more than
-# e^20 would otherwise overflow the ratio (and its gradient) to inf in float32.
-LOG_RATIO_CLAMP = 20.0
+KLKind = Literal["k1", "k2", "k3"]
+KL_KINDS = ("k1", "k2", "k3")
 # verl clamps the k3 estimate itself to this range so one outlier token cannot dominate the loss.
 K3_CLAMP = 10.0
 # LUFFY's default shaping constant: f(p) = p / (p + gamma).
 LUFFY_GAMMA = 0.1
+
+
+def grouped_rewards(rewards: jax.Array, group_size: int, *, caller: str) -> jax.Array:
+    """Flat `[num_prompts * group_size]` rewards -> `[num_prompts, group_size]` float32.
+
+    Raises ValueError naming `caller` for a non-flat array, a group of one, or a count that does
+    not split into groups."""
+    rewards = jnp.asarray(rewards)
+    if rewards.ndim != 1:
+        raise ValueError(f"{caller}: rewards must be flat [num_prompts * group_size], got shape {rewards.shape}")
+    if group_size < 2:
+        raise ValueError(
+            f"{caller}: group_size must be >= 2 (a single rollout has no group to compare against), got {group_size}"
+        )
+    if rewards.shape[0] % group_size:
+        raise ValueError(f"{caller}: {rewards.shape[0]} rewards do not split into groups of {group_size}")
+    return rewards.astype(jnp.float32).reshape(-1, group_size)
 
 
 def grpo_advantages(rewards: jax.Array, group_size: int, *, norm_by_std: bool = False, eps: float = 1e-6) -> jax.Array:
@@ -43,76 +66,11 @@ def grpo_advantages(rewards: jax.Array, group_size: int, *, norm_by_std: bool = 
     Returns:
       `[num_prompts * group_size]` float32 advantages.
     """
-    if rewards.ndim != 1:
-        raise ValueError(f"grpo_advantages: rewards must be flat [num_prompts * group_size], got shape {rewards.shape}")
-    if group_size < 2:
-        raise ValueError(
-            f"grpo_advantages: group_size must be >= 2 (a single rollout has no "
-            f"group to compare against), got {group_size}"
-        )
-    if rewards.shape[0] % group_size:
-        raise ValueError(f"grpo_advantages: {rewards.shape[0]} rewards do not split into groups of {group_size}")
-    grouped = rewards.astype(jnp.float32).reshape(-1, group_size)
+    grouped = grouped_rewards(rewards, group_size, caller="grpo_advantages")
     centred = grouped - grouped.mean(axis=1, keepdims=True)
     if norm_by_std:
         centred = centred / (grouped.std(axis=1, ddof=1, keepdims=True) + eps)
     return centred.reshape(-1)
-
-
-def per_sequence_to_tokens(values: jax.Array, like: jax.Array, name: str) -> jax.Array:
-    """Broadcasts a per-sequence `[B]` array to `[B, T]` (shape of `like`); `[B, T]` passes through."""
-    if values.shape == like.shape:
-        return values
-    if values.shape == like.shape[:1]:
-        return jnp.broadcast_to(values[:, None], like.shape)
-    raise ValueError(f"{name} must have shape [B]={like.shape[:1]} or [B, T]={like.shape}, got {values.shape}")
-
-
-def log_ratio(logprobs: jax.Array, old_logprobs: jax.Array) -> jax.Array:
-    """`log(pi / pi_old)` per token, clamped to +-LOG_RATIO_CLAMP. `[B, T]`."""
-    return jnp.clip(logprobs - old_logprobs, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
-
-
-def ppo_clip_per_token(
-    logprobs: jax.Array,
-    old_logprobs: jax.Array,
-    advantages: jax.Array,
-    *,
-    clip_low: float = 0.2,
-    clip_high: float = 0.2,
-    dual_clip_c: float | None = None,
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Token-level PPO clipped surrogate (loss to minimise), with optional dual clip.
-
-    `loss = max(-A r, -A clip(r, 1 - clip_low, 1 + clip_high))`, `r = exp(logp - logp_old)`.
-    Asymmetric bounds give DAPO's clip-higher. Dual clip (Ye et al. 2020, verl semantics): where
-    `A < 0` the loss is further capped at `-A * dual_clip_c` (`dual_clip_c > 1`), so a token whose
-    ratio exploded cannot push an unbounded negative-advantage update.
-
-    Args:
-      logprobs, old_logprobs: `[B, T]` log-probabilities of the sampled tokens under the current
-        and the rollout (old) policy.
-      advantages: `[B]` (one per sequence) or `[B, T]`.
-    Returns:
-      `(loss [B, T], clipped [B, T] bool, dual_clipped [B, T] bool)`: `clipped` marks tokens where
-      the clipped branch is active (their gradient is zero), `dual_clipped` where the dual-clip
-      cap is active.
-    """
-    if dual_clip_c is not None and dual_clip_c <= 1.0:
-        raise ValueError(
-            f"dual_clip_c must be > 1 (it caps the ratio of negative-advantage tokens from above), got {dual_clip_c}"
-        )
-    advantages = per_sequence_to_tokens(advantages, logprobs, "advantages")
-    ratio = jnp.exp(log_ratio(logprobs, old_logprobs))
-    unclipped_loss = -advantages * ratio
-    clipped_loss = -advantages * jnp.clip(ratio, 1.0 - clip_low, 1.0 + clip_high)
-    loss = jnp.maximum(unclipped_loss, clipped_loss)
-    clipped = clipped_loss > unclipped_loss
-    if dual_clip_c is None:
-        return loss, clipped, jnp.zeros_like(clipped)
-    cap = -advantages * dual_clip_c
-    dual_clipped = (advantages < 0) & (loss > cap)
-    return jnp.where(dual_clipped, cap, loss), clipped, dual_clipped
 
 
 def luffy_shaped_per_token(logprobs: jax.Array, advantages: jax.Array, *, gamma: float = LUFFY_GAMMA) -> jax.Array:
@@ -269,31 +227,45 @@ def policy_loss(
     advantages: jax.Array,
     mask: jax.Array,
     *,
-    clip_low: float = 0.2,
-    clip_high: float = 0.2,
-    agg_mode: AggMode = "token-mean",
+    clip_low: float | None = None,
+    clip_high: float | None = None,
+    agg_mode: AggMode | None = None,
     dual_clip_c: float | None = None,
     seq_normaliser: float | None = None,
     global_denominator: jax.Array | None = None,
+    loss: str = "ppo_clip",
+    is_weights: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Aggregated PPO-clip policy loss of a batch (`ppo_clip_per_token` + `aggregate_loss`).
+    """Aggregated policy loss of a batch: the registered loss `loss` per token + `aggregate_loss`.
 
     Args:
       logprobs, old_logprobs, mask: `[B, T]`.
       advantages: `[B]` or `[B, T]`.
-      agg_mode, seq_normaliser, global_denominator: see `aggregate` / `aggregate_loss`.
+      loss: a name in `gift_jax.rl.policy_losses.POLICY_LOSSES` (ppo_clip, gspo, cispo).
+      clip_low, clip_high, agg_mode: None takes the loss's defaults (ppo_clip: 0.2, 0.2, token-mean).
+      is_weights: optional `[B]` or `[B, T]` importance weights multiplied into the per-token loss
+        without gradient (e.g. `rollout_correction_weights`).
+      seq_normaliser, global_denominator: see `aggregate` / `aggregate_loss`.
     Returns:
-      `(loss [], metrics)`; metrics are `policy_stats` plus `pg_loss`.
+      `(loss [], metrics)`; metrics are `grpo_loss_terms`' (`policy_stats` and `pg_loss_token_mean`)
+      plus `pg_loss`.
     """
-    per_token, clipped, dual_clipped = ppo_clip_per_token(
-        logprobs, old_logprobs, advantages, clip_low=clip_low, clip_high=clip_high, dual_clip_c=dual_clip_c
+    spec = resolve_policy_loss(loss, clip_low=clip_low, clip_high=clip_high, agg_mode=agg_mode)
+    per_token, metrics = grpo_loss_terms(
+        logprobs,
+        old_logprobs,
+        advantages,
+        mask,
+        loss=loss,
+        clip_low=spec.clip_low,
+        clip_high=spec.clip_high,
+        dual_clip_c=dual_clip_c,
+        is_weights=is_weights,
     )
-    loss = aggregate_loss(
-        per_token, mask, agg_mode, seq_normaliser=seq_normaliser, global_denominator=global_denominator
+    value = aggregate_loss(
+        per_token, mask, spec.agg_mode, seq_normaliser=seq_normaliser, global_denominator=global_denominator
     )
-    metrics = policy_stats(logprobs, old_logprobs, mask, clipped, dual_clipped)
-    metrics["pg_loss"] = loss
-    return loss, metrics
+    return value, {**metrics, "pg_loss": value}
 
 
 def grpo_loss_terms(
@@ -302,9 +274,11 @@ def grpo_loss_terms(
     advantages: jax.Array,
     mask: jax.Array,
     *,
-    clip_low: float = 0.2,
-    clip_high: float = 0.2,
+    clip_low: float | None = None,
+    clip_high: float | None = None,
     dual_clip_c: float | None = None,
+    loss: str = "ppo_clip",
+    is_weights: jax.Array | None = None,
     is_expert: jax.Array | None = None,
     shaping_gamma: float = LUFFY_GAMMA,
     ref_logprobs: jax.Array | None = None,
@@ -317,12 +291,15 @@ def grpo_loss_terms(
 
         loss_t = pg_t + kl_coef * KL_t - entropy_coef * H_t
 
-    where `pg_t` is the clipped surrogate on on-policy tokens and, where `is_expert` is set,
-    LUFFY's shaped objective `-A p / (p + shaping_gamma)` (no clip; see `luffy_shaped_per_token`).
+    where `pg_t` is the policy loss `loss` (`policy_loss_per_token`: clip settings left at None take
+    its defaults, `is_weights` multiply it without gradient) on on-policy tokens and, where
+    `is_expert` is set, LUFFY's shaped objective `-A p / (p + shaping_gamma)` (no clip, no
+    importance weight; see `luffy_shaped_per_token`).
 
     Args:
       logprobs, old_logprobs, mask: `[B, T]`. For expert sequences `old_logprobs` is unused.
       advantages: `[B]` or `[B, T]`.
+      is_weights: optional `[B]` or `[B, T]` importance weights of the on-policy tokens.
       is_expert: optional `[B]` or `[B, T]` bool, true on off-policy (expert) tokens.
       ref_logprobs: `[B, T]` reference-model log-probs; needed when `kl_coef != 0`.
       entropy: `[B, T]` policy entropy per position; needed when `entropy_coef != 0`.
@@ -331,8 +308,16 @@ def grpo_loss_terms(
       tokens for the clip statistics) of the terms that are present.
     """
     mask = mask.astype(jnp.float32)
-    per_token, clipped, dual_clipped = ppo_clip_per_token(
-        logprobs, old_logprobs, advantages, clip_low=clip_low, clip_high=clip_high, dual_clip_c=dual_clip_c
+    per_token, clipped, dual_clipped = policy_loss_per_token(
+        logprobs,
+        old_logprobs,
+        advantages,
+        mask,
+        loss=loss,
+        clip_low=clip_low,
+        clip_high=clip_high,
+        dual_clip_c=dual_clip_c,
+        is_weights=is_weights,
     )
     on_policy_mask = mask
     stats = {}

@@ -7,11 +7,56 @@ expects. All arrays are numpy; the loop shards them onto the mesh.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
 from gift_jax.rewards import is_correct
 from gift_jax.rollout import SampleResult
+
+
+class Rollouts(NamedTuple):
+    """Scored rollouts of some prompts, `group_size` consecutive rows per prompt (B rows in all)."""
+
+    records: list[dict]  # one per prompt
+    result: SampleResult  # incl. any expert rows (LUFFY)
+    is_expert: np.ndarray | None  # [B] bool, or None when the algorithm adds no expert rows
+    scores: np.ndarray  # [B] float32 answer scores (1.0 correct, 0.0 not)
+    rewards: np.ndarray  # [B] float32 what the advantages are computed from: scores + any shaping
+
+
+def take_groups(rollouts: Rollouts, groups: np.ndarray, group_size: int) -> Rollouts:
+    """The rollouts of prompts `groups` (`[k]` indices), in that order."""
+    groups = np.asarray(groups, np.int64)
+    rows = (groups[:, None] * group_size + np.arange(group_size)).reshape(-1)
+    return Rollouts(
+        records=[rollouts.records[g] for g in groups],
+        result=SampleResult(*(field[rows] for field in rollouts.result)),
+        is_expert=None if rollouts.is_expert is None else rollouts.is_expert[rows],
+        scores=rollouts.scores[rows],
+        rewards=rollouts.rewards[rows],
+    )
+
+
+def concat_rollouts(parts: Sequence[Rollouts], pad_id: int) -> Rollouts:
+    """Rollouts of several sampling rounds as one; prompts are left-padded to the widest round's width."""
+    width = max(part.result.prompt_ids.shape[1] for part in parts)
+
+    def widened(result: SampleResult) -> SampleResult:
+        pad = ((0, 0), (width - result.prompt_ids.shape[1], 0))
+        return result._replace(
+            prompt_ids=np.pad(result.prompt_ids, pad, constant_values=pad_id),
+            prompt_mask=np.pad(result.prompt_mask, pad, constant_values=0),
+        )
+
+    results = [widened(part.result) for part in parts]
+    return Rollouts(
+        records=[record for part in parts for record in part.records],
+        result=SampleResult(*(np.concatenate(fields) for fields in zip(*results, strict=True))),
+        is_expert=None if parts[0].is_expert is None else np.concatenate([part.is_expert for part in parts]),
+        scores=np.concatenate([part.scores for part in parts]),
+        rewards=np.concatenate([part.rewards for part in parts]),
+    )
 
 
 def completion_arrays(completions: Sequence[Sequence[int]], width: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -61,8 +106,17 @@ def insert_expert_rows(
     return merged, is_expert
 
 
-def update_batch(result: SampleResult, advantages: np.ndarray, is_expert: np.ndarray | None = None) -> dict:
-    """The arrays `rl_train_step` reads (see `gift_jax.rl.step`), from prompts + completions."""
+def update_batch(
+    result: SampleResult,
+    advantages: np.ndarray,
+    is_expert: np.ndarray | None = None,
+    *,
+    trained_rows: np.ndarray | None = None,
+) -> dict:
+    """The arrays `rl_train_step` reads (see `gift_jax.rl.step`), from prompts + completions, and the
+    sampler's own log-probs of the completions (`rollout_logprobs` `[B, N]`, for the mismatch metrics
+    and correction). `trained_rows` (`[B]` bool): rows outside it keep their place but leave the loss
+    (their completion mask is 0)."""
     full = np.concatenate([result.prompt_ids, result.completion_ids], axis=1)
     full_mask = np.concatenate([result.prompt_mask, result.completion_mask], axis=1)
     attention_mask = full_mask[:, :-1]
@@ -71,7 +125,9 @@ def update_batch(result: SampleResult, advantages: np.ndarray, is_expert: np.nda
         "attention_mask": attention_mask.astype(np.int32),
         "positions": np.maximum(np.cumsum(attention_mask, axis=1) - 1, 0).astype(np.int32),
         "targets": result.completion_ids.astype(np.int32),
-        "completion_mask": result.completion_mask.astype(np.float32),
+        "completion_mask": result.completion_mask.astype(np.float32)
+        * (1.0 if trained_rows is None else np.asarray(trained_rows, np.float32)[:, None]),
+        "rollout_logprobs": result.logprobs.astype(np.float32),
         "advantages": np.asarray(advantages, np.float32),
         "is_expert": np.zeros(len(full), bool) if is_expert is None else np.asarray(is_expert, bool),
     }

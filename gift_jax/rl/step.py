@@ -6,8 +6,8 @@ so only `[B, N, d]` hidden states reach the chunked output projection: RL never 
 `[tokens, V]` logits.
 
 Batch keys (all leading dim B): input_ids, positions, attention_mask `[B, P+N-1]`; targets,
-completion_mask, old_logprobs `[B, N]`; advantages `[B]`; optional is_expert `[B]` (LUFFY) and
-ref_logprobs `[B, N]` (KL penalty).
+completion_mask, old_logprobs `[B, N]`; advantages `[B]`; optional is_expert `[B]` (LUFFY),
+ref_logprobs `[B, N]` (KL penalty) and is_weights `[B, N]` (`algo.rollout_correction`).
 """
 
 from __future__ import annotations
@@ -98,9 +98,11 @@ def _micro_loss(params, batch, *, denominator, graphdef, config: RLStepConfig):
         batch["old_logprobs"],
         batch["advantages"],
         mask,
+        loss=a.policy_loss,
         clip_low=a.clip_low,
         clip_high=a.clip_high,
         dual_clip_c=a.dual_clip_c,
+        is_weights=batch["is_weights"] if a.rollout_correction is not None else None,
         is_expert=batch["is_expert"] if config.use_expert else None,
         shaping_gamma=a.luffy_gamma,
         ref_logprobs=batch.get("ref_logprobs"),

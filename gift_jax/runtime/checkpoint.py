@@ -16,6 +16,7 @@ driver for the arrays, epath for the rest).
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 from pathlib import Path
@@ -25,7 +26,7 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from gift_jax.errors import InputError, RunFailure, StorageError
+from gift_jax.errors import InputError, RunFailure, StorageError, io_reason
 from gift_jax.runtime.manifest import MANIFEST_KEY, ManifestMismatch, state_manifest, verify_restored
 from gift_jax.storage import as_path, is_url
 
@@ -41,7 +42,7 @@ class CheckpointRestoreError(InputError):
 
 
 class _Quiet(logging.Filter):
-    """Drops absl / orbax log records while a step is probed: an unreadable step is reported once, by us."""
+    """Drops absl / orbax / asyncio log records while a step is probed or saved: a failure is reported once, by us."""
 
     def filter(self, record):
         return False
@@ -49,7 +50,7 @@ class _Quiet(logging.Filter):
 
 @contextlib.contextmanager
 def _quiet_orbax():
-    loggers = [logging.getLogger(), logging.getLogger("absl"), logging.getLogger("orbax")]
+    loggers = [logging.getLogger(name) for name in ("", "absl", "orbax", "asyncio")]
     quiet = _Quiet()
     for logger in loggers:
         logger.addFilter(quiet)
@@ -103,11 +104,16 @@ class Checkpointer:
             if step in manager.all_steps():
                 continue
             try:
-                manager.save(step, args=args, force=True)
-                manager.wait_until_finished()
+                with _quiet_orbax():
+                    try:
+                        manager.save(step, args=args, force=True)
+                        manager.wait_until_finished()
+                    finally:
+                        gc.collect()  # a failed save's orphaned futures report now, muted, not at exit
             except Exception as err:  # orbax surfaces OSError wrapped in its own types
-                reason = getattr(err, "strerror", None) or err
-                raise CheckpointWriteError(f"{manager.directory}: could not write step {step} ({reason})") from err
+                raise CheckpointWriteError(
+                    f"{manager.directory}: could not write step {step} ({io_reason(err)})"
+                ) from err
 
     # -- restoring --------------------------------------------------------------------------------
     def steps(self, kind: str = "periodic") -> list[int]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 from gift_jax.data.chat_templates import NAMED_CHAT_TEMPLATES
+from gift_jax.data.prompt_format import PromptFormat
 from gift_jax.models.config import ATTENTION_BACKENDS
 
 Dtype = Literal["float32", "bfloat16", "float16"]
@@ -39,6 +40,8 @@ class ModelSection:
     scan_layers: bool = False  # training forward as one scan over the layers (ModelConfig.scan_layers)
     attention: str = "auto"  # auto | xla | blockwise | splash | cudnn (gift_jax.models.attention)
     chat_template: str | None = None  # None: the model folder's; or "qwen-2.5-math", "llama-3", "plain"
+    # How questions become prompts in every stage (instruction, system prompt; gift_jax.data.prompt_format).
+    prompt: PromptFormat = PromptFormat()
 
     def __post_init__(self):
         if self.attention not in ATTENTION_BACKENDS:

@@ -3,12 +3,14 @@ and leaves nothing that blocks the corrected one (config ranges are checked when
 
 Model folders: config.json (types, settings the model does not implement) and the tensor files, with
 no weight read; the tokenizer against the model (every id it can emit is a row of the embedding); a
-separate base against the policy (the same vocabulary, as GIFT's target and the KL need).
+separate base against the policy (the same vocabulary, as GIFT's target and the KL need); a warning when
+the policy folder was trained with another prompt format than the run's (`model.prompt`).
 """
 
 from __future__ import annotations
 
 from gift_jax.data import ChatTokenizer, load_tokenizer
+from gift_jax.data.prompt_format import warn_if_trained_otherwise
 from gift_jax.errors import ModelFolderError
 from gift_jax.models import ModelConfig, check_hf_folder
 from gift_jax.runtime.config import ModelSection
@@ -24,7 +26,8 @@ def check_models(model: ModelSection) -> tuple[ModelConfig, ChatTokenizer]:
                 f"model.base_path {model.base_path} has vocab_size {base.vocab_size} but model.path "
                 f"{model.path} has {policy.vocab_size}; the base must share the policy's vocabulary"
             )
-    tokenizer = load_tokenizer(model.path, model.chat_template)
+    tokenizer = load_tokenizer(model.path, model.chat_template, system_prompt=model.prompt.system_prompt)
+    warn_if_trained_otherwise(model.path, model.prompt, "model.path")
     if tokenizer.vocab_size > policy.vocab_size:
         raise ModelFolderError(
             f"{model.path}: the tokenizer can emit ids up to {tokenizer.vocab_size - 1} (tokenizer.json, added "

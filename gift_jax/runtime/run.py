@@ -55,6 +55,7 @@ import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 
+from gift_jax.data.prompt_format import export_files
 from gift_jax.errors import RunFailure, RunStopped, storage_error
 from gift_jax.models import load_hf, save_hf
 from gift_jax.models.hf_io import recover_interrupted_export
@@ -232,12 +233,14 @@ class StageRun:
     @contextlib.contextmanager
     def timed(self, name: str):
         """`with run.timed("rollout") as span:` -> `time_rollout_s` in this step's metrics (`log`),
-        `span.seconds` after the block."""
+        `span.seconds` after the block. Spans of one name in a step add up (dynamic sampling's rounds)."""
         span, start = _Span(), time.perf_counter()
         try:
             yield span
         finally:
-            span.seconds = self._times[f"time_{name}_s"] = time.perf_counter() - start
+            span.seconds = time.perf_counter() - start
+            key = f"time_{name}_s"
+            self._times[key] = self._times.get(key, 0.0) + span.seconds
 
     def should_stop(self) -> bool:
         """Whether the run was asked to stop (SIGTERM / SIGINT). Every process of a run must call this
@@ -461,6 +464,7 @@ class StageRun:
             tokenizer_dir=self.config.model.path,
             overwrite=True,
             run_workdir=self.workdir,
+            extra_files=export_files(self.config.model.prompt, self.config.model.chat_template),
         )
 
     def _close_metrics(self) -> None:

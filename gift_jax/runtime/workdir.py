@@ -55,10 +55,14 @@ def _check_object_store_writable(url: str | os.PathLike) -> epath.Path:
 
 def upgrade_run_config(data: dict) -> dict:
     """A run config as saved by an earlier version, in today's layout: the init stage kept `chat_template`
-    under `data` (both stages now keep it under `model`). Sections added since take their defaults."""
-    if "chat_template" in data.get("data", {}):
-        data = {**data, "data": dict(data["data"]), "model": dict(data.get("model", {}))}
+    under `data` (both stages now keep it under `model`); runs saved before `model.prompt` existed
+    prompted with the question alone (RL's `data.val_instruction`, an instruction for validation only,
+    is gone: validation now prompts as training does). Sections added since take their defaults."""
+    data = {**data, "data": dict(data.get("data", {})), "model": dict(data.get("model", {}))}
+    if "chat_template" in data["data"]:
         data["model"]["chat_template"] = data["data"].pop("chat_template")
+    data["model"].setdefault("prompt", {"instruction": None, "system_prompt": None})
+    data["data"].pop("val_instruction", None)
     return data
 
 

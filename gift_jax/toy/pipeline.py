@@ -9,6 +9,8 @@ The library behind `experiments/pipeline.py` (which passes the shipped bases):
     python experiments/pipeline.py --preset full --workdir runs/full          # hours: 3 seeds, sweep, baselines
     python experiments/pipeline.py --preset paper --workdir runs/paper        # the `tradeoff` world: every
         # init of the paper (incl. LUFFY / ReLIFT) and a beta grid, 3 seeds (time in the README)
+    python experiments/pipeline.py --preset dapo --workdir runs/dapo          # the same world, DAPO instead
+        # of GRPO: base, SFT, ASFT, GIFT at two betas, 3-5 seeds (time in the README)
 
 Steps, for every (world variant, seed, init method):
   1. the toy world's files (gift_jax.toy.write_world) and its base model: a shipped HF folder
@@ -17,8 +19,9 @@ Steps, for every (world variant, seed, init method):
   2. the init stage from the base (run_init_stage, loss by name; "base", "luffy" and "relift" skip it);
   3. evaluation before RL: pass@k at temperature 1.0 (the RL sampling temperature; exploration
      potential), avg@4 at 0.6 (the paper's protocol), style and answer-format shares of the samples;
-  4. the same GRPO stage from that init (run_rl_stage; "luffy" / "relift": that RL algorithm from the
-     base, with the expert solutions of the RL prompts), then the same evaluation after RL.
+  4. the same RL stage from that init (run_rl_stage: GRPO, or the preset's `rl_recipe` such as DAPO;
+     "luffy" / "relift": that RL algorithm from the base, with the expert solutions of the RL prompts),
+     then the same evaluation after RL.
 Outputs: WORKDIR/results.json (`{"rows": [...]}`), WORKDIR/results.md (mean +- std over seeds) and PNG
 plots. Finished runs are skipped when the command is repeated with the same workdir (resume).
 """
@@ -120,8 +123,7 @@ def prepare_variant(
 
 def _row_order(preset: Preset):
     """Sort key: the preset's (variant, seed, init) order, whatever order parallel runs finish in."""
-    runs = [(v, i, b, s) for v in preset.variants for s in preset.seeds for i, b in preset.inits]
-    order = {run: n for n, run in enumerate(runs)}
+    order = {run: n for n, run in enumerate(preset.runs())}
     return lambda row: order.get((row["variant"], row["init"], row["beta"], row["seed"]), len(order))
 
 
@@ -160,9 +162,8 @@ def run_pipeline(
             _write_results(workdir, rows, floors)
         pending += [
             (variant, files, base, init, beta, seed)
-            for seed in preset.seeds
-            for init, beta in preset.inits
-            if (variant, init, beta, seed) not in done
+            for run_variant, init, beta, seed in preset.runs()
+            if run_variant == variant and (variant, init, beta, seed) not in done
         ]
 
     row_order = _row_order(preset)

@@ -1,20 +1,19 @@
-"""Tables and plots of the toy pipeline's `results.json` (mean +- std over seeds)."""
+"""Tables and plots of the toy pipeline's `results.json` (mean +- std over seeds).
+
+The curves and metric files are read and drawn by the report for real runs
+(`gift_jax.evaluation.run_report`); what is the toy's own is the averaging over seeds and its tables."""
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+from scipy import stats
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from cycler import cycler  # noqa: E402
-from scipy import stats  # noqa: E402
-
-from gift_jax.evaluation.metrics import markdown_table, summarise_seeds  # noqa: E402
+from gift_jax.evaluation.metrics import markdown_table, summarise_seeds
+from gift_jax.evaluation.run_report import distinct_lines, metric_curve, plot_panels, read_metrics, save_figure
 
 RL_CURVES = (
     ("train/reward_mean", "mean reward"),
@@ -84,33 +83,11 @@ def style_table(rows: list[dict]) -> str:
     return markdown_table(table_rows, columns, precision=0)
 
 
-def _rl_curve(workdir: Path, row: dict, key: str) -> tuple[np.ndarray, np.ndarray]:
-    steps, values = [], []
-    for line in (workdir / row["rl_metrics"]).read_text().splitlines():
-        record = json.loads(line)
-        if key in record:
-            steps.append(record["step"])
-            values.append(record[key])
-    return np.asarray(steps), np.asarray(values)
-
-
-def _distinct_lines(ax) -> None:
-    """Ten colours, solid then dashed: up to 20 configurations without two lines looking alike."""
-    ax.set_prop_cycle(cycler(linestyle=["-", "--"]) * cycler(color=plt.cm.tab10.colors))
-
-
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
 def plot_pass_at_k(workdir: Path, rows: list[dict]) -> Path:
     ks = _pass_ks(rows)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for ax, stage, title in ((axes[0], "pre_rl", "before RL"), (axes[1], "post_rl", "after RL")):
-        _distinct_lines(ax)
+        distinct_lines(ax)
         for (variant, label), group in _groups(rows).items():
             means = [summarise_seeds([100 * r[stage].get(f"pass@{k}", np.nan) for r in group])[0] for k in ks]
             ax.plot(ks, means, marker="o", label=f"{label} [{variant}]")
@@ -121,25 +98,21 @@ def plot_pass_at_k(workdir: Path, rows: list[dict]) -> Path:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("pass@k (%)")
     axes[1].legend(fontsize=7)
-    return _save(fig, workdir / "pass_at_k.png")
+    return save_figure(fig, workdir / "pass_at_k.png")
 
 
 def plot_rl_curves(workdir: Path, rows: list[dict]) -> Path:
-    fig, axes = plt.subplots(1, len(RL_CURVES), figsize=(5 * len(RL_CURVES), 4))
-    for ax, (key, title) in zip(axes, RL_CURVES):
-        _distinct_lines(ax)
-        for (variant, label), group in _groups(rows).items():
-            curves = [_rl_curve(workdir, r, key) for r in group]
-            length = min(len(v) for _, v in curves)
-            if length == 0:
-                continue
-            mean = np.mean([v[:length] for _, v in curves], axis=0)
-            ax.plot(curves[0][0][:length], mean, label=f"{label} [{variant}]")
-        ax.set_title(title)
-        ax.set_xlabel("RL step")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    return _save(fig, workdir / "rl_curves.png")
+    """RL curves of each configuration, the mean over its seeds (up to the shortest seed's last step)."""
+    curves = {}
+    for (variant, label), group in _groups(rows).items():
+        metrics = [read_metrics(workdir / r["rl_metrics"]) for r in group]
+        curves[f"{label} [{variant}]"] = by_key = {}
+        for key, _ in RL_CURVES:
+            per_seed = [metric_curve(m, key) for m in metrics]
+            length = min(len(values) for _, values in per_seed)
+            if length:
+                by_key[key] = (per_seed[0][0][:length], np.mean([v[:length] for _, v in per_seed], axis=0))
+    return plot_panels(curves, RL_CURVES, workdir / "rl_curves.png", xlabel="RL step")
 
 
 def _avg_key(rows: list[dict]) -> str:
@@ -228,7 +201,7 @@ def plot_beta_curve(workdir: Path, rows: list[dict]) -> Path | None:
         ax.set_title(f"{variant}: GIFT's beta (mean ± std over seeds)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    return _save(fig, workdir / "beta_curve.png")
+    return save_figure(fig, workdir / "beta_curve.png")
 
 
 def floors_table(floors: dict) -> str:

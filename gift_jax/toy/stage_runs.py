@@ -15,6 +15,8 @@ from gift_jax.train.init_config import InitStageConfig, LossSection
 from gift_jax.train.init_trainer import run_init_stage
 
 RL_ALGORITHM_INITS = ("luffy", "relift")  # no init stage: that RL algorithm runs from the base
+# The toy world's prompts are the problems alone (its tokenizer knows no English), in every stage.
+TOY_PROMPT = {"instruction": None, "system_prompt": None}
 
 
 def init_label(init: str, beta: float | None) -> str:
@@ -31,7 +33,7 @@ def init_stage_config(
     return from_dict(
         InitStageConfig,
         {
-            "model": {"path": str(base)},
+            "model": {"path": str(base), "prompt": TOY_PROMPT},
             "data": {
                 "train_file": str(files["expert"]),
                 "val_file": str(files["expert_val"]),
@@ -60,20 +62,26 @@ def run_init(preset: Preset, files: dict, base: Path, init: str, beta: float | N
 
 
 def rl_stage_config(preset: Preset, files: dict, model: Path, base: Path, seed: int, method: str) -> RLStageConfig:
-    """The RL-stage config of one run: identical for every init; `method` is grpo, luffy or relift."""
+    """The RL-stage config of one run: identical for every init; `method` is grpo, luffy or relift, and the
+    preset's `rl_recipe` (e.g. DAPO's) sets the algorithm's and the reward's options."""
     group = preset.rl_group_size
     return from_dict(
         RLStageConfig,
         {
-            "model": {"path": str(model), "base_path": str(base)},
+            "model": {"path": str(model), "base_path": str(base), "prompt": TOY_PROMPT},
             "data": {
                 "train_file": str(files["rl_prompts"]),
                 "val_file": str(files["eval"]) if preset.rl_eval_every else None,
                 "val_limit": preset.eval_problems,
             },
             "rollout": {"group_size": group, "temperature": 1.0, "max_new_tokens": preset.rl_max_new_tokens},
-            "algo": {"method": method, "mini_batch_prompts": preset.rl_prompts_per_step // 2, "chunk_size": 64},
-            "reward": {"num_workers": 1},
+            "algo": {
+                "method": method,
+                "mini_batch_prompts": preset.rl_prompts_per_step // 2,
+                "chunk_size": 64,
+                **preset.rl_recipe.get("algo", {}),
+            },
+            "reward": {"num_workers": 1, **preset.rl_recipe.get("reward", {})},
             "optim": {"lr": preset.rl_lr, "b2": 0.95},  # the toy's RL uses the init stage's AdamW betas
             "train": {
                 "prompts_per_step": preset.rl_prompts_per_step,

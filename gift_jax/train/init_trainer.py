@@ -45,6 +45,7 @@ def _data_splits(config: InitStageConfig, workdir: Path):
         response_key=d.response_key,
         max_length=d.max_length,
         truncation=d.truncation,
+        prompt_format=config.model.prompt,
     )
     # One writer: process 0 tokenizes into the shared workdir, the others then open the finished dataset.
     if jax.process_index() == 0:

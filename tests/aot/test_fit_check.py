@@ -93,8 +93,17 @@ RL_SMALL = ["--set", "algo.mini_batch_prompts=4", "--set", "train.prompts_per_st
 
 
 @pytest.mark.slow
-def test_rl_update_and_sampler_compile_for_the_local_backend(tmp_path):
-    rl = ["--config", RL_CONFIG, *RL_SMALL, "--set", "rollout.max_new_tokens=16", "--prompt-length", "8"]
+@pytest.mark.parametrize(
+    "config, extra",
+    [
+        ("rl_paper_grpo.yaml", []),
+        # DAPO's update also takes the rollout-correction weights; the overlong buffer must fit in 16 tokens.
+        ("rl_dapo.yaml", ["--set", "reward.overlong_buffer=4"]),
+    ],
+)
+def test_rl_update_and_sampler_compile_for_the_local_backend(tmp_path, config, extra):
+    config_file = str(ROOT / "experiments/configs" / config)
+    rl = ["--config", config_file, *extra, *RL_SMALL, "--set", "rollout.max_new_tokens=16", "--prompt-length", "8"]
     for stage in ("rl", "rollout"):
         out = tmp_path / f"{stage}.json"
         assert aot_compile.main([*rl, *TINY, "--stage", stage, "--json", str(out)]) == 0

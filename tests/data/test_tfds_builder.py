@@ -128,3 +128,13 @@ def test_bad_inputs_fail_with_file_and_row(files, qwen_style_model_dir, tmp_path
         prepare(files, qwen_style_model_dir, tmp_path / "t", truncation="error")
     # A failed preparation leaves no version folder that a later call would take as finished.
     assert not list((tmp_path / "t").rglob("1.0.0"))
+
+
+def test_preparing_says_what_is_tokenized_not_a_download(files, qwen_style_model_dir, tmp_path, capsys, caplog):
+    prepare(files, qwen_style_model_dir, tmp_path / "tfds")
+    out = capsys.readouterr().out
+    assert f"tokenizing train {files[0]} with {qwen_style_model_dir}'s tokenizer into {tmp_path / 'tfds'}" in out
+    assert "Downloading" not in out and "downloaded" not in out
+    assert "custom data configuration" not in caplog.text
+    prepare(files, qwen_style_model_dir, tmp_path / "tfds")  # reused: nothing to say
+    assert "tokenizing" not in capsys.readouterr().out

@@ -65,9 +65,13 @@ def test_rl_prompts_with_unknown_words_are_refused_before_the_model_loads(tmp_pa
     rows.insert(5, {"prompt": "What is 2+2=?", "answer": "4"})
     train = tmp_path / "rl.jsonl"
     train.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    config = load_config(RLStageConfig, None, rl_overrides(TOY_BASE, train))
+    config = load_config(RLStageConfig, None, rl_overrides(TOY_BASE, train, **{"model.prompt.instruction": None}))
     with pytest.raises(UnknownTokenError, match=rf"{train}: row 5, field 'prompt': .*\['What is '\]"):
         run_rl_stage(config, tmp_path / "run")
+    # The project's default instruction is English too: the message names the key that sets it.
+    default = load_config(RLStageConfig, None, rl_overrides(TOY_BASE, train))
+    with pytest.raises(UnknownTokenError, match=r"row 0, field 'prompt': .*Prompts end in model.prompt.instruction="):
+        run_rl_stage(default, tmp_path / "run")
     # The answer column is never tokenized, so it is not checked.
     check_record_fields(load_tokenizer(TOY_BASE), [{"prompt": "1+1=?", "answer": "two"}], source="x", keys=["prompt"])
 

@@ -221,7 +221,9 @@ def test_errors_name_the_file_and_what_is_wrong(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.jsonl does not exist"):
         load_benchmark(tmp_path / "missing.jsonl")
     unknown = _write_jsonl(tmp_path / "unknown.jsonl", [{"text": "hi", "label": 1}])
-    with pytest.raises(ValueError, match=r"unknown.jsonl: unknown benchmark layout.*'label', 'text'"):
+    with pytest.raises(
+        ValueError, match=r"unknown.jsonl: unknown benchmark layout.*'label', 'text'.*Rename the question key"
+    ):
         load_benchmark(unknown)
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"question": "q", "answer": "1"}\n{not json\n')
@@ -236,7 +238,7 @@ def test_errors_name_the_file_and_what_is_wrong(tmp_path):
 
 
 def test_benchmark_spec_parses_name_path_and_instruction():
-    assert BenchmarkSpec.parse("math=data/m.jsonl") == BenchmarkSpec("math", Path("data/m.jsonl"), "paper")
+    assert BenchmarkSpec.parse("math=data/m.jsonl") == BenchmarkSpec("math", Path("data/m.jsonl"), "checkpoint")
     spec = BenchmarkSpec.parse("toy=runs/a:b/e.jsonl:instruction=none", limit=5)
     assert spec == BenchmarkSpec("toy", Path("runs/a:b/e.jsonl"), "none", 5)
     # Everything after ":instruction=" is the text, colons and "=" included.
@@ -251,8 +253,14 @@ def test_benchmark_spec_parses_name_path_and_instruction():
 def test_benchmark_spec_instruction_reaches_every_prompt(tmp_path):
     math_path = _write_jsonl(tmp_path / "m.jsonl", [{"problem": "1+1=?", "answer": "2"}])
     choice_path = _write_jsonl(tmp_path / "c.jsonl", [{"question": "Pick.", "choices": ["x", "y"], "answer": "B"}])
-    [paper] = BenchmarkSpec("m", math_path).load()
+    [paper] = BenchmarkSpec("m", math_path, "paper").load()
     assert paper.prompt == "1+1=?\n\n" + DEFAULT_MATH_INSTRUCTION and paper.meta["instruction"] == "paper"
+    # The default: the instruction of the checkpoint evaluated (math), the option-letter sentence otherwise.
+    [trained] = BenchmarkSpec("m", math_path).load(checkpoint_instruction="Think, then box.")
+    assert trained.prompt == "1+1=?\n\nThink, then box." and trained.meta["math_instruction"] == "Think, then box."
+    assert BenchmarkSpec("m", math_path).load(checkpoint_instruction=None)[0].prompt == "1+1=?"
+    [letter] = BenchmarkSpec("c", choice_path).load(checkpoint_instruction="Think, then box.")
+    assert letter.prompt.endswith("on its own.")
     for none in (None, "none"):
         assert BenchmarkSpec("m", math_path, none).load()[0].prompt == "1+1=?"
         assert BenchmarkSpec("c", choice_path, none).load()[0].prompt == "Pick.\n\nA. x\nB. y"

@@ -78,6 +78,7 @@ def test_pipeline_and_evaluate_script_give_the_same_numbers(eval_file, tmp_path)
 
 
 def test_the_paper_instruction_on_the_toy_world_is_refused_naming_file_and_row(eval_file, tmp_path, capsys):
+    # The shipped base has no prompt record: its prompt is the project default, an English sentence.
     assert _script(eval_file, tmp_path / "bad", k=1, temperature=0.6, instruction="") == 2
     err = capsys.readouterr().err
     assert f"{eval_file}: row 0" in err and "'<unk>'" in err and f"{PROBLEMS} of {PROBLEMS} rows" in err

@@ -77,12 +77,21 @@ def test_paper_init_config_runs(deepmath, tmp_path, family, config):
     assert (tmp_path / "run" / "hf_best" / "config.json").exists()
 
 
-def test_paper_rl_config_runs(deepmath, tmp_path):
+@pytest.mark.parametrize(
+    "config, extra",
+    [
+        ("rl_paper_grpo.yaml", []),
+        # A random model answers nothing right: dynamic sampling draws every round and trains on none.
+        ("rl_dapo.yaml", ["--set", "reward.overlong_buffer=4", "--set", "algo.max_sampling_rounds=2"]),
+    ],
+)
+def test_paper_rl_config_runs(deepmath, tmp_path, config, extra):
     model = tmp_path / "model"
     make_tiny_model_dir(model, "qwen2")
     argv = [
         "--config",
-        str(CONFIGS / "rl_paper_grpo.yaml"),
+        str(CONFIGS / config),
+        *extra,
         "--workdir",
         str(tmp_path / "rl"),
         "--max-steps",
@@ -114,3 +123,8 @@ def test_paper_rl_config_runs(deepmath, tmp_path):
     lines = [json.loads(line) for line in (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()]
     assert any("val/avg@4" in line for line in lines)
     assert any("train/reward_mean" in line for line in lines)
+    assert any("train/mismatch_kl_k3" in line for line in lines)
+    if config == "rl_dapo.yaml":
+        saved = json.loads((tmp_path / "rl" / "config.json").read_text())
+        assert saved["algo"]["dynamic_sampling"] is True and saved["algo"]["clip_high"] == 0.28
+        assert any("train/rollout_is_weight_mean" in line and "train/sampling_rounds" in line for line in lines)

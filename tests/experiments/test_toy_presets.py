@@ -45,3 +45,25 @@ def test_paper_preset_covers_every_init_of_the_paper_and_a_beta_grid():
     assert len(betas) >= 7 and betas[0] == 0.0 and betas[-1] >= 20.0
     assert preset.registered_beta in betas
     assert preset.variants == ("tradeoff",) and len(preset.seeds) == 3
+
+
+def test_dapo_preset_runs_the_yaml_recipe_after_each_init_with_more_seeds_where_grpo_tied():
+    from pathlib import Path
+
+    from gift_jax.config_io import load_config
+    from gift_jax.rl.config import RLStageConfig
+
+    preset = PRESETS["dapo"]
+    runs = preset.runs()
+    seeds = {(init, beta): sorted(s for _, i, b, s in runs if (i, b) == (init, beta)) for init, beta in preset.inits}
+    assert seeds[("asft", None)] == seeds[("gift", 8.0)] == [0, 1, 2, 3, 4]
+    assert seeds[("base", None)] == seeds[("sft", None)] == seeds[("gift", 11.0)] == [0, 1, 2]
+    assert preset.registered_beta == 11.0 and len(runs) == len(set(runs)) == 19
+    # The toy's algorithm is the yaml's: only sizes and the overlong buffer are scaled to the toy.
+    yaml = load_config(RLStageConfig, Path(__file__).parents[2] / "experiments/configs/rl_dapo.yaml")
+    toy = rl_stage_config(preset, {"rl_prompts": "rl.jsonl", "eval": "eval.jsonl"}, Path("m"), Path("b"), 0, "grpo")
+    for key in ("policy_loss", "clip_low", "clip_high", "agg_mode", "kl_coef", "dynamic_sampling"):
+        assert getattr(toy.algo, key) == getattr(yaml.algo, key), key
+    assert toy.algo.max_sampling_rounds == yaml.algo.max_sampling_rounds
+    assert toy.algo.rollout_correction == yaml.algo.rollout_correction
+    assert toy.reward.overlong_buffer == 8 and toy.rollout.max_new_tokens == 48

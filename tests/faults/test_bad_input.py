@@ -37,11 +37,11 @@ def trained_workdir(tiny_run_inputs, tmp_path_factory):
 @pytest.mark.parametrize(
     "extra,message",
     [
-        ({"train.lr": 1e-3}, r"config.train: unknown key\(s\) \['lr'\]"),
+        ({"train.lr": 1e-3}, r"--set train.lr=0.001: no such key in train; known: \[.*'global_batch'"),
         ({"train.global_batch": 12}, r"train.global_batch=12 is not divisible by batch devices \(8\)"),
         ({"mesh.data": 2, "mesh.fsdp": 3}, r"mesh .* needs 6 devices but 8 are available"),
         ({"loss.name": "sftt"}, r"loss.name='sftt' is not one of"),
-        ({"train.epochs": "many"}, r"config.train.epochs: expected int, got 'many'"),
+        ({"train.epochs": "many"}, r"--set train.epochs=many: expected int, got 'many'"),
         ({"data.truncation": "left"}, r"data.truncation='left': expected 'right' or 'error'"),
     ],
 )

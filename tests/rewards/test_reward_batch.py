@@ -97,7 +97,6 @@ def test_score_batch_function():
         (lambda: score_batch(["a", None], ["1", "2"]), TypeError, r"responses\[1\] must be a str"),
         (lambda: score_batch(["a"], ["1"], kind="code"), ValueError, "kind must be one of"),
         (lambda: score_batch(["a"], ["1"], timeout_s=0), ValueError, "timeout_s must be positive"),
-        (lambda: score_batch(["\\boxed{1}"] * 2, ["1", " "]), ValueError, r"ground_truths\[1\]: empty"),
     ],
 )
 def test_bad_input_is_a_clear_error(call, error, message):

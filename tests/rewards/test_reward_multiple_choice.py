@@ -2,7 +2,7 @@
 
 import pytest
 
-from gift_jax.rewards import extract_choice, multiple_choice_reward, score_batch
+from gift_jax.rewards import ItemStatus, extract_choice, multiple_choice_reward, score_batch
 
 
 @pytest.mark.parametrize(
@@ -58,6 +58,7 @@ def test_batch_multiple_choice_runs_in_process():
     assert scores.timed_out == 0 and scores.crashed == 0
 
 
-def test_bad_ground_truth_names_the_row():
-    with pytest.raises(ValueError, match=r"ground_truths\[1\].*no option letter"):
-        score_batch(["A", "B"], ["A", "42"], kind="multiple_choice")
+def test_a_ground_truth_without_an_option_letter_scores_zero_and_is_counted():
+    scores = score_batch(["A", "B"], ["A", "42"], kind="multiple_choice")
+    assert scores.scores.tolist() == [1.0, 0.0]
+    assert scores.statuses[1] is ItemStatus.BAD_GROUND_TRUTH and scores.bad_ground_truth == 1

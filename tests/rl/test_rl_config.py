@@ -55,15 +55,15 @@ def test_relift_updates_use_the_fewest_micro_batches_that_fit(overrides, relift_
         ({"algo.kl_coef": 0.1}, r"kl_coef > 0 needs model.base_path"),
         ({"rollout.group_size": 1}, r"group_size must be >= 2"),
         ({"algo.method": "ppo"}, r"algo.method='ppo' is not one of"),
-        ({"algo.agg_mode": "mean"}, r"algo.agg_mode: 'mean' is not one of"),
+        ({"algo.agg_mode": "mean"}, r"--set algo.agg_mode=mean: 'mean' is not one of"),
         ({"mesh.fsdp": 3, "mesh.data": 2}, r"needs 6 devices but 8 are available"),
         ({"data.val_file": "/nonexistent/val.jsonl"}, r"data.val_file: /nonexistent/val.jsonl does not exist"),
     ],
 )
 def test_impossible_settings_are_named(overrides, extra, message):
-    # Ranges fail while loading (the loader names the section: "config.rollout: ..."); the checks that
-    # need the devices or the files fail in validate_rl_config.
-    with pytest.raises(ValueError, match=r"^(invalid RL-stage config|config[.:])") as err:
+    # Ranges fail while loading (the loader names the --set, or the section: "rollout: ..."); the checks
+    # that need the devices or the files fail in validate_rl_config.
+    with pytest.raises(ValueError, match=r"^(invalid RL-stage config|config: |--set |[a-z]+: )") as err:
         validate_rl_config(load_config(RLStageConfig, None, overrides(**extra)), num_devices=8)
     assert re.search(message, str(err.value)), str(err.value)
 

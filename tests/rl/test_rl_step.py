@@ -11,7 +11,7 @@ from flax import nnx
 
 from gift_jax.models import ModelConfig, Transformer
 from gift_jax.parallel import MeshConfig, make_mesh, shard_batch, state_shardings
-from gift_jax.rl.config import AlgoSection
+from gift_jax.rl.config import AlgoSection, RolloutCorrectionSection
 from gift_jax.rl.rollouts import update_batch
 from gift_jax.rl.step import RLStepConfig, completion_logprobs, rl_train_step, rollout_logprobs
 from gift_jax.rollout import SampleResult
@@ -49,15 +49,20 @@ def _rollouts(rows=16, prompt=6, new=8, seed=0):
     return update_batch(result, rng.randn(rows).astype(np.float32))
 
 
-def _run(mesh, num_micro, agg_mode="token-mean"):
+def _run(mesh, num_micro, **algo):
     model = Transformer(CONFIG, rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(model, nnx.Param)
     params = jax.device_put(params, state_shardings(params, mesh))
     # Plain SGD: Adam's first steps are ~lr * sign(g) and would magnify float-summation-order noise.
     tx = optax.sgd(0.5)
-    config = RLStepConfig(algo=AlgoSection(agg_mode=agg_mode, chunk_size=4), num_micro=num_micro)
+    config = RLStepConfig(algo=AlgoSection(chunk_size=4, **algo), num_micro=num_micro)
     state = TrainState(params, jax.jit(tx.init)(params), jnp.zeros((), jnp.int32))
-    batch = shard_batch(_rollouts(), mesh)
+    rollouts = _rollouts()
+    if config.algo.rollout_correction is not None:  # weights as `rollout_mismatch` would give them
+        rollouts["is_weights"] = (
+            np.random.RandomState(1).uniform(0.2, 2.0, rollouts["targets"].shape).astype(np.float32)
+        )
+    batch = shard_batch(rollouts, mesh)
     logprob_fn = jax.jit(functools.partial(completion_logprobs, graphdef=graphdef, chunk_size=4))
     batch["old_logprobs"], _ = logprob_fn(state.params, batch)
     step = jax.jit(functools.partial(rl_train_step, graphdef=graphdef, tx=tx, config=config))
@@ -84,6 +89,21 @@ def test_micro_batches_accumulate_to_the_full_batch_update():
         params_2, _ = _run(mesh, num_micro=2, agg_mode=agg_mode)
         for a, b in zip(jax.tree.leaves(params_1), jax.tree.leaves(params_2)):
             np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("policy_loss", ["gspo", "cispo"])
+def test_gspo_and_cispo_with_correction_weights_are_exact_sharded_and_by_micro_batch(policy_loss):
+    algo = dict(policy_loss=policy_loss, rollout_correction=RolloutCorrectionSection())
+    single = make_mesh(MeshConfig(fsdp=1), devices=jax.devices()[:1])
+    params_1, metrics_1 = _run(single, num_micro=1, **algo)
+    params_8, metrics_8 = _run(make_mesh(MeshConfig(fsdp=4, tensor=2)), num_micro=2, **algo)
+    for a, b in zip(jax.tree.leaves(params_1), jax.tree.leaves(params_8)):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    np.testing.assert_allclose(metrics_1["loss"], metrics_8["loss"], rtol=1e-4, atol=1e-6)
+    unweighted, _ = _run(single, num_micro=1, policy_loss=policy_loss)
+    assert (
+        max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(params_1), jax.tree.leaves(unweighted))) > 1e-4
+    )
 
 
 @pytest.mark.slow  # three compilations of the update and two of the entropy

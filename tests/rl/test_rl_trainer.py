@@ -43,6 +43,11 @@ def _problems(path, num, seed, target=None):
     return path
 
 
+# The toy vocabulary knows no English: prompts are the problems alone, in both stages.
+TOY_PROMPT = {"instruction": None, "system_prompt": None}
+TOY_PROMPT_SET = {"model.prompt.instruction": None}
+
+
 @pytest.fixture(scope="module")
 def boxed_digit_policy(tmp_path_factory):
     """A tiny model that answers `\\boxed{d}` with d roughly uniform (SFT warm start); RL must find 7."""
@@ -64,7 +69,7 @@ def boxed_digit_policy(tmp_path_factory):
     warm = from_dict(
         InitStageConfig,
         {
-            "model": {"path": str(root / "random")},
+            "model": {"path": str(root / "random"), "prompt": TOY_PROMPT},
             "data": {
                 "train_file": str(_problems(root / "sft.jsonl", 256, 0)),
                 "max_length": 16,
@@ -93,6 +98,7 @@ def test_mean_reward_rises_within_20_steps(boxed_digit_policy, tmp_path):
     overrides = rl_overrides(
         boxed_digit_policy["model"],
         boxed_digit_policy["prompts"],
+        **TOY_PROMPT_SET,
         **{"rollout.group_size": 8, "rollout.max_new_tokens": 6, "optim.lr": 3e-3, "train.checkpoint_every": 100},
     )
     run_rl_stage(load_config(RLStageConfig, None, overrides), tmp_path, max_steps=20)
@@ -107,13 +113,28 @@ def _final_params(workdir):
     return ocp.PyTreeCheckpointer().restore(directory / str(step) / "state")["params"]
 
 
-@pytest.mark.parametrize("method", ["relift", "luffy"])
+# DAPO's pieces together: dynamic sampling (here often more than one round a step: most groups of 4
+# answer all wrong), the overlong penalty, truncated rows out of the loss, clip-higher, and the
+# sampler-vs-trainer correction.
+DAPO = {
+    "algo.dynamic_sampling": True,
+    "algo.max_sampling_rounds": 3,
+    "algo.clip_high": 0.28,
+    "algo.mask_truncated": True,
+    "algo.rollout_correction.level": "token",
+    "reward.overlong_buffer": 2,
+}
+
+
+@pytest.mark.parametrize("method", ["relift", "luffy", "dapo"])
 def test_stopped_and_resumed_rl_equals_straight_run(boxed_digit_policy, tmp_path, method):
+    recipe = DAPO if method == "dapo" else {"algo.method": method}
     overrides = rl_overrides(
         boxed_digit_policy["model"],
         boxed_digit_policy["prompts"],
+        **TOY_PROMPT_SET,
         **{
-            "algo.method": method,
+            **recipe,
             "algo.relift_batch": 8,
             "model.base_path": boxed_digit_policy["base"],
             "rollout.max_new_tokens": 6,
@@ -130,10 +151,56 @@ def test_stopped_and_resumed_rl_equals_straight_run(boxed_digit_policy, tmp_path
     lines = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
     keys = set().union(*lines)
     assert {"train/kl_to_base", "train/time_rollout_s", "train/clip_frac", "train/groups_all_wrong"} <= keys
+    assert {"train/mismatch_kl_k3", "train/mismatch_logprob_diff_max"} <= keys
     if method == "luffy":
         assert "train/expert_prob_mean" in keys
-    else:
+    elif method == "relift":
         assert "train/relift_sft_nll" in keys  # all-fail questions were buffered and trained on
+    else:
+        assert {"train/sampling_rounds", "train/rollout_is_weight_mean", "train/overlong_penalty_mean"} <= keys
+        assert max(line.get("train/sampling_rounds", 0) for line in lines) > 1  # the resume crossed refills
+    resumed = [json.loads(line) for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    for key in ("train/reward_mean", "train/sampling_rounds", "train/groups_kept"):  # same prompts, same samples
+        assert [line.get(key) for line in lines if "train/reward_mean" in line] == [
+            line.get(key) for line in resumed if "train/reward_mean" in line
+        ], key
+
+
+def _train_lines(workdir):
+    return [
+        line for line in map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines()) if "train/loss" in line
+    ]
+
+
+@pytest.mark.parametrize("max_rounds", [4, 1])
+def test_dynamic_sampling_trains_only_on_groups_whose_answers_differ(boxed_digit_policy, tmp_path, max_rounds):
+    """Groups of 4 answers to "7" from a policy that boxes a roughly uniform digit: most are all wrong."""
+    runs = {}
+    for dynamic in (True, False):
+        overrides = rl_overrides(
+            boxed_digit_policy["model"],
+            boxed_digit_policy["prompts"],
+            **{
+                "algo.dynamic_sampling": dynamic,
+                "algo.max_sampling_rounds": max_rounds,
+                "rollout.max_new_tokens": 6,
+                "train.checkpoint_every": 100,
+            },
+        )
+        run_rl_stage(load_config(RLStageConfig, None, overrides), tmp_path / str(dynamic), max_steps=3)
+        runs[dynamic] = _train_lines(tmp_path / str(dynamic))
+    assert len(runs[True]) == 3
+    # Every trained group has a reward variance above 0; without dynamic sampling some do not.
+    assert all(line["train/update_groups_without_signal_frac"] == 0.0 for line in runs[True])
+    assert max(line["train/update_groups_without_signal_frac"] for line in runs[False]) > 0.0
+    if max_rounds > 1:
+        assert max(line["train/sampling_rounds"] for line in runs[True]) > 1
+        assert all(line["train/groups_kept"] + line["train/groups_short"] == 8 for line in runs[True])
+    else:  # one round: fewer than 8 groups differ, the step trains on those and says how many were short
+        assert all(line["train/sampling_rounds"] == 1 for line in runs[True])
+        assert max(line["train/groups_short"] for line in runs[True]) > 0
+        # The first step sampled the same prompts with the same keys with and without dynamic sampling.
+        assert runs[True][0]["train/reward_mean"] == runs[False][0]["train/reward_mean"]
 
 
 def test_luffy_scores_an_over_long_expert_solution_on_its_full_text(tiny_run_inputs, tmp_path):
@@ -161,6 +228,7 @@ def test_rl_with_fewer_decode_slots_than_rollouts_equals_one_with_enough(boxed_d
         overrides = rl_overrides(
             boxed_digit_policy["model"],
             boxed_digit_policy["prompts"],
+            **TOY_PROMPT_SET,
             **{"rollout.max_new_tokens": 6, "rollout.max_concurrent_rows": slots},
         )
         run_rl_stage(load_config(RLStageConfig, None, overrides), tmp_path / str(slots), max_steps=2)

@@ -1,8 +1,17 @@
-"""`insert_expert_rows`: LUFFY's groups get the expert completion appended after each prompt's rollouts."""
+"""Host-side rollout assembly: LUFFY's expert rows, joining sampling rounds, taking whole groups, round keys."""
 
+import jax
 import numpy as np
 
-from gift_jax.rl.rollouts import group_correctness, group_outcomes, insert_expert_rows
+from gift_jax.rl.dynamic_sampling import round_key
+from gift_jax.rl.rollouts import (
+    Rollouts,
+    concat_rollouts,
+    group_correctness,
+    group_outcomes,
+    insert_expert_rows,
+    take_groups,
+)
 from gift_jax.rollout import SampleResult
 
 PROMPTS, G, PROMPT_LEN, NEW = 2, 3, 4, 5
@@ -67,3 +76,37 @@ def test_group_outcomes_read_correct_with_the_shared_threshold():
     )
     noisy = np.array([0.9999999, 1.0, 1e-8, 0.0], np.float32)  # float noise flips nothing
     assert group_correctness(noisy, 2).tolist() == [[True, True], [False, False]]
+
+
+def _scored(result: SampleResult, first_prompt: int) -> Rollouts:
+    rows = len(result.lengths)
+    return Rollouts(
+        records=[{"prompt": str(first_prompt + i)} for i in range(rows // G)],
+        result=result,
+        is_expert=None,
+        scores=np.arange(rows, dtype=np.float32) + first_prompt * G,
+        rewards=np.arange(rows, dtype=np.float32) + first_prompt * G,
+    )
+
+
+def test_rounds_join_with_prompts_left_padded_and_groups_are_taken_whole():
+    wide = _rollouts()
+    narrow = wide._replace(prompt_ids=wide.prompt_ids[:, 2:], prompt_mask=wide.prompt_mask[:, 2:])
+    joined = concat_rollouts([_scored(narrow, 0), _scored(wide, PROMPTS)], pad_id=0)
+    assert joined.result.prompt_ids.shape == (2 * PROMPTS * G, PROMPT_LEN)
+    np.testing.assert_array_equal(joined.result.prompt_ids[: PROMPTS * G, 2:], narrow.prompt_ids)
+    assert not joined.result.prompt_mask[: PROMPTS * G, :2].any()  # the padding is masked
+    np.testing.assert_array_equal(joined.result.completion_ids[PROMPTS * G :], wide.completion_ids)
+    assert [r["prompt"] for r in joined.records] == ["0", "1", "2", "3"]
+    taken = take_groups(joined, np.array([3, 0]), G)
+    assert [r["prompt"] for r in taken.records] == ["3", "0"]
+    assert taken.scores.tolist() == [9, 10, 11, 0, 1, 2]  # group 3's rows, then group 0's, in order
+    np.testing.assert_array_equal(taken.result.prompt_ids[:G], joined.result.prompt_ids[3 * G : 4 * G])
+
+
+def test_round_keys_repeat_a_plain_step_first_and_differ_after():
+    step_key = jax.random.fold_in(jax.random.key(5), 7)
+    assert jax.random.key_data(round_key(5, 7, 0)).tolist() == jax.random.key_data(step_key).tolist()
+    keys = {tuple(jax.random.key_data(round_key(5, 7, r)).tolist()) for r in range(4)}
+    keys |= {tuple(jax.random.key_data(jax.random.fold_in(step_key, i)).tolist()) for i in range(16)}  # prompt keys
+    assert len(keys) == 4 + 16

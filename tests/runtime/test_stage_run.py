@@ -107,8 +107,8 @@ def test_base_is_held_in_base_param_dtype(tiny_run_inputs, tmp_path):
 def test_rl_workdir_numbered_by_optimizer_update_is_refused_for_resume_but_readable_by_loop_step(
     tiny_run_inputs, tmp_path
 ):
-    from gift_jax.run_checkpoints import _checkpoint_numbers
     from gift_jax.runtime import TrainState
+    from gift_jax.runtime.run_checkpoints import _checkpoint_numbers
 
     prompts = write_rl_jsonl(tmp_path / "rl.jsonl", 8)
     config = load_config(RLStageConfig, None, rl_overrides(tiny_run_inputs["model"], prompts))

@@ -2,10 +2,11 @@
 
 A stage's workdir holds its config (`config.json`) and orbax steps (`checkpoints/{periodic,best}/<step>`),
 numbered by loop step (RL steps in the RL stage, updates in the init stage), so `step=N` is loop step N.
-The config names the HF folder the run started from (`model.path`); that folder gives the
-architecture and the tokenizer. Only the step's parameters are read (an orbax partial restore into
-an abstract template, resharded onto any mesh), and the run's folder is opened read-only, so a run
-still training there is not disturbed. The trainers export only `hf_best`
+Only the config's model section is read (`read_run_model`; it is the same in both stages, so this
+needs neither stage's code): it names the HF folder the run started from (`model.path`), which gives
+the architecture and the tokenizer, and the dtypes the run used. Only the step's parameters are read
+(an orbax partial restore into an abstract template, resharded onto any mesh), and the run's folder is
+opened read-only, so a run still training there is not disturbed. The trainers export only `hf_best`
 and `hf_final`; this reaches every step in between. Workdirs and export folders may be object-store
 URLs (`gs://...`, see `gift_jax.storage`).
 
@@ -23,15 +24,15 @@ import jax
 from flax import nnx
 
 from gift_jax.config_io import from_dict
+from gift_jax.data.prompt_format import export_files
 from gift_jax.errors import InputError
 from gift_jax.models import ModelConfig, Transformer, read_config, save_hf
 from gift_jax.models.hf_io import check_export_destination
 from gift_jax.parallel import MeshConfig, make_mesh, state_shardings
-from gift_jax.rl.config import RLStageConfig
 from gift_jax.runtime.checkpoint import Checkpointer
+from gift_jax.runtime.config import ModelSection
 from gift_jax.runtime.workdir import upgrade_run_config
 from gift_jax.storage import as_path, run_workdir_marker
-from gift_jax.train.init_config import InitStageConfig
 
 CHECKPOINT_KINDS = ("periodic", "best")
 
@@ -51,22 +52,15 @@ def is_run_workdir(path: str | os.PathLike) -> bool:
         return False
 
 
-def read_run_config(workdir: str | os.PathLike) -> InitStageConfig | RLStageConfig:
-    """The config a stage saved in its workdir (init stage or RL stage, told apart by their sections)."""
+def read_run_model(workdir: str | os.PathLike) -> ModelSection:
+    """The model section of the config a stage saved in its workdir (init and RL stage alike)."""
     path = as_path(workdir) / "config.json"
     if not path.is_file():
         raise RunNotFound(f"{path}: no run config here; is {workdir} a stage workdir?")
     data = upgrade_run_config(json.loads(path.read_text()))
-    if "loss" in data:
-        return from_dict(InitStageConfig, data, where=str(path))
-    if "algo" in data:
-        return from_dict(RLStageConfig, data, where=str(path))
-    raise InputError(f"{path}: neither an init-stage nor an RL-stage config (no 'loss' or 'algo' section)")
-
-
-def run_chat_template(config: InitStageConfig | RLStageConfig) -> str | None:
-    """The built-in chat template a run trained with (None: its model folder's own)."""
-    return config.model.chat_template
+    if not isinstance(data.get("model"), dict):
+        raise InputError(f"{path}: no 'model' section; is {workdir} a stage workdir?")
+    return from_dict(ModelSection, data["model"], where=f"{path}: model")
 
 
 def _checkpoint_numbers(checkpointer: Checkpointer, kind: str) -> dict[int, int]:
@@ -93,7 +87,7 @@ def load_run_checkpoint(
     if kind not in CHECKPOINT_KINDS:
         raise InputError(f"checkpoint kind must be one of {CHECKPOINT_KINDS}, got {kind!r}")
     workdir = as_path(workdir)
-    config = read_run_config(workdir)
+    model_section = read_run_model(workdir)
     checkpointer = Checkpointer(workdir / "checkpoints", read_only=True)
     try:
         numbers = _checkpoint_numbers(checkpointer, kind)
@@ -106,7 +100,7 @@ def load_run_checkpoint(
         # The run's starting folder gives the architecture; the template is abstract (nothing allocated)
         # and only the parameters are read, so peak memory is one copy of the weights.
         model_config = read_config(
-            config.model.path, dtype=dtype or config.model.dtype, param_dtype=config.model.param_dtype
+            model_section.path, dtype=dtype or model_section.dtype, param_dtype=model_section.param_dtype
         )
         graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Transformer(model_config, rngs=nnx.Rngs(0))), nnx.Param)
         target = jax.tree.map(
@@ -117,7 +111,7 @@ def load_run_checkpoint(
         params = checkpointer.restore_params(numbers[step], target, kind=kind)
     finally:
         checkpointer.close()
-    return nnx.merge(graphdef, params), model_config, as_path(config.model.path), step
+    return nnx.merge(graphdef, params), model_config, as_path(model_section.path), step
 
 
 def export_run_checkpoint(
@@ -129,9 +123,19 @@ def export_run_checkpoint(
     dtype: str | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Writes one step of a run as an HF folder (weights in `dtype`, default as trained) with its tokenizer.
+    """Writes one step of a run as an HF folder (weights in `dtype`, default as trained) with its tokenizer
+    and the prompt format and chat template the run trained with (`gift_jax.data.prompt_format`).
 
     A destination save_hf would refuse (see there) is refused before any weight is read."""
     check_export_destination(out, overwrite=overwrite)
+    model_section = read_run_model(workdir)
     model, model_config, tokenizer_dir, _ = load_run_checkpoint(workdir, step=step, kind=kind)
-    return save_hf(model, model_config, out, dtype=dtype, tokenizer_dir=tokenizer_dir, overwrite=overwrite)
+    return save_hf(
+        model,
+        model_config,
+        out,
+        dtype=dtype,
+        tokenizer_dir=tokenizer_dir,
+        overwrite=overwrite,
+        extra_files=export_files(model_section.prompt, model_section.chat_template),
+    )

@@ -11,7 +11,7 @@ from experiments.evaluate import main as evaluate_main
 from experiments.export_hf import main as export_main
 from gift_jax.config_io import load_config
 from gift_jax.models import load_hf
-from gift_jax.run_checkpoints import is_run_workdir, load_run_checkpoint
+from gift_jax.runtime.run_checkpoints import is_run_workdir, load_run_checkpoint
 from gift_jax.train.init_config import InitStageConfig
 from gift_jax.train.init_trainer import run_init_stage
 from tests.helpers import init_overrides
@@ -121,17 +121,19 @@ def _digest(folder):
 def test_export_never_replaces_a_run_or_a_part_of_one(run, tmp_path, capsys):
     workdir, _ = run
     before = _digest(workdir)
+    runs = tmp_path / "runs"  # a folder of runs (only this one: the message names what it finds first)
+    shutil.copytree(workdir, runs / "gift")
     for out, found in (
         (workdir, "refusing to overwrite a run workdir (it holds checkpoints/)"),
         (workdir / "checkpoints", f"refusing to overwrite a folder inside the run workdir {workdir}"),
-        (workdir.parent, f"refusing to overwrite a folder that contains the run workdir {workdir}"),
+        (runs, f"refusing to overwrite a folder that contains the run workdir {runs / 'gift'}"),
     ):
         assert export_main(["--workdir", str(workdir), "--out", str(out), "--overwrite"]) == 2
         assert found in capsys.readouterr().err
     with pytest.raises(SystemExit):
         export_main(["--workdir", str(workdir), "--out", str(workdir / "hf_best")])
     assert f"--out {workdir / 'hf_best'} exists and is not empty; pass --overwrite" in capsys.readouterr().err
-    assert _digest(workdir) == before
+    assert _digest(workdir) == before and _digest(runs / "gift") == before
 
 
 def test_evaluate_refuses_an_out_folder_with_results_a_model_or_a_run(run, tmp_path, capsys):
