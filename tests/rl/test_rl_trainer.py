@@ -180,6 +180,7 @@ def test_dynamic_sampling_trains_only_on_groups_whose_answers_differ(boxed_digit
         overrides = rl_overrides(
             boxed_digit_policy["model"],
             boxed_digit_policy["prompts"],
+            **TOY_PROMPT_SET,
             **{
                 "algo.dynamic_sampling": dynamic,
                 "algo.max_sampling_rounds": max_rounds,
