@@ -28,18 +28,22 @@ def test_kv_bytes_follow_the_tensor_split_of_the_kv_heads():
     assert kv_bytes_per_position(MODEL, "bfloat16", tensor=8) == 28 * 4 * 2 * 128 * 2  # 8 does not divide 4
 
 
-def test_every_row_gets_a_slot_when_the_pool_holds_them():
-    size = size_cache(
+def _paper_size(free_gib: float, hbm_gib: float, rows: int = 1024, **mesh):
+    """The sizing of the paper's rollouts (rows of up to 512 + 8192 positions, bf16 cache, pages of 64)."""
+    return size_cache(
         MODEL,
-        rows=1024,
+        rows=rows,
         longest_row=8703,
         page_size=64,
         cache_dtype="bfloat16",
-        free_bytes=80 * GIB,
-        hbm_bytes=96 * GIB,
-        blocks=8,
-        tensor=4,
+        free_bytes=int(free_gib * GIB),
+        hbm_bytes=int(hbm_gib * GIB),
+        **mesh,
     )
+
+
+def test_every_row_gets_a_slot_when_the_pool_holds_them():
+    size = _paper_size(80, 96, blocks=8, tensor=4)
     assert size.slots == 1024 and size.slots_per_device == 128
     page = 64 * 28 * 2 * 128 * 2
     usable = 80 * GIB - HBM_MARGIN * 96 * GIB - 128 * LOGITS_COPIES * 1024 * 4
@@ -47,31 +51,13 @@ def test_every_row_gets_a_slot_when_the_pool_holds_them():
 
 
 def test_slots_shrink_to_what_the_pool_holds_at_the_row_share():
-    size = size_cache(
-        MODEL,
-        rows=1024,
-        longest_row=8703,
-        page_size=64,
-        cache_dtype="bfloat16",
-        free_bytes=8 * GIB,
-        hbm_bytes=16 * GIB,
-        blocks=8,
-        tensor=4,
-    )
+    size = _paper_size(8, 16, blocks=8, tensor=4)
     pages_for_row = -(-8703 // 64)
     assert size.slots_per_device < 128 and size.slots == 8 * size.slots_per_device
     assert size.pages_per_device - 1 >= size.slots_per_device * ROW_SHARE * pages_for_row
     assert size.pages_per_device - 1 < (size.slots_per_device + 1) * ROW_SHARE * pages_for_row
     with pytest.raises(ValueError, match="cannot hold one row"):
-        size_cache(
-            MODEL,
-            rows=8,
-            longest_row=8703,
-            page_size=64,
-            cache_dtype="bfloat16",
-            free_bytes=2 * GIB,
-            hbm_bytes=16 * GIB,
-        )
+        _paper_size(2, 16, rows=8)
 
 
 def test_auto_without_device_memory_keeps_the_fixed_rule():
